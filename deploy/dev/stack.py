@@ -1,0 +1,224 @@
+"""Local development stack: camera, pod and gateway as real processes on loopback.
+
+Used by the demo (``./run demo``) and by the end-to-end tests, so both exercise
+exactly the same wiring. Development only: nothing here ships in the
+``platebridge`` distribution.
+
+Addresses: the camera on 127.0.0.1, the pod on 127.0.0.2 (standing in for its
+tailnet address), the gateway on 127.0.0.1. Each process writes its own log in
+the stack's work directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = ROOT / ".venv" / "bin"
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's python3-gi lives here, not in the venv
+
+
+def free_port(host: str = "127.0.0.1", preferred: int = 0) -> int:
+    """``preferred`` if it is free on ``host``, else an unused TCP port (bind to 0 and release)."""
+    for port in ((preferred, 0) if preferred else (0,)):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError(f"no free port on {host}")
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
+    """Poll ``predicate()`` until truthy (returned) or raise TimeoutError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - keep polling
+            last_exc = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+@dataclass
+class Proc:
+    """A child process with its log file."""
+
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout`` s; returns the exit code."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+    def tail(self, n: int = 30) -> str:
+        """Last ``n`` lines of the process log."""
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        return ""
+
+
+def _spawn(name: str, args: list[str], workdir: Path, env: dict | None = None) -> Proc:
+    log = workdir / f"{name}.log"
+    fh = open(log, "ab")  # noqa: SIM115 - owned by the child
+    popen = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env={**os.environ, **(env or {})}, cwd=ROOT)
+    fh.close()
+    return Proc(name, popen, log)
+
+
+@dataclass
+class Stack:
+    """Camera + pod + gateway. ``start_*`` methods block until each is ready."""
+
+    workdir: Path
+    camera_host: str = "127.0.0.1"
+    camera_port: int = 0
+    pod_host: str = "127.0.0.2"
+    pod_port: int = 0
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 0
+    pod_id: str = "main-gate-pod"
+    camera_id: str = "gate-camera-1"
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    segment_seconds: float = 1.0
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.camera_port = free_port(self.camera_host, self.camera_port)
+        self.pod_port = free_port(self.pod_host, self.pod_port)
+        self.gateway_port = free_port(self.gateway_host, self.gateway_port)
+
+    @property
+    def rtsp_url(self) -> str:
+        return f"rtsp://{self.camera_host}:{self.camera_port}/gate"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.gateway_host}:{self.gateway_port}"
+
+    @property
+    def pod_url(self) -> str:
+        return f"http://{self.pod_host}:{self.pod_port}"
+
+    @property
+    def hls_dir(self) -> Path:
+        return self.workdir / "hls"
+
+    def start_camera(self, timeout: float = 20.0) -> Proc:
+        """Start the GStreamer RTSP camera and wait for its READY line."""
+        proc = _spawn("camera", [SYSTEM_PYTHON, str(ROOT / "deploy/dev/camera.py"), "--host", self.camera_host,
+                                 "--port", str(self.camera_port), "--path", "/gate"], self.workdir)
+        self.procs["camera"] = proc
+        wait_until(lambda: "CAMERA READY" in proc.log.read_text(errors="replace") or proc.popen.poll() is not None,
+                   timeout, what="camera READY")
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"camera exited:\n{proc.tail()}")
+        return proc
+
+    def pod_config(self) -> dict:
+        """The pod's config.yaml content (seed keys + streaming keys)."""
+        return {
+            "portal_url": "http://127.0.0.1:9",  # portal stand-in arrives with the plate-events issue
+            "pod_api_key": "pbk_dev_" + "x" * 16,
+            "pod_id": self.pod_id,
+            "site_id": "dev-site",
+            "camera_id": self.camera_id,
+            "camera_rtsp_url": self.rtsp_url,
+            "stream_port": self.pod_port,
+            "stream_secret": self.secret,
+            "stream_bind": self.pod_host,
+            "hls_dir": str(self.hls_dir),
+            "hls_segment_seconds": self.segment_seconds,
+            "state_dir": str(self.workdir / "state"),
+            "recordings_dir": str(self.workdir / "recordings"),
+            "rtsp_timeout_seconds": 5,
+            "restart_backoff_max": 5,
+            "enable_mqtt": False,
+        }
+
+    def gateway_config(self) -> dict:
+        """The gateway's gateway.yaml content (static discovery)."""
+        return {
+            "stream_secret": self.secret,
+            "public_base_url": self.gateway_url,
+            "pods": {self.pod_id: self.pod_url},
+            "host": self.gateway_host,
+            "port": self.gateway_port,
+        }
+
+    def start_pod(self, timeout: float = 30.0, wait_segments: bool = True) -> Proc:
+        """Start the pod; wait until ``/health`` reports the camera running."""
+        cfg = self.workdir / "pod.yaml"
+        cfg.write_text(yaml.safe_dump(self.pod_config()))
+        proc = _spawn("pod", [str(VENV_BIN / "platebridge-pod"), "run", "--config", str(cfg)], self.workdir)
+        self.procs["pod"] = proc
+
+        def ready():
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"pod exited:\n{proc.tail()}")
+            r = httpx.get(f"http://127.0.0.1:{self.pod_port}/health", timeout=1)
+            cam = r.json()["cameras"][self.camera_id]
+            return cam["state"] == "running" if wait_segments else True
+
+        wait_until(ready, timeout, what="pod /health running")
+        return proc
+
+    def start_gateway(self, timeout: float = 20.0) -> Proc:
+        """Start the gateway; wait for ``/healthz``."""
+        cfg = self.workdir / "gateway.yaml"
+        cfg.write_text(yaml.safe_dump(self.gateway_config()))
+        proc = _spawn("gateway", [str(VENV_BIN / "platebridge-gateway"), "--config", str(cfg)], self.workdir)
+        self.procs["gateway"] = proc
+
+        def ready():
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"gateway exited:\n{proc.tail()}")
+            return httpx.get(f"{self.gateway_url}/healthz", timeout=1).status_code == 200
+
+        wait_until(ready, timeout, what="gateway /healthz")
+        return proc
+
+    def user_token(self, ttl: float = 600, user_id: str = "demo-user") -> str:
+        """A user stream token as the portal would mint it."""
+        sys.path.insert(0, str(ROOT))
+        from protocol.tokens import Keyring, mint_user_token
+
+        return mint_user_token(Keyring.single(self.secret), user_id=user_id, camera_id=self.camera_id,
+                               pod_id=self.pod_id, ttl=ttl)
+
+    def watch_url(self, token: str) -> str:
+        return f"{self.gateway_url}/watch/{self.camera_id}?token={token}"
+
+    def stop(self) -> None:
+        """Stop everything, gateway first, camera last."""
+        for name in ("gateway", "pod", "camera"):
+            if name in self.procs:
+                self.procs[name].stop()

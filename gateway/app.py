@@ -1,0 +1,128 @@
+"""The gateway's Litestar application.
+
+Routes: ``/streams/{camera_id}/…`` (the proxy, :mod:`gateway.proxy`),
+``GET /watch/{camera_id}?token=…`` (a small hls.js page), ``/assets/*``,
+``/healthz`` (process up), ``/readyz`` (discovery answers and hls.js is
+installed) and ``/metrics`` (Prometheus text format).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from pathlib import Path
+
+import httpx
+from litestar import Litestar, Response, asgi, get
+from litestar.types import Receive, Scope, Send
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.config import GatewayConfig
+from gateway.discovery import Discovery, make_discovery
+from gateway.metrics import REGISTRY
+from gateway.proxy import StreamProxy
+from gateway.upstream import Upstream
+from protocol.errors import TokenError
+from protocol.ids import is_camera_id
+from protocol.tokens import verify_user_token
+
+log = logging.getLogger("platebridge.gateway")
+STATIC = Path(__file__).parent / "static"
+DEFAULT_HLSJS = Path(__file__).parent / "web" / "node_modules" / "hls.js" / "dist" / "hls.min.js"
+_WATCH_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; media-src 'self' blob:; "
+    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'self'"
+)
+
+
+def create_app(
+    cfg: GatewayConfig,
+    *,
+    discovery: Discovery | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Litestar:
+    """Build the gateway app from config.
+
+    ``discovery`` and ``transport`` replace the configured discovery backend
+    and the upstream HTTP transport (tests and benchmarks use them to count
+    pod requests). The shared upstream client is closed on shutdown.
+    """
+    keyring = cfg.keyring()
+    discovery = discovery or make_discovery(cfg)
+    upstream = Upstream(
+        keyring, connect_timeout=cfg.upstream_connect_timeout, read_timeout=cfg.upstream_read_timeout,
+        proxy=cfg.upstream_proxy, transport=transport,
+    )
+    proxy = StreamProxy(
+        keyring=keyring, discovery=discovery, upstream=upstream, allowed_origins=cfg.allowed_origins,
+        max_token_ttl=cfg.max_token_ttl, max_session_seconds=cfg.max_session_seconds, grant_ttl=cfg.grant_ttl,
+        cache_max_bytes=cfg.cache_max_bytes, segment_max_age=cfg.segment_max_age, access_log_enabled=cfg.access_log,
+    )
+    hlsjs = Path(cfg.hlsjs_path) if cfg.hlsjs_path else DEFAULT_HLSJS
+
+    @asgi("/streams", is_mount=True, copy_scope=True)
+    async def streams(scope: Scope, receive: Receive, send: Send) -> None:
+        await proxy(scope, receive, send)
+
+    @get("/watch/{camera_id:str}", sync_to_thread=False)
+    def watch(camera_id: str, token: str | None = None) -> Response:
+        headers = {"Content-Security-Policy": _WATCH_CSP, "Referrer-Policy": "no-referrer",
+                   "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+        problem = None
+        if not is_camera_id(camera_id):
+            problem = (404, "Unknown camera.")
+        elif not token:
+            problem = (401, "This link has no stream token. Open the camera from the portal.")
+        else:
+            try:
+                claims = verify_user_token(token, keyring, max_ttl=cfg.max_token_ttl)
+            except TokenError as exc:
+                problem = (401, f"This stream link is not valid ({exc}). Open the camera from the portal again.")
+            else:
+                if claims.camera_id != camera_id:
+                    problem = (403, "This stream link is for another camera.")
+        if problem:
+            page = f"<!doctype html><meta charset=utf-8><title>PlateBridge</title><p>{html.escape(problem[1])}</p>"
+            return Response(content=page, status_code=problem[0], media_type="text/html", headers=headers)
+        return Response(content=(STATIC / "watch.html").read_bytes(), media_type="text/html", headers=headers)
+
+    @get("/assets/watch.js", sync_to_thread=False)
+    def watch_js() -> Response:
+        return Response(content=(STATIC / "watch.js").read_bytes(), media_type="text/javascript",
+                        headers={"Cache-Control": "no-cache"})
+
+    @get("/assets/hls.min.js", sync_to_thread=False)
+    def hls_js() -> Response:
+        try:
+            data = hlsjs.read_bytes()
+        except OSError:
+            return Response(content="hls.js is not installed: run `make setup`\n", status_code=503, media_type="text/plain")
+        return Response(content=data, media_type="text/javascript", headers={"Cache-Control": "public, max-age=3600"})
+
+    @get("/healthz", sync_to_thread=False)
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @get("/readyz")
+    async def readyz() -> Response:
+        pods = await discovery.pods()
+        ok = hlsjs.exists() and (bool(pods) or cfg.discovery != "static")
+        body = {"status": "ready" if ok else "not ready", "pods_known": len(pods), "hlsjs": hlsjs.exists()}
+        return Response(content=body, status_code=200 if ok else 503)
+
+    @get("/metrics", sync_to_thread=False)
+    def metrics() -> Response:
+        return Response(content=generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    async def shutdown() -> None:
+        await upstream.aclose()
+        await discovery.aclose()
+
+    app = Litestar(
+        route_handlers=[streams, watch, watch_js, hls_js, healthz, readyz, metrics],
+        on_shutdown=[shutdown],
+        openapi_config=None,
+        logging_config=None,
+    )
+    app.state.proxy = proxy
+    return app

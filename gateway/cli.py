@@ -1,0 +1,44 @@
+"""``platebridge-gateway`` command line.
+
+    platebridge-gateway --config gateway.yaml [--host 127.0.0.1] [--port 8080]
+
+Environment variables override the file (see :mod:`gateway.config`). Exit
+codes: 0 clean shutdown, 2 bad config (message names the key path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gateway.config import load_config
+from gateway.errors import ConfigError
+from protocol.logfmt import setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    p = argparse.ArgumentParser(prog="platebridge-gateway", description="PlateBridge tailnet HLS gateway")
+    p.add_argument("--config", "-c", help="path to gateway.yaml (optional if env configures everything)")
+    p.add_argument("--host", help="listen address (overrides config)")
+    p.add_argument("--port", type=int, help="listen port (overrides config)")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"platebridge-gateway: config error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log_level)
+    import uvicorn
+
+    from gateway.app import create_app
+
+    uvicorn.run(
+        create_app(cfg), host=args.host or cfg.host, port=args.port or cfg.port, loop="uvloop", http="httptools",
+        access_log=False, log_config=None, log_level=cfg.log_level.lower(), proxy_headers=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,382 @@
+"""The stream proxy: ``/streams/{camera_id}/…`` as a raw ASGI app (the hot path).
+
+Request flow (each step refuses before the next one runs):
+
+1. Parse the raw path and query. The path below the camera is checked with
+   :func:`protocol.paths.safe_relative_path` (→ 400); unknown file types → 404.
+2. Authenticate **before any upstream request**:
+   * a ``pb_grant`` query parameter (segments and playlist reloads), or
+   * for a playlist only, the user JWT (``?token=`` or ``Authorization: Bearer``).
+     A valid JWT answers ``302`` to the same playlist with a session grant, so
+     reloads keep working after the JWT expires (the JWT only gates the start).
+   Missing credentials → 401, bad or foreign ones → 401/403.
+3. Locate the pod (discovery; unknown/offline → 503).
+4. Playlists: one shared upstream fetch per camera per half target duration
+   (:class:`~gateway.cache.PlaylistCache`), rewritten per viewer with fresh
+   grants (:mod:`gateway.playlist`). Segments: single-flight byte-bounded cache,
+   streamed to every viewer as bytes arrive.
+5. Errors: pod unreachable → 502, timeout → 504, 404 passes through, 503 passes
+   with Retry-After, the pod refusing *our* token → 502 (never 401).
+
+CORS (exact-origin echo + ``Vary: Origin``) is added to every response here,
+errors and redirects included; preflights allow ``Range`` and ``Authorization``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from urllib.parse import unquote
+
+from gateway.cache import Flight, PlaylistCache, SegmentCache
+from gateway.discovery import Discovery
+from gateway.errors import DiscoveryError, ForeignURIError, GrantError, PlaylistError, UpstreamTimeout
+from gateway.grants import GRANT_PARAM, Grant, GrantSigner, take_param
+from gateway.metrics import BYTES_OUT, CACHE, CACHE_BYTES, REQUESTS, UPSTREAM, VIEWERS
+from gateway.playlist import rewrite_playlist, target_duration
+from gateway.upstream import Upstream
+from protocol.errors import TokenError
+from protocol.ids import is_camera_id
+from protocol.paths import UnsafePath, content_type_for, safe_relative_path
+from protocol.redact import redact
+from protocol.tokens import Keyring, verify_user_token
+
+log = logging.getLogger("platebridge.gateway")
+access_log = logging.getLogger("platebridge.gateway.access")
+
+M3U8 = "application/vnd.apple.mpegurl"
+PREFIX = b"/streams/"
+_COMMON = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+
+
+class HTTPError(Exception):
+    """An error response to send (status + short text + extra headers)."""
+
+    def __init__(self, status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        super().__init__(text)
+        self.status, self.text, self.headers = status, text, headers or []
+
+
+def _header(scope, name: bytes) -> str | None:
+    for k, v in scope.get("headers", ()):
+        if k == name:
+            return v.decode("latin-1")
+    return None
+
+
+def parse_range(value: str, size: int) -> tuple[int, int] | None:
+    """Parse a single ``bytes=a-b`` / ``a-`` / ``-n`` range (RFC 9110 §14.1.2).
+
+    Returns inclusive ``(start, end)`` or None when unsatisfiable/malformed
+    (multi-range is not supported and also yields None).
+    """
+    unit, _, spec = value.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        return None
+    try:
+        if first == "":
+            n = int(last)
+            if n <= 0:
+                return None
+            return max(0, size - n), size - 1
+        start = int(first)
+        end = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if start < 0 or start >= size or end < start:
+        return None
+    return start, min(end, size - 1)
+
+
+class StreamProxy:
+    """ASGI app serving ``/streams/…``. Construct once per process; see module docs."""
+
+    def __init__(
+        self,
+        *,
+        keyring: Keyring,
+        discovery: Discovery,
+        upstream: Upstream,
+        allowed_origins: list[str],
+        max_token_ttl: float = 900.0,
+        max_session_seconds: float = 3600.0,
+        grant_ttl: float = 120.0,
+        cache_max_bytes: int = 256 * 1024 * 1024,
+        segment_max_age: int = 60,
+        access_log_enabled: bool = True,
+    ) -> None:
+        self.keyring = keyring
+        self.signer = GrantSigner(keyring)
+        self.discovery = discovery
+        self.upstream = upstream
+        self.origins = {o.encode() for o in allowed_origins}
+        self.max_token_ttl = max_token_ttl
+        self.max_session_seconds = max_session_seconds
+        self.grant_ttl = grant_ttl
+        self.segments = SegmentCache(cache_max_bytes)
+        self.playlists = PlaylistCache()
+        self.segment_cc = f"private, max-age={int(segment_max_age)}, immutable".encode()
+        self.access_log_enabled = access_log_enabled
+        self._viewers: dict[tuple[str, int], float] = {}
+        VIEWERS.set_function(self.active_viewers)
+        CACHE_BYTES.set_function(lambda: self.segments.size_bytes)
+
+    def active_viewers(self, window: float = 30.0) -> int:
+        """Distinct viewer sessions (user, session) that loaded a playlist in the last ``window`` s."""
+        cutoff = time.monotonic() - window
+        for k in [k for k, t in self._viewers.items() if t < cutoff]:
+            del self._viewers[k]
+        return len(self._viewers)
+
+    # ---- ASGI entry ----------------------------------------------------
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        cors = self._cors(scope)
+        status = 500
+        kind = "other"
+        try:
+            status, kind = await self._handle(scope, send, cors)
+        except HTTPError as exc:
+            status = exc.status
+            await self._send_text(send, exc.status, exc.text, cors + exc.headers, head=scope["method"] == "HEAD")
+        finally:
+            REQUESTS.labels(kind, str(status)).inc()
+            if self.access_log_enabled:
+                q = scope.get("query_string", b"").decode("latin-1")
+                path = scope.get("raw_path", b"").decode("latin-1") or scope["path"]
+                access_log.info(
+                    "%s %s %d %.1fms", scope["method"], redact(path + ("?" + q if q else "")), status,
+                    (time.perf_counter() - started) * 1000,
+                )
+
+    def _cors(self, scope) -> list[tuple[bytes, bytes]]:
+        origin = None
+        for k, v in scope.get("headers", ()):
+            if k == b"origin":
+                origin = v
+                break
+        out = [(b"vary", b"Origin")]
+        if origin is not None and origin in self.origins:
+            out += [
+                (b"access-control-allow-origin", origin),
+                (b"access-control-expose-headers", b"Content-Length, Content-Range, Accept-Ranges"),
+            ]
+        return out
+
+    async def _send_text(self, send, status: int, text: str, headers, *, head: bool = False) -> None:
+        body = (text + "\n").encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"), *_COMMON, *headers]})
+        await send({"type": "http.response.body", "body": b"" if head else body})
+
+    async def _handle(self, scope, send, cors) -> tuple[int, str]:
+        method = scope["method"]
+        if method == "OPTIONS":
+            headers = cors + [(b"access-control-allow-methods", b"GET, HEAD, OPTIONS"),
+                              (b"access-control-allow-headers", b"Range, Authorization"),
+                              (b"access-control-max-age", b"600"), (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": 204, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return 204, "preflight"
+        if method not in ("GET", "HEAD"):
+            raise HTTPError(405, "method not allowed", [(b"allow", b"GET, HEAD, OPTIONS")])
+
+        raw_path = (scope.get("raw_path") or scope["path"].encode()).split(b"?", 1)[0]
+        if not raw_path.startswith(PREFIX):
+            raise HTTPError(404, "not found")
+        rest = raw_path[len(PREFIX):].decode("latin-1")
+        cam_raw, sep, file_part = rest.partition("/")
+        camera_id = unquote(cam_raw)
+        if not sep or not is_camera_id(camera_id):
+            raise HTTPError(404, "not found")
+        try:
+            rel = safe_relative_path(file_part)
+        except UnsafePath:
+            raise HTTPError(400, "bad path") from None
+        ctype = content_type_for(rel)
+        if ctype is None:
+            raise HTTPError(404, "not found")
+        is_playlist = ctype == M3U8
+        kind = "playlist" if is_playlist else "segment"
+
+        query = scope.get("query_string", b"").decode("latin-1")
+        grants, query = take_param(query, GRANT_PARAM)
+        if len(grants) > 1:
+            raise HTTPError(400, "more than one grant")
+        now = time.time()
+        if grants:
+            try:
+                grant = self.signer.verify(grants[0], camera_id=camera_id, now=now)
+            except GrantError as exc:
+                raise HTTPError(403, f"forbidden: {exc}") from None
+        else:
+            tokens, query = take_param(query, "token")
+            if not is_playlist:
+                raise HTTPError(401, "segment requests need the grant from the playlist",
+                                [(b"www-authenticate", b"Bearer")])
+            if len(tokens) > 1:
+                raise HTTPError(400, "more than one token")
+            token = unquote(tokens[0]) if tokens else None
+            if token is None:
+                auth = _header(scope, b"authorization") or ""
+                scheme, _, value = auth.partition(" ")
+                token = value.strip() if scheme.lower() == "bearer" and value.strip() else None
+            if not token:
+                raise HTTPError(401, "stream token required", [(b"www-authenticate", b"Bearer")])
+            try:
+                claims = verify_user_token(token, self.keyring, max_ttl=self.max_token_ttl, now=now)
+            except TokenError as exc:
+                raise HTTPError(401, f"invalid stream token: {exc}",
+                                [(b"www-authenticate", b'Bearer error="invalid_token"')]) from None
+            if claims.camera_id != camera_id:
+                raise HTTPError(403, "token is for another camera")
+            start = min(now, claims.iat) if claims.iat else now
+            session_exp = int(start + self.max_session_seconds)
+            if session_exp <= now:
+                raise HTTPError(403, "viewing session is over; request a new token")
+            grant = Grant(claims.user_id, camera_id, claims.pod_id, session_exp, session_exp)
+            location = rel.rsplit("/", 1)[-1] + "?" + (query + "&" if query else "") + GRANT_PARAM + "=" + self.signer.mint(grant)
+            await send({"type": "http.response.start", "status": 302, "headers": [
+                (b"location", location.encode("latin-1")), (b"cache-control", b"no-store"),
+                (b"content-length", b"0"), *_COMMON, *cors]})
+            await send({"type": "http.response.body", "body": b""})
+            return 302, kind
+
+        try:
+            base_url = await self.discovery.resolve(grant.pod_id)
+        except DiscoveryError as exc:
+            raise HTTPError(503, f"pod unavailable: {exc}", [(b"retry-after", b"5")]) from None
+        if is_playlist:
+            return await self._playlist(scope, send, cors, grant, base_url, rel, query, now), kind
+        return await self._segment(scope, send, cors, grant, base_url, rel, query, ctype), kind
+
+    # ---- upstream outcomes -------------------------------------------------
+    @staticmethod
+    def _check_upstream(flight: Flight) -> None:
+        """Map a finished/started flight's failure to an HTTPError (never 401/403)."""
+        if flight.status == 0:
+            err = flight.error
+            if isinstance(err, UpstreamTimeout):
+                raise HTTPError(504, "pod timed out")
+            raise HTTPError(502, "pod unreachable")
+        st = flight.status
+        if st == 200:
+            return
+        if st in (401, 403):
+            log.error("pod refused the gateway's credentials (HTTP %d): check stream_secret on both sides", st)
+            raise HTTPError(502, "pod refused the gateway")
+        if st == 503 or st == 504:
+            ra = flight.headers.get("retry-after", "2")
+            raise HTTPError(st, "stream not ready", [(b"retry-after", ra.encode("latin-1"))])
+        if 400 <= st < 500:
+            raise HTTPError(st, "not found" if st == 404 else f"pod answered {st}")
+        raise HTTPError(502, f"pod error {st}")
+
+    async def _complete_body(self, flight: Flight) -> bytes:
+        """The whole upstream body, or the HTTPError its failure maps to."""
+        try:
+            body = await flight.read_all()
+        except Exception:  # noqa: BLE001 - the flight's status says what happened
+            self._check_upstream(flight)
+            raise HTTPError(502, "pod connection broke mid-transfer") from None
+        self._check_upstream(flight)
+        return body
+
+    async def _playlist(self, scope, send, cors, grant: Grant, base_url: str, rel: str, query: str, now: float) -> int:
+        blocking = "_HLS_msn=" in query or "_HLS_part=" in query or "_HLS_skip=" in query
+        url = self.upstream.url(base_url, grant.camera_id, rel, query)
+        key = (grant.pod_id, grant.camera_id, rel, query)
+
+        async def fetch(flight: Flight) -> None:
+            UPSTREAM.labels("playlist").inc()
+            await self.upstream.fill(flight, url, pod_id=grant.pod_id, camera_id=grant.camera_id,
+                                     read_timeout=max(self.upstream.read_timeout, 30.0) if blocking else None)
+
+        def ttl_of(flight: Flight) -> float:
+            if blocking:
+                return 0.0
+            td = target_duration(b"".join(flight.chunks).decode("utf-8", "replace"))
+            return max(0.2, min((td or 2.0) / 2, 5.0))
+
+        flight = self.playlists.get_or_fetch(key, fetch, ttl_of)
+        body = await self._complete_body(flight)
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HTTPError(502, "pod sent an invalid playlist") from None
+        seg_grant = self.signer.mint(Grant(grant.user, grant.camera_id, grant.pod_id,
+                                           int(min(now + self.grant_ttl, grant.session_exp)), grant.session_exp))
+        pl_grant = self.signer.mint(Grant(grant.user, grant.camera_id, grant.pod_id, grant.session_exp, grant.session_exp))
+        scope_url = f"{base_url}/cameras/{grant.camera_id}/"
+        try:
+            out = rewrite_playlist(text, upstream_url=str(url), scope_url=scope_url,
+                                   segment_grant=seg_grant, playlist_grant=pl_grant)
+        except ForeignURIError:
+            log.error("pod %s sent a playlist with a URI outside its camera directory; refused", grant.pod_id)
+            raise HTTPError(502, "pod sent a playlist with a foreign URI") from None
+        except PlaylistError:
+            raise HTTPError(502, "pod sent an invalid playlist") from None
+        self._viewers[(grant.user, grant.session_exp)] = time.monotonic()
+        data = out.encode("utf-8")
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", M3U8.encode()), (b"content-length", str(len(data)).encode()),
+            (b"cache-control", b"no-cache, private"), *_COMMON, *cors]})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else data})
+        BYTES_OUT.inc(len(data))
+        return 200
+
+    async def _segment(self, scope, send, cors, grant: Grant, base_url: str, rel: str, query: str, ctype: str) -> int:
+        is_init = rel.endswith(".mp4")
+        url = self.upstream.url(base_url, grant.camera_id, rel, query)
+        key = (grant.pod_id, grant.camera_id, rel, query)
+
+        async def fetch(flight: Flight, stale: Flight | None) -> None:
+            UPSTREAM.labels("init" if is_init else "segment").inc()
+            await self.upstream.fill(flight, url, pod_id=grant.pod_id, camera_id=grant.camera_id, stale=stale)
+
+        before = self.segments.misses
+        flight = self.segments.get_or_fetch(key, fetch, revalidate=is_init)
+        CACHE.labels("miss" if self.segments.misses != before else "hit").inc()
+        await flight.ready.wait()
+        self._check_upstream(flight)
+        headers = [(b"content-type", ctype.encode()), (b"accept-ranges", b"bytes"),
+                   (b"cache-control", b"private, no-cache" if is_init else self.segment_cc), *_COMMON, *cors]
+        head = scope["method"] == "HEAD"
+        rng = _header(scope, b"range")
+        if rng is not None:
+            body = await self._complete_body(flight)
+            span = parse_range(rng, len(body))
+            if span is None:
+                raise HTTPError(416, "range not satisfiable", [(b"content-range", f"bytes */{len(body)}".encode())])
+            a, b = span
+            part = body[a:b + 1]
+            await send({"type": "http.response.start", "status": 206, "headers": [
+                *headers, (b"content-range", f"bytes {a}-{b}/{len(body)}".encode()),
+                (b"content-length", str(len(part)).encode())]})
+            await send({"type": "http.response.body", "body": b"" if head else part})
+            BYTES_OUT.inc(0 if head else len(part))
+            return 206
+        length = flight.headers.get("content-length")
+        if flight.done and flight.error is None:
+            length = str(flight.size)
+        if length is not None:
+            headers.append((b"content-length", length.encode("latin-1")))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if head:
+            await send({"type": "http.response.body", "body": b""})
+            return 200
+        sent = 0
+        try:
+            async for chunk in flight.body():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                sent += len(chunk)
+        finally:
+            BYTES_OUT.inc(sent)
+        await send({"type": "http.response.body", "body": b""})
+        return 200

@@ -1,0 +1,71 @@
+"""``platebridge-pod`` command line.
+
+    platebridge-pod run --config config.yaml
+    python -m pod config.yaml            (the seed's form)
+
+Exit codes: 0 clean shutdown, 2 bad config (message names the key path),
+1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from pod.config import load_config
+from pod.errors import ConfigError, PodError
+from protocol.logfmt import setup_logging
+
+log = logging.getLogger("platebridge.pod")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="platebridge-pod", description="PlateBridge gate pod agent")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the agent")
+    run.add_argument("--config", "-c", required=True, help="path to config.yaml")
+    return p
+
+
+async def _run(cfg) -> None:
+    from pod.agent import PodAgent
+
+    await PodAgent(cfg).run()
+
+
+def run_with_config(path: str) -> int:
+    """Load ``path`` and run the agent on uvloop. Returns the process exit code."""
+    try:
+        cfg, warnings = load_config(path)
+    except ConfigError as exc:
+        print(f"platebridge-pod: config error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log_level)
+    for w in warnings:
+        log.warning("config: %s", w)
+    try:
+        import uvloop
+
+        uvloop.run(_run(cfg))
+    except ConfigError as exc:
+        log.error("config error: %s", exc)
+        return 2
+    except PodError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``platebridge-pod``; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] not in ("run", "-h", "--help") and not argv[0].startswith("-"):
+        return run_with_config(argv[0])  # seed form: python -m pod config.yaml
+    args = _parser().parse_args(argv)
+    return run_with_config(args.config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Pod configuration: msgspec-validated YAML.
+
+The seed's single-camera ``config.yaml`` loads unchanged: ``camera_id`` +
+``camera_rtsp_url`` (+ optional ``frigate_camera``) become one entry of
+``cameras``. New keys: ``stream_bind``, ``hls_dir``, ``hls_segment_seconds``,
+``cameras`` and the tunables below. Every error names the key path
+(``$.cameras[0].rtsp_url``) and the reason; the CLI exits with code 2.
+
+Tunables live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+from pod.errors import BindRefused, ConfigError
+from protocol.ids import is_camera_id, is_dns_label
+
+# RFC 6598 shared address space, which Tailscale uses for tailnet IPv4 addresses,
+# and Tailscale's ULA prefix for tailnet IPv6 addresses.
+TAILNET_V4 = ipaddress.ip_network("100.64.0.0/10")
+TAILNET_V6 = ipaddress.ip_network("fd7a:115c:a1e0::/48")
+LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
+
+SegmentType = Literal["fmp4", "mpegts"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class CameraConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """One camera: ``camera_id`` (URL/file safe), its RTSP URL and its name in Frigate
+    (``frigate_camera``, defaults to ``camera_id``)."""
+
+    camera_id: str
+    rtsp_url: str
+    frigate_camera: str | None = None
+    name: str | None = None
+    position: str | None = None
+
+
+class PodConfig(msgspec.Struct, kw_only=True):
+    """The whole pod configuration. Durations are seconds, sizes bytes."""
+
+    # --- seed keys (config.yaml of the original agent) ---
+    portal_url: str
+    pod_api_key: str
+    pod_id: str
+    site_id: str = ""
+    company_id: str = ""
+    community_id: str | None = None
+    pod_name: str | None = None
+    camera_id: str | None = None
+    camera_name: str | None = None
+    camera_position: str | None = None
+    camera_rtsp_url: str | None = None
+    frigate_camera: str | None = None
+    min_confidence: float = 0.75
+    enable_streaming: bool = True
+    stream_port: int = 8000
+    stream_secret: str | None = None
+    public_ip: str = "auto"  # seed key; superseded by stream_bind, accepted and ignored
+    record_on_detection: bool = True
+    recordings_dir: str = "/var/lib/platebridge/recordings"
+    recording_duration: float = 30.0
+    enable_mqtt: bool = True
+    mqtt_host: str = "localhost"
+    mqtt_port: int = 1883
+    mqtt_topic: str = "frigate/events"
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    frigate_url: str = "http://localhost:5000"
+    save_snapshots: bool = True
+    whitelist_refresh_interval: float = 300.0
+    heartbeat_interval: float = 60.0
+
+    # --- streaming (live-view issue) ---
+    stream_bind: str = "auto"
+    stream_secrets: dict[str, str] | None = None  # kid -> secret, for rotation
+    stream_secret_primary: str | None = None
+    tailscale_socket: str = "/var/run/tailscale/tailscaled.sock"
+    tailnet_wait_seconds: float = 0.0  # 0 = wait forever for the tailnet IP
+    cameras: list[CameraConfig] | None = None
+    state_dir: str = "/var/lib/platebridge"
+    hls_dir: str = "/var/lib/platebridge/hls"
+    hls_segment_seconds: float = 2.0
+    hls_list_size: int = 6
+    hls_keep_extra_segments: int = 30  # kept on disk past the playlist window (pre-roll)
+    hls_segment_type: SegmentType = "fmp4"
+    ffmpeg_path: str = "ffmpeg"
+    rtsp_timeout_seconds: float = 10.0
+    restart_backoff_initial: float = 1.0
+    restart_backoff_max: float = 30.0
+    watchdog_factor: float = 3.0  # restart when the playlist is stale for factor x target duration
+    log_level: LogLevel = "INFO"
+
+    def camera_list(self) -> list[CameraConfig]:
+        """The cameras, with the seed's single-camera keys folded in."""
+        assert self.cameras is not None  # normalised by load_config
+        return self.cameras
+
+    def secrets(self) -> dict[str, str]:
+        """kid → stream secret (``POD_STREAM_SECRET`` env wins over ``stream_secret``)."""
+        out = dict(self.stream_secrets or {})
+        single = os.environ.get("POD_STREAM_SECRET") or self.stream_secret
+        if single:
+            out.setdefault("default", single)
+        return out
+
+
+def _unknown_keys(data: dict[str, Any]) -> list[str]:
+    known = set(PodConfig.__struct_fields__)
+    return sorted(k for k in data if k not in known)
+
+
+def check_bind_address(value: str) -> str:
+    """Validate an explicit ``stream_bind`` IP.
+
+    Accepts tailnet addresses (100.64.0.0/10, fd7a:115c:a1e0::/48) and loopback
+    (127.0.0.0/8, for development only). Raises :class:`BindRefused` for
+    0.0.0.0/:: and any LAN or public address, because the pod must never
+    expose video outside the tailnet.
+    """
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise BindRefused(f"$.stream_bind: {value!r} is neither 'auto' nor an IP address") from None
+    if ip.is_unspecified:
+        raise BindRefused(f"$.stream_bind: {value} would listen on every interface; use 'auto' or the tailnet IP")
+    if ip in TAILNET_V4 or ip in TAILNET_V6 or (ip.version == 4 and ip in LOOPBACK_V4):
+        return str(ip)
+    raise BindRefused(
+        f"$.stream_bind: {value} is a LAN/public address; pods serve video only on their tailnet address "
+        "(100.64.0.0/10) — use 'auto'"
+    )
+
+
+def _fail(path: str, reason: str) -> ConfigError:
+    return ConfigError(f"{path}: {reason}")
+
+
+def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[str]]:
+    """Validate a decoded YAML mapping. Returns ``(config, warnings)``.
+
+    Raises :class:`ConfigError` naming the key path and the reason.
+    """
+    if not isinstance(data, dict):
+        raise _fail("$", f"{source} must be a YAML mapping of keys to values")
+    warnings = [f"$.{k}: unknown key, ignored" for k in _unknown_keys(data)]
+    known = {k: v for k, v in data.items() if k in PodConfig.__struct_fields__}
+    try:
+        cfg = msgspec.convert(known, PodConfig, strict=False)
+    except msgspec.ValidationError as exc:
+        msg = str(exc)
+        if " - at `" in msg:
+            reason, _, path = msg.rpartition(" - at `")
+            raise _fail(path.rstrip("`"), reason) from None
+        raise _fail("$", msg) from None
+
+    if not cfg.portal_url.startswith(("http://", "https://")):
+        raise _fail("$.portal_url", "must start with http:// or https://")
+    if not cfg.pod_api_key:
+        raise _fail("$.pod_api_key", "must not be empty")
+    if not is_dns_label(cfg.pod_id):
+        raise _fail("$.pod_id", "must be a DNS label (a-z, 0-9, '-', 1-63 chars): it is the pod's tailnet host name")
+    if not 1 <= cfg.stream_port <= 65535:
+        raise _fail("$.stream_port", "must be 1-65535")
+    if not 0.5 <= cfg.hls_segment_seconds <= 10:
+        raise _fail("$.hls_segment_seconds", "must be between 0.5 and 10 seconds")
+    if not 2 <= cfg.hls_list_size <= 60:
+        raise _fail("$.hls_list_size", "must be between 2 and 60")
+    if not 0 <= cfg.hls_keep_extra_segments <= 10_000:
+        raise _fail("$.hls_keep_extra_segments", "must be between 0 and 10000")
+    if not 0.0 <= cfg.min_confidence <= 1.0:
+        raise _fail("$.min_confidence", "must be between 0.0 and 1.0")
+    if cfg.recording_duration <= 0:
+        raise _fail("$.recording_duration", "must be > 0 seconds")
+    if cfg.watchdog_factor < 2:
+        raise _fail("$.watchdog_factor", "must be >= 2")
+    for key in ("heartbeat_interval", "whitelist_refresh_interval", "restart_backoff_initial", "restart_backoff_max"):
+        if not math.isfinite(getattr(cfg, key)) or getattr(cfg, key) <= 0:
+            raise _fail(f"$.{key}", "must be a positive number of seconds")
+    if cfg.stream_bind != "auto":
+        check_bind_address(cfg.stream_bind)
+
+    cameras = list(cfg.cameras or [])
+    if cfg.camera_id or cfg.camera_rtsp_url:
+        if cfg.cameras:
+            raise _fail("$.camera_id", "use either the seed's camera_id/camera_rtsp_url or 'cameras', not both")
+        if not cfg.camera_id:
+            raise _fail("$.camera_id", "required with camera_rtsp_url")
+        if not cfg.camera_rtsp_url:
+            raise _fail("$.camera_rtsp_url", "required with camera_id")
+        cameras = [
+            CameraConfig(
+                camera_id=cfg.camera_id,
+                rtsp_url=cfg.camera_rtsp_url,
+                frigate_camera=cfg.frigate_camera,
+                name=cfg.camera_name,
+                position=cfg.camera_position,
+            )
+        ]
+    if not cameras:
+        raise _fail("$.cameras", "at least one camera is required (cameras: [...] or camera_id + camera_rtsp_url)")
+    seen: set[str] = set()
+    for i, cam in enumerate(cameras):
+        if not is_camera_id(cam.camera_id):
+            raise _fail(f"$.cameras[{i}].camera_id", "must be 1-64 chars of A-Za-z0-9_.- starting with a letter/digit")
+        if cam.camera_id in seen:
+            raise _fail(f"$.cameras[{i}].camera_id", f"duplicate camera_id {cam.camera_id!r}")
+        seen.add(cam.camera_id)
+        if not cam.rtsp_url.startswith(("rtsp://", "rtsps://")):
+            raise _fail(f"$.cameras[{i}].rtsp_url", "must be an rtsp:// or rtsps:// URL")
+        if cam.frigate_camera is None:
+            cam.frigate_camera = cam.camera_id
+    cfg.cameras = cameras
+    if cfg.pod_name is None:
+        cfg.pod_name = cfg.pod_id
+
+    if cfg.enable_streaming:
+        secrets = cfg.secrets()
+        if not secrets:
+            raise _fail("$.stream_secret", "required when enable_streaming is true (or set env POD_STREAM_SECRET)")
+        if cfg.stream_secret_primary and cfg.stream_secret_primary not in secrets:
+            raise _fail("$.stream_secret_primary", "must name a kid in stream_secrets")
+        for kid, secret in secrets.items():
+            if len(secret.encode()) < 32:
+                warnings.append(f"$.stream_secret: secret {kid!r} is shorter than 32 bytes; use a longer random secret")
+    return cfg, warnings
+
+
+def load_config(path: str | os.PathLike[str]) -> tuple[PodConfig, list[str]]:
+    """Read and validate a YAML config file. Returns ``(config, warnings)``.
+
+    Raises :class:`ConfigError` for unreadable files, YAML syntax errors
+    (with line/column) and invalid values (with the key path).
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}: YAML syntax error{where}") from None
+    return parse_config(data, source=str(p))

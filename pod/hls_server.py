@@ -1,0 +1,139 @@
+"""The pod's HTTP server (Litestar): HLS on the tailnet address, health on loopback.
+
+Routes:
+
+* ``GET /cameras/{camera_id}/index.m3u8`` and ``GET /cameras/{camera_id}/{file}``
+  — only on the tailnet listener, and only with ``Authorization: Bearer <gateway→pod
+  token>`` whose ``camera_id`` matches the path and whose ``pod_id`` is this pod.
+  Paths are checked on the raw (still percent-encoded) request path, so encoded
+  traversal (``%2e%2e``, ``%2f``) is refused too.
+* ``GET /health`` — no auth, on both listeners: state per camera and the age of
+  the newest segment; no URLs, no secrets.
+* ``GET /metrics`` — Prometheus text format.
+
+A configured camera whose playlist does not exist yet (ffmpeg starting or
+restarting) answers **503** with ``Retry-After`` — players retry 5xx but give up
+on 4xx, so a camera restart must not look like a missing resource.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+
+from litestar import Litestar, Request, Response, get
+from litestar.exceptions import HTTPException
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from pod.metrics import HLS_REQUESTS, REGISTRY
+from pod.streamer import PLAYLIST, CameraStreamer
+from protocol.errors import TokenError
+from protocol.paths import UnsafePath, content_type_for, safe_relative_path
+from protocol.tokens import Keyring, verify_pod_token
+
+VERSION = "0.1.0"
+
+
+def _bearer(request: Request) -> str | None:
+    value = request.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _plain(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
+    HLS_REQUESTS.labels(str(status)).inc()
+    return Response(content=text + "\n", status_code=status, media_type="text/plain", headers=headers or {})
+
+
+def create_hls_app(
+    *,
+    pod_id: str,
+    keyring: Keyring,
+    streamers: dict[str, CameraStreamer],
+    tailnet_host: str,
+    extra_status: Callable[[], dict] | None = None,
+) -> Litestar:
+    """Build the pod's Litestar app.
+
+    ``streamers`` maps camera_id → :class:`CameraStreamer`; ``tailnet_host`` is the
+    address HLS may be served on (requests arriving on any other listener get
+    404 for camera routes). ``extra_status`` adds keys to ``/health``.
+    """
+    started = time.time()
+
+    @get("/health", sync_to_thread=False)
+    def health() -> dict:
+        cams = {cid: s.status() for cid, s in streamers.items()}
+        ok = all(c["state"] == "running" for c in cams.values())
+        body = {"status": "ok" if ok else "degraded", "pod_id": pod_id, "version": VERSION,
+                "uptime_s": round(time.time() - started, 1), "cameras": cams}
+        if extra_status:
+            body.update(extra_status())
+        return body
+
+    @get("/metrics", sync_to_thread=False)
+    def metrics() -> Response:
+        return Response(content=generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @get("/cameras/{camera_id:str}/{file:path}", sync_to_thread=False)
+    def hls_file(request: Request, camera_id: str, file: str) -> Response:
+        server = request.scope.get("server")
+        if not server or server[0] != tailnet_host:
+            return _plain(404, "not found")
+        streamer = streamers.get(camera_id)
+        token = _bearer(request)
+        if token is None:
+            return _plain(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
+        try:
+            claims = verify_pod_token(token, keyring)
+        except TokenError as exc:
+            return _plain(401, f"invalid token: {exc}", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        if claims.camera_id != camera_id or claims.pod_id != pod_id:
+            return _plain(403, "token is for another camera or pod")
+        if streamer is None:
+            return _plain(404, "unknown camera")
+        raw = request.scope.get("raw_path", b"").decode("latin-1")
+        prefix = f"/cameras/{camera_id}/"
+        if not raw.startswith(prefix):
+            return _plain(400, "bad path")
+        try:
+            rel = safe_relative_path(raw[len(prefix):])
+        except UnsafePath:
+            return _plain(400, "bad path")
+        ctype = content_type_for(rel)
+        if ctype is None:
+            return _plain(404, "not found")
+        base = streamer.dir.resolve()
+        path = (base / rel).resolve()
+        if base not in path.parents:
+            return _plain(400, "bad path")
+        try:
+            st = path.stat()
+            data = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            if rel == PLAYLIST:
+                return _plain(503, "stream starting", {"Retry-After": "2"})
+            return _plain(404, "not found")
+        etag = '"' + hashlib.blake2b(f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}".encode(), digest_size=8).hexdigest() + '"'
+        is_playlist = ctype == "application/vnd.apple.mpegurl"
+        headers = {
+            "ETag": etag,
+            "Cache-Control": "no-cache" if is_playlist or rel.endswith(".mp4") else "max-age=300",
+        }
+        if request.headers.get("if-none-match") == etag:
+            HLS_REQUESTS.labels("304").inc()
+            return Response(content=b"", status_code=304, headers=headers)
+        HLS_REQUESTS.labels("200").inc()
+        return Response(content=data, media_type=ctype, headers=headers)
+
+    def _not_found(_: Request, exc: HTTPException) -> Response:
+        return _plain(exc.status_code, exc.detail or "error")
+
+    return Litestar(
+        route_handlers=[health, metrics, hls_file],
+        exception_handlers={HTTPException: _not_found},
+        openapi_config=None,
+        logging_config=None,
+    )
+

@@ -1,0 +1,12 @@
+"""Prometheus metrics of the pod agent (one registry per process)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+REGISTRY = CollectorRegistry()
+SEGMENTS = Counter("platebridge_pod_segments_total", "HLS segments produced", ["camera_id"], registry=REGISTRY)
+FFMPEG_RESTARTS = Counter("platebridge_pod_ffmpeg_restarts_total", "ffmpeg restarts", ["camera_id"], registry=REGISTRY)
+WATCHDOG_TRIPS = Counter(
+    "platebridge_pod_watchdog_trips_total", "Restarts because the playlist stopped advancing", ["camera_id"], registry=REGISTRY
+)
+SEGMENT_AGE = Gauge("platebridge_pod_last_segment_age_seconds", "Age of the newest segment", ["camera_id"], registry=REGISTRY)
+HLS_REQUESTS = Counter("platebridge_pod_hls_requests_total", "HLS requests served", ["status"], registry=REGISTRY)

@@ -1,0 +1,43 @@
+"""Server lifecycle: a uvicorn server embedded in the pod's own event loop.
+
+The pod owns signal handling (SIGTERM stops ffmpeg first), so uvicorn's own
+signal capture is turned off and the sockets are created here, one per
+listener: the tailnet address and 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn server that leaves signal handling to the caller."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # noqa: D102 - uvicorn hook
+        yield
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A bound, listening TCP socket on ``host:port`` (IPv4 or IPv6). Raises OSError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(512)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def make_server(app, *, log_level: str = "warning") -> EmbeddedServer:
+    """An :class:`EmbeddedServer` for an ASGI app (no access log: the app logs, redacted)."""
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", loop="none", http="httptools")
+    return EmbeddedServer(config)

@@ -1,0 +1,25 @@
+"""Identifier rules shared by pod, gateway and portal.
+
+``pod_id`` doubles as the pod's tailnet host name, so it must be a DNS label
+(RFC 1123 §2.1: 1-63 characters of ``a-z0-9-``, not starting or ending with a
+hyphen). ``camera_id`` appears in URL paths and file names, so it is limited to
+a conservative, traversal-free alphabet.
+"""
+
+from __future__ import annotations
+
+import re
+
+_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def is_dns_label(value: object) -> bool:
+    """Return True when ``value`` is a lower-case RFC 1123 DNS label (1-63 chars)."""
+    return isinstance(value, str) and bool(_DNS_LABEL.match(value))
+
+
+def is_camera_id(value: object) -> bool:
+    """Return True when ``value`` is a safe camera id: 1-64 chars of ``A-Za-z0-9_.-``,
+    starting with a letter or digit, and never ``.``/``..``-only."""
+    return isinstance(value, str) and bool(_CAMERA_ID.match(value)) and ".." not in value

@@ -1,0 +1,27 @@
+"""Redaction of secrets in text bound for logs (pure functions).
+
+Covers RTSP/HTTP URL credentials (``rtsp://user:pass@host`` → ``rtsp://***@host``),
+token-bearing query parameters (``token``, ``pb_grant``, ``access_token``, ``sig``,
+``signature``, ``key``) and bearer headers. Used by the pod's ffmpeg log relay
+and by the gateway's access log.
+"""
+
+from __future__ import annotations
+
+import re
+
+_URL_CREDS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@")
+_QUERY_SECRET = re.compile(
+    r"(?i)([?&;](?:token|pb_grant|access_token|auth|sig|signature|key|apikey|api_key|x-amz-signature)=)[^&\s#\"']*"
+)
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+")
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with URL credentials, secret query values, bearer tokens and
+    anything shaped like a JWT replaced by ``***``."""
+    text = _URL_CREDS.sub(r"\1***@", text)
+    text = _QUERY_SECRET.sub(r"\1***", text)
+    text = _BEARER.sub(r"\1***", text)
+    return _JWT.sub("***", text)
