@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 from litestar import Litestar, Response, asgi, get
+from litestar.params import FromPath, FromQuery
 from litestar.types import Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -65,7 +66,7 @@ def create_app(
         await proxy(scope, receive, send)
 
     @get("/watch/{camera_id:str}", sync_to_thread=False)
-    def watch(camera_id: str, token: str | None = None) -> Response:
+    def watch(camera_id: FromPath[str], token: FromQuery[str | None] = None) -> Response:
         headers = {"Content-Security-Policy": _WATCH_CSP, "Referrer-Policy": "no-referrer",
                    "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
         problem = None

@@ -15,7 +15,7 @@ verbatim as well (they are not URIs; players ignore them, RFC 8216 §4.1).
 from __future__ import annotations
 
 import re
-from urllib.parse import quote, unquote, unquote_plus
+from urllib.parse import quote, unquote_plus
 
 from gateway.errors import ForeignURIError, PlaylistError
 from protocol.paths import UnsafePath, safe_relative_path

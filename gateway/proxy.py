@@ -282,7 +282,8 @@ class StreamProxy:
         """The whole upstream body, or the HTTPError its failure maps to."""
         try:
             body = await flight.read_all()
-        except Exception:  # noqa: BLE001 - the flight's status says what happened
+        except Exception as exc:  # noqa: BLE001 - the flight's status says what happened
+            log.warning("upstream transfer failed: %r", exc)
             self._check_upstream(flight)
             raise HTTPError(502, "pod connection broke mid-transfer") from None
         self._check_upstream(flight)

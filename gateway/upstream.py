@@ -87,7 +87,7 @@ class Upstream:
         finish the flight with :class:`UpstreamTimeout` (→ 504) or
         :class:`UpstreamError` (→ 502).
         """
-        headers = {"authorization": self._auth(pod_id, camera_id)}
+        headers = {"authorization": self._auth(pod_id, camera_id), "accept-encoding": "identity"}
         if stale is not None and stale.etag and stale.error is None and stale.status == 200:
             headers["if-none-match"] = stale.etag
         timeout = None
@@ -105,7 +105,7 @@ class Upstream:
                     flight.finish()
                     return
                 flight.start(resp.status_code, {k: resp.headers[k] for k in _PASS_HEADERS if k in resp.headers})
-                async for chunk in resp.aiter_raw():
+                async for chunk in resp.aiter_bytes():
                     flight.append(chunk)
             finally:
                 await resp.aclose()

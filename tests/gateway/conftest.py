@@ -1,0 +1,127 @@
+"""Gateway test fixtures: the real gateway app, with pods programmed at the
+upstream transport seam (``httpx.MockTransport``), which counts every request
+the gateway sends towards a pod."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from litestar.testing import AsyncTestClient
+
+from gateway.app import create_app
+from gateway.config import parse_config
+from gateway.discovery import StaticDiscovery
+from protocol.tokens import Keyring, mint_user_token
+
+SECRET = "t" * 64
+POD_URL = "http://127.0.0.2:8000"
+CAM = "gate-camera-1"
+POD = "main-gate-pod"
+ORIGIN = "https://portal.example"
+
+LIVE = """#EXTM3U
+#EXT-X-VERSION:7
+#EXT-X-TARGETDURATION:2
+#EXT-X-MEDIA-SEQUENCE:100
+#EXT-X-INDEPENDENT-SEGMENTS
+#EXT-X-MAP:URI="init.mp4"
+#EXTINF:2.000000,
+seg_100.m4s
+#EXTINF:2.000000,
+seg_101.m4s
+"""
+
+
+@dataclass
+class FakePod:
+    """A programmable pod. ``routes`` maps raw path (with query) to a response or a
+    callable(request) -> response; unknown paths answer 404. ``requests`` records
+    every request the gateway sent (any host)."""
+
+    routes: dict[str, httpx.Response | Callable] = field(default_factory=dict)
+    requests: list[httpx.Request] = field(default_factory=list)
+    delay: float = 0.0
+
+    async def handler(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if request.url.host != "127.0.0.2":
+            return httpx.Response(200, content=b"FOREIGN HOST CONTENT")
+        r = self.routes.get(request.url.raw_path.decode())
+        if r is None:
+            return httpx.Response(404, text="not found")
+        return r(request) if callable(r) else r
+
+    def paths(self) -> list[str]:
+        return [r.url.raw_path.decode() for r in self.requests]
+
+    def count(self, path: str) -> int:
+        return sum(1 for p in self.paths() if p == path)
+
+
+def make_token(ttl=300, camera_id=CAM, pod_id=POD, user="u1", now=None, secret=SECRET):
+    return mint_user_token(Keyring.single(secret), user_id=user, camera_id=camera_id, pod_id=pod_id, ttl=ttl, now=now)
+
+
+@pytest.fixture
+def pod():
+    p = FakePod()
+    p.routes[f"/cameras/{CAM}/index.m3u8"] = lambda r: httpx.Response(200, text=LIVE, headers={"etag": '"pl"'})
+    p.routes[f"/cameras/{CAM}/init.mp4"] = httpx.Response(200, content=b"INIT" * 100, headers={"etag": '"i1"'})
+    for n in (100, 101):
+        p.routes[f"/cameras/{CAM}/seg_{n}.m4s"] = httpx.Response(200, content=bytes([n % 256]) * 5000)
+    return p
+
+
+@pytest.fixture
+def gw_config():
+    return parse_config({"stream_secret": SECRET, "pods": {POD: POD_URL}, "allowed_origins": [ORIGIN]}, env={})
+
+
+@pytest.fixture
+async def client(pod, gw_config):
+    app = create_app(gw_config, discovery=StaticDiscovery(gw_config.pods), transport=httpx.MockTransport(pod.handler))
+    async with AsyncTestClient(app=app, base_url="http://gw.test") as c:
+        c.follow_redirects = False  # the JWT → grant redirect is asserted explicitly
+        yield c
+
+
+async def start_session(client, token=None, path="index.m3u8", **kw) -> str:
+    """Follow the JWT → grant redirect; return the granted playlist URL."""
+    token = token or make_token()
+    r = await client.get(f"/streams/{CAM}/{path}?token={token}", **kw)
+    assert r.status_code == 302, r.text
+    return f"/streams/{CAM}/" + r.headers["location"]
+
+
+def uris(playlist: str) -> list[str]:
+    import re
+
+    out = [line for line in playlist.splitlines() if line and not line.startswith("#")]
+    out += re.findall(r'URI="([^"]*)"', playlist)
+    return out
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """Shift the gateway's wall clock: ``clock.shift(seconds)``."""
+
+    class Clock:
+        offset = 0.0
+
+        def shift(self, s):
+            self.offset += s
+
+    c = Clock()
+    real = time.time
+    import gateway.grants
+    import gateway.proxy
+
+    monkeypatch.setattr(gateway.proxy.time, "time", lambda: real() + c.offset)
+    return c

@@ -1,0 +1,123 @@
+"""Pod config: the seed's file loads unchanged; bad values name the key path; exit code 2."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pod.config import check_bind_address, load_config, parse_config
+from pod.errors import BindRefused, ConfigError
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def base(**over):
+    d = yaml.safe_load((DATA / "seed_config.yaml").read_text())
+    d.update(over)
+    return d
+
+
+def test_seed_config_loads_unchanged(monkeypatch):
+    monkeypatch.delenv("POD_STREAM_SECRET", raising=False)
+    cfg, warnings = load_config(DATA / "seed_config.yaml")
+    [cam] = cfg.camera_list()
+    assert (cam.camera_id, cam.rtsp_url, cam.frigate_camera) == (
+        "gate-camera-1", "rtsp://192.168.1.100:554/stream", "gate-camera-1")
+    assert cam.name == "Main Gate Camera"
+    assert cfg.recording_duration == 30 and cfg.stream_port == 8000 and cfg.min_confidence == 0.75
+    assert cfg.hls_segment_seconds == 2 and cfg.stream_bind == "auto"
+    assert not [w for w in warnings if "unknown key" in w], warnings
+    assert any("shorter than 32 bytes" in w for w in warnings)  # the seed's placeholder secret
+
+
+def test_top_level_frigate_camera_maps_single_camera():
+    cfg, _ = parse_config(base(frigate_camera="gate_cam"))
+    assert cfg.camera_list()[0].frigate_camera == "gate_cam"
+
+
+def test_cameras_list():
+    d = base(cameras=[{"camera_id": "a", "rtsp_url": "rtsp://x/1"}, {"camera_id": "b", "rtsp_url": "rtsp://x/2",
+                                                                    "frigate_camera": "lpr"}])
+    del d["camera_id"], d["camera_rtsp_url"]
+    cfg, _ = parse_config(d)
+    assert [(c.camera_id, c.frigate_camera) for c in cfg.camera_list()] == [("a", "a"), ("b", "lpr")]
+
+
+@pytest.mark.parametrize("over,path", [
+    ({"stream_port": "eight thousand"}, "$.stream_port"),
+    ({"stream_port": 70000}, "$.stream_port"),
+    ({"pod_id": "Main Gate!"}, "$.pod_id"),
+    ({"portal_url": "ftp://x"}, "$.portal_url"),
+    ({"min_confidence": 7}, "$.min_confidence"),
+    ({"hls_segment_seconds": 0}, "$.hls_segment_seconds"),
+    ({"camera_rtsp_url": "http://not-rtsp"}, "$.cameras[0].rtsp_url"),
+    ({"stream_bind": "0.0.0.0"}, "$.stream_bind"),
+    ({"cameras": [{"camera_id": "x", "rtsp_url": 5}]}, "$.cameras[0].rtsp_url"),
+])
+def test_errors_name_the_key_path(over, path):
+    with pytest.raises(ConfigError) as ei:
+        parse_config(base(**over))
+    assert str(ei.value).startswith(path), str(ei.value)
+
+
+def test_missing_required_key():
+    d = base()
+    del d["pod_api_key"]
+    with pytest.raises(ConfigError, match=r"pod_api_key"):
+        parse_config(d)
+
+
+def test_secret_required_for_streaming(monkeypatch):
+    monkeypatch.delenv("POD_STREAM_SECRET", raising=False)
+    d = base()
+    del d["stream_secret"]
+    with pytest.raises(ConfigError, match=r"^\$\.stream_secret"):
+        parse_config(d)
+    monkeypatch.setenv("POD_STREAM_SECRET", "e" * 40)
+    cfg, _ = parse_config(d)
+    assert cfg.secrets() == {"default": "e" * 40}
+
+
+def test_unknown_keys_are_warned_not_fatal():
+    _, warnings = parse_config(base(colour="blue"))
+    assert "$.colour: unknown key, ignored" in warnings
+
+
+@pytest.mark.parametrize("ip", ["100.64.0.1", "100.127.255.254", "127.0.0.2", "fd7a:115c:a1e0::1"])
+def test_bind_accepts_tailnet_and_loopback(ip):
+    assert check_bind_address(ip) == ip
+
+
+@pytest.mark.parametrize("ip", ["0.0.0.0", "::", "192.168.1.5", "10.0.0.2", "172.16.3.4", "8.8.8.8", "100.128.0.1",
+                                "not-an-ip"])
+def test_bind_refuses_lan_public_and_wildcard(ip):
+    with pytest.raises(BindRefused):
+        check_bind_address(ip)
+
+
+def _run_cli(args, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("POD_STREAM_SECRET", None)
+    return subprocess.run([sys.executable, "-m", "pod", *args], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=60)
+
+
+def test_cli_bad_config_exits_2_with_path(tmp_path):
+    bad = tmp_path / "config.yaml"
+    bad.write_text(yaml.safe_dump(base(stream_bind="192.168.1.20")))
+    r = _run_cli(["run", "--config", str(bad)], tmp_path)
+    assert r.returncode == 2
+    assert "$.stream_bind" in r.stderr and "tailnet" in r.stderr
+
+
+def test_cli_seed_form_and_yaml_syntax_error(tmp_path):
+    bad = tmp_path / "config.yaml"
+    bad.write_text("portal_url: [unclosed\n")
+    r = _run_cli([str(bad)], tmp_path)  # python -m pod config.yaml
+    assert r.returncode == 2 and "YAML syntax error at line" in r.stderr
+    r = _run_cli([str(tmp_path / "missing.yaml")], tmp_path)
+    assert r.returncode == 2 and "cannot read config" in r.stderr

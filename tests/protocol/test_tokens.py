@@ -1,0 +1,188 @@
+"""Stream tokens: every rejection rule of protocol.tokens, and key rotation."""
+
+import time
+
+import jwt
+import pytest
+
+from protocol.errors import TokenExpired, TokenInvalid
+from protocol.tokens import (
+    GATEWAY_TO_POD_AUDIENCE,
+    USER_STREAM_AUDIENCE,
+    Keyring,
+    mint_pod_token,
+    mint_user_token,
+    verify_pod_token,
+    verify_user_token,
+)
+
+SECRET = "s" * 64
+RING = Keyring.single(SECRET)
+
+
+def claims(**over):
+    now = int(time.time())
+    c = {"aud": USER_STREAM_AUDIENCE, "iat": now, "exp": now + 300, "user_id": "u1",
+         "camera_id": "gate-camera-1", "pod_id": "main-gate-pod"}
+    c.update(over)
+    return {k: v for k, v in c.items() if v is not None}
+
+
+def sign(c, key=SECRET, alg="HS256", headers=None):
+    return jwt.encode(c, key, algorithm=alg, headers=headers)
+
+
+def test_valid_user_token_roundtrip():
+    tok = mint_user_token(RING, user_id="u1", camera_id="gate-camera-1", pod_id="main-gate-pod", ttl=300)
+    c = verify_user_token(tok, RING)
+    assert (c.user_id, c.camera_id, c.pod_id) == ("u1", "gate-camera-1", "main-gate-pod")
+    assert c.exp - time.time() == pytest.approx(300, abs=2)
+
+
+def test_sub_accepted_as_user_id():
+    c = verify_user_token(sign(claims(user_id=None, sub="user-from-sub")), RING)
+    assert c.user_id == "user-from-sub"
+
+
+def test_alg_none_rejected():
+    header = jwt.utils.base64url_encode(b'{"alg":"none","typ":"JWT"}').decode()
+    body = jwt.utils.base64url_encode(jwt.api_jws.json.dumps(claims()).encode()).decode()
+    with pytest.raises(TokenInvalid):
+        verify_user_token(f"{header}.{body}.", RING)
+
+
+@pytest.mark.parametrize("alg", ["HS512", "HS384"])
+def test_other_hmac_algs_rejected(alg):
+    with pytest.raises(TokenInvalid):
+        verify_user_token(sign(claims(), alg=alg), RING)
+
+
+def test_rs256_rejected():
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with pytest.raises(TokenInvalid):
+        verify_user_token(sign(claims(), key=key, alg="RS256"), RING)
+
+
+def test_forged_signature_rejected():
+    with pytest.raises(TokenInvalid):
+        verify_user_token(sign(claims(), key="another-secret-another-secret-1234"), RING)
+
+
+@pytest.mark.parametrize("aud", [None, "platebridge-pod", "something-else"])
+def test_missing_or_wrong_aud_rejected(aud):
+    with pytest.raises(TokenInvalid):
+        verify_user_token(sign(claims(aud=aud)), RING)
+
+
+def test_expired_rejected_beyond_leeway():
+    now = int(time.time())
+    with pytest.raises(TokenExpired):
+        verify_user_token(sign(claims(iat=now - 100, exp=now - 6)), RING)
+
+
+def test_expired_within_leeway_accepted():
+    now = int(time.time())
+    assert verify_user_token(sign(claims(iat=now - 100, exp=now - 2)), RING).user_id == "u1"
+
+
+def test_leeway_is_capped_at_five_seconds():
+    now = int(time.time())
+    with pytest.raises(TokenExpired):
+        verify_user_token(sign(claims(iat=now - 100, exp=now - 8)), RING, leeway=60)
+
+
+def test_lifetime_over_max_rejected():
+    now = int(time.time())
+    with pytest.raises(TokenInvalid, match="lifetime"):
+        verify_user_token(sign(claims(exp=now + 7 * 86400)), RING)
+    with pytest.raises(TokenInvalid, match="lifetime"):
+        verify_user_token(sign(claims(exp=now + 1000)), RING, max_ttl=900)
+    assert verify_user_token(sign(claims(exp=now + 890)), RING, max_ttl=900)
+
+
+def test_not_yet_valid_rejected():
+    now = int(time.time())
+    with pytest.raises(TokenInvalid):
+        verify_user_token(sign(claims(nbf=now + 120)), RING)
+
+
+def test_missing_exp_rejected():
+    with pytest.raises(TokenInvalid):
+        verify_user_token(sign(claims(exp=None)), RING)
+
+
+@pytest.mark.parametrize("pod_id", ["Main_Gate", "-bad", "a" * 64, "", "x.y"])
+def test_pod_id_must_be_dns_label(pod_id):
+    with pytest.raises(TokenInvalid):
+        verify_user_token(sign(claims(pod_id=pod_id)), RING)
+
+
+@pytest.mark.parametrize("camera_id", ["../etc", "a/b", "", ".."])
+def test_camera_id_must_be_safe(camera_id):
+    with pytest.raises(TokenInvalid):
+        verify_user_token(sign(claims(camera_id=camera_id)), RING)
+
+
+def test_missing_user_rejected():
+    with pytest.raises(TokenInvalid):
+        verify_user_token(sign(claims(user_id=None)), RING)
+
+
+def test_garbage_rejected():
+    for tok in ["", "abc", "a.b.c", "x" * 10000]:
+        with pytest.raises(TokenInvalid):
+            verify_user_token(tok, RING)
+
+
+def test_user_token_is_not_a_pod_token_and_vice_versa():
+    user = mint_user_token(RING, user_id="u", camera_id="c1", pod_id="p1")
+    pod = mint_pod_token(RING, camera_id="c1", pod_id="p1")
+    with pytest.raises(TokenInvalid):
+        verify_pod_token(user, RING)
+    with pytest.raises(TokenInvalid):
+        verify_user_token(pod, RING)
+
+
+def test_pod_token_exp_at_most_60s():
+    tok = mint_pod_token(RING, camera_id="c1", pod_id="p1", ttl=3600)
+    assert jwt.decode(tok, SECRET, algorithms=["HS256"], audience=GATEWAY_TO_POD_AUDIENCE)["exp"] <= time.time() + 61
+    now = int(time.time())
+    long = sign({"aud": GATEWAY_TO_POD_AUDIENCE, "exp": now + 120, "camera_id": "c1", "pod_id": "p1"})
+    with pytest.raises(TokenInvalid, match="lifetime"):
+        verify_pod_token(long, RING)
+
+
+def test_rotation_with_kid():
+    old, new = "old-secret-" + "o" * 30, "new-secret-" + "n" * 30
+    before = Keyring({"k1": old}, "k1")
+    during = Keyring({"k1": old, "k2": new}, "k2")
+    after = Keyring({"k2": new}, "k2")
+    tok_old = mint_user_token(before, user_id="u", camera_id="c1", pod_id="p1")
+    tok_new = mint_user_token(during, user_id="u", camera_id="c1", pod_id="p1")
+    assert jwt.get_unverified_header(tok_new)["kid"] == "k2"
+    assert verify_user_token(tok_old, during).user_id == "u"
+    assert verify_user_token(tok_new, during).user_id == "u"
+    assert verify_user_token(tok_new, after).user_id == "u"
+    with pytest.raises(TokenInvalid):
+        verify_user_token(tok_old, after)  # retired key id
+
+
+def test_unknown_kid_rejected_even_if_signature_matches_another_key():
+    tok = sign(claims(), headers={"kid": "nope"})
+    with pytest.raises(TokenInvalid, match="key id"):
+        verify_user_token(tok, Keyring({"k1": SECRET}))
+
+
+def test_token_without_kid_tries_every_secret():
+    ring = Keyring({"k1": "x" * 40, "k2": SECRET}, "k1")
+    assert verify_user_token(sign(claims()), ring).user_id == "u1"
+
+
+def test_errors_never_contain_the_token():
+    tok = sign(claims(aud="wrong"))
+    with pytest.raises(TokenInvalid) as ei:
+        verify_user_token(tok, RING)
+    assert tok not in str(ei.value) and SECRET not in str(ei.value)
+    assert SECRET not in repr(RING)
