@@ -64,6 +64,7 @@ PLAYLIST = "index.m3u8"
 GOAL_RATIO = 0.6
 MAX_WRK_SECONDS = 10
 DOCS = ROOT / "docs" / "benchmarks.md"
+LOADAVG_AT_START = "?"
 
 
 # ---------------------------------------------------------------------------- pod child
@@ -309,7 +310,8 @@ def _category(frame: str) -> str:
                      ("litestar", "Litestar routing / mount / scope copy"),
                      ("uvicorn", "uvicorn HTTP protocol (httptools parse, response framing, transport.write)"),
                      ("asyncio", "asyncio / uvloop event loop"), ("uvloop", "asyncio / uvloop event loop"),
-                     ("parse.py", "urllib.parse (unquote)"), ("protocol/", "protocol helpers (paths, ids)")):
+                     ("httpx/", "httpx URL building (Upstream.url runs on every request, cache hits too)"),
+                     ("urllib/parse", "urllib.parse (unquote)"), ("protocol/", "protocol helpers (paths, ids)")):
         if key in f:
             return cat
     return "other"
@@ -399,7 +401,7 @@ def machine_info() -> dict[str, str]:
         with contextlib.suppress(Exception):
             from importlib.metadata import version
             pkgs[name] = version(name)
-    return {"nproc": str(os.cpu_count()), "cpu": cpu, "kernel": platform.release(),
+    return {"nproc": str(os.cpu_count()), "cpu": cpu, "loadavg": LOADAVG_AT_START, "kernel": platform.release(),
             "python": platform.python_version(), "nginx": nginx_v, "wrk": wrk_v,
             "packages": ", ".join(f"{k} {v}" for k, v in pkgs.items())}
 
@@ -435,7 +437,8 @@ def write_docs(rows: list[dict], info: dict, args, profiles: list[tuple[str, dic
         "all cases are HTTP/1.1 keep-alive on loopback.", "",
         "### Setup", "",
         f"* Machine: {info['nproc']} CPUs ({info['cpu']}), Linux {info['kernel']}; Python {info['python']}; "
-        f"nginx {info['nginx']} (Debian nginx-extras); wrk {info['wrk']}; {info['packages']}.",
+        f"nginx {info['nginx']} (Debian nginx-extras); wrk {info['wrk']}; {info['packages']}. "
+        f"Load average before the run: {info['loadavg']} (other work on the box skews both servers).",
         "* Pod: the real `pod.hls_server.create_hls_app` under uvicorn (uvloop + httptools) on 127.0.0.2, "
         "serving random-byte segments (125 KiB and 1 MiB) from a temp dir.",
         "* Gateway: `platebridge-gateway` (one process, uvloop + httptools), static discovery, access log off, "
@@ -485,6 +488,9 @@ def main() -> int:
         serve_pod(args.serve_pod[0], int(args.serve_pod[1]))
         return 0
     args.duration = max(1, min(args.duration, MAX_WRK_SECONDS))
+    global LOADAVG_AT_START
+    with contextlib.suppress(OSError):
+        LOADAVG_AT_START = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     conns = [int(c) for c in args.connections.split(",") if c.strip()]
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():

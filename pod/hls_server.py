@@ -41,8 +41,16 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def _plain(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
-    HLS_REQUESTS.labels(str(status)).inc()
+def _kind(path: str) -> str:
+    if path.endswith(".m3u8"):
+        return "playlist"
+    if path.endswith(".mp4"):
+        return "init"
+    return "segment" if path.endswith((".m4s", ".ts")) else "other"
+
+
+def _plain(status: int, text: str, headers: dict[str, str] | None = None, kind: str = "other") -> Response:
+    HLS_REQUESTS.labels(kind, str(status)).inc()
     return Response(content=text + "\n", status_code=status, media_type="text/plain", headers=headers or {})
 
 
@@ -78,43 +86,44 @@ def create_hls_app(
 
     @get("/cameras/{camera_id:str}/{file:path}", sync_to_thread=False)
     def hls_file(request: Request, camera_id: str, file: str) -> Response:
+        kind = _kind(file)
         server = request.scope.get("server")
         if not server or server[0] != tailnet_host:
-            return _plain(404, "not found")
+            return _plain(404, "not found", kind=kind)
         streamer = streamers.get(camera_id)
         token = _bearer(request)
         if token is None:
-            return _plain(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
+            return _plain(401, "missing bearer token", {"WWW-Authenticate": "Bearer"}, kind)
         try:
             claims = verify_pod_token(token, keyring)
         except TokenError as exc:
-            return _plain(401, f"invalid token: {exc}", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            return _plain(401, f"invalid token: {exc}", {"WWW-Authenticate": 'Bearer error="invalid_token"'}, kind)
         if claims.camera_id != camera_id or claims.pod_id != pod_id:
-            return _plain(403, "token is for another camera or pod")
+            return _plain(403, "token is for another camera or pod", kind=kind)
         if streamer is None:
-            return _plain(404, "unknown camera")
-        raw = request.scope.get("raw_path", b"").decode("latin-1")
+            return _plain(404, "unknown camera", kind=kind)
+        raw = request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0]
         prefix = f"/cameras/{camera_id}/"
         if not raw.startswith(prefix):
-            return _plain(400, "bad path")
+            return _plain(400, "bad path", kind=kind)
         try:
             rel = safe_relative_path(raw[len(prefix):])
         except UnsafePath:
-            return _plain(400, "bad path")
+            return _plain(400, "bad path", kind=kind)
         ctype = content_type_for(rel)
         if ctype is None:
-            return _plain(404, "not found")
+            return _plain(404, "not found", kind=kind)
         base = streamer.dir.resolve()
         path = (base / rel).resolve()
         if base not in path.parents:
-            return _plain(400, "bad path")
+            return _plain(400, "bad path", kind=kind)
         try:
             st = path.stat()
             data = path.read_bytes()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             if rel == PLAYLIST:
-                return _plain(503, "stream starting", {"Retry-After": "2"})
-            return _plain(404, "not found")
+                return _plain(503, "stream starting", {"Retry-After": "2"}, kind)
+            return _plain(404, "not found", kind=kind)
         etag = '"' + hashlib.blake2b(f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}".encode(), digest_size=8).hexdigest() + '"'
         is_playlist = ctype == "application/vnd.apple.mpegurl"
         headers = {
@@ -122,9 +131,9 @@ def create_hls_app(
             "Cache-Control": "no-cache" if is_playlist or rel.endswith(".mp4") else "max-age=300",
         }
         if request.headers.get("if-none-match") == etag:
-            HLS_REQUESTS.labels("304").inc()
+            HLS_REQUESTS.labels(kind, "304").inc()
             return Response(content=b"", status_code=304, headers=headers)
-        HLS_REQUESTS.labels("200").inc()
+        HLS_REQUESTS.labels(kind, "200").inc()
         return Response(content=data, media_type=ctype, headers=headers)
 
     def _not_found(_: Request, exc: HTTPException) -> Response:

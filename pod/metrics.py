@@ -9,4 +9,7 @@ WATCHDOG_TRIPS = Counter(
     "platebridge_pod_watchdog_trips_total", "Restarts because the playlist stopped advancing", ["camera_id"], registry=REGISTRY
 )
 SEGMENT_AGE = Gauge("platebridge_pod_last_segment_age_seconds", "Age of the newest segment", ["camera_id"], registry=REGISTRY)
-HLS_REQUESTS = Counter("platebridge_pod_hls_requests_total", "HLS requests served", ["status"], registry=REGISTRY)
+HLS_REQUESTS = Counter(
+    "platebridge_pod_hls_requests_total", "HLS requests by kind (playlist/init/segment/other) and status",
+    ["kind", "status"], registry=REGISTRY,
+)

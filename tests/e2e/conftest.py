@@ -1,0 +1,75 @@
+"""End-to-end fixtures: the real dev stack (GStreamer RTSP camera → ffmpeg → pod on
+127.0.0.2 → gateway on 127.0.0.1) as separate processes, as in the demo."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "deploy" / "dev"))
+from stack import Stack, wait_until  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+
+
+def pod_metric(stack: Stack, kind: str, status: str = "200") -> float:
+    """Counter platebridge_pod_hls_requests_total{kind,status} read from the pod's /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{stack.pod_port}/metrics", timeout=5).text
+    m = re.search(rf'platebridge_pod_hls_requests_total{{kind="{kind}",status="{status}"}} ([0-9.e+]+)', text)
+    return float(m.group(1)) if m else 0.0
+
+
+def pod_requests_total(stack: Stack) -> float:
+    """All HLS requests the pod has seen, any kind or status."""
+    text = httpx.get(f"http://127.0.0.1:{stack.pod_port}/metrics", timeout=5).text
+    return sum(float(v) for v in re.findall(r"^platebridge_pod_hls_requests_total\{[^}]*\} ([0-9.e+]+)$", text, re.M))
+
+
+def ffprobe_streams(path: Path) -> str:
+    """``codec_name,width,height`` of the first video stream, via ffprobe."""
+    r = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                        "stream=codec_name,width,height", "-of", "csv=p=0", str(path)],
+                       capture_output=True, text=True, timeout=30)
+    return r.stdout.strip()
+
+
+def make_stack(tmp: Path, **kw) -> Stack:
+    if not shutil.which("ffmpeg"):
+        pytest.fail("ffmpeg is missing: run ./run setup")
+    return Stack(workdir=tmp, **kw)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """One shared, fully started stack (camera, pod, gateway)."""
+    s = make_stack(tmp_path_factory.mktemp("stack"))
+    try:
+        s.start_camera()
+        s.start_pod(timeout=60)
+        s.start_gateway()
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def viewer(stack):
+    """A helper that opens a viewing session like a player and returns its granted playlist URL."""
+
+    def open_session(user: str = "viewer") -> str:
+        token = stack.user_token(user_id=user)
+        r = httpx.get(f"{stack.gateway_url}/streams/{stack.camera_id}/index.m3u8?token={token}", timeout=10)
+        assert r.status_code == 302, r.text
+        return f"{stack.gateway_url}/streams/{stack.camera_id}/{r.headers['location']}"
+
+    return open_session
+
+
+__all__ = ["ffprobe_streams", "make_stack", "pod_metric", "pod_requests_total", "wait_until"]
