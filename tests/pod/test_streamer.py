@@ -1,0 +1,94 @@
+"""Streamer pieces without a camera: ffmpeg command line, playlist parsing, pruning,
+backoff schedule, and redacted ffmpeg failure logs (real ffmpeg, unreachable camera)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+
+import pytest
+
+from pod.backoff import Backoff
+from pod.config import parse_config
+from pod.streamer import CameraStreamer, ffmpeg_args, media_sequence
+from protocol.redact import redact
+
+
+def cfg(tmp_path, **over):
+    d = {"portal_url": "http://127.0.0.1:9", "pod_api_key": "k", "pod_id": "pod-1", "camera_id": "cam1",
+         "camera_rtsp_url": "rtsp://admin:hunter2@127.0.0.1:9/stream", "stream_secret": "s" * 40,
+         "stream_bind": "127.0.0.2", "hls_dir": str(tmp_path / "hls")}
+    d.update(over)
+    return parse_config(d)[0]
+
+
+def test_ffmpeg_args_copy_tcp_hls_with_retention(tmp_path):
+    c = cfg(tmp_path, hls_segment_seconds=2, hls_list_size=6, hls_keep_extra_segments=30)
+    args = ffmpeg_args(c, c.camera_list()[0], tmp_path / "hls" / "cam1")
+    joined = " ".join(args)
+    assert "-rtsp_transport tcp" in joined and "-c copy" in joined and "-f hls" in joined
+    assert "-hls_time 2" in joined and "-hls_list_size 6" in joined and "-hls_delete_threshold 30" in joined
+    assert "-hls_segment_type fmp4" in joined and "-hls_fmp4_init_filename init.mp4" in joined
+    assert "-hls_start_number_source epoch" in joined  # segment names never reused across restarts
+    assert args[-1].endswith("cam1/index.m3u8") and args[-2].endswith("seg_%d.m4s")
+    ts = cfg(tmp_path, hls_segment_type="mpegts")
+    args = ffmpeg_args(ts, ts.camera_list()[0], tmp_path)
+    assert "mpegts" in args and args[-2].endswith(".ts") and "-hls_fmp4_init_filename" not in args
+
+
+def test_media_sequence():
+    assert media_sequence("#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:1796000000\n") == 1796000000
+    assert media_sequence("#EXTM3U\n") is None
+
+
+def test_prune_removes_only_old_segments(tmp_path):
+    c = cfg(tmp_path, hls_segment_seconds=2, hls_list_size=6, hls_keep_extra_segments=4)  # horizon 24 s
+    s = CameraStreamer(c, c.camera_list()[0])
+    s.dir.mkdir(parents=True)
+    now = time.time()
+    for name, age in [("seg_1.m4s", 100), ("seg_2.m4s", 10), ("init.mp4", 100), ("index.m3u8", 100), ("seg_3.ts.tmp", 50)]:
+        p = s.dir / name
+        p.write_bytes(b"x")
+        os.utime(p, (now - age, now - age))
+    assert s.prune(now) == 2
+    assert sorted(p.name for p in s.dir.iterdir()) == ["index.m3u8", "init.mp4", "seg_2.m4s"]
+
+
+def test_backoff_capped_exponential_with_jitter():
+    b = Backoff(1.0, 30.0, jitter=0.2, rng=random.Random(1))
+    delays = [b.next_delay() for _ in range(8)]
+    bases = [1, 2, 4, 8, 16, 30, 30, 30]
+    assert all(0.8 * base <= d <= base for d, base in zip(delays, bases))
+    b.reset()
+    assert b.peek() == 1.0
+    with pytest.raises(ValueError):
+        Backoff(5, 1)
+
+
+def test_redact_rtsp_credentials_and_tokens():
+    line = "[rtsp @ 0x1] method DESCRIBE failed: 401 rtsp://admin:hunter2@10.0.0.5:554/s?token=abc&x=1 Bearer eyJabc.def"
+    out = redact(line)
+    assert "hunter2" not in out and "admin" not in out and "token=***" in out and "abc" not in out
+    assert "rtsp://***@10.0.0.5:554/s" in out
+
+
+async def test_ffmpeg_failure_logs_redacted_stderr_and_backs_off(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="platebridge.pod.streamer")
+    c = cfg(tmp_path, rtsp_timeout_seconds=2, restart_backoff_initial=0.2, restart_backoff_max=0.5)
+    s = CameraStreamer(c, c.camera_list()[0])
+    task = asyncio.create_task(s.run())
+    try:
+        deadline = time.monotonic() + 30
+        while s.restarts < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        await s.stop()
+        await asyncio.wait_for(task, 10)
+    assert s.restarts >= 2 and s.state == "stopped"
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "restarting in" in text and "last stderr" in text
+    assert "rtsp://***@127.0.0.1:9/stream: Connection refused" in text  # the stderr line, redacted
+    assert "hunter2" not in text
