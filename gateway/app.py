@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 import httpx
-from litestar import Litestar, Response, asgi, get
+from litestar import Litestar, Response, get
 from litestar.params import FromPath, FromQuery
 from litestar.types import Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -36,12 +36,30 @@ _WATCH_CSP = (
 )
 
 
+class GatewayASGI:
+    """The gateway's ASGI entry point.
+
+    ``/streams/…`` goes straight to :class:`~gateway.proxy.StreamProxy` (the hot
+    path: no framework routing, middleware or scope copies); everything else,
+    lifespan included, goes to the Litestar app.
+    """
+
+    def __init__(self, litestar: Litestar, proxy: StreamProxy) -> None:
+        self.litestar, self.proxy = litestar, proxy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/streams/"):
+            await self.proxy(scope, receive, send)
+            return
+        await self.litestar(scope, receive, send)
+
+
 def create_app(
     cfg: GatewayConfig,
     *,
     discovery: Discovery | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
-) -> Litestar:
+) -> GatewayASGI:
     """Build the gateway app from config.
 
     ``discovery`` and ``transport`` replace the configured discovery backend
@@ -60,10 +78,6 @@ def create_app(
         cache_max_bytes=cfg.cache_max_bytes, segment_max_age=cfg.segment_max_age, access_log_enabled=cfg.access_log,
     )
     hlsjs = Path(cfg.hlsjs_path) if cfg.hlsjs_path else DEFAULT_HLSJS
-
-    @asgi("/streams", is_mount=True, copy_scope=True)
-    async def streams(scope: Scope, receive: Receive, send: Send) -> None:
-        await proxy(scope, receive, send)
 
     @get("/watch/{camera_id:str}", sync_to_thread=False)
     def watch(camera_id: FromPath[str], token: FromQuery[str | None] = None) -> Response:
@@ -120,10 +134,9 @@ def create_app(
         await discovery.aclose()
 
     app = Litestar(
-        route_handlers=[streams, watch, watch_js, hls_js, healthz, readyz, metrics],
+        route_handlers=[watch, watch_js, hls_js, healthz, readyz, metrics],
         on_shutdown=[shutdown],
         openapi_config=None,
         logging_config=None,
     )
-    app.state.proxy = proxy
-    return app
+    return GatewayASGI(app, proxy)

@@ -28,7 +28,8 @@ class Flight:
     ``chunks`` grow until ``done``; ``error`` is set if the transfer broke.
     """
 
-    __slots__ = ("status", "headers", "chunks", "size", "done", "error", "ready", "_waiters", "created", "etag", "task")
+    __slots__ = ("status", "headers", "chunks", "size", "done", "error", "ready", "_waiters", "created", "etag", "task",
+                 "_joined")
 
     def __init__(self) -> None:
         self.status = 0
@@ -42,6 +43,7 @@ class Flight:
         self.created = time.monotonic()
         self.etag: str | None = None
         self.task: asyncio.Task | None = None
+        self._joined: bytes | None = None
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -87,13 +89,20 @@ class Flight:
                 return
             await self._changed()
 
+    def complete_body(self) -> bytes:
+        """The whole body of a flight that finished without error (joined once, then reused)."""
+        if self._joined is None:
+            self._joined = b"".join(self.chunks)
+            self.chunks = [self._joined] if self._joined else []
+        return self._joined
+
     async def read_all(self) -> bytes:
         """Wait for completion and return the whole body. Raises the transfer error."""
         while not self.done:
             await self._changed()
         if self.error is not None:
             raise self.error
-        return b"".join(self.chunks)
+        return self.complete_body()
 
 
 Fetcher = Callable[[Flight, "Flight | None"], Awaitable[None]]

@@ -121,6 +121,10 @@ class StreamProxy:
         self.segment_cc = f"private, max-age={int(segment_max_age)}, immutable".encode()
         self.access_log_enabled = access_log_enabled
         self._viewers: dict[tuple[str, int], float] = {}
+        self._req_counters: dict = {}
+        self._cache_hit, self._cache_miss = CACHE.labels("hit"), CACHE.labels("miss")
+        self._bytes_out = BYTES_OUT
+        self._grant_cache: dict[str, Grant] = {}
         VIEWERS.set_function(self.active_viewers)
         CACHE_BYTES.set_function(lambda: self.segments.size_bytes)
 
@@ -145,7 +149,10 @@ class StreamProxy:
             status = exc.status
             await self._send_text(send, exc.status, exc.text, cors + exc.headers, head=scope["method"] == "HEAD")
         finally:
-            REQUESTS.labels(kind, str(status)).inc()
+            counter = self._req_counters.get((kind, status))
+            if counter is None:
+                counter = self._req_counters[(kind, status)] = REQUESTS.labels(kind, str(status))
+            counter.inc()
             if self.access_log_enabled:
                 q = scope.get("query_string", b"").decode("latin-1")
                 path = scope.get("raw_path", b"").decode("latin-1") or scope["path"]
@@ -211,10 +218,7 @@ class StreamProxy:
             raise HTTPError(400, "more than one grant")
         now = time.time()
         if grants:
-            try:
-                grant = self.signer.verify(grants[0], camera_id=camera_id, now=now)
-            except GrantError as exc:
-                raise HTTPError(403, f"forbidden: {exc}") from None
+            grant = self._verified_grant(grants[0], camera_id, now)
         else:
             tokens, query = take_param(query, "token")
             if not is_playlist:
@@ -256,6 +260,24 @@ class StreamProxy:
             return await self._playlist(scope, send, cors, grant, base_url, rel, query, now), kind
         return await self._segment(scope, send, cors, grant, base_url, rel, query, ctype), kind
 
+    def _verified_grant(self, token: str, camera_id: str, now: float) -> Grant:
+        """Verify a grant, memoising the signature check per grant string (expiry and
+        camera are re-checked on every request). Raises HTTPError(403)."""
+        grant = self._grant_cache.get(token)
+        if grant is None:
+            try:
+                grant = self.signer.verify(token, camera_id=camera_id, now=now)
+            except GrantError as exc:
+                raise HTTPError(403, f"forbidden: {exc}") from None
+            if len(self._grant_cache) >= 10_000:
+                self._grant_cache.clear()
+            self._grant_cache[token] = grant
+        if now > grant.exp or now > grant.session_exp:
+            raise HTTPError(403, "forbidden: grant expired")
+        if grant.camera_id != camera_id:
+            raise HTTPError(403, "forbidden: grant is for another camera")
+        return grant
+
     # ---- upstream outcomes -------------------------------------------------
     @staticmethod
     def _check_upstream(flight: Flight) -> None:
@@ -291,10 +313,10 @@ class StreamProxy:
 
     async def _playlist(self, scope, send, cors, grant: Grant, base_url: str, rel: str, query: str, now: float) -> int:
         blocking = "_HLS_msn=" in query or "_HLS_part=" in query or "_HLS_skip=" in query
-        url = self.upstream.url(base_url, grant.camera_id, rel, query)
         key = (grant.pod_id, grant.camera_id, rel, query)
 
         async def fetch(flight: Flight) -> None:
+            url = self.upstream.url(base_url, grant.camera_id, rel, query)
             UPSTREAM.labels("playlist").inc()
             await self.upstream.fill(flight, url, pod_id=grant.pod_id, camera_id=grant.camera_id,
                                      read_timeout=max(self.upstream.read_timeout, 30.0) if blocking else None)
@@ -316,7 +338,7 @@ class StreamProxy:
         pl_grant = self.signer.mint(Grant(grant.user, grant.camera_id, grant.pod_id, grant.session_exp, grant.session_exp))
         scope_url = f"{base_url}/cameras/{grant.camera_id}/"
         try:
-            out = rewrite_playlist(text, upstream_url=str(url), scope_url=scope_url,
+            out = rewrite_playlist(text, upstream_url=scope_url + rel + ("?" + query if query else ""), scope_url=scope_url,
                                    segment_grant=seg_grant, playlist_grant=pl_grant)
         except ForeignURIError:
             log.error("pod %s sent a playlist with a URI outside its camera directory; refused", grant.pod_id)
@@ -329,21 +351,21 @@ class StreamProxy:
             (b"content-type", M3U8.encode()), (b"content-length", str(len(data)).encode()),
             (b"cache-control", b"no-cache, private"), *_COMMON, *cors]})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else data})
-        BYTES_OUT.inc(len(data))
+        self._bytes_out.inc(len(data))
         return 200
 
     async def _segment(self, scope, send, cors, grant: Grant, base_url: str, rel: str, query: str, ctype: str) -> int:
         is_init = rel.endswith(".mp4")
-        url = self.upstream.url(base_url, grant.camera_id, rel, query)
         key = (grant.pod_id, grant.camera_id, rel, query)
 
         async def fetch(flight: Flight, stale: Flight | None) -> None:
+            url = self.upstream.url(base_url, grant.camera_id, rel, query)
             UPSTREAM.labels("init" if is_init else "segment").inc()
             await self.upstream.fill(flight, url, pod_id=grant.pod_id, camera_id=grant.camera_id, stale=stale)
 
         before = self.segments.misses
         flight = self.segments.get_or_fetch(key, fetch, revalidate=is_init)
-        CACHE.labels("miss" if self.segments.misses != before else "hit").inc()
+        (self._cache_miss if self.segments.misses != before else self._cache_hit).inc()
         await flight.ready.wait()
         self._check_upstream(flight)
         headers = [(b"content-type", ctype.encode()), (b"accept-ranges", b"bytes"),
@@ -361,11 +383,16 @@ class StreamProxy:
                 *headers, (b"content-range", f"bytes {a}-{b}/{len(body)}".encode()),
                 (b"content-length", str(len(part)).encode())]})
             await send({"type": "http.response.body", "body": b"" if head else part})
-            BYTES_OUT.inc(0 if head else len(part))
+            self._bytes_out.inc(0 if head else len(part))
             return 206
-        length = flight.headers.get("content-length")
         if flight.done and flight.error is None:
-            length = str(flight.size)
+            body = flight.complete_body()
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"" if head else body})
+            self._bytes_out.inc(0 if head else len(body))
+            return 200
+        length = flight.headers.get("content-length")
         if length is not None:
             headers.append((b"content-length", length.encode("latin-1")))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -378,6 +405,6 @@ class StreamProxy:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 sent += len(chunk)
         finally:
-            BYTES_OUT.inc(sent)
+            self._bytes_out.inc(sent)
         await send({"type": "http.response.body", "body": b""})
         return 200

@@ -143,6 +143,24 @@ def check_elements(a: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+
+    # Install SIGTERM/SIGINT handling first so a signal during start-up is
+    # queued and handled by the first main-loop iteration (clean exit 0).
+    loop = GLib.MainLoop()
+    stopping = {"sig": None}
+
+    def on_signal(signame: str) -> bool:
+        if stopping["sig"] is None:
+            stopping["sig"] = signame
+            log(f"{signame} received, shutting down")
+            loop.quit()
+        # Keep the handler installed: removing the last GLib unix-signal source
+        # restores SIG_DFL, and a second SIGTERM would then kill us with 143.
+        return GLib.SOURCE_CONTINUE
+
+    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGTERM, on_signal, "SIGTERM")
+    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGINT, on_signal, "SIGINT")
+
     Gst.init(None)
     check_elements(a)
 
@@ -170,7 +188,6 @@ def main(argv: list[str] | None = None) -> int:
 
     server.get_mount_points().add_factory(a.path, factory)
 
-    loop = GLib.MainLoop()
     if server.attach(None) == 0:
         log(f"ERROR: cannot listen on {a.host}:{a.port} (address in use or not local?)")
         return 1
@@ -178,20 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     # Periodically drop dead sessions so restarted clients do not leak them.
     pool = server.get_session_pool()
     GLib.timeout_add_seconds(2, lambda: (pool.cleanup(), True)[1])
-
-    stopping = {"sig": None}
-
-    def on_signal(signame: str) -> bool:
-        if stopping["sig"] is None:
-            stopping["sig"] = signame
-            log(f"{signame} received, shutting down")
-            loop.quit()
-        # Keep the handler installed: removing the last GLib unix-signal source
-        # restores SIG_DFL, and a second SIGTERM would then kill us with 143.
-        return GLib.SOURCE_CONTINUE
-
-    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGTERM, on_signal, "SIGTERM")
-    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGINT, on_signal, "SIGINT")
 
     port = server.get_bound_port()
     host = f"[{a.host}]" if ":" in a.host else a.host
