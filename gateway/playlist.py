@@ -421,3 +421,18 @@ def _decimal(value: str, what: str) -> float:
     if not _DECIMAL.fullmatch(value):
         raise PlaylistError(f"{what} is not a decimal number")
     return float(value)
+
+
+def drop_comments_containing(text: str, needle: str) -> str:
+    """Remove comment lines (``#`` but not ``#EXT``, RFC 8216 §4.1) that contain ``needle``.
+
+    Clients ignore comments, so dropping them changes nothing for playback;
+    the gateway uses it so a pod's own address never leaks through a comment.
+    Every other line, and every line ending, is kept byte for byte.
+    """
+    if needle not in text:
+        return text
+    return "".join(
+        line for line in text.splitlines(keepends=True)
+        if not (line.startswith("#") and not line.startswith("#EXT") and needle in line)
+    )

@@ -33,7 +33,7 @@ from gateway.discovery import Discovery
 from gateway.errors import DiscoveryError, ForeignURIError, GrantError, PlaylistError, UpstreamTimeout
 from gateway.grants import GRANT_PARAM, Grant, GrantSigner, take_param
 from gateway.metrics import BYTES_OUT, CACHE, CACHE_BYTES, REQUESTS, UPSTREAM, VIEWERS
-from gateway.playlist import rewrite_playlist, target_duration
+from gateway.playlist import drop_comments_containing, rewrite_playlist, target_duration
 from gateway.upstream import Upstream
 from protocol.errors import TokenError
 from protocol.ids import is_camera_id
@@ -345,6 +345,11 @@ class StreamProxy:
             raise HTTPError(502, "pod sent a playlist with a foreign URI") from None
         except PlaylistError:
             raise HTTPError(502, "pod sent an invalid playlist") from None
+        pod_netloc = base_url.split("://", 1)[-1]
+        out = drop_comments_containing(out, pod_netloc)
+        if pod_netloc in out:  # e.g. in a tag's non-URI attribute: never reveal tailnet addresses
+            log.error("pod %s sent a playlist that names its own address outside a URI; refused", grant.pod_id)
+            raise HTTPError(502, "pod sent a playlist that reveals its address")
         self._viewers[(grant.user, grant.session_exp)] = time.monotonic()
         data = out.encode("utf-8")
         await send({"type": "http.response.start", "status": 200, "headers": [

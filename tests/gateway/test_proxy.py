@@ -334,3 +334,35 @@ async def test_access_log_redacts_token_and_grant(client, pod, caplog):
     assert "/streams/" in logged
     assert token not in logged and grant not in logged and SECRET not in logged
     assert "pb_grant=***" in logged and "token=***" in logged
+
+
+async def test_pod_address_never_leaks_through_comments_or_attributes(client, pod):
+    leaky = LIVE.replace("#EXT-X-INDEPENDENT-SEGMENTS\n", "#EXT-X-INDEPENDENT-SEGMENTS\n# served by 127.0.0.2:8000\n")
+    pod.routes[f"/cameras/{CAM}/leaky.m3u8"] = httpx.Response(200, text=leaky)
+    r = await client.get(await start_session(client, path="leaky.m3u8"))
+    assert r.status_code == 200 and "127.0.0.2" not in r.text and len(uris(r.text)) == 3
+    data = LIVE + '#EXT-X-SESSION-DATA:DATA-ID="com.x",VALUE="http://127.0.0.2:8000/"\n'
+    pod.routes[f"/cameras/{CAM}/data.m3u8"] = httpx.Response(200, text=data)
+    r = await client.get(await start_session(client, path="data.m3u8"))
+    assert r.status_code == 502 and "127.0.0.2" not in r.text
+
+
+async def test_watch_page_health_ready_metrics(client, pod):
+    r = await client.get(f"/watch/{CAM}?token={make_token()}")
+    assert r.status_code == 200 and "hls.min.js" in r.text and "watch.js" in r.text
+    assert "default-src 'none'" in r.headers["content-security-policy"]
+    assert r.headers["referrer-policy"] == "no-referrer"
+    bad = await client.get(f"/watch/{CAM}?token=x")
+    assert bad.status_code == 401 and "not valid" in bad.text
+    other = await client.get(f"/watch/{CAM}?token={make_token(camera_id='other')}")
+    assert other.status_code == 403
+    js = await client.get("/assets/hls.min.js")
+    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript") and len(js.content) > 100_000
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["pods_known"] == 1
+    assert (await client.get(await start_session(client))).status_code == 200
+    m = (await client.get("/metrics")).text
+    assert 'platebridge_gateway_requests_total{kind="playlist",status="302"}' in m
+    viewers = float(m.split("\nplatebridge_gateway_active_viewers ")[1].split()[0])
+    assert viewers >= 1
