@@ -419,6 +419,26 @@ def fmt_table(rows: list[dict]) -> list[str]:
     return out
 
 
+ANALYSIS = """### Reading the numbers
+
+* Run-to-run spread on this 2-CPU machine is large (wrk, nginx or the gateway, and the pod share
+  two cores): across three runs on 2026-11-30 the 125 KB cache-hit ratio ranged 0.37–0.59× and the
+  1 MB ratio 0.74–0.95×. The goal (≥ 0.6×) is met for 1 MB segments and missed, narrowly, for
+  125 KB segments; p99 at 100 connections is 2–10× nginx's (goal ≤ 1.5×, issue 6).
+* What was changed to get here (first run: 0.24× / 0.46–0.54×): `/streams` bypasses Litestar's
+  router and scope copy (`gateway.app.GatewayASGI`), a finished segment is sent as one body
+  message instead of one per upstream chunk, grant signatures are checked once per grant string,
+  the upstream URL is built only on a cache miss, metric children are bound once.
+* Where the rest goes: 60–80 % of gateway samples are inside uvicorn's
+  `RequestResponseCycle.send`, i.e. writing the body to the socket (a user-space copy per response;
+  nginx uses `sendfile` from its cache file). Our own per-request work (path checks, grant lookup,
+  cache lookup, CORS, metrics) is 10–17 %.
+* Not tried yet (issue 6): granian, several workers (each worker would hold its own cache, so N
+  workers cost up to N pod fetches per segment unless they share one), serving hot segments from
+  a tmpfs file with `sendfile`.
+"""
+
+
 def write_docs(rows: list[dict], info: dict, args, profiles: list[tuple[str, dict | None, str]], met: bool,
                min_ratio: float) -> None:
     seg_rows = [r for r in rows if not r["case"].startswith("playlist")]
@@ -453,6 +473,7 @@ def write_docs(rows: list[dict], info: dict, args, profiles: list[tuple[str, dic
         "* Playlist row: the gateway fetches the pod playlist at most once per half target duration and rewrites "
         "it per viewer (two fresh grants per response); nginx proxies the playlist uncached, so its number is "
         "bounded by the pod's Python server. Not part of the goal.", "",
+        ANALYSIS,
         "### Where the time goes (gateway, py-spy)", "",
     ]
     for case, prof, why in profiles:
