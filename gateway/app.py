@@ -8,23 +8,28 @@ installed) and ``/metrics`` (Prometheus text format).
 
 from __future__ import annotations
 
+import hmac
 import html
 import logging
 from pathlib import Path
 
 import httpx
-from litestar import Litestar, Response, get
+
+import msgspec
+from litestar import Litestar, Request, Response, get, post
 from litestar.params import FromPath, FromQuery
 from litestar.types import Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.config import GatewayConfig
 from gateway.discovery import Discovery, make_discovery
+from gateway.errors import DiscoveryError, UpstreamError, UpstreamTimeout
 from gateway.metrics import REGISTRY
 from gateway.proxy import StreamProxy
 from gateway.upstream import Upstream
 from protocol.errors import TokenError
-from protocol.ids import is_camera_id
+from protocol.ids import is_camera_id, is_dns_label
+from protocol.messages import Nudge
 from protocol.tokens import verify_user_token
 
 log = logging.getLogger("platebridge.gateway")
@@ -114,6 +119,36 @@ def create_app(
             return Response(content="hls.js is not installed: run `make setup`\n", status_code=503, media_type="text/plain")
         return Response(content=data, media_type="text/javascript", headers={"Cache-Control": "public, max-age=3600"})
 
+    @post("/pods/{pod_id:str}/nudge", status_code=202)
+    async def nudge(request: Request, pod_id: FromPath[str]) -> Response:
+        """Relay a whitelist nudge from the portal to a pod over the tailnet."""
+        if not cfg.admin_token:
+            return Response(content={"error": "nudge relay disabled: set admin_token"}, status_code=404)
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), cfg.admin_token.encode()):
+            return Response(content={"error": "admin token required"}, status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+        if not is_dns_label(pod_id):
+            return Response(content={"error": "pod_id must be a DNS label"}, status_code=400)
+        raw = await request.body()
+        try:
+            msg = msgspec.json.decode(raw, type=Nudge) if raw.strip() else Nudge()
+        except msgspec.DecodeError:
+            return Response(content={"error": "body must be a JSON nudge object"}, status_code=400)
+        try:
+            base_url = await discovery.resolve(pod_id)
+            status = await upstream.nudge(base_url, pod_id, msgspec.json.encode(msg))
+        except DiscoveryError as exc:
+            return Response(content={"error": f"pod unavailable: {exc}"}, status_code=503)
+        except UpstreamTimeout:
+            return Response(content={"error": "pod timed out"}, status_code=504)
+        except UpstreamError:
+            return Response(content={"error": "pod unreachable"}, status_code=502)
+        if 200 <= status < 300:
+            return Response(content={"relayed": True, "pod_id": pod_id}, status_code=202)
+        log.error("pod %s refused a nudge with HTTP %d", pod_id, status)
+        return Response(content={"error": f"pod answered {status}"}, status_code=502)
+
     @get("/healthz", sync_to_thread=False)
     def healthz() -> dict:
         return {"status": "ok"}
@@ -134,7 +169,7 @@ def create_app(
         await discovery.aclose()
 
     app = Litestar(
-        route_handlers=[watch, watch_js, hls_js, healthz, readyz, metrics],
+        route_handlers=[watch, watch_js, hls_js, nudge, healthz, readyz, metrics],
         on_shutdown=[shutdown],
         openapi_config=None,
         logging_config=None,

@@ -55,6 +55,7 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     port: int = 8080
     hlsjs_path: str | None = None
     access_log: bool = True
+    admin_token: str | None = None  # portal service key for POST /pods/{pod_id}/nudge
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     def keyring(self) -> Keyring:
@@ -130,6 +131,8 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
                 "upstream_connect_timeout", "upstream_read_timeout"):
         if getattr(cfg, key) <= 0:
             raise _fail(f"$.{key}", "must be > 0 seconds")
+    if cfg.admin_token is not None and len(cfg.admin_token) < 16:
+        raise _fail("$.admin_token", "must be at least 16 characters (it authorises nudges to every pod)")
     if cfg.grant_ttl < 10:
         raise _fail("$.grant_ttl", "must be >= 10 seconds (players fetch segments after the playlist)")
     if cfg.cache_max_bytes < 1024 * 1024:

@@ -17,7 +17,7 @@ import httpx
 
 from gateway.cache import Flight
 from gateway.errors import UpstreamError, UpstreamTimeout
-from protocol.tokens import Keyring, mint_pod_token
+from protocol.tokens import ANY_CAMERA, Keyring, mint_pod_token
 
 POD_TOKEN_TTL = 30.0
 _PASS_HEADERS = ("content-length", "content-type", "etag", "retry-after")
@@ -116,6 +116,20 @@ class Upstream:
             flight.finish(UpstreamError(f"pod unreachable: {type(exc).__name__}"))
             return
         flight.finish()
+
+    async def nudge(self, base_url: str, pod_id: str, body: bytes) -> int:
+        """``POST <base>/nudge`` with a pod-wide gateway→pod token; returns the pod's status.
+
+        Raises :class:`UpstreamTimeout` or :class:`UpstreamError`.
+        """
+        headers = {"authorization": self._auth(pod_id, ANY_CAMERA), "content-type": "application/json"}
+        try:
+            r = await self.client.post(base_url.rstrip("/") + "/nudge", content=body, headers=headers)
+        except httpx.TimeoutException:
+            raise UpstreamTimeout("pod timed out") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"pod unreachable: {type(exc).__name__}") from None
+        return r.status_code
 
     async def aclose(self) -> None:
         """Close the shared client."""

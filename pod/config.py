@@ -31,17 +31,20 @@ LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
 
 SegmentType = Literal["fmp4", "mpegts"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+PlateSource = Literal["recognized_license_plate", "sub_label"]
 
 
 class CameraConfig(msgspec.Struct, forbid_unknown_fields=True):
     """One camera: ``camera_id`` (URL/file safe), its RTSP URL and its name in Frigate
-    (``frigate_camera``, defaults to ``camera_id``)."""
+    (``frigate_camera``, defaults to ``camera_id``). ``lpr_only`` marks a dedicated
+    LPR camera that publishes only ``tracked_object_update`` lpr messages."""
 
     camera_id: str
     rtsp_url: str
     frigate_camera: str | None = None
     name: str | None = None
     position: str | None = None
+    lpr_only: bool = False
 
 
 class PodConfig(msgspec.Struct, kw_only=True):
@@ -98,6 +101,22 @@ class PodConfig(msgspec.Struct, kw_only=True):
     restart_backoff_max: float = 30.0
     watchdog_factor: float = 3.0  # restart when the playlist is stale for factor x target duration
     log_level: LogLevel = "INFO"
+
+    # --- plate decisions (MQTT, whitelist, outbox, heartbeat) ---
+    mqtt_topic_prefix: str | None = None  # default: from mqtt_topic ("frigate/events" -> "frigate")
+    mqtt_client_id: str | None = None  # default: platebridge-<pod_id>; never "frigate"
+    mqtt_keepalive: int = 30
+    plate_source: PlateSource = "recognized_license_plate"
+    gate_zones: list[str] = []
+    passage_window: float = 15.0
+    max_decision_wait: float = 5.0
+    no_read_timeout: float = 60.0
+    match_distance: int = 0
+    confusable_folding: bool = False
+    whitelist_cache: str | None = None  # default: <state_dir>/whitelist.json
+    outbox_path: str | None = None  # default: <state_dir>/outbox.sqlite3
+    outbox_max_items: int = 10_000
+    portal_timeout: float = 10.0
 
     def camera_list(self) -> list[CameraConfig]:
         """The cameras, with the seed's single-camera keys folded in."""
@@ -221,6 +240,32 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
     cfg.cameras = cameras
     if cfg.pod_name is None:
         cfg.pod_name = cfg.pod_id
+    frigate_names = [c.frigate_camera for c in cameras]
+    if len(set(frigate_names)) != len(frigate_names):
+        raise _fail("$.cameras", "two cameras map to the same frigate_camera")
+
+    if cfg.mqtt_topic_prefix is None:
+        topic = cfg.mqtt_topic.strip("/")
+        cfg.mqtt_topic_prefix = topic[: -len("/events")] if topic.endswith("/events") else (topic or "frigate")
+    if not cfg.mqtt_topic_prefix or any(c in cfg.mqtt_topic_prefix for c in "#+"):
+        raise _fail("$.mqtt_topic_prefix", "must be a plain MQTT topic prefix without wildcards")
+    if cfg.mqtt_client_id is None:
+        cfg.mqtt_client_id = f"platebridge-{cfg.pod_id}"
+    if cfg.mqtt_client_id.strip().lower() == "frigate":
+        raise _fail("$.mqtt_client_id", "must not be 'frigate': two clients with one id knock each other off the broker")
+    if not 1 <= cfg.mqtt_port <= 65535:
+        raise _fail("$.mqtt_port", "must be 1-65535")
+    if not 0 <= cfg.match_distance <= 2:
+        raise _fail("$.match_distance", "must be 0, 1 or 2")
+    for key in ("passage_window", "max_decision_wait", "no_read_timeout", "portal_timeout"):
+        if not math.isfinite(getattr(cfg, key)) or getattr(cfg, key) <= 0:
+            raise _fail(f"$.{key}", "must be a positive number of seconds")
+    if cfg.outbox_max_items < 100:
+        raise _fail("$.outbox_max_items", "must be >= 100")
+    if cfg.whitelist_cache is None:
+        cfg.whitelist_cache = str(Path(cfg.state_dir) / "whitelist.json")
+    if cfg.outbox_path is None:
+        cfg.outbox_path = str(Path(cfg.state_dir) / "outbox.sqlite3")
 
     if cfg.enable_streaming:
         secrets = cfg.secrets()

@@ -22,13 +22,17 @@ import hashlib
 import time
 from collections.abc import Callable
 
-from litestar import Litestar, Request, Response, get
+from collections.abc import Awaitable
+
+import msgspec
+from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pod.metrics import HLS_REQUESTS, REGISTRY
 from pod.streamer import PLAYLIST, CameraStreamer
 from protocol.errors import TokenError
+from protocol.messages import Nudge
 from protocol.paths import UnsafePath, content_type_for, safe_relative_path
 from protocol.tokens import Keyring, verify_pod_token
 
@@ -61,12 +65,15 @@ def create_hls_app(
     streamers: dict[str, CameraStreamer],
     tailnet_host: str,
     extra_status: Callable[[], dict] | None = None,
+    on_nudge: Callable[[Nudge], Awaitable[None]] | None = None,
 ) -> Litestar:
     """Build the pod's Litestar app.
 
     ``streamers`` maps camera_id → :class:`CameraStreamer`; ``tailnet_host`` is the
     address HLS may be served on (requests arriving on any other listener get
     404 for camera routes). ``extra_status`` adds keys to ``/health``.
+    ``on_nudge`` handles ``POST /nudge`` (tailnet listener only, gateway→pod
+    token for this pod, any camera): it starts an immediate whitelist refresh.
     """
     started = time.time()
 
@@ -136,11 +143,33 @@ def create_hls_app(
         HLS_REQUESTS.labels(kind, "200").inc()
         return Response(content=data, media_type=ctype, headers=headers)
 
+    @post("/nudge", status_code=202)
+    async def nudge(request: Request) -> Response:
+        server = request.scope.get("server")
+        if not server or server[0] != tailnet_host or on_nudge is None:
+            return _plain(404, "not found")
+        token = _bearer(request)
+        if token is None:
+            return _plain(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
+        try:
+            claims = verify_pod_token(token, keyring)
+        except TokenError as exc:
+            return _plain(401, f"invalid token: {exc}", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        if claims.pod_id != pod_id:
+            return _plain(403, "token is for another pod")
+        raw = await request.body()
+        try:
+            body = msgspec.json.decode(raw, type=Nudge) if raw.strip() else Nudge()
+        except msgspec.DecodeError:
+            return _plain(400, "body must be a JSON nudge object")
+        await on_nudge(body)
+        return Response(content={"accepted": True}, status_code=202)
+
     def _not_found(_: Request, exc: HTTPException) -> Response:
         return _plain(exc.status_code, exc.detail or "error")
 
     return Litestar(
-        route_handlers=[health, metrics, hls_file],
+        route_handlers=[health, metrics, hls_file, nudge],
         exception_handlers={HTTPException: _not_found},
         openapi_config=None,
         logging_config=None,

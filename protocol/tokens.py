@@ -214,9 +214,14 @@ def _check_lifetime(claims: dict, max_ttl: float, leeway: float, now: float | No
     return float(exp)
 
 
-def _ids(claims: dict) -> tuple[str, str]:
+ANY_CAMERA = "*"
+
+
+def _ids(claims: dict, *, allow_any_camera: bool = False) -> tuple[str, str]:
     camera_id, pod_id = claims.get("camera_id"), claims.get("pod_id")
-    if not is_camera_id(camera_id):
+    if allow_any_camera and camera_id == ANY_CAMERA:
+        pass
+    elif not is_camera_id(camera_id):
         raise TokenInvalid("camera_id claim missing or malformed")
     if not is_dns_label(pod_id):
         raise TokenInvalid("pod_id claim is not a DNS label")
@@ -257,9 +262,11 @@ def verify_pod_token(
 ) -> PodStreamClaims:
     """Verify a gateway→pod token (``exp`` at most 60 s ahead).
 
+    ``camera_id`` is a camera id, or ``"*"`` (:data:`ANY_CAMERA`) for pod-wide
+    calls such as ``POST /nudge``; ``"*"`` can never equal a camera in a path.
     Raises :class:`TokenExpired` or :class:`TokenInvalid`.
     """
     claims = _decode(token, keyring, GATEWAY_TO_POD_AUDIENCE, leeway)
     exp = _check_lifetime(claims, POD_TOKEN_MAX_TTL, leeway, now)
-    camera_id, pod_id = _ids(claims)
+    camera_id, pod_id = _ids(claims, allow_any_camera=True)
     return PodStreamClaims(camera_id=camera_id, pod_id=pod_id, exp=exp)

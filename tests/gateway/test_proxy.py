@@ -366,3 +366,47 @@ async def test_watch_page_health_ready_metrics(client, pod):
     assert 'platebridge_gateway_requests_total{kind="playlist",status="302"}' in m
     viewers = float(m.split("\nplatebridge_gateway_active_viewers ")[1].split()[0])
     assert viewers >= 1
+
+
+# ---- nudge relay: portal → gateway → pod over the tailnet -------------------------------------
+@pytest.fixture
+async def admin_client(pod):
+    from gateway.app import create_app
+    from gateway.config import parse_config
+    from gateway.discovery import StaticDiscovery
+    from litestar.testing import AsyncTestClient
+
+    cfg = parse_config({"stream_secret": SECRET, "pods": {POD: "http://127.0.0.2:8000"}, "admin_token": "a" * 32}, env={})
+    app = create_app(cfg, discovery=StaticDiscovery(cfg.pods), transport=httpx.MockTransport(pod.handler))
+    async with AsyncTestClient(app=app) as c:
+        yield c
+
+
+async def test_nudge_relay_needs_admin_token_and_forwards_with_pod_token(admin_client, pod):
+    seen = []
+
+    def pod_nudge(request):
+        from protocol.tokens import Keyring, verify_pod_token
+
+        claims = verify_pod_token(request.headers["authorization"].split()[1], Keyring.single(SECRET))
+        seen.append((claims.pod_id, claims.camera_id, request.content))
+        return httpx.Response(202, json={"accepted": True})
+
+    pod.routes["/nudge"] = pod_nudge
+    r = await admin_client.post(f"/pods/{POD}/nudge", json={"reason": "whitelist_changed"})
+    assert r.status_code == 401 and pod.requests == []
+    r = await admin_client.post(f"/pods/{POD}/nudge", headers={"Authorization": "Bearer " + "b" * 32})
+    assert r.status_code == 401 and pod.requests == []
+    r = await admin_client.post(f"/pods/{POD}/nudge", headers={"Authorization": "Bearer " + "a" * 32},
+                                json={"reason": "whitelist_changed", "config_version": "v9"})
+    assert r.status_code == 202
+    assert seen[0][:2] == (POD, "*") and b'"config_version":"v9"' in seen[0][2]
+    r = await admin_client.post("/pods/unknown-pod/nudge", headers={"Authorization": "Bearer " + "a" * 32})
+    assert r.status_code == 503
+    r = await admin_client.post("/pods/Bad_Pod/nudge", headers={"Authorization": "Bearer " + "a" * 32})
+    assert r.status_code == 400
+
+
+async def test_nudge_disabled_without_admin_token(client, pod):
+    r = await client.post(f"/pods/{POD}/nudge", headers={"Authorization": "Bearer x"})
+    assert r.status_code == 404 and pod.requests == []

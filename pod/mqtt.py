@@ -1,0 +1,119 @@
+"""Frigate MQTT listener: a thin async shell over aiomqtt (aiomqtt 2.x docs,
+"Reconnecting": a loop around ``async with Client(...)``).
+
+Subscribes to ``<prefix>/events`` and ``<prefix>/tracked_object_update`` (Frigate
+MQTT docs v0.12–v0.18) after **every** connect, so a broker restart that drops
+the session never leaves the pod deaf (Frigate issue #814). Deliveries with the
+retain flag set are ignored: a retained event is history, not a car at the gate.
+The handler is called for each message; an exception in it is logged and the
+listener goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import aiomqtt
+
+from pod.backoff import Backoff
+
+log = logging.getLogger("platebridge.pod.mqtt")
+
+Handler = Callable[[str, bytes], None]
+
+
+class FrigateListener:
+    """Connects to the broker and feeds ``handler(topic_suffix, payload)``.
+
+    ``topic_suffix`` is ``"events"`` or ``"tracked_object_update"``. State for
+    ``/health``: ``connected`` (bool), ``subscribed_at`` (Unix s of the last
+    successful subscribe), ``messages`` and ``skipped_retained`` counters.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        prefix: str,
+        client_id: str,
+        handler: Handler,
+        username: str | None = None,
+        password: str | None = None,
+        keepalive: int = 30,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.host, self.port, self.prefix, self.client_id = host, port, prefix.strip("/"), client_id
+        self.username, self.password, self.keepalive = username, password, keepalive
+        self.handler = handler
+        self.backoff = backoff or Backoff(0.5, 15.0)
+        self.connected = False
+        self.subscribed_at: float | None = None
+        self.messages = 0
+        self.skipped_retained = 0
+        self.connects = 0
+
+    @property
+    def topics(self) -> list[str]:
+        """The subscribed topics."""
+        return [f"{self.prefix}/events", f"{self.prefix}/tracked_object_update"]
+
+    def status(self) -> dict:
+        """Health snapshot (no credentials)."""
+        return {"connected": self.connected, "subscribed_at": self.subscribed_at, "messages": self.messages,
+                "connects": self.connects}
+
+    def _dispatch(self, message: aiomqtt.Message) -> None:
+        if message.retain:
+            self.skipped_retained += 1
+            return
+        self.messages += 1
+        topic = message.topic.value
+        suffix = topic[len(self.prefix) + 1:] if topic.startswith(self.prefix + "/") else topic
+        payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else str(message.payload or "").encode()
+        try:
+            self.handler(suffix, bytes(payload))
+        except Exception:  # noqa: BLE001 - one bad message must never kill the listener
+            log.exception("handler failed for a message on %s; skipped", topic)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, subscribe and dispatch until ``stop`` is set; reconnect with backoff."""
+        while not stop.is_set():
+            try:
+                async with aiomqtt.Client(
+                    self.host, self.port, username=self.username, password=self.password,
+                    identifier=self.client_id, keepalive=self.keepalive, clean_session=True, timeout=10,
+                ) as client:
+                    await client.subscribe([(t, 1) for t in self.topics])
+                    self.connected, self.subscribed_at = True, time.time()
+                    self.connects += 1
+                    self.backoff.reset()
+                    log.info("MQTT connected to %s:%d as %s; subscribed to %s", self.host, self.port, self.client_id,
+                             ", ".join(self.topics))
+                    reader = asyncio.create_task(self._read(client))
+                    stopper = asyncio.create_task(stop.wait())
+                    done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    stopper.cancel()
+                    if reader in done:
+                        reader.result()  # re-raise MqttError to reconnect
+                    else:
+                        reader.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                            await reader
+            except aiomqtt.MqttError as exc:
+                self.connected = False
+                delay = self.backoff.next_delay()
+                log.warning("MQTT connection to %s:%d lost or refused (%s); reconnecting in %.1fs",
+                            self.host, self.port, exc, delay)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+            finally:
+                self.connected = False
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            self._dispatch(message)
