@@ -37,7 +37,7 @@ STATIC = Path(__file__).parent / "static"
 DEFAULT_HLSJS = Path(__file__).parent / "web" / "node_modules" / "hls.js" / "dist" / "hls.min.js"
 _WATCH_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; media-src 'self' blob:; "
-    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'self'"
+    "connect-src 'self'; img-src 'self' data:; worker-src 'self' blob:; base-uri 'none'; frame-ancestors 'self'"
 )
 
 

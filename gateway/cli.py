@@ -3,12 +3,15 @@
     platebridge-gateway --config gateway.yaml [--host 127.0.0.1] [--port 8080]
 
 Environment variables override the file (see :mod:`gateway.config`). Exit
-codes: 0 clean shutdown, 2 bad config (message names the key path).
+codes: 0 after Ctrl-C, 143 after SIGTERM (uvicorn re-raises the signal once it
+has shut down cleanly; systemd units list it in ``SuccessExitStatus``), 2 bad
+config (message names the key path).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from gateway.config import load_config
@@ -29,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"platebridge-gateway: config error: {exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level)
+    for kid in cfg.weak_secrets():
+        logging.getLogger("platebridge.gateway").warning(
+            "stream secret %r is shorter than 32 bytes; use a long random secret (e.g. openssl rand -base64 48)", kid)
     import uvicorn
 
     from gateway.app import create_app

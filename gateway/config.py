@@ -58,6 +58,13 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     admin_token: str | None = None  # portal service key for POST /pods/{pod_id}/nudge
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    def weak_secrets(self) -> list[str]:
+        """Key ids whose secret is shorter than 32 bytes (reported at startup)."""
+        secrets = dict(self.stream_secrets or {})
+        if self.stream_secret:
+            secrets.setdefault("default", self.stream_secret)
+        return [kid for kid, s in secrets.items() if len(s.encode()) < 32]
+
     def keyring(self) -> Keyring:
         """The stream :class:`Keyring` (primary = ``stream_secret_primary`` or the single secret)."""
         secrets = dict(self.stream_secrets or {})
@@ -131,6 +138,11 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
                 "upstream_connect_timeout", "upstream_read_timeout"):
         if getattr(cfg, key) <= 0:
             raise _fail(f"$.{key}", "must be > 0 seconds")
+    for key in ("port", "pod_port"):
+        if not 1 <= getattr(cfg, key) <= 65535:
+            raise _fail(f"$.{key}", "must be 1-65535")
+    if cfg.segment_max_age < 1:
+        raise _fail("$.segment_max_age", "must be >= 1 second (and at least the playlist window)")
     if cfg.admin_token is not None and len(cfg.admin_token) < 16:
         raise _fail("$.admin_token", "must be at least 16 characters (it authorises nudges to every pod)")
     if cfg.grant_ttl < 10:

@@ -11,6 +11,7 @@ Tunables live here and nowhere else.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import os
@@ -170,10 +171,15 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
     """
     if not isinstance(data, dict):
         raise _fail("$", f"{source} must be a YAML mapping of keys to values")
-    warnings = [f"$.{k}: unknown key, ignored" for k in _unknown_keys(data)]
-    known = {k: v for k, v in data.items() if k in PodConfig.__struct_fields__}
+    unknown = _unknown_keys(data)
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, PodConfig.__struct_fields__, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise _fail(f"$.{key}", f"unknown key{hint}")
+    warnings: list[str] = []
     try:
-        cfg = msgspec.convert(known, PodConfig, strict=False)
+        cfg = msgspec.convert(data, PodConfig, strict=False)
     except msgspec.ValidationError as exc:
         msg = str(exc)
         if " - at `" in msg:

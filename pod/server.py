@@ -39,5 +39,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 def make_server(app, *, log_level: str = "warning") -> EmbeddedServer:
     """An :class:`EmbeddedServer` for an ASGI app (no access log: the app logs, redacted)."""
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", loop="none", http="httptools")
+    # lifespan off: the app has no startup/shutdown hooks, and the same app is served
+    # by two servers (loopback and tailnet) whose lifespans would interleave
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off", loop="none", http="httptools")
     return EmbeddedServer(config)

@@ -18,13 +18,19 @@ from stack import ROOT, Stack  # noqa: E402
 
 
 def main() -> int:
-    stack = Stack(
-        workdir=ROOT / "var" / "demo",
-        gateway_port=int(os.environ.get("DEMO_GATEWAY_PORT", "8080")),
-        pod_port=int(os.environ.get("DEMO_POD_PORT", "8000")),
-        camera_port=int(os.environ.get("DEMO_CAMERA_PORT", "8554")),
-        segment_seconds=2.0,
-    )
+    workdir = ROOT / "var" / "demo"
+    workdir.mkdir(parents=True, exist_ok=True)
+    for old in workdir.glob("*.log"):
+        old.unlink()  # each run starts with fresh logs
+    wanted = {"gateway": int(os.environ.get("DEMO_GATEWAY_PORT", "8080")),
+              "pod": int(os.environ.get("DEMO_POD_PORT", "8000")),
+              "camera": int(os.environ.get("DEMO_CAMERA_PORT", "8554"))}
+    stack = Stack(workdir=workdir, gateway_port=wanted["gateway"], pod_port=wanted["pod"],
+                  camera_port=wanted["camera"], segment_seconds=2.0)
+    for name, port in (("gateway", stack.gateway_port), ("pod", stack.pod_port), ("camera", stack.camera_port)):
+        if port != wanted[name]:
+            print(f"demo: port {wanted[name]} is busy, the {name} uses {port} instead "
+                  f"(set DEMO_{name.upper()}_PORT to choose)", flush=True)
     stopping = False
 
     def on_signal(*_):

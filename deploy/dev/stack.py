@@ -30,17 +30,34 @@ VENV_BIN = ROOT / ".venv" / "bin"
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's python3-gi lives here, not in the venv
 
 
-def free_port(host: str = "127.0.0.1", preferred: int = 0) -> int:
-    """``preferred`` if it is free on ``host``, else an unused TCP port (bind to 0 and release)."""
-    for port in ((preferred, 0) if preferred else (0,)):
+def _free_on(port: int, hosts: tuple[str, ...]) -> bool:
+    for host in hosts:
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
             except OSError:
-                continue
-            return s.getsockname()[1]
-    raise OSError(f"no free port on {host}")
+                return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1", preferred: int = 0, *, also: tuple[str, ...] = ()) -> int:
+    """``preferred`` if it is free on ``host`` (and every address in ``also``), else an
+    unused TCP port free on all of them."""
+    hosts = (host, *also)
+    if preferred and _free_on(preferred, hosts):
+        return preferred
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if _free_on(port, hosts):
+            return port
+    raise OSError(f"no free port on {hosts}")
+
+
+class ProcessDied(RuntimeError):
+    """A stack process exited while we waited for it to become ready."""
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
@@ -52,6 +69,8 @@ def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "co
             value = predicate()
             if value:
                 return value
+        except ProcessDied:
+            raise
         except Exception as exc:  # noqa: BLE001 - keep polling
             last_exc = exc
         time.sleep(interval)
@@ -113,7 +132,7 @@ class Stack:
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.camera_port = free_port(self.camera_host, self.camera_port)
-        self.pod_port = free_port(self.pod_host, self.pod_port)
+        self.pod_port = free_port(self.pod_host, self.pod_port, also=("127.0.0.1",))  # /health listens there too
         self.gateway_port = free_port(self.gateway_host, self.gateway_port)
 
     @property
@@ -140,7 +159,7 @@ class Stack:
         wait_until(lambda: "CAMERA READY" in proc.log.read_text(errors="replace") or proc.popen.poll() is not None,
                    timeout, what="camera READY")
         if proc.popen.poll() is not None:
-            raise RuntimeError(f"camera exited:\n{proc.tail()}")
+            raise ProcessDied(f"camera exited:\n{proc.tail()}")
         return proc
 
     def pod_config(self) -> dict:
@@ -183,7 +202,7 @@ class Stack:
 
         def ready():
             if proc.popen.poll() is not None:
-                raise RuntimeError(f"pod exited:\n{proc.tail()}")
+                raise ProcessDied(f"pod exited:\n{proc.tail()}")
             r = httpx.get(f"http://127.0.0.1:{self.pod_port}/health", timeout=1)
             cam = r.json()["cameras"][self.camera_id]
             return cam["state"] == "running" if wait_segments else True
@@ -200,7 +219,7 @@ class Stack:
 
         def ready():
             if proc.popen.poll() is not None:
-                raise RuntimeError(f"gateway exited:\n{proc.tail()}")
+                raise ProcessDied(f"gateway exited:\n{proc.tail()}")
             return httpx.get(f"{self.gateway_url}/healthz", timeout=1).status_code == 200
 
         wait_until(ready, timeout, what="gateway /healthz")

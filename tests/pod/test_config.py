@@ -82,9 +82,11 @@ def test_secret_required_for_streaming(monkeypatch):
     assert cfg.secrets() == {"default": "e" * 40}
 
 
-def test_unknown_keys_are_warned_not_fatal():
-    _, warnings = parse_config(base(colour="blue"))
-    assert "$.colour: unknown key, ignored" in warnings
+def test_unknown_key_is_an_error_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"^\$\.stream_bnd: unknown key; did you mean 'stream_bind'\?"):
+        parse_config(base(stream_bnd="127.0.0.2"))
+    with pytest.raises(ConfigError, match=r"^\$\.colour: unknown key$"):
+        parse_config(base(colour="blue"))
 
 
 @pytest.mark.parametrize("ip", ["100.64.0.1", "100.127.255.254", "127.0.0.2", "fd7a:115c:a1e0::1"])
