@@ -1,0 +1,169 @@
+"""Whitelist cache file and the live whitelist holder (thin I/O around
+:class:`pod.plates.Whitelist`).
+
+The cache is the ``GET /api/plates`` answer (:class:`protocol.messages.PlatesResponse`)
+in its JSON wire form, so the pod can start and decide offline. It holds tenant
+names (personal data): the file is mode 0600 and its directory, when created
+here, 0700. Writes are atomic (temp file in the same directory, fsync,
+``os.replace``, fsync of the directory), so a power cut leaves either the old or
+the new file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import msgspec
+
+from pod.plates import Whitelist
+from protocol.messages import PlatesResponse
+from protocol.redact import redact
+
+log = logging.getLogger("platebridge.pod.whitelist")
+
+
+def save_cache(path: str | os.PathLike[str], resp: PlatesResponse) -> None:
+    """Atomically write ``resp`` as JSON to ``path`` (mode 0600). A missing parent
+    directory is created with mode 0700. Raises ``OSError`` on I/O failure (the
+    previous cache file, if any, is then left untouched and no temp file remains)."""
+    target = Path(path)
+    parent = target.parent
+    if not parent.exists():
+        parent.mkdir(parents=True, mode=0o700, exist_ok=True)  # leaf 0700 (a umask only removes bits)
+    data = msgspec.json.encode(resp)
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)  # mkstemp already uses 0600; be explicit
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; the rename is done
+    finally:
+        os.close(dfd)
+
+
+def load_cache(path: str | os.PathLike[str]) -> PlatesResponse | None:
+    """Read the cache written by :func:`save_cache`. Missing file → ``None``;
+    unreadable, corrupt or schema-invalid file → a logged warning and ``None``.
+    Never raises."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - a bad cache must never stop the pod
+        log.warning("whitelist cache %s unreadable (%s); ignoring it", path, type(exc).__name__)
+        return None
+    try:
+        return msgspec.json.decode(data, type=PlatesResponse)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("whitelist cache %s is corrupt (%s); ignoring it", path, redact(str(exc))[:200])
+        return None
+
+
+class WhitelistStore:
+    """Holds the current :class:`Whitelist` (initially empty, version ``""``).
+
+    ``cache_path`` (optional) is where :meth:`refresh` saves and
+    :meth:`load_from_cache` reads. ``clock`` returns monotonic seconds (for
+    :attr:`last_refresh`). Collisions and invalid entries are logged whenever a
+    whitelist is installed."""
+
+    def __init__(
+        self,
+        cache_path: str | os.PathLike[str] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.cache_path = Path(cache_path) if cache_path is not None else None
+        self._clock = clock
+        self._current = Whitelist([], "")
+        self._lock = asyncio.Lock()
+        self.last_refresh: float | None = None
+        """Monotonic seconds of the last successful portal refresh, or None."""
+
+    @property
+    def current(self) -> Whitelist:
+        """The whitelist in force (swapped atomically; safe to hold a reference)."""
+        return self._current
+
+    @property
+    def version(self) -> str:
+        """``config_version`` of the whitelist in force (``""`` before any load)."""
+        return self._current.version
+
+    def _install(self, resp: PlatesResponse, source: str) -> None:
+        wl = Whitelist(resp.entries, resp.config_version)
+        for key, raws in wl.collisions:
+            log.warning("whitelist %s: %d entries normalise to %s: %s", wl.version, len(raws), key, raws)
+        for raw, why in wl.invalid:
+            log.warning("whitelist %s: entry %r can never allow: %s", wl.version, raw, why)
+        self._current = wl
+        log.info("whitelist %s loaded from %s: %d entries", wl.version, source, len(wl))
+
+    def load_from_cache(self) -> bool:
+        """Install the cached whitelist (offline start). Returns True when a valid
+        cache was loaded; False (keeping the current whitelist) when there is no
+        cache path, no file, or a corrupt one. Never raises. Does not touch
+        :attr:`last_refresh`."""
+        if self.cache_path is None:
+            return False
+        resp = load_cache(self.cache_path)
+        if resp is None:
+            return False
+        try:
+            self._install(resp, "cache")
+        except Exception as exc:  # noqa: BLE001
+            log.warning("whitelist cache %s unusable: %s", self.cache_path, redact(str(exc)))
+            return False
+        return True
+
+    async def refresh(self, fetch: Callable[[], Awaitable[PlatesResponse]]) -> bool:
+        """Fetch the whitelist (``await fetch()``), build it, swap it in and save it
+        to the cache. On any exception from fetching or building, log it and keep
+        the current whitelist; returns False. A cache write failure after a
+        successful swap is only logged (the new whitelist stays; returns True).
+        Concurrent calls are serialised."""
+        async with self._lock:
+            try:
+                resp = await fetch()
+                if not isinstance(resp, PlatesResponse):
+                    raise TypeError(f"fetch returned {type(resp).__name__}, not PlatesResponse")
+                self._install(resp, "portal")
+            except Exception as exc:  # noqa: BLE001 - keep serving the old whitelist
+                log.warning(
+                    "whitelist refresh failed (%s: %s); keeping version %r",
+                    type(exc).__name__, redact(str(exc))[:300], self.version,
+                )
+                return False
+            self.last_refresh = self._clock()
+            if self.cache_path is not None:
+                try:
+                    await asyncio.to_thread(save_cache, self.cache_path, resp)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("whitelist cache %s not saved: %s", self.cache_path, redact(str(exc)))
+            return True
