@@ -15,3 +15,27 @@ class BindRefused(ConfigError):
 
 class TailnetUnavailable(PodError):
     """tailscaled could not report a tailnet IPv4 address (yet)."""
+
+
+class PortalError(PodError):
+    """A call to the portal failed. ``str(exc)`` names the method, path and HTTP status,
+    never the pod API key or any token."""
+
+
+class PortalUnavailable(PortalError):
+    """Transient failure: connect error, timeout, HTTP 5xx, 408 or 429, or an unreadable
+    answer. Retry later (the outbox does; ``get_plates`` retries inside).
+    ``.status`` is the HTTP status, or None when no answer arrived."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class PortalRejected(PortalError):
+    """Permanent refusal: an HTTP 4xx other than 408/429 (e.g. 400 bad body, 401 bad API
+    key). Retrying the same request will not help. ``.status`` is the HTTP status."""
+
+    def __init__(self, status: int, message: str = "") -> None:
+        super().__init__(message or f"portal rejected the request: HTTP {status}")
+        self.status = status

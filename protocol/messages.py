@@ -25,10 +25,12 @@ Reason = Literal[
 
 class DetectRequest(msgspec.Struct, omit_defaults=True):
     """``POST /api/pod/detect``. ``event_id`` is the idempotency key (also sent as
-    header ``Idempotency-Key``); ``confidence`` is 0..1; ``detected_at`` RFC 3339 UTC."""
+    header ``Idempotency-Key``); ``plate`` is the normalised read (None for
+    ``no_plate_read``), ``plate_raw`` the text as the recogniser sent it;
+    ``confidence`` is 0..1; ``detected_at`` RFC 3339 UTC."""
 
     site_id: str
-    plate: str
+    plate: str | None
     camera: str
     pod_name: str
     camera_id: str

@@ -1,0 +1,540 @@
+"""STAND-IN for the Vercel portal (development and tests only; never shipped).
+
+Implements the portal side of the pod contract (:mod:`protocol.messages`) with
+an SQLite audit log:
+
+* ``GET /api/plates?site=&company_id=`` → ``{config_version, entries}``
+* ``POST /api/pod/detect`` → ``{"success": true, "duplicate": bool}``; dedupes by
+  ``event_id`` and by the ``Idempotency-Key`` header; 400 on a bad body
+* ``POST /api/pod/heartbeat`` → ``{"success": true, "config_version": …}``
+* ``POST /api/pod/stream-token`` ``{camera_id}`` (user session stand-in: any
+  non-empty bearer, or exactly ``--user-key`` when given) → a user stream JWT
+  (:func:`protocol.tokens.mint_user_token`), ``stream_url`` and ``watch_url`` on
+  the gateway
+* ``POST /api/pod/recordings/upload-url`` → a signed ``PUT /storage/<path>?expires=&sig=``
+  URL (HMAC-SHA256 over path and expiry), ``POST /api/pod/recordings/confirm``,
+  ``GET /api/pod/recordings?camera_id=``
+
+The ``/api/pod/*`` and ``/api/plates`` endpoints (except stream-token and the
+recordings list, which take user auth) need ``Authorization: Bearer <pod api key>``;
+401 otherwise. The key itself is never stored or logged.
+
+Admin endpoints (stand-in only, no auth; bind to loopback):
+``PUT /__standin/plates`` (list of entries or ``{"entries": [...]}``; bumps
+``config_version``), ``POST /__standin/fault {"mode": "ok"|"error500"|"hang",
+"count": n|null}`` (the next ``n`` API requests, or all while null, fail),
+``GET /__standin/fault``, ``GET /__standin/detections``, ``GET /__standin/heartbeats``,
+``GET /__standin/uploads``.
+
+Prints ``PORTAL: detect <decision> <plate> <reason> event=<id>`` on stdout for
+every new detection.
+
+CLI: ``python deploy/dev/portal_standin.py --host 127.0.0.1 --port N --db path
+--api-key K --stream-secret S --gateway-url URL [--plates-file f.json]
+[--pod-id ID] [--user-key K] [--token-ttl S]``. ``--api-key``/``--stream-secret``
+default to ``$PORTAL_STANDIN_API_KEY``/``$PORTAL_STANDIN_STREAM_SECRET`` (keeps
+them out of ``ps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import sqlite3
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, get, post, put
+from litestar.params import FromPath, FromQuery
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from protocol.ids import is_camera_id, is_dns_label  # noqa: E402
+from protocol.messages import (  # noqa: E402
+    DetectRequest,
+    HeartbeatRequest,
+    PlateEntry,
+    RecordingConfirm,
+    StreamTokenRequest,
+    UploadUrlRequest,
+)
+from protocol.tokens import Keyring, mint_user_token  # noqa: E402
+
+log = logging.getLogger("platebridge.standin")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS detections (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE, idempotency_key TEXT,
+    body TEXT NOT NULL, count INTEGER NOT NULL DEFAULT 1, received REAL NOT NULL, last_received REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS heartbeats (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, pod_id TEXT NOT NULL, camera_id TEXT NOT NULL,
+    body TEXT NOT NULL, received REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS uploads (
+    path TEXT PRIMARY KEY, data BLOB NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    content_type TEXT, stored REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS recordings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, camera_id TEXT NOT NULL, file_path TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL, created REAL NOT NULL);
+"""
+_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_REQUIRED_DETECT = ("site_id", "plate", "camera", "camera_id", "event_id", "detected_at")
+UPLOAD_TTL = 600.0
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+HANG_SECONDS = 600.0
+
+
+def _err(status: int, message: str) -> Response:
+    return Response({"success": False, "error": message}, status_code=status)
+
+
+def _printable(value: object) -> str:
+    if value is None:
+        return "-"
+    return "".join(c if c.isprintable() and not c.isspace() else "?" for c in str(value))[:80] or "-"
+
+
+class PortalStandIn:
+    """State of the stand-in: the SQLite audit log at ``db_path`` (mode 0600), the pod
+    ``api_key`` (compared in constant time, never stored), the stream keyring,
+    the gateway base URL and the fault switch. ``plates`` seeds the whitelist when
+    the database has none. ``upload_ttl`` is the signed-URL lifetime in seconds."""
+
+    def __init__(
+        self,
+        *,
+        db_path: str | os.PathLike[str],
+        api_key: str,
+        stream_secret: str,
+        gateway_url: str,
+        pod_id: str | None = None,
+        user_key: str | None = None,
+        token_ttl: float = 600.0,
+        upload_ttl: float = UPLOAD_TTL,
+        plates: list[PlateEntry] | None = None,
+        out=None,
+    ) -> None:
+        if not api_key:
+            raise ValueError("api_key must not be empty")
+        self._api_key = api_key.encode()
+        self._user_key = user_key.encode() if user_key else None
+        self.keyring = Keyring.single(stream_secret)
+        self.gateway_url = gateway_url.rstrip("/")
+        self.pod_id = pod_id
+        self.token_ttl = token_ttl
+        self.upload_ttl = upload_ttl
+        self._sign_key = secrets.token_bytes(32)
+        self.out = out  # None: sys.stdout at print time
+        self.fault_mode = "ok"
+        self.fault_remaining: int | None = None
+        self.faults_served = 0
+        self._fault_changed = asyncio.Event()
+        path = Path(db_path)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(_SCHEMA)
+        if self._kv("config_version") is None:
+            self.set_plates(plates or [])
+        elif plates is not None:
+            self.set_plates(plates)
+
+    # --- state ---
+
+    def _kv(self, key: str) -> str | None:
+        row = self.db.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _set_kv(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO kv (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", (key, value))
+
+    @property
+    def config_version(self) -> str:
+        """The whitelist version (a decimal counter, bumped by every replacement)."""
+        return self._kv("config_version") or "0"
+
+    def set_plates(self, entries: list[PlateEntry]) -> str:
+        """Replace the whitelist and bump ``config_version``; returns the new version."""
+        version = str(int(self._kv("config_version") or "0") + 1)
+        self.db.execute("BEGIN IMMEDIATE")
+        self._set_kv("plates", json.dumps([msgspec.structs.asdict(e) for e in entries]))  # explicit nulls, like the portal
+        self._set_kv("config_version", version)
+        self.db.execute("COMMIT")
+        return version
+
+    def plates(self) -> list[dict]:
+        """The whitelist entries in wire form."""
+        return json.loads(self._kv("plates") or "[]")
+
+    def authorized_pod(self, request: Request) -> bool:
+        """True when the request carries ``Bearer <pod api key>``."""
+        token = _bearer(request)
+        return token is not None and hmac.compare_digest(token.encode(), self._api_key)
+
+    def authorized_user(self, request: Request) -> str | None:
+        """A user id for a user-session request (stand-in: any non-empty bearer, or exactly
+        ``user_key`` when configured; the pod key also passes), else None."""
+        token = _bearer(request)
+        if not token:
+            return None
+        if self.authorized_pod(request):
+            return "pod"
+        if self._user_key is not None and not hmac.compare_digest(token.encode(), self._user_key):
+            return None
+        return "user-" + hashlib.sha256(token.encode()).hexdigest()[:12]
+
+    def set_fault(self, mode: str, count: int | None) -> None:
+        """Switch fault injection: ``mode`` ok|error500|hang for the next ``count`` requests
+        (None: until switched back)."""
+        self.fault_mode, self.fault_remaining = mode, count
+        self._fault_changed.set()
+        self._fault_changed = asyncio.Event()
+
+    async def maybe_fault(self) -> Response | None:
+        """Apply the fault switch to one API request: a 500 response, a hang (until the
+        fault is switched off, then 503), or None to proceed."""
+        if self.fault_mode == "ok":
+            return None
+        mode = self.fault_mode
+        if self.fault_remaining is not None:
+            self.fault_remaining -= 1
+            if self.fault_remaining <= 0:
+                self.fault_mode, self.fault_remaining = "ok", None
+        self.faults_served += 1
+        if mode == "hang":
+            try:
+                await asyncio.wait_for(self._fault_changed.wait(), HANG_SECONDS)
+            except TimeoutError:
+                pass
+            return _err(503, "stand-in hang released")
+        return _err(500, "stand-in fault: error500")
+
+    def sign(self, path: str, expires: int) -> str:
+        """HMAC-SHA256 (hex) of ``path`` and Unix ``expires`` with this process's signing key."""
+        return hmac.new(self._sign_key, f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def pod_for_camera(self, camera_id: str) -> str | None:
+        """pod_id of the last heartbeat for ``camera_id``, else the configured ``pod_id``."""
+        row = self.db.execute(
+            "SELECT pod_id FROM heartbeats WHERE camera_id = ? ORDER BY seq DESC LIMIT 1", (camera_id,)
+        ).fetchone()
+        return row[0] if row else self.pod_id
+
+    def detections(self) -> list[dict]:
+        """Detections in arrival order: every field sent, plus ``count`` (deliveries of
+        that event_id), ``idempotency_key`` and ``received_at`` (Unix s)."""
+        rows = self.db.execute(
+            "SELECT body, count, idempotency_key, received FROM detections ORDER BY seq").fetchall()
+        return [{**json.loads(b), "count": c, "idempotency_key": k, "received_at": r} for b, c, k, r in rows]
+
+    def heartbeats(self) -> list[dict]:
+        """Heartbeats in arrival order, each with ``received_at`` (Unix s)."""
+        rows = self.db.execute("SELECT body, received FROM heartbeats ORDER BY seq").fetchall()
+        return [{**json.loads(b), "received_at": r} for b, r in rows]
+
+    def close(self) -> None:
+        """Close the database."""
+        self.db.close()
+
+
+def _bearer(request: Request) -> str | None:
+    value = request.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+async def _decode(request: Request, typ: type) -> Any:
+    body = await request.body()
+    try:
+        return msgspec.json.decode(body, type=typ)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise _BadBody(str(exc)) from None
+
+
+class _BadBody(Exception):
+    pass
+
+
+def create_app(standin: PortalStandIn) -> Litestar:
+    """The stand-in's Litestar app around ``standin`` (state and audit log)."""
+    s = standin
+
+    async def before(request: Request) -> Response | None:
+        if request.url.path.startswith(("/api/", "/storage/")):
+            return await s.maybe_fault()
+        return None
+
+    @get("/api/plates")
+    async def plates(request: Request) -> Response:
+        if not s.authorized_pod(request):
+            return _err(401, "unauthorized")
+        return Response({"config_version": s.config_version, "entries": s.plates()})
+
+    @post("/api/pod/detect", status_code=200)
+    async def detect(request: Request) -> Response:
+        if not s.authorized_pod(request):
+            return _err(401, "unauthorized")
+        try:
+            req: DetectRequest = await _decode(request, DetectRequest)
+        except _BadBody as exc:
+            return _err(400, f"invalid body: {exc}")
+        missing = [f for f in _REQUIRED_DETECT if not (getattr(req, f) or "").strip()]
+        if req.plate is None and req.reason == "no_plate_read":  # no read: plate is null
+            missing.remove("plate")
+        if missing:
+            return _err(400, f"invalid body: empty {', '.join(missing)}")
+        if req.confidence is not None and not 0.0 <= req.confidence <= 1.0:
+            return _err(400, "invalid body: confidence must be 0..1")
+        idem = request.headers.get("idempotency-key") or None
+        now = time.time()
+        s.db.execute("BEGIN IMMEDIATE")
+        try:
+            row = s.db.execute(
+                "SELECT seq FROM detections WHERE event_id = ? OR (? IS NOT NULL AND idempotency_key = ?)",
+                (req.event_id, idem, idem),
+            ).fetchone()
+            if row:
+                s.db.execute("UPDATE detections SET count = count + 1, last_received = ? WHERE seq = ?", (now, row[0]))
+            else:
+                s.db.execute(
+                    "INSERT INTO detections (event_id, idempotency_key, body, received, last_received) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (req.event_id, idem, msgspec.json.encode(req).decode(), now, now),
+                )
+            s.db.execute("COMMIT")
+        except BaseException:
+            s.db.execute("ROLLBACK")
+            raise
+        if not row:
+            print(f"PORTAL: detect {req.decision} {_printable(req.plate)} {req.reason} event={_printable(req.event_id)}",
+                  file=s.out or sys.stdout, flush=True)
+        return Response({"success": True, "duplicate": bool(row)})
+
+    @post("/api/pod/heartbeat", status_code=200)
+    async def heartbeat(request: Request) -> Response:
+        if not s.authorized_pod(request):
+            return _err(401, "unauthorized")
+        try:
+            req: HeartbeatRequest = await _decode(request, HeartbeatRequest)
+        except _BadBody as exc:
+            return _err(400, f"invalid body: {exc}")
+        if not is_dns_label(req.pod_id) or not is_camera_id(req.camera_id):
+            return _err(400, "invalid body: pod_id must be a DNS label and camera_id a safe id")
+        s.db.execute("INSERT INTO heartbeats (pod_id, camera_id, body, received) VALUES (?, ?, ?, ?)",
+                     (req.pod_id, req.camera_id, msgspec.json.encode(req).decode(), time.time()))
+        return Response({"success": True, "config_version": s.config_version})
+
+    @post("/api/pod/stream-token", status_code=200)
+    async def stream_token(request: Request) -> Response:
+        user = s.authorized_user(request)
+        if user is None:
+            return _err(401, "unauthorized")
+        try:
+            req: StreamTokenRequest = await _decode(request, StreamTokenRequest)
+        except _BadBody as exc:
+            return _err(400, f"invalid body: {exc}")
+        if not is_camera_id(req.camera_id):
+            return _err(400, "invalid camera_id")
+        pod_id = s.pod_for_camera(req.camera_id)
+        if pod_id is None:
+            return _err(404, "unknown camera (no heartbeat yet and no --pod-id)")
+        now = time.time()
+        token = mint_user_token(s.keyring, user_id=user, camera_id=req.camera_id, pod_id=pod_id,
+                                ttl=s.token_ttl, now=now)
+        return Response({
+            "success": True,
+            "token": token,
+            "stream_url": f"{s.gateway_url}/streams/{req.camera_id}/index.m3u8?token={token}",
+            "watch_url": f"{s.gateway_url}/watch/{req.camera_id}?token={token}",
+            "expires_at": int(now + s.token_ttl),
+            "expires_in": int(s.token_ttl),
+        })
+
+    @post("/api/pod/recordings/upload-url", status_code=200)
+    async def upload_url(request: Request) -> Response:
+        if not s.authorized_pod(request):
+            return _err(401, "unauthorized")
+        try:
+            req: UploadUrlRequest = await _decode(request, UploadUrlRequest)
+        except _BadBody as exc:
+            return _err(400, f"invalid body: {exc}")
+        if not is_camera_id(req.camera_id) or not _FILENAME.match(req.filename) or ".." in req.filename:
+            return _err(400, "invalid camera_id or filename")
+        path = f"recordings/{req.camera_id}/{time.strftime('%Y%m%d', time.gmtime())}/{uuid.uuid4().hex[:12]}-{req.filename}"
+        expires = int(time.time() + s.upload_ttl)
+        base = str(request.base_url).rstrip("/")
+        return Response({
+            "upload_url": f"{base}/storage/{path}?expires={expires}&sig={s.sign(path, expires)}",
+            "file_path": path,
+            "expires_in": s.upload_ttl,
+        })
+
+    @put("/storage/{path:path}", status_code=200, request_max_body_size=MAX_UPLOAD_BYTES)
+    async def storage_put(request: Request, path: FromPath[str]) -> Response:
+        path = path.lstrip("/")
+        expires_raw, sig = request.query_params.get("expires", ""), request.query_params.get("sig", "")
+        try:
+            expires = int(expires_raw)
+        except ValueError:
+            return _err(403, "invalid signature")
+        if not sig or not hmac.compare_digest(sig, s.sign(path, expires)):
+            return _err(403, "invalid signature")
+        if expires < time.time():
+            return _err(403, "signed URL expired")
+        data = await request.body()
+        if s.db.execute("SELECT 1 FROM uploads WHERE path = ?", (path,)).fetchone():
+            return _err(409, "object already exists")
+        s.db.execute(
+            "INSERT INTO uploads (path, data, size, sha256, content_type, stored) VALUES (?, ?, ?, ?, ?, ?)",
+            (path, data, len(data), hashlib.sha256(data).hexdigest(), request.headers.get("content-type"), time.time()),
+        )
+        return Response({"Key": path, "size": len(data)})
+
+    @post("/api/pod/recordings/confirm", status_code=200)
+    async def confirm(request: Request) -> Response:
+        if not s.authorized_pod(request):
+            return _err(401, "unauthorized")
+        try:
+            req: RecordingConfirm = await _decode(request, RecordingConfirm)
+        except _BadBody as exc:
+            return _err(400, f"invalid body: {exc}")
+        if not is_camera_id(req.camera_id) or req.duration_seconds < 0:
+            return _err(400, "invalid camera_id or duration_seconds")
+        if not s.db.execute("SELECT 1 FROM uploads WHERE path = ?", (req.file_path,)).fetchone():
+            return _err(400, "file_path was not uploaded")
+        row = s.db.execute("SELECT id FROM recordings WHERE file_path = ?", (req.file_path,)).fetchone()
+        if row is None:
+            cur = s.db.execute("INSERT INTO recordings (camera_id, file_path, body, created) VALUES (?, ?, ?, ?)",
+                               (req.camera_id, req.file_path, msgspec.json.encode(req).decode(), time.time()))
+            rec_id = cur.lastrowid
+        else:
+            rec_id = row[0]
+        return Response({"success": True, "recording_id": rec_id})
+
+    @get("/api/pod/recordings")
+    async def recordings(request: Request, camera_id: FromQuery[str | None] = None) -> Response:
+        if s.authorized_user(request) is None:
+            return _err(401, "unauthorized")
+        sql = "SELECT r.id, r.body, r.created, u.size FROM recordings r LEFT JOIN uploads u ON u.path = r.file_path"
+        args: tuple = ()
+        if camera_id:
+            sql += " WHERE r.camera_id = ?"
+            args = (camera_id,)
+        rows = s.db.execute(sql + " ORDER BY r.id", args).fetchall()
+        out = [{"id": i, **json.loads(b), "created_at": c, "stored_bytes": z} for i, b, c, z in rows]
+        return Response({"success": True, "recordings": out})
+
+    # --- admin (stand-in only) ---
+
+    @put("/__standin/plates", status_code=200)
+    async def admin_plates(request: Request) -> Response:
+        try:
+            raw = msgspec.json.decode(await request.body())
+            entries = msgspec.convert(raw["entries"] if isinstance(raw, dict) else raw, list[PlateEntry])
+        except (msgspec.DecodeError, msgspec.ValidationError, KeyError, TypeError) as exc:
+            return _err(400, f"invalid plates: {exc}")
+        version = s.set_plates(entries)
+        return Response({"config_version": version, "count": len(entries)})
+
+    @post("/__standin/fault", status_code=200)
+    async def admin_fault(request: Request) -> Response:
+        try:
+            raw = msgspec.json.decode(await request.body())
+            mode, count = raw.get("mode"), raw.get("count")
+        except (msgspec.DecodeError, AttributeError) as exc:
+            return _err(400, f"invalid body: {exc}")
+        if mode not in ("ok", "error500", "hang") or not (count is None or (isinstance(count, int) and count > 0)):
+            return _err(400, "mode must be ok|error500|hang and count a positive integer or null")
+        s.set_fault(mode, count)
+        return Response({"mode": s.fault_mode, "count": s.fault_remaining, "faults_served": s.faults_served})
+
+    @get("/__standin/fault", sync_to_thread=False)
+    def admin_fault_get() -> dict:
+        return {"mode": s.fault_mode, "count": s.fault_remaining, "faults_served": s.faults_served}
+
+    @get("/__standin/detections", sync_to_thread=False)
+    def admin_detections() -> dict:
+        return {"detections": s.detections()}
+
+    @get("/__standin/heartbeats", sync_to_thread=False)
+    def admin_heartbeats() -> dict:
+        return {"heartbeats": s.heartbeats()}
+
+    @get("/__standin/uploads", sync_to_thread=False)
+    def admin_uploads() -> dict:
+        rows = s.db.execute("SELECT path, size, sha256, content_type, stored FROM uploads ORDER BY stored").fetchall()
+        return {"uploads": [dict(zip(("path", "size", "sha256", "content_type", "stored_at"), r)) for r in rows]}
+
+    return Litestar(
+        [plates, detect, heartbeat, stream_token, upload_url, storage_put, confirm, recordings,
+         admin_plates, admin_fault, admin_fault_get, admin_detections, admin_heartbeats, admin_uploads],
+        before_request=before,
+        openapi_config=None,
+    )
+
+
+def load_plates_file(path: str | os.PathLike[str]) -> list[PlateEntry]:
+    """Read a plates file: a JSON list of entries or ``{"entries": [...]}``.
+    Raises ``ValueError`` on unreadable content."""
+    try:
+        raw = msgspec.json.decode(Path(path).read_bytes())
+        return msgspec.convert(raw["entries"] if isinstance(raw, dict) else raw, list[PlateEntry])
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; serves until SIGINT/SIGTERM. Exit code 2 on bad arguments."""
+    import uvicorn
+
+    ap = argparse.ArgumentParser(description="PlateBridge portal stand-in (dev/test only)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=3000)
+    ap.add_argument("--db", required=True, help="SQLite audit log path")
+    ap.add_argument("--api-key", default=os.environ.get("PORTAL_STANDIN_API_KEY"), help="pod API key")
+    ap.add_argument("--stream-secret", default=os.environ.get("PORTAL_STANDIN_STREAM_SECRET"))
+    ap.add_argument("--gateway-url", required=True, help="base URL of the gateway for stream_url/watch_url")
+    ap.add_argument("--plates-file", help="initial whitelist (JSON list or {entries: [...]})")
+    ap.add_argument("--pod-id", help="pod_id for stream tokens of cameras without a heartbeat")
+    ap.add_argument("--user-key", help="accept only this bearer as a user session (default: any)")
+    ap.add_argument("--token-ttl", type=float, default=600.0, help="stream token lifetime, seconds")
+    args = ap.parse_args(argv)
+    if not args.api_key or not args.stream_secret:
+        ap.error("--api-key and --stream-secret (or their PORTAL_STANDIN_* env vars) are required")
+    from protocol.logfmt import setup_logging
+
+    setup_logging("INFO")
+    try:
+        plates = load_plates_file(args.plates_file) if args.plates_file else None
+    except ValueError as exc:
+        ap.error(str(exc))
+    standin = PortalStandIn(db_path=args.db, api_key=args.api_key, stream_secret=args.stream_secret,
+                            gateway_url=args.gateway_url, pod_id=args.pod_id, user_key=args.user_key,
+                            token_ttl=args.token_ttl, plates=plates)
+    print(f"PORTAL: stand-in listening on http://{args.host}:{args.port} config_version={standin.config_version}",
+          flush=True)
+    # access_log off: signed storage URLs carry their signature in the query string
+    uvicorn.run(create_app(standin), host=args.host, port=args.port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=2)
+    standin.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""The pod's HTTP client for the portal — the only module that speaks HTTP to it.
+
+Endpoints (the seed portal's contract, see :mod:`protocol.messages`):
+``GET /api/plates``, ``POST /api/pod/detect``, ``POST /api/pod/heartbeat``,
+``POST /api/pod/recordings/upload-url``, ``POST /api/pod/recordings/confirm``.
+Every call sends ``Authorization: Bearer <pod api key>`` and
+``User-Agent: platebridge-pod/<version>``; the key never appears in logs or
+exception messages.
+
+Failures map onto two exceptions (re-exported here from :mod:`pod.errors`):
+:class:`PortalUnavailable` — connect error, timeout, HTTP 5xx, 408, 429 or an
+unreadable answer (retry later) — and :class:`PortalRejected` — any other
+non-2xx status (``.status``; retrying will not help).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from importlib import metadata
+from typing import Any
+
+import httpx
+import msgspec
+
+from pod.backoff import Backoff
+from pod.errors import PortalError, PortalRejected, PortalUnavailable
+from protocol.messages import (
+    DetectRequest,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    PlatesResponse,
+    RecordingConfirm,
+    UploadUrlRequest,
+    UploadUrlResponse,
+)
+from protocol.redact import redact
+
+__all__ = ["PortalClient", "PortalError", "PortalRejected", "PortalUnavailable", "USER_AGENT"]
+
+log = logging.getLogger("platebridge.pod.portal")
+
+try:
+    _VERSION = metadata.version("platebridge")
+except metadata.PackageNotFoundError:  # running from a source tree
+    _VERSION = "0.0.0"
+USER_AGENT = f"platebridge-pod/{_VERSION}"
+TRANSIENT_STATUSES = frozenset({408, 429})
+_MAX_REASON_CHARS = 200
+
+
+class PortalClient:
+    """Async client for the portal at ``base_url`` (``http(s)://host[:port][/prefix]``).
+
+    ``api_key`` is the pod API key (sent as a bearer token, never logged).
+    ``timeout`` (seconds) bounds each whole request, connect to last byte.
+    ``transport`` replaces httpx's network transport (tests). ``retries`` is how
+    many times :meth:`get_plates` retries a transient failure, waiting
+    ``backoff`` delays in between (default: 0.5 s doubling to 8 s, jittered).
+    One shared ``httpx.AsyncClient`` is used; call :meth:`aclose` when done
+    (or use ``async with``). Raises ``ValueError`` for a non-http(s) URL or an
+    empty key.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retries: int = 3,
+        backoff: Backoff | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError("portal base_url must start with http:// or https://")
+        if not api_key:
+            raise ValueError("pod api key must not be empty")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = float(timeout)
+        self.retries = max(0, int(retries))
+        self._backoff = backoff or Backoff(initial=0.5, cap=8.0, jitter=0.5)
+        self._api_key = api_key
+        # Authorization is added per portal request, never as a client default, so
+        # uploads to signed storage URLs (possibly another host) never carry the key.
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            timeout=httpx.Timeout(self.timeout),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:  # never show the key
+        return f"PortalClient(base_url={self.base_url!r})"
+
+    async def __aenter__(self) -> PortalClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the shared HTTP client (idempotent)."""
+        await self._client.aclose()
+
+    # --- endpoints ---
+
+    async def get_plates(self, site_id: str, company_id: str) -> PlatesResponse:
+        """``GET /api/plates?site=<site_id>&company_id=<company_id>`` → the whitelist.
+
+        Retries transient failures up to ``retries`` times with capped, jittered
+        backoff. Raises :class:`PortalUnavailable` when every attempt failed,
+        :class:`PortalRejected` at once on a permanent refusal (e.g. 401).
+        """
+        params = {"site": site_id, "company_id": company_id}
+        backoff = Backoff(self._backoff.initial, self._backoff.cap, self._backoff.jitter)
+        attempt = 0
+        while True:
+            try:
+                resp = await self._request("GET", "/api/plates", params=params)
+                return self._decode(resp, PlatesResponse, "GET /api/plates")
+            except PortalUnavailable as exc:
+                if attempt >= self.retries:
+                    raise
+                delay = backoff.next_delay()
+                attempt += 1
+                log.info("portal: GET /api/plates failed (%s); retry %d/%d in %.2f s",
+                         self._scrub(str(exc)), attempt, self.retries, delay)
+                await asyncio.sleep(delay)
+
+    async def post_detect(self, req: DetectRequest) -> None:
+        """``POST /api/pod/detect`` with header ``Idempotency-Key: <event_id>``.
+
+        No retries here: the outbox retries. Raises :class:`PortalUnavailable`
+        or :class:`PortalRejected`. A repeat of an event the portal already has
+        counts as success.
+        """
+        resp = await self._request(
+            "POST", "/api/pod/detect", content=msgspec.json.encode(req),
+            headers={"Idempotency-Key": req.event_id, "Content-Type": "application/json"},
+        )
+        try:
+            duplicate = bool(msgspec.json.decode(resp.content).get("duplicate")) if resp.content else False
+        except (msgspec.DecodeError, AttributeError):
+            duplicate = False
+        log.debug("portal: detect %s delivered%s", req.event_id, " (duplicate)" if duplicate else "")
+
+    async def post_heartbeat(self, req: HeartbeatRequest) -> HeartbeatResponse:
+        """``POST /api/pod/heartbeat`` (one camera) → the portal's ``config_version``.
+
+        No retries (heartbeats are periodic). Raises :class:`PortalUnavailable` or
+        :class:`PortalRejected`.
+        """
+        resp = await self._request(
+            "POST", "/api/pod/heartbeat", content=msgspec.json.encode(req),
+            headers={"Content-Type": "application/json"},
+        )
+        return self._decode(resp, HeartbeatResponse, "POST /api/pod/heartbeat")
+
+    async def request_upload_url(self, req: UploadUrlRequest) -> UploadUrlResponse:
+        """``POST /api/pod/recordings/upload-url`` → a signed upload URL and storage path.
+
+        Raises :class:`PortalUnavailable` or :class:`PortalRejected`; an answer
+        without a URL or path counts as unavailable (unreadable answer).
+        """
+        resp = await self._request(
+            "POST", "/api/pod/recordings/upload-url", content=msgspec.json.encode(req),
+            headers={"Content-Type": "application/json"},
+        )
+        out = self._decode(resp, UploadUrlResponse, "POST /api/pod/recordings/upload-url")
+        if not out.url() or not out.path_or_none():
+            raise PortalUnavailable("POST /api/pod/recordings/upload-url: answer lacks the URL or path")
+        return out
+
+    async def upload(self, url: str, data: bytes, *, content_type: str = "video/mp4") -> None:
+        """``PUT`` ``data`` (bytes) to a signed upload ``url`` (absolute, or relative to the
+        portal). The signature in the URL is the credential: no Authorization header
+        is sent. Raises :class:`PortalUnavailable` or :class:`PortalRejected`."""
+        await self._request("PUT", url, content=data, headers={"Content-Type": content_type}, auth=False)
+
+    async def confirm_recording(self, req: RecordingConfirm) -> None:
+        """``POST /api/pod/recordings/confirm`` after the upload succeeded.
+
+        Raises :class:`PortalUnavailable` or :class:`PortalRejected`.
+        """
+        await self._request(
+            "POST", "/api/pod/recordings/confirm", content=msgspec.json.encode(req),
+            headers={"Content-Type": "application/json"},
+        )
+
+    # --- plumbing ---
+
+    def _scrub(self, text: str) -> str:
+        return redact(text.replace(self._api_key, "***"))
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: dict[str, str] | None = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        auth: bool = True,
+    ) -> httpx.Response:
+        what = f"{method} {httpx.URL(url).path}"
+        hdrs = dict(headers or {})
+        if auth:
+            hdrs["Authorization"] = f"Bearer {self._api_key}"
+        try:
+            async with asyncio.timeout(self.timeout):
+                resp = await self._client.request(method, url, params=params, content=content, headers=hdrs)
+        except TimeoutError:
+            raise PortalUnavailable(f"{what}: timed out after {self.timeout:g} s") from None
+        except httpx.TimeoutException:
+            raise PortalUnavailable(f"{what}: timed out after {self.timeout:g} s") from None
+        except httpx.TransportError as exc:
+            raise PortalUnavailable(f"{what}: {type(exc).__name__}: {self._scrub(str(exc))}") from None
+        except httpx.HTTPError as exc:
+            raise PortalUnavailable(f"{what}: {type(exc).__name__}: {self._scrub(str(exc))}") from None
+        status = resp.status_code
+        log.debug("portal: %s -> %d", what, status)
+        if 200 <= status < 300:
+            return resp
+        reason = self._scrub(resp.text[:_MAX_REASON_CHARS].strip()) if resp.content else ""
+        msg = f"{what}: HTTP {status}" + (f": {reason}" if reason else "")
+        if status >= 500 or status in TRANSIENT_STATUSES:
+            raise PortalUnavailable(msg, status=status)
+        raise PortalRejected(status, msg)
+
+    def _decode(self, resp: httpx.Response, typ: type[Any], what: str) -> Any:
+        try:
+            return msgspec.json.decode(resp.content, type=typ)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise PortalUnavailable(f"{what}: unreadable answer ({self._scrub(str(exc))[:_MAX_REASON_CHARS]})",
+                                    status=resp.status_code) from None

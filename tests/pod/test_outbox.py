@@ -1,0 +1,307 @@
+"""Outbox: durable exactly-once enqueue (real SQLite files) and the in-order sender
+driven by a fake ``send``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import sqlite3
+import stat
+import time
+
+import pytest
+
+from pod.backoff import Backoff
+from pod.errors import PortalRejected, PortalUnavailable
+from pod.outbox import Item, Outbox, OutboxSender
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.fixture
+def box(tmp_path):
+    ob = Outbox(str(tmp_path / "state" / "outbox.db"))
+    yield ob
+    ob.close()
+
+
+def test_put_is_exactly_once_by_key(box):
+    assert box.put("detect", "evt-1", b'{"a":1}', now=100.0) is True
+    assert box.put("detect", "evt-1", b'{"a":2}', now=101.0) is False
+    assert box.depth() == 1
+    item = box.next_pending(now=200.0)
+    assert item.key == "evt-1" and item.body == b'{"a":1}' and item.created == 100.0
+    # a parked key is still "there": enqueueing it again changes nothing
+    box.park(item.id, "HTTP 400")
+    assert box.put("detect", "evt-1", b'{"a":3}', now=102.0) is False
+    assert box.depth() == 0 and box.failed() == 1
+
+
+def test_order_preserved_and_head_blocks(box):
+    for i in range(5):
+        box.put("detect", f"k{i}", f"{i}".encode(), now=10.0 + i)
+    seen = []
+    while (item := box.next_pending(now=1000.0)) is not None:
+        seen.append(item.key)
+        box.delete(item.id)
+    assert seen == ["k0", "k1", "k2", "k3", "k4"]
+
+    box.put("detect", "a", b"a", now=1.0)
+    box.put("detect", "b", b"b", now=1.0)
+    head = box.next_pending(now=1.0)
+    box.retry_later(head.id, 50.0, "down", now=10.0)
+    assert box.next_pending(now=20.0) is None  # "b" is due but never overtakes "a"
+    assert box.next_due() == 60.0
+    again = box.next_pending(now=60.0)
+    assert again.key == "a" and again.attempts == 1 and again.last_error == "down"
+
+
+def test_not_due_until_next_attempt(box):
+    box.put("detect", "x", b"x", now=100.0)
+    assert box.next_pending(now=99.0) is None
+    assert box.next_pending(now=100.0).key == "x"
+
+
+def test_survives_close_and_reopen(tmp_path):
+    path = str(tmp_path / "outbox.db")
+    ob = Outbox(path)
+    ob.put("detect", "e1", b"one", now=1.0)
+    ob.put("detect", "e2", b"two", now=2.0)
+    ob.retry_later(ob.next_pending(now=5.0).id, 3.0, "PortalUnavailable: boom", now=5.0)
+    ob.close()
+
+    ob2 = Outbox(path)  # the pod restarted
+    try:
+        assert ob2.depth() == 2
+        assert ob2.next_pending(now=7.0) is None  # the retry schedule survived too
+        first = ob2.next_pending(now=8.0)
+        assert (first.key, first.body, first.attempts) == ("e1", b"one", 1)
+        assert ob2.put("detect", "e1", b"dup", now=9.0) is False
+        ob2.delete(first.id)
+        assert ob2.next_pending(now=9.0).key == "e2"
+    finally:
+        ob2.close()
+
+
+def test_wal_mode_and_private_file_modes(tmp_path):
+    parent = tmp_path / "newdir"
+    path = parent / "outbox.db"
+    ob = Outbox(str(path))
+    try:
+        ob.put("detect", "k", b"x", now=1.0)
+        with sqlite3.connect(path) as other:
+            assert other.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+        assert (parent / "outbox.db-wal").exists()
+        assert mode(path) == 0o600
+        assert mode(parent / "outbox.db-wal") & 0o077 == 0
+        assert mode(parent) == 0o700
+    finally:
+        ob.close()
+
+
+def test_existing_world_readable_file_is_tightened(tmp_path):
+    path = tmp_path / "outbox.db"
+    path.touch(mode=0o644)
+    os.chmod(path, 0o644)
+    Outbox(str(path)).close()
+    assert mode(path) == 0o600
+
+
+def test_eviction_beyond_max_items_is_counted_and_logged(tmp_path, caplog):
+    ob = Outbox(str(tmp_path / "o.db"), max_items=3)
+    try:
+        with caplog.at_level(logging.WARNING, logger="platebridge.pod.outbox"):
+            for i in range(5):
+                assert ob.put("detect", f"k{i}", b"x", now=float(i))
+        assert ob.depth() == 3 and ob.evicted == 2
+        assert [i.key for i in ob.items()] == ["k2", "k3", "k4"]  # the oldest went
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "evicted" in r.getMessage()]
+        assert len(warnings) == 2
+        assert ob.oldest_age(now=10.0) == 8.0
+    finally:
+        ob.close()
+    with pytest.raises(ValueError):
+        Outbox(str(tmp_path / "bad.db"), max_items=0)
+
+
+def test_counters(box):
+    assert box.oldest_age(now=5.0) is None and box.next_due() is None
+    box.put("detect", "a", b"a", now=1.0)
+    box.put("detect", "b", b"b", now=2.0)
+    box.park(box.next_pending(now=3.0).id, "HTTP 400: bad body Bearer abc.def")
+    assert box.depth() == 1 and box.failed() == 1
+    parked = box.items("failed")[0]
+    assert parked.state == "failed" and "abc.def" not in parked.last_error  # stored redacted
+    assert box.oldest_age(now=5.0) == 3.0
+    assert box.requeue_failed(now=6.0) == 1
+    assert box.failed() == 0 and box.next_pending(now=6.0).key == "a"  # back in its original place
+
+
+# --- sender ---
+
+
+class FakePortal:
+    """A fake ``send``: scripted outcomes per key (exceptions raised in turn, then success)."""
+
+    def __init__(self, script: dict[str, list[BaseException]] | None = None) -> None:
+        self.script = {k: list(v) for k, v in (script or {}).items()}
+        self.attempts: list[tuple[str, float]] = []
+        self.delivered: list[str] = []
+        self.changed = asyncio.Event()
+        self.gate: asyncio.Event | None = None
+
+    async def send(self, item: Item) -> None:
+        self.attempts.append((item.key, time.monotonic()))
+        self.changed.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        outcomes = self.script.get(item.key)
+        if outcomes:
+            raise outcomes.pop(0)
+        self.delivered.append(item.key)
+        self.changed.set()
+
+
+async def wait_for(pred, timeout: float = 5.0, fake: FakePortal | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("condition not met in time")
+        if fake is not None:
+            fake.changed.clear()
+            try:
+                await asyncio.wait_for(fake.changed.wait(), min(left, 0.05))
+            except TimeoutError:
+                pass
+        else:
+            await asyncio.sleep(0.01)
+
+
+class Running:
+    def __init__(self, sender: OutboxSender) -> None:
+        self.sender, self.stop = sender, asyncio.Event()
+
+    async def __aenter__(self):
+        self.task = asyncio.create_task(self.sender.run(self.stop))
+        return self
+
+    async def __aexit__(self, *exc):
+        self.stop.set()
+        await asyncio.wait_for(self.task, 5)
+
+
+def fast_backoff(initial=0.05, cap=0.2) -> Backoff:
+    return Backoff(initial=initial, cap=cap, jitter=0.0, rng=random.Random(1))
+
+
+async def test_sender_delivers_in_order(box):
+    fake = FakePortal()
+    for k in ("a", "b", "c"):
+        box.put("detect", k, k.encode(), now=time.time())
+    async with Running(OutboxSender(box, fake.send, fast_backoff())):
+        await wait_for(lambda: box.depth() == 0, fake=fake)
+    assert fake.delivered == ["a", "b", "c"]
+
+
+async def test_unavailable_retries_with_backoff_without_skipping_ahead(box):
+    fake = FakePortal({"a": [PortalUnavailable("connect refused"), PortalUnavailable("HTTP 503", status=503)]})
+    for k in ("a", "b", "c"):
+        box.put("detect", k, k.encode(), now=time.time())
+    sender = OutboxSender(box, fake.send, fast_backoff(initial=0.1, cap=1.0))
+    async with Running(sender):
+        await wait_for(lambda: box.depth() == 0, fake=fake)
+    keys = [k for k, _ in fake.attempts]
+    assert keys == ["a", "a", "a", "b", "c"]
+    assert fake.delivered == ["a", "b", "c"]
+    times = [t for _, t in fake.attempts]
+    assert times[1] - times[0] >= 0.09  # first backoff delay: 0.1 s
+    assert times[2] - times[1] >= 0.19  # doubled: 0.2 s
+    assert sender.retried == 2 and sender.delivered == 3 and sender.backoff.attempt == 0
+
+
+@pytest.mark.parametrize("exc", [PortalUnavailable("HTTP 429", status=429), PortalRejected(408), PortalRejected(429)])
+async def test_408_and_429_are_retried_not_parked(box, exc):
+    fake = FakePortal({"a": [exc]})
+    box.put("detect", "a", b"a", now=time.time())
+    box.put("detect", "b", b"b", now=time.time())
+    async with Running(OutboxSender(box, fake.send, fast_backoff(initial=0.01))):
+        await wait_for(lambda: box.depth() == 0, fake=fake)
+    assert [k for k, _ in fake.attempts] == ["a", "a", "b"]
+    assert box.failed() == 0 and fake.delivered == ["a", "b"]
+
+
+async def test_rejected_400_is_parked_with_reason_and_queue_moves_on(box, caplog):
+    fake = FakePortal({"a": [PortalRejected(400, "POST /api/pod/detect: HTTP 400: missing plate")]})
+    box.put("detect", "a", b"a", now=time.time())
+    box.put("detect", "b", b"b", now=time.time())
+    sender = OutboxSender(box, fake.send, fast_backoff())
+    with caplog.at_level(logging.ERROR, logger="platebridge.pod.outbox"):
+        async with Running(sender):
+            await wait_for(lambda: box.depth() == 0, fake=fake)
+    assert [k for k, _ in fake.attempts] == ["a", "b"]  # a was tried once, never again
+    assert box.failed() == 1 and sender.parked == 1
+    parked = box.get("a")
+    assert parked.state == "failed" and "400" in parked.last_error and "missing plate" in parked.last_error
+    assert any("missing plate" in r.getMessage() and "a" in r.getMessage() for r in caplog.records)
+
+
+async def test_deleted_only_after_success(tmp_path):
+    path = str(tmp_path / "o.db")
+    box = Outbox(path)
+    fake = FakePortal()
+    fake.gate = asyncio.Event()
+    box.put("detect", "a", b"a", now=time.time())
+    task = asyncio.create_task(OutboxSender(box, fake.send, fast_backoff()).run(asyncio.Event()))
+    await wait_for(lambda: len(fake.attempts) == 1, fake=fake)
+    assert box.depth() == 1  # in flight: still in the outbox
+    task.cancel()  # the pod dies mid-send
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    box.close()
+    box = Outbox(path)  # restart: the row is still there and goes out again
+    fake.gate = None
+    try:
+        async with Running(OutboxSender(box, fake.send, fast_backoff())):
+            await wait_for(lambda: box.depth() == 0, fake=fake)
+        assert fake.delivered == ["a"] and [k for k, _ in fake.attempts] == ["a", "a"]
+    finally:
+        box.close()
+
+
+async def test_unexpected_exception_is_retried_not_lost(box):
+    fake = FakePortal({"a": [RuntimeError("bug")]})
+    box.put("detect", "a", b"a", now=time.time())
+    async with Running(OutboxSender(box, fake.send, fast_backoff(initial=0.01))):
+        await wait_for(lambda: box.depth() == 0, fake=fake)
+    assert fake.delivered == ["a"] and box.failed() == 0
+
+
+async def test_wake_delivers_promptly(box):
+    fake = FakePortal()
+    sender = OutboxSender(box, fake.send, fast_backoff(), idle_poll=60.0)
+    async with Running(sender):
+        await asyncio.sleep(0.05)  # the sender is idle, waiting up to idle_poll
+        assert fake.attempts == []
+        t0 = time.monotonic()
+        box.put("detect", "late", b"x", now=time.time())
+        sender.wake()
+        await wait_for(lambda: fake.delivered == ["late"], timeout=2.0, fake=fake)
+        assert time.monotonic() - t0 < 1.0
+        # without wake() nothing would be looked at before idle_poll
+        box.put("detect", "unwoken", b"y", now=time.time())
+        await asyncio.sleep(0.2)
+        assert fake.delivered == ["late"] and box.depth() == 1
+
+
+async def test_stop_returns_promptly_while_idle(box):
+    sender = OutboxSender(box, FakePortal().send, fast_backoff(), idle_poll=60.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    await asyncio.sleep(0.02)
+    stop.set()
+    await asyncio.wait_for(task, 1.0)
