@@ -1,9 +1,17 @@
-"""The pod agent: wires config, streamers and the HTTP server, and supervises them.
+"""The pod agent: wires config, streamers, plate decisions and the HTTP server.
 
-Lifecycle: resolve the bind address (tailnet IPv4 when ``stream_bind: auto``),
-start one :class:`~pod.streamer.CameraStreamer` per camera, serve HLS on
-``<tailnet IP>:stream_port`` and health on ``127.0.0.1:stream_port``, and run
-until SIGTERM/SIGINT; then stop every ffmpeg before returning.
+Lifecycle:
+
+* at once: ``/health`` on ``127.0.0.1:stream_port``; the whitelist from its cache
+  (offline start), then from the portal; the outbox sender; the Frigate MQTT
+  listener and the decision timer; heartbeats;
+* when the tailnet address is known (``stream_bind: auto`` waits for tailscaled):
+  one supervised ffmpeg per camera and HLS + ``POST /nudge`` on
+  ``<tailnet IP>:stream_port``;
+* on SIGTERM/SIGINT: stop ffmpeg first, then everything else, and return.
+
+Decisions never wait for the network: each is written to the durable outbox
+and delivered in order when the portal answers.
 """
 
 from __future__ import annotations
@@ -11,13 +19,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import signal
+import time
 
+import msgspec
+
+from pod.backoff import Backoff
 from pod.config import PodConfig, check_bind_address
-from pod.hls_server import create_hls_app
+from pod.decisions import DecisionEngine
+from pod.errors import PodError, PortalError
+from pod.hls_server import VERSION, create_hls_app
+from pod.metrics import HEARTBEATS, OUTBOX_DEPTH
+from pod.mqtt import FrigateListener
+from pod.outbox import Item, Outbox, OutboxSender
+from pod.portal import PortalClient
 from pod.server import listen_socket, make_server
 from pod.streamer import CameraStreamer
 from pod.tailnet import wait_for_tailnet_ipv4
+from pod.whitelist import WhitelistStore
+from protocol.messages import DetectRequest, HeartbeatRequest, Nudge
 from protocol.tokens import Keyring
 
 log = logging.getLogger("platebridge.pod")
@@ -26,28 +47,152 @@ log = logging.getLogger("platebridge.pod")
 class PodAgent:
     """Runs the pod. ``await run()`` returns after a clean shutdown.
 
-    ``ready`` is set once the listeners are up; ``bind_host`` then holds the
-    tailnet address in use.
+    ``ready`` is set once the local listener is up and decisions are running;
+    ``streaming_ready`` once HLS is served on ``bind_host``. ``portal_transport``
+    replaces the portal client's network transport (tests).
     """
 
-    def __init__(self, cfg: PodConfig) -> None:
+    def __init__(self, cfg: PodConfig, *, portal_transport=None) -> None:
         self.cfg = cfg
         secrets = cfg.secrets()
-        self.keyring = Keyring(secrets, cfg.stream_secret_primary or next(iter(secrets)))
-        self.streamers = {c.camera_id: CameraStreamer(cfg, c) for c in cfg.camera_list()}
+        self.keyring = Keyring(secrets, cfg.stream_secret_primary or next(iter(secrets))) if secrets else None
+        self.streamers = (
+            {c.camera_id: CameraStreamer(cfg, c) for c in cfg.camera_list()} if cfg.enable_streaming else {}
+        )
         self.ready = asyncio.Event()
+        self.streaming_ready = asyncio.Event()
         self.bind_host: str | None = None
+        self.started = time.time()
         self._stop = asyncio.Event()
+        self._refresh_now = asyncio.Event()
+        self.failure: BaseException | None = None
+        self.store = WhitelistStore(cfg.whitelist_cache)
+        self.portal = PortalClient(cfg.portal_url, cfg.pod_api_key, timeout=cfg.portal_timeout,
+                                   transport=portal_transport)
+        self.outbox: Outbox | None = None
+        self.sender: OutboxSender | None = None
+        self.engine: DecisionEngine | None = None
+        self.listener: FrigateListener | None = None
 
     def request_stop(self) -> None:
         """Ask the agent to shut down (signal-handler safe)."""
         self._stop.set()
+
+    def request_whitelist_refresh(self) -> None:
+        """Refresh the whitelist from the portal now (nudge, changed config_version)."""
+        self._refresh_now.set()
+
+    # ---- health -------------------------------------------------------------------------
+    def status(self) -> dict:
+        """Extra ``/health`` keys: decisions, outbox, whitelist, MQTT (no secrets)."""
+        now = time.time()
+        out: dict = {"whitelist": {"version": self.store.version, "entries": len(self.store.current)}}
+        if self.outbox is not None:
+            depth = self.outbox.depth()
+            OUTBOX_DEPTH.set(depth)
+            out["outbox"] = {"depth": depth, "failed": self.outbox.failed(), "oldest_age_s": self.outbox.oldest_age(now),
+                             "evicted": getattr(self.outbox, "evicted", 0)}
+        if self.listener is not None:
+            out["mqtt"] = self.listener.status()
+        if self.engine is not None:
+            out["passages_active"] = self.engine.tracker.active()
+        return out
+
+    # ---- loops --------------------------------------------------------------------------
+    async def _send_detect(self, item: Item) -> None:
+        await self.portal.post_detect(msgspec.json.decode(item.body, type=DetectRequest))
+
+    async def _whitelist_loop(self) -> None:
+        fetch = lambda: self.portal.get_plates(self.cfg.site_id, self.cfg.company_id)  # noqa: E731
+        while not self._stop.is_set():
+            self._refresh_now.clear()
+            await self.store.refresh(fetch)
+            waiter = asyncio.create_task(self._refresh_now.wait())
+            stopper = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({waiter, stopper}, timeout=self.cfg.whitelist_refresh_interval,
+                               return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+
+    def heartbeat(self, camera_id: str) -> HeartbeatRequest:
+        """The heartbeat body for one camera (``stream_url`` = its tailnet playlist URL)."""
+        streamer = self.streamers.get(camera_id)
+        age = streamer.last_segment_age() if streamer else None
+        host = self.bind_host or "0.0.0.0"
+        status = "online"
+        if self.cfg.enable_streaming and (streamer is None or streamer.state != "running"):
+            status = "degraded"
+        try:
+            free = shutil.disk_usage(self.cfg.state_dir).free
+        except OSError:
+            free = None
+        return HeartbeatRequest(
+            pod_id=self.cfg.pod_id, camera_id=camera_id,
+            stream_url=f"http://{host}:{self.cfg.stream_port}/cameras/{camera_id}/index.m3u8" if self.bind_host else "",
+            status=status, version=VERSION, uptime_s=round(time.time() - self.started, 1),
+            last_segment_age_s=None if age is None else round(age, 2),
+            outbox_depth=self.outbox.depth() if self.outbox else None,
+            whitelist_version=self.store.version or None, disk_free_bytes=free,
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        while not self._stop.is_set():
+            for cam in self.cfg.camera_list():
+                try:
+                    resp = await self.portal.post_heartbeat(self.heartbeat(cam.camera_id))
+                except PortalError as exc:
+                    HEARTBEATS.labels("failed").inc()
+                    log.warning("heartbeat for %s failed: %s", cam.camera_id, exc)
+                    break
+                HEARTBEATS.labels("ok").inc()
+                if resp.config_version and resp.config_version != self.store.version:
+                    log.info("portal has whitelist %s (we have %r): refreshing", resp.config_version, self.store.version)
+                    self.request_whitelist_refresh()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self.cfg.heartbeat_interval)
+
+    async def _on_nudge(self, nudge: Nudge) -> None:
+        log.info("nudged by the gateway (%s): refreshing the whitelist", nudge.reason)
+        self.request_whitelist_refresh()
 
     async def _resolve_bind(self) -> str:
         if self.cfg.stream_bind != "auto":
             return check_bind_address(self.cfg.stream_bind)
         ip = await wait_for_tailnet_ipv4(self.cfg.tailscale_socket, self.cfg.tailnet_wait_seconds)
         return check_bind_address(ip)
+
+    async def _serve(self, app, addresses: list[tuple[str, int]]) -> asyncio.Task:
+        sockets = []
+        for host, port in addresses:
+            try:
+                sockets.append(listen_socket(host, port))
+            except OSError as exc:
+                for s in sockets:
+                    s.close()
+                raise PodError(f"cannot listen on {host}:{port}: {exc.strerror} (is another pod or program using "
+                               f"stream_port {port}?)") from None
+        server = make_server(app)
+        task = asyncio.create_task(server.serve(sockets=sockets))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.02)
+        if task.done():
+            task.result()
+        self._servers.append(server)
+        return task
+
+    async def _streaming(self, app, tasks: list[asyncio.Task]) -> None:
+        self.bind_host = await self._resolve_bind()
+        tasks += [asyncio.create_task(s.run(), name=f"streamer-{cid}") for cid, s in self.streamers.items()]
+        if self.bind_host != "127.0.0.1":
+            tasks.append(await self._serve(app, [(self.bind_host, self.cfg.stream_port)]))
+        log.info("pod %s serving HLS on http://%s:%d for %s", self.cfg.pod_id, self.bind_host, self.cfg.stream_port,
+                 ", ".join(self.streamers))
+        self.streaming_ready.set()
+
+    def _setup_done(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.failure = task.exception()
+            self.request_stop()
 
     async def run(self) -> None:
         """Run until :meth:`request_stop` (or SIGTERM/SIGINT when installed)."""
@@ -56,48 +201,53 @@ class PodAgent:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
         tasks: list[asyncio.Task] = []
-        server = None
+        self._servers: list = []
         try:
-            if not self.cfg.enable_streaming:
-                log.info("enable_streaming is false: no live view on this pod")
-                await self._stop.wait()
-                return
-            resolver = asyncio.create_task(self._resolve_bind())
-            stopper = asyncio.create_task(self._stop.wait())
-            await asyncio.wait({resolver, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if not resolver.done():
-                resolver.cancel()
-                return
-            stopper.cancel()
-            self.bind_host = resolver.result()
-            socks = [listen_socket(self.bind_host, self.cfg.stream_port)]
-            if self.bind_host != "127.0.0.1":
-                socks.append(listen_socket("127.0.0.1", self.cfg.stream_port))
+            self.outbox = Outbox(self.cfg.outbox_path, self.cfg.outbox_max_items)
+            self.sender = OutboxSender(self.outbox, self._send_detect, Backoff(1.0, 60.0))
+            self.engine = DecisionEngine(self.cfg, self.store, self.outbox, on_enqueued=self.sender.wake)
+            self.store.load_from_cache()
             app = create_hls_app(
-                pod_id=self.cfg.pod_id, keyring=self.keyring, streamers=self.streamers, tailnet_host=self.bind_host
+                pod_id=self.cfg.pod_id, keyring=self.keyring or Keyring.single("streaming-disabled-" + "x" * 32),
+                streamers=self.streamers, tailnet_host=lambda: self.bind_host,
+                extra_status=self.status, on_nudge=self._on_nudge,
             )
-            server = make_server(app)
-            tasks = [asyncio.create_task(s.run(), name=f"streamer-{cid}") for cid, s in self.streamers.items()]
-            serve = asyncio.create_task(server.serve(sockets=socks), name="http")
-            tasks.append(serve)
-            await asyncio.sleep(0)
-            while not server.started and not serve.done():
-                await asyncio.sleep(0.02)
-            if serve.done():
-                serve.result()
-            log.info(
-                "pod %s serving HLS on http://%s:%d (health on 127.0.0.1:%d) for %s",
-                self.cfg.pod_id, self.bind_host, self.cfg.stream_port, self.cfg.stream_port, ", ".join(self.streamers),
-            )
+            tasks.append(await self._serve(app, [("127.0.0.1", self.cfg.stream_port)]))
+            tasks += [
+                asyncio.create_task(self._whitelist_loop(), name="whitelist"),
+                asyncio.create_task(self.sender.run(self._stop), name="outbox"),
+                asyncio.create_task(self.engine.run_timer(self._stop), name="decision-timer"),
+                asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            ]
+            if self.cfg.enable_mqtt:
+                self.listener = FrigateListener(
+                    host=self.cfg.mqtt_host, port=self.cfg.mqtt_port, prefix=self.cfg.mqtt_topic_prefix or "frigate",
+                    client_id=self.cfg.mqtt_client_id or f"platebridge-{self.cfg.pod_id}", handler=self.engine.handle,
+                    username=self.cfg.mqtt_username, password=self.cfg.mqtt_password, keepalive=self.cfg.mqtt_keepalive,
+                )
+                tasks.append(asyncio.create_task(self.listener.run(self._stop), name="mqtt"))
+            if self.cfg.enable_streaming:
+                setup = asyncio.create_task(self._streaming(app, tasks), name="streaming-setup")
+                setup.add_done_callback(self._setup_done)
+                tasks.append(setup)
+            else:
+                log.info("enable_streaming is false: no live view on this pod")
+            log.info("pod %s running: health on 127.0.0.1:%d", self.cfg.pod_id, self.cfg.stream_port)
             self.ready.set()
             await self._stop.wait()
         finally:
             log.info("shutting down: stopping ffmpeg")
             await asyncio.gather(*(s.stop() for s in self.streamers.values()), return_exceptions=True)
-            if server is not None:
+            self._stop.set()
+            for server in self._servers:
                 server.should_exit = True
             if tasks:
                 await asyncio.wait(tasks, timeout=10)
             for t in tasks:
                 t.cancel()
+            await self.portal.aclose()
+            if self.outbox is not None:
+                self.outbox.close()
             log.info("pod stopped")
+        if self.failure is not None:
+            raise self.failure

@@ -63,19 +63,25 @@ def create_hls_app(
     pod_id: str,
     keyring: Keyring,
     streamers: dict[str, CameraStreamer],
-    tailnet_host: str,
+    tailnet_host: str | Callable[[], str | None],
     extra_status: Callable[[], dict] | None = None,
     on_nudge: Callable[[Nudge], Awaitable[None]] | None = None,
 ) -> Litestar:
     """Build the pod's Litestar app.
 
     ``streamers`` maps camera_id → :class:`CameraStreamer`; ``tailnet_host`` is the
-    address HLS may be served on (requests arriving on any other listener get
-    404 for camera routes). ``extra_status`` adds keys to ``/health``.
+    address HLS may be served on, or a callable returning it once known
+    (requests arriving on any other listener get 404 for camera routes). ``extra_status`` adds keys to ``/health``.
     ``on_nudge`` handles ``POST /nudge`` (tailnet listener only, gateway→pod
     token for this pod, any camera): it starts an immediate whitelist refresh.
     """
     started = time.time()
+    host_of = tailnet_host if callable(tailnet_host) else (lambda: tailnet_host)
+
+    def on_tailnet(request: Request) -> bool:
+        server = request.scope.get("server")
+        host = host_of()
+        return bool(server and host and server[0] == host)
 
     @get("/health", sync_to_thread=False)
     def health() -> dict:
@@ -94,8 +100,7 @@ def create_hls_app(
     @get("/cameras/{camera_id:str}/{file:path}", sync_to_thread=False)
     def hls_file(request: Request, camera_id: str, file: str) -> Response:
         kind = _kind(file)
-        server = request.scope.get("server")
-        if not server or server[0] != tailnet_host:
+        if not on_tailnet(request):
             return _plain(404, "not found", kind=kind)
         streamer = streamers.get(camera_id)
         token = _bearer(request)
@@ -145,8 +150,7 @@ def create_hls_app(
 
     @post("/nudge", status_code=202)
     async def nudge(request: Request) -> Response:
-        server = request.scope.get("server")
-        if not server or server[0] != tailnet_host or on_nudge is None:
+        if not on_tailnet(request) or on_nudge is None:
             return _plain(404, "not found")
         token = _bearer(request)
         if token is None:

@@ -13,3 +13,7 @@ HLS_REQUESTS = Counter(
     "platebridge_pod_hls_requests_total", "HLS requests by kind (playlist/init/segment/other) and status",
     ["kind", "status"], registry=REGISTRY,
 )
+MQTT_MESSAGES = Counter("platebridge_pod_mqtt_messages_total", "Frigate MQTT messages by result", ["result"], registry=REGISTRY)
+DECISIONS = Counter("platebridge_pod_decisions_total", "Passage decisions", ["decision", "reason"], registry=REGISTRY)
+OUTBOX_DEPTH = Gauge("platebridge_pod_outbox_depth", "Detections waiting for the portal", registry=REGISTRY)
+HEARTBEATS = Counter("platebridge_pod_heartbeats_total", "Heartbeats by result", ["result"], registry=REGISTRY)

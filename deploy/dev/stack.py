@@ -12,7 +12,9 @@ the stack's work directory.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import secrets
 import signal
 import socket
@@ -127,6 +129,13 @@ class Stack:
     camera_id: str = "gate-camera-1"
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     segment_seconds: float = 1.0
+    streaming: bool = True
+    mqtt_port: int = 0
+    portal_port: int = 0
+    api_key: str = field(default_factory=lambda: "pbk_dev_" + secrets.token_hex(12))
+    frigate_camera: str = "gate_cam"
+    pod_overrides: dict = field(default_factory=dict)
+    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     procs: dict[str, Proc] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -134,6 +143,8 @@ class Stack:
         self.camera_port = free_port(self.camera_host, self.camera_port)
         self.pod_port = free_port(self.pod_host, self.pod_port, also=("127.0.0.1",))  # /health listens there too
         self.gateway_port = free_port(self.gateway_host, self.gateway_port)
+        self.mqtt_port = free_port("127.0.0.1", self.mqtt_port)
+        self.portal_port = free_port("127.0.0.1", self.portal_port)
 
     @property
     def rtsp_url(self) -> str:
@@ -151,6 +162,56 @@ class Stack:
     def hls_dir(self) -> Path:
         return self.workdir / "hls"
 
+    @property
+    def portal_url(self) -> str:
+        return f"http://127.0.0.1:{self.portal_port}"
+
+    def start_mosquitto(self, timeout: float = 10.0) -> Proc:
+        """Start Debian's mosquitto on 127.0.0.1:<mqtt_port> (anonymous, no persistence)."""
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(f"listener {self.mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                        "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n")
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        proc = _spawn("mosquitto", [exe, "-c", str(conf)], self.workdir)
+        self.procs["mosquitto"] = proc
+
+        def ready():
+            if proc.popen.poll() is not None:
+                raise ProcessDied(f"mosquitto exited:\n{proc.tail()}")
+            with socket.create_connection(("127.0.0.1", self.mqtt_port), timeout=0.5):
+                return True
+
+        wait_until(ready, timeout, what="mosquitto listening")
+        return proc
+
+    def start_portal(self, plates: list[dict] | None = None, timeout: float = 20.0) -> Proc:
+        """Start the portal STAND-IN (deploy/dev/portal_standin.py) with an initial whitelist."""
+        plates_file = self.workdir / "plates.json"
+        plates_file.write_text(json.dumps({"entries": plates or []}))
+        proc = _spawn("portal", [str(VENV_BIN / "python"), str(ROOT / "deploy/dev/portal_standin.py"),
+                                 "--host", "127.0.0.1", "--port", str(self.portal_port),
+                                 "--db", str(self.workdir / "portal.sqlite3"), "--gateway-url", self.gateway_url,
+                                 "--plates-file", str(plates_file), "--pod-id", self.pod_id], self.workdir,
+                      env={"PORTAL_STANDIN_API_KEY": self.api_key, "PORTAL_STANDIN_STREAM_SECRET": self.secret,
+                           "PYTHONPATH": str(ROOT)})
+        self.procs["portal"] = proc
+
+        def ready():
+            if proc.popen.poll() is not None:
+                raise ProcessDied(f"portal stand-in exited:\n{proc.tail()}")
+            return httpx.get(f"{self.portal_url}/__standin/fault", timeout=1).status_code == 200
+
+        wait_until(ready, timeout, what="portal stand-in")
+        return proc
+
+    def detections(self) -> list[dict]:
+        """What the portal stand-in has received, in arrival order (with a count per event_id)."""
+        return httpx.get(f"{self.portal_url}/__standin/detections", timeout=5).json()["detections"]
+
+    def pod_health(self) -> dict:
+        """The pod's /health document (from its 127.0.0.1 listener)."""
+        return httpx.get(f"http://127.0.0.1:{self.pod_port}/health", timeout=5).json()
+
     def start_camera(self, timeout: float = 20.0) -> Proc:
         """Start the GStreamer RTSP camera and wait for its READY line."""
         proc = _spawn("camera", [SYSTEM_PYTHON, str(ROOT / "deploy/dev/camera.py"), "--host", self.camera_host,
@@ -163,14 +224,17 @@ class Stack:
         return proc
 
     def pod_config(self) -> dict:
-        """The pod's config.yaml content (seed keys + streaming keys)."""
-        return {
-            "portal_url": "http://127.0.0.1:9",  # portal stand-in arrives with the plate-events issue
-            "pod_api_key": "pbk_dev_" + "x" * 16,
+        """The pod's config.yaml content (seed keys + streaming + decision keys)."""
+        cfg = {
+            "portal_url": self.portal_url,
+            "pod_api_key": self.api_key,
             "pod_id": self.pod_id,
             "site_id": "dev-site",
+            "company_id": "dev-company",
             "camera_id": self.camera_id,
             "camera_rtsp_url": self.rtsp_url,
+            "frigate_camera": self.frigate_camera,
+            "enable_streaming": self.streaming,
             "stream_port": self.pod_port,
             "stream_secret": self.secret,
             "stream_bind": self.pod_host,
@@ -180,8 +244,13 @@ class Stack:
             "recordings_dir": str(self.workdir / "recordings"),
             "rtsp_timeout_seconds": 5,
             "restart_backoff_max": 5,
-            "enable_mqtt": False,
+            "enable_mqtt": "mosquitto" in self.procs,
+            "mqtt_host": "127.0.0.1",
+            "mqtt_port": self.mqtt_port,
+            "heartbeat_interval": 5,
         }
+        cfg.update(self.pod_overrides)
+        return cfg
 
     def gateway_config(self) -> dict:
         """The gateway's gateway.yaml content (static discovery)."""
@@ -191,6 +260,7 @@ class Stack:
             "pods": {self.pod_id: self.pod_url},
             "host": self.gateway_host,
             "port": self.gateway_port,
+            "admin_token": self.admin_token,
         }
 
     def start_pod(self, timeout: float = 30.0, wait_segments: bool = True) -> Proc:
@@ -203,9 +273,12 @@ class Stack:
         def ready():
             if proc.popen.poll() is not None:
                 raise ProcessDied(f"pod exited:\n{proc.tail()}")
-            r = httpx.get(f"http://127.0.0.1:{self.pod_port}/health", timeout=1)
-            cam = r.json()["cameras"][self.camera_id]
-            return cam["state"] == "running" if wait_segments else True
+            health = httpx.get(f"http://127.0.0.1:{self.pod_port}/health", timeout=1).json()
+            if "mosquitto" in self.procs and not health.get("mqtt", {}).get("connected"):
+                return False
+            if not self.streaming or not wait_segments:
+                return True
+            return health["cameras"][self.camera_id]["state"] == "running"
 
         wait_until(ready, timeout, what="pod /health running")
         return proc
@@ -238,6 +311,6 @@ class Stack:
 
     def stop(self) -> None:
         """Stop everything, gateway first, camera last."""
-        for name in ("gateway", "pod", "camera"):
+        for name in ("gateway", "pod", "camera", "portal", "mosquitto"):
             if name in self.procs:
                 self.procs[name].stop()
