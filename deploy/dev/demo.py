@@ -1,8 +1,16 @@
-"""The demo: a real RTSP camera → pod (127.0.0.2) → gateway → your browser.
+"""The demo: a real RTSP camera → pod (127.0.0.2) → gateway → your browser, plus
+simulated Frigate plate events → pod decisions → the portal stand-in.
 
-Run with ``./run demo``. Prints one ``WATCH URL: …`` line and runs until
-interrupted (Ctrl-C). Ports can be moved with env ``DEMO_GATEWAY_PORT``,
-``DEMO_POD_PORT`` and ``DEMO_CAMERA_PORT``; logs go to ``var/demo/``.
+Run with ``./run demo``. Starts, on loopback: mosquitto, the portal stand-in,
+the GStreamer test camera, one pod and the gateway. The watch token is minted
+by the portal stand-in's ``POST /api/pod/stream-token``, as the real portal
+would. Prints one ``WATCH URL: …`` line, then publishes two simulated Frigate
+passages (one whitelisted plate, one unknown) and prints each detection as it
+lands at the portal stand-in. Runs until interrupted (Ctrl-C).
+
+Ports: env ``DEMO_GATEWAY_PORT`` (8080), ``DEMO_POD_PORT`` (8000),
+``DEMO_CAMERA_PORT`` (8554); busy ones are replaced by free ones. Logs and the
+generated configs are in ``var/demo/``.
 """
 
 from __future__ import annotations
@@ -13,20 +21,26 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stack import ROOT, Stack  # noqa: E402
+from frigate_sim import Publisher  # noqa: E402
+from stack import ROOT, ProcessDied, Stack  # noqa: E402
+
+ALLOWED = "DEMO123"
 
 
 def main() -> int:
     workdir = ROOT / "var" / "demo"
     workdir.mkdir(parents=True, exist_ok=True)
-    for old in workdir.glob("*.log"):
-        old.unlink()  # each run starts with fresh logs
+    for old in [*workdir.glob("*.log"), *workdir.glob("portal.sqlite3*")]:
+        old.unlink()  # each run starts with fresh logs and a fresh audit log
     wanted = {"gateway": int(os.environ.get("DEMO_GATEWAY_PORT", "8080")),
               "pod": int(os.environ.get("DEMO_POD_PORT", "8000")),
               "camera": int(os.environ.get("DEMO_CAMERA_PORT", "8554"))}
     stack = Stack(workdir=workdir, gateway_port=wanted["gateway"], pod_port=wanted["pod"],
-                  camera_port=wanted["camera"], segment_seconds=2.0)
+                  camera_port=wanted["camera"], segment_seconds=2.0,
+                  pod_overrides={"gate_zones": ["gate_zone"], "max_decision_wait": 3})
     for name, port in (("gateway", stack.gateway_port), ("pod", stack.pod_port), ("camera", stack.camera_port)):
         if port != wanted[name]:
             print(f"demo: port {wanted[name]} is busy, the {name} uses {port} instead "
@@ -39,28 +53,55 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    publisher = None
     try:
+        print(f"demo: mosquitto 127.0.0.1:{stack.mqtt_port}, portal stand-in {stack.portal_url}", flush=True)
+        stack.start_mosquitto()
+        stack.start_portal([{"plate": ALLOWED, "unit": "4B", "tenant": "Demo Resident", "enabled": True}])
         print(f"demo: camera  {stack.rtsp_url}", flush=True)
         stack.start_camera()
         print(f"demo: pod     {stack.pod_url} (tailnet stand-in address), starting ffmpeg…", flush=True)
         stack.start_pod(timeout=60)
         print(f"demo: gateway {stack.gateway_url}", flush=True)
         stack.start_gateway()
-        token = stack.user_token(ttl=900)
-        print(f"demo: logs in {stack.workdir}; token valid 15 min, session up to 1 h. Ctrl-C to stop.", flush=True)
-        print(f"WATCH URL: {stack.watch_url(token)}", flush=True)
+        r = httpx.post(f"{stack.portal_url}/api/pod/stream-token", json={"camera_id": stack.camera_id},
+                       headers={"Authorization": "Bearer demo-user-session"}, timeout=10)
+        r.raise_for_status()
+        token = r.json()
+        print(f"demo: logs in {stack.workdir}; token valid {token['expires_in']} s, session up to 1 h. "
+              "Ctrl-C to stop.", flush=True)
+        print(f"WATCH URL: {token['watch_url']}", flush=True)
+
+        publisher = Publisher("127.0.0.1", stack.mqtt_port)
+        print(f"demo: simulated Frigate: a car with whitelisted plate 'DEMO 123', then an unknown 'XYZ 999'",
+              flush=True)
+        publisher.passage("DEMO 123")
+        publisher.passage("XYZ 999")
+        print(f"demo: more cars: .venv/bin/python deploy/dev/frigate_sim.py --port {stack.mqtt_port} --plate 'ABC 123'",
+              flush=True)
+        seen: set[str] = set()
         while not stopping:
             for name, proc in stack.procs.items():
                 if proc.popen.poll() is not None:
                     print(f"demo: {name} exited ({proc.popen.returncode}):\n{proc.tail()}", file=sys.stderr)
                     return 1
+            try:
+                for d in stack.detections():
+                    if d["event_id"] not in seen:
+                        seen.add(d["event_id"])
+                        print(f"PORTAL: detect {d['decision']} {d.get('plate') or '-'} {d['reason']} "
+                              f"event={d['event_id']}", flush=True)
+            except httpx.HTTPError:
+                pass
             time.sleep(0.5)
         return 0
-    except (RuntimeError, TimeoutError) as exc:
+    except (ProcessDied, TimeoutError, httpx.HTTPError) as exc:
         print(f"demo: failed: {exc}", file=sys.stderr)
         return 1
     finally:
         print("demo: stopping", flush=True)
+        if publisher is not None:
+            publisher.close()
         stack.stop()
 
 

@@ -70,3 +70,28 @@ class Publisher:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def main() -> int:
+    """CLI: publish one simulated passage. ``--plate ''`` simulates a car whose plate is never read."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Publish one simulated Frigate vehicle passage over MQTT")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=1883)
+    ap.add_argument("--plate", default="ABC 123", help="plate text as the recogniser reads it ('' = no read)")
+    ap.add_argument("--score", type=float, default=0.93)
+    ap.add_argument("--camera", default="gate_cam")
+    ap.add_argument("--zone", default="gate_zone")
+    args = ap.parse_args()
+    pub = Publisher(args.host, args.port)
+    try:
+        eid = pub.passage(args.plate or None, camera=args.camera, score=args.score, zones=(args.zone,))
+    finally:
+        pub.close()
+    print(f"published passage {eid} plate={args.plate!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -49,8 +49,9 @@ def make_stack(tmp: Path, **kw) -> Stack:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     """One shared, fully started stack (camera, pod, gateway)."""
-    s = make_stack(tmp_path_factory.mktemp("stack"))
+    s = make_stack(tmp_path_factory.mktemp("stack"), pod_overrides={"heartbeat_interval": 300})
     try:
+        s.start_portal([{"plate": "TEST123", "enabled": True}])
         s.start_camera()
         s.start_pod(timeout=60)
         s.start_gateway()

@@ -109,3 +109,22 @@ async def test_50_concurrent_viewers_one_pod_fetch_per_segment(stack, viewer):
     assert fetched == len(newest), f"{fetched} pod fetches for {len(newest)} distinct segments"
     # 50 playlist loads within ~a second share one or two upstream fetches, never 50
     assert pod_metric(stack, "playlist") - pl_before <= 3
+
+
+def test_nudge_through_gateway_refreshes_pod_whitelist_at_once(stack):
+    health = lambda: httpx.get(f"http://127.0.0.1:{stack.pod_port}/health", timeout=5).json()  # noqa: E731
+    wait_until(lambda: health()["whitelist"]["version"], 10, what="first whitelist")
+    v0 = health()["whitelist"]["version"]
+    httpx.put(f"{stack.portal_url}/__standin/plates", json={"entries": [{"plate": "TEST123"}, {"plate": "NEW42"}]})
+    url = f"{stack.gateway_url}/pods/{stack.pod_id}/nudge"
+    assert httpx.post(url, json={"reason": "whitelist_changed"}).status_code == 401
+    assert health()["whitelist"]["version"] == v0  # heartbeat is 300 s here: only a nudge can refresh now
+    r = httpx.post(url, json={"reason": "whitelist_changed"}, headers={"Authorization": f"Bearer {stack.admin_token}"})
+    assert r.status_code == 202, r.text
+    wait_until(lambda: health()["whitelist"]["version"] != v0, 5, what="whitelist refreshed by the nudge")
+    assert health()["whitelist"]["entries"] == 2
+    # the pod's own /nudge is tailnet-only and needs a pod-wide gateway→pod token
+    assert httpx.post(f"http://127.0.0.1:{stack.pod_port}/nudge").status_code == 404
+    assert httpx.post(f"{stack.pod_url}/nudge").status_code == 401
+    cam_token = mint_pod_token(Keyring.single(stack.secret), camera_id=stack.camera_id, pod_id="other-pod")
+    assert httpx.post(f"{stack.pod_url}/nudge", headers={"Authorization": f"Bearer {cam_token}"}).status_code == 403

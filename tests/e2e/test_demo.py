@@ -1,0 +1,55 @@
+"""README command 1, as a user runs it: the demo prints the WATCH URL, the simulated
+Frigate passages land at the portal stand-in as an allow and a deny, the URL
+serves the watch page, and Ctrl-C stops everything."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_demo_prints_watch_url_and_decisions_and_stops_cleanly():
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "deploy/dev/demo.py")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env, start_new_session=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip())
+            if sum(line.startswith("PORTAL: detect") for line in lines) >= 2:
+                break
+        text = "\n".join(lines)
+        urls = [line for line in lines if line.startswith("WATCH URL: ")]
+        assert len(urls) == 1, text
+        url = urls[0].split(": ", 1)[1]
+        assert re.match(r"^http://127\.0\.0\.1:\d+/watch/gate-camera-1\?token=[\w.-]+$", url), url
+        assert re.search(r"PORTAL: detect allow DEMO123 whitelisted", text), text
+        assert re.search(r"PORTAL: detect deny XYZ999 not_whitelisted", text), text
+        page = httpx.get(url, timeout=10)
+        assert page.status_code == 200 and "hls.min.js" in page.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rest, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    assert proc.returncode == 0, rest
+    assert "demo: stopping" in rest
+    left = subprocess.run(["pgrep", "-f", str(ROOT / "var" / "demo")], capture_output=True, text=True).stdout.split()
+    assert left == [], f"processes left behind: {left}"
