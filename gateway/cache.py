@@ -29,7 +29,7 @@ class Flight:
     """
 
     __slots__ = ("status", "headers", "chunks", "size", "done", "error", "ready", "_waiters", "created", "etag", "task",
-                 "_joined")
+                 "_joined", "scanned")
 
     def __init__(self) -> None:
         self.status = 0
@@ -44,6 +44,7 @@ class Flight:
         self.etag: str | None = None
         self.task: asyncio.Task | None = None
         self._joined: bytes | None = None
+        self.scanned = False  # the gateway recorded the URIs of this playlist
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     uvicorn.run(
         create_app(cfg), host=args.host or cfg.host, port=args.port or cfg.port, loop="uvloop", http="httptools",
         access_log=False, log_config=None, log_level=cfg.log_level.lower(), proxy_headers=False,
+        limit_concurrency=cfg.limit_concurrency, timeout_keep_alive=cfg.timeout_keep_alive,
     )
     return 0
 

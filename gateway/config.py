@@ -8,6 +8,8 @@ the portal and the pods. Errors name the key path and the reason.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,11 +17,11 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
-import yaml
 
 from gateway.errors import ConfigError
 from protocol.ids import is_dns_label
 from protocol.tokens import Keyring
+from protocol.yamlconf import load_yaml
 
 DiscoveryMode = Literal["static", "localapi", "tailscale_api"]
 ENV_PREFIX = "PLATEBRIDGE_GATEWAY_"
@@ -55,7 +57,9 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     port: int = 8080
     hlsjs_path: str | None = None
     access_log: bool = True
-    admin_token: str | None = None  # portal service key for POST /pods/{pod_id}/nudge
+    admin_token: str | None = None
+    limit_concurrency: int = 4096  # connections + tasks; beyond it uvicorn answers 503
+    timeout_keep_alive: int = 15  # portal service key for POST /pods/{pod_id}/nudge
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     def weak_secrets(self) -> list[str]:
@@ -78,7 +82,11 @@ def _fail(path: str, reason: str) -> ConfigError:
 
 
 def _check_base_url(path: str, url: str) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise _fail(path, "is not a valid URL (host or port)") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _fail(path, "must be an http(s)://host:port URL")
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
@@ -100,8 +108,8 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
         if name.startswith(ENV_PREFIX):
             key = name[len(ENV_PREFIX):].lower()
             try:
-                data[key] = yaml.safe_load(value)
-            except yaml.YAMLError:
+                data[key] = load_yaml(value)
+            except ValueError:
                 raise _fail(f"env {name}", "is not valid YAML") from None
     if env.get("POD_STREAM_SECRET"):
         data["stream_secret"] = env["POD_STREAM_SECRET"]
@@ -114,6 +122,9 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
             raise _fail(path.rstrip("`"), reason) from None
         raise _fail("$", msg) from None
 
+    for name, value in msgspec.structs.asdict(cfg).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _fail(f"$.{name}", "must be a finite number")
     if not cfg.stream_secret and not cfg.stream_secrets:
         raise _fail("$.stream_secret", "required (or set env POD_STREAM_SECRET)")
     try:
@@ -122,7 +133,13 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
         raise _fail("$.stream_secret_primary", str(exc)) from None
     _check_base_url("$.public_base_url", cfg.public_base_url)
     for i, origin in enumerate(cfg.allowed_origins):
-        if origin == "*" or urlsplit(origin).scheme not in ("http", "https") or origin.endswith("/"):
+        try:
+            parts = urlsplit(origin)
+            parts.port  # noqa: B018
+        except ValueError:
+            parts = None
+        if (origin == "*" or parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+                or parts.path or parts.query or parts.fragment or parts.username):
             raise _fail(f"$.allowed_origins[{i}]", "must be an exact origin like https://portal.example.com")
     for pod_id, url in cfg.pods.items():
         if not is_dns_label(pod_id):
@@ -141,6 +158,8 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
     for key in ("port", "pod_port"):
         if not 1 <= getattr(cfg, key) <= 65535:
             raise _fail(f"$.{key}", "must be 1-65535")
+    if cfg.limit_concurrency < 16 or cfg.timeout_keep_alive < 1:
+        raise _fail("$.limit_concurrency", "limit_concurrency must be >= 16 and timeout_keep_alive >= 1")
     if cfg.segment_max_age < 1:
         raise _fail("$.segment_max_age", "must be >= 1 second (and at least the playlist window)")
     if cfg.admin_token is not None and len(cfg.admin_token) < 16:
@@ -149,8 +168,19 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
         raise _fail("$.grant_ttl", "must be >= 10 seconds (players fetch segments after the playlist)")
     if cfg.cache_max_bytes < 1024 * 1024:
         raise _fail("$.cache_max_bytes", "must be >= 1 MiB")
-    if cfg.upstream_proxy and urlsplit(cfg.upstream_proxy).scheme not in ("socks5", "socks5h", "http"):
-        raise _fail("$.upstream_proxy", "must be socks5://host:port or http://host:port")
+    if cfg.upstream_proxy:
+        try:
+            proxy = urlsplit(cfg.upstream_proxy)
+            ok = proxy.scheme in ("socks5", "socks5h", "http") and bool(proxy.hostname) and proxy.port is not None
+        except ValueError:
+            ok = False
+        if not ok:
+            raise _fail("$.upstream_proxy", "must be socks5://host:port or http://host:port")
+    try:
+        ipaddress.ip_address(cfg.host)
+    except ValueError:
+        if not is_dns_label(cfg.host.split(".")[0]) and cfg.host != "localhost":
+            raise _fail("$.host", "must be an IP address or host name") from None
     return cfg
 
 
@@ -163,11 +193,9 @@ def load_config(path: str | os.PathLike[str] | None, env: Mapping[str, str] | No
     if path is not None:
         p = Path(path)
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+            data = load_yaml(p.read_bytes())
         except OSError as exc:
             raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"{p}: YAML syntax error{where}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{p}: {exc}") from None
     return parse_config(data, env)

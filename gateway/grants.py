@@ -22,6 +22,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import time
 
 import msgspec
@@ -34,6 +35,7 @@ _PREFIX = "v1."
 _MAC_LABEL = b"pbg1."
 _MAC_BYTES = 16
 _MAX_LEN = 1024
+_CANONICAL = re.compile(r"^v1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{22}$")  # 16-byte MAC, unpadded base64url
 
 
 class Grant(msgspec.Struct, array_like=True, frozen=True):
@@ -78,16 +80,15 @@ class GrantSigner:
 
         Raises :class:`GrantError` on any failure (message never contains the grant).
         """
-        if not token or len(token) > _MAX_LEN or not token.startswith(_PREFIX):
+        if not token or len(token) > _MAX_LEN or not _CANONICAL.match(token):
             raise GrantError("malformed grant")
-        body = token[len(_PREFIX):]
-        payload_b64, sep, mac_b64 = body.partition(".")
-        if not sep:
-            raise GrantError("malformed grant")
+        payload_b64, _, mac_b64 = token[len(_PREFIX):].partition(".")
         try:
             payload, mac = _b64d(payload_b64), _b64d(mac_b64)
         except (binascii.Error, ValueError):
             raise GrantError("malformed grant") from None
+        if _b64e(payload) != payload_b64:  # one spelling per grant: no padding or alphabet variants
+            raise GrantError("malformed grant")
         if not any(hmac.compare_digest(self._mac(k, payload), mac) for k in self._keys):
             raise GrantError("bad grant signature")
         try:

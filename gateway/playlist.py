@@ -170,9 +170,12 @@ def _has_grant(query: str) -> bool:
 class _Rewriter:
     """Per-call state: the base URL, the scope and the two grants."""
 
-    __slots__ = ("base_dirs", "base_origin", "base_path", "cache", "playlist_suffix", "scope_path", "segment_suffix")
+    __slots__ = ("base_dirs", "base_origin", "base_path", "cache", "issued", "playlist_suffix", "scope_path",
+                 "segment_suffix")
 
-    def __init__(self, upstream_url: str, scope_url: str, segment_grant: str, playlist_grant: str) -> None:
+    def __init__(self, upstream_url: str, scope_url: str, segment_grant: str, playlist_grant: str,
+                 issued: set[tuple[str, str]] | None = None) -> None:
+        self.issued = issued
         scope_origin, scope_path = _split_url(scope_url, "scope_url")
         if not scope_path.endswith("/"):
             scope_path += "/"
@@ -238,6 +241,8 @@ class _Rewriter:
             raise ForeignURIError(f"URI path refused: {exc}") from None
         if has_query and _has_grant(query):
             raise PlaylistError(f"upstream URI already carries {GRANT_PARAM}")
+        if self.issued is not None:
+            self.issued.add((decoded, query.rstrip("&")))
 
         # Relative reference from the playlist's directory to the target.
         target = relative.split("/")
@@ -281,6 +286,7 @@ def rewrite_playlist(
     scope_url: str,
     segment_grant: str,
     playlist_grant: str,
+    issued: set[tuple[str, str]] | None = None,
 ) -> str:
     """Rewrite every URI of an HLS playlist to a gateway-relative, granted reference.
 
@@ -297,6 +303,9 @@ def rewrite_playlist(
             paths, the URI line after ``EXT-X-STREAM-INF``, ``URI`` of ``EXT-X-MEDIA``,
             ``EXT-X-I-FRAME-STREAM-INF``, ``EXT-X-RENDITION-REPORT`` and ``X-ASSET-URI``
             of ``EXT-X-DATERANGE``), ``segment_grant`` for everything else.
+        issued: when given, receives ``(decoded relative path, upstream query without a
+            trailing "&")`` for every URI handed out — the gateway only ever fetches
+            URIs it has handed out.
 
     Returns:
         The playlist with only its URIs changed. Lines are classified per RFC 8216 §4.1
@@ -327,7 +336,7 @@ def rewrite_playlist(
             carries ``pb_grant``, or *upstream_url* outside *scope_url*.
     """
     _check_playlist(text)
-    rewriter = _Rewriter(upstream_url, scope_url, segment_grant, playlist_grant)
+    rewriter = _Rewriter(upstream_url, scope_url, segment_grant, playlist_grant, issued)
     lines = text.split("\n")
     out = [lines[0]]  # the validated #EXTM3U line (with BOM / CR as received)
     append = out.append

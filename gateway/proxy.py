@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from urllib.parse import unquote
 
 from gateway.cache import Flight, PlaylistCache, SegmentCache
@@ -45,6 +46,9 @@ log = logging.getLogger("platebridge.gateway")
 access_log = logging.getLogger("platebridge.gateway.access")
 
 M3U8 = "application/vnd.apple.mpegurl"
+ROOT_PLAYLIST = "index.m3u8"
+MAX_ISSUED_PER_CAMERA = 4096
+_DIRECTIVES = ("_HLS_msn=", "_HLS_part=", "_HLS_skip=")
 PREFIX = b"/streams/"
 _COMMON = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
 
@@ -62,6 +66,16 @@ def _header(scope, name: bytes) -> str | None:
         if k == name:
             return v.decode("latin-1")
     return None
+
+
+def split_directives(raw_query: str) -> tuple[str, str]:
+    """Split LL-HLS delivery directives (``_HLS_msn``, ``_HLS_part``, ``_HLS_skip``;
+    RFC 8216bis §6.2.5) from the rest of a raw query: ``(directives, rest)``, both raw."""
+    if "_HLS_" not in raw_query:
+        return "", raw_query
+    parts = raw_query.split("&")
+    return ("&".join(p for p in parts if p.startswith(_DIRECTIVES)),
+            "&".join(p for p in parts if not p.startswith(_DIRECTIVES)))
 
 
 def parse_range(value: str, size: int) -> tuple[int, int] | None:
@@ -125,6 +139,8 @@ class StreamProxy:
         self._cache_hit, self._cache_miss = CACHE.labels("hit"), CACHE.labels("miss")
         self._bytes_out = BYTES_OUT
         self._grant_cache: dict[str, Grant] = {}
+        self._issued: dict[tuple[str, str], OrderedDict[tuple[str, str], None]] = {}
+        self._can_block: dict[tuple[str, str], bool] = {}
         VIEWERS.set_function(self.active_viewers)
         CACHE_BYTES.set_function(lambda: self.segments.size_bytes)
 
@@ -244,21 +260,46 @@ class StreamProxy:
             session_exp = int(start + self.max_session_seconds)
             if session_exp <= now:
                 raise HTTPError(403, "viewing session is over; request a new token")
+            if rel != ROOT_PLAYLIST:
+                raise HTTPError(404, f"a viewing session starts at {ROOT_PLAYLIST}")
             grant = Grant(claims.user_id, camera_id, claims.pod_id, session_exp, session_exp)
-            location = rel.rsplit("/", 1)[-1] + "?" + (query + "&" if query else "") + GRANT_PARAM + "=" + self.signer.mint(grant)
+            location = f"{ROOT_PLAYLIST}?{GRANT_PARAM}={self.signer.mint(grant)}"  # constant, never from input
             await send({"type": "http.response.start", "status": 302, "headers": [
                 (b"location", location.encode("latin-1")), (b"cache-control", b"no-store"),
                 (b"content-length", b"0"), *_COMMON, *cors]})
             await send({"type": "http.response.body", "body": b""})
             return 302, kind
 
+        directives = ""
+        if is_playlist:
+            directives, query = split_directives(query)
+            if directives and not self._can_block.get((grant.pod_id, camera_id)):
+                directives = ""  # the pod never offered blocking reloads (RFC 8216bis §6.2.5.2): share the cache
+        if not (is_playlist and rel == ROOT_PLAYLIST and not query) and not self._was_issued(
+                grant.pod_id, camera_id, rel, query):
+            raise HTTPError(404, "not in a current playlist")
         try:
             base_url = await self.discovery.resolve(grant.pod_id)
         except DiscoveryError as exc:
             raise HTTPError(503, f"pod unavailable: {exc}", [(b"retry-after", b"5")]) from None
         if is_playlist:
-            return await self._playlist(scope, send, cors, grant, base_url, rel, query, now), kind
+            query = "&".join(q for q in (query, directives) if q)
+            return await self._playlist(scope, send, cors, grant, base_url, rel, query, now, bool(directives)), kind
         return await self._segment(scope, send, cors, grant, base_url, rel, query, ctype), kind
+
+    def _was_issued(self, pod_id: str, camera_id: str, rel: str, query: str) -> bool:
+        issued = self._issued.get((pod_id, camera_id))
+        return issued is not None and (rel, query.rstrip("&")) in issued
+
+    def _remember_issued(self, pod_id: str, camera_id: str, uris: set[tuple[str, str]], text: str) -> None:
+        issued = self._issued.setdefault((pod_id, camera_id), OrderedDict())
+        for u in uris:
+            issued[u] = None
+            issued.move_to_end(u)
+        while len(issued) > MAX_ISSUED_PER_CAMERA:
+            issued.popitem(last=False)
+        if "#EXT-X-SERVER-CONTROL:" in text:
+            self._can_block[(pod_id, camera_id)] = "CAN-BLOCK-RELOAD=YES" in text
 
     def _verified_grant(self, token: str, camera_id: str, now: float) -> Grant:
         """Verify a grant, memoising the signature check per grant string (expiry and
@@ -311,8 +352,8 @@ class StreamProxy:
         self._check_upstream(flight)
         return body
 
-    async def _playlist(self, scope, send, cors, grant: Grant, base_url: str, rel: str, query: str, now: float) -> int:
-        blocking = "_HLS_msn=" in query or "_HLS_part=" in query or "_HLS_skip=" in query
+    async def _playlist(self, scope, send, cors, grant: Grant, base_url: str, rel: str, query: str, now: float,
+                        blocking: bool) -> int:
         key = (grant.pod_id, grant.camera_id, rel, query)
 
         async def fetch(flight: Flight) -> None:
@@ -337,9 +378,10 @@ class StreamProxy:
                                            int(min(now + self.grant_ttl, grant.session_exp)), grant.session_exp))
         pl_grant = self.signer.mint(Grant(grant.user, grant.camera_id, grant.pod_id, grant.session_exp, grant.session_exp))
         scope_url = f"{base_url}/cameras/{grant.camera_id}/"
+        issued: set[tuple[str, str]] | None = None if flight.scanned else set()
         try:
             out = rewrite_playlist(text, upstream_url=scope_url + rel + ("?" + query if query else ""), scope_url=scope_url,
-                                   segment_grant=seg_grant, playlist_grant=pl_grant)
+                                   segment_grant=seg_grant, playlist_grant=pl_grant, issued=issued)
         except ForeignURIError:
             log.error("pod %s sent a playlist with a URI outside its camera directory; refused", grant.pod_id)
             raise HTTPError(502, "pod sent a playlist with a foreign URI") from None
@@ -350,7 +392,12 @@ class StreamProxy:
         if pod_netloc in out:  # e.g. in a tag's non-URI attribute: never reveal tailnet addresses
             log.error("pod %s sent a playlist that names its own address outside a URI; refused", grant.pod_id)
             raise HTTPError(502, "pod sent a playlist that reveals its address")
+        if issued is not None:  # once per upstream response, not per viewer
+            flight.scanned = True
+            self._remember_issued(grant.pod_id, grant.camera_id, issued, text)
         self._viewers[(grant.user, grant.session_exp)] = time.monotonic()
+        if len(self._viewers) > 10_000:
+            self.active_viewers()
         data = out.encode("utf-8")
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", M3U8.encode()), (b"content-length", str(len(data)).encode()),

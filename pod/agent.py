@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import signal
 import time
+from pathlib import Path
 
 import msgspec
 
@@ -189,6 +191,19 @@ class PodAgent:
                  ", ".join(self.streamers))
         self.streaming_ready.set()
 
+    def _check_dirs(self) -> None:
+        """Create the state (and HLS) directories; raise PodError naming a path that is unusable."""
+        dirs = [("state_dir", self.cfg.state_dir)]
+        if self.cfg.enable_streaming:
+            dirs.append(("hls_dir", self.cfg.hls_dir))
+        for key, path in dirs:
+            try:
+                Path(path).mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise PodError(f"$.{key}: cannot create {path}: {exc.strerror}") from None
+            if not Path(path).is_dir() or not os.access(path, os.W_OK | os.X_OK):
+                raise PodError(f"$.{key}: {path} is not a writable directory")
+
     def _setup_done(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
             self.failure = task.exception()
@@ -203,6 +218,7 @@ class PodAgent:
         tasks: list[asyncio.Task] = []
         self._servers: list = []
         try:
+            self._check_dirs()
             self.outbox = Outbox(self.cfg.outbox_path, self.cfg.outbox_max_items)
             self.sender = OutboxSender(self.outbox, self._send_detect, Backoff(1.0, 60.0))
             self.engine = DecisionEngine(self.cfg, self.store, self.outbox, on_enqueued=self.sender.wake)

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-import yaml
 
 from pod.errors import BindRefused, ConfigError
 from protocol.ids import is_camera_id, is_dns_label
+from protocol.yamlconf import load_yaml
 
 # RFC 6598 shared address space, which Tailscale uses for tailnet IPv4 addresses,
 # and Tailscale's ULA prefix for tailnet IPv6 addresses.
@@ -187,6 +187,13 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
             raise _fail(path.rstrip("`"), reason) from None
         raise _fail("$", msg) from None
 
+    for name, value in msgspec.structs.asdict(cfg).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _fail(f"$.{name}", "must be a finite number")
+    if cfg.rtsp_timeout_seconds <= 0:
+        raise _fail("$.rtsp_timeout_seconds", "must be > 0 seconds")
+    if cfg.tailnet_wait_seconds < 0:
+        raise _fail("$.tailnet_wait_seconds", "must be >= 0 seconds (0 = wait forever)")
     if not cfg.portal_url.startswith(("http://", "https://")):
         raise _fail("$.portal_url", "must start with http:// or https://")
     if not cfg.pod_api_key:
@@ -280,6 +287,8 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
         if cfg.stream_secret_primary and cfg.stream_secret_primary not in secrets:
             raise _fail("$.stream_secret_primary", "must name a kid in stream_secrets")
         for kid, secret in secrets.items():
+            if not secret:
+                raise _fail(f"$.stream_secrets.{kid}", "must not be empty")
             if len(secret.encode()) < 32:
                 warnings.append(f"$.stream_secret: secret {kid!r} is shorter than 32 bytes; use a longer random secret")
     return cfg, warnings
@@ -293,13 +302,11 @@ def load_config(path: str | os.PathLike[str]) -> tuple[PodConfig, list[str]]:
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{p}: YAML syntax error{where}") from None
+        data = load_yaml(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
     return parse_config(data, source=str(p))

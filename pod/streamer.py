@@ -159,9 +159,13 @@ class CameraStreamer:
         """Supervise ffmpeg until :meth:`stop` is called. Never raises on ffmpeg failure."""
         while not self._stopping.is_set():
             self.state = "starting"
-            self._prepare_dir()
             started = time.monotonic()
-            reason = await self._run_once()
+            try:
+                self._prepare_dir()
+            except OSError as exc:
+                reason = f"cannot use {self.dir}: {exc.strerror}"
+            else:
+                reason = await self._run_once()
             if self._stopping.is_set():
                 break
             if time.monotonic() - started > 4 * self.cfg.watchdog_factor * self.cfg.hls_segment_seconds + 30:

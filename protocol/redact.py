@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import re
 
-_URL_CREDS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@")
+# userinfo runs to the LAST "@" of the URL token (passwords may contain "@" or "/"):
+# over-redacting a path that contains "@" is the safe side.
+_URL_CREDS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s\"']*@")
 _QUERY_SECRET = re.compile(
     r"(?i)([?&;](?:token|pb_grant|access_token|auth|sig|signature|key|apikey|api_key|x-amz-signature)=)[^&\s#\"']*"
 )
-_BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+")
+_BEARER = re.compile(r"(?i)\b((?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]+")
+_KEY_VALUE = re.compile(r"(?i)\b((?:password|passwd|secret|api_key|stream_secret|pod_api_key|pb_grant)[\"']?\s*[=:]\s*[\"']?)[^\s&\"',;]+")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 
 
@@ -24,4 +27,5 @@ def redact(text: str) -> str:
     text = _URL_CREDS.sub(r"\1***@", text)
     text = _QUERY_SECRET.sub(r"\1***", text)
     text = _BEARER.sub(r"\1***", text)
+    text = _KEY_VALUE.sub(r"\1***", text)
     return _JWT.sub("***", text)

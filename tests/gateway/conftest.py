@@ -92,10 +92,10 @@ async def client(pod, gw_config):
         yield c
 
 
-async def start_session(client, token=None, path="index.m3u8", **kw) -> str:
+async def start_session(client, token=None, **kw) -> str:
     """Follow the JWT → grant redirect; return the granted playlist URL."""
     token = token or make_token()
-    r = await client.get(f"/streams/{CAM}/{path}?token={token}", **kw)
+    r = await client.get(f"/streams/{CAM}/index.m3u8?token={token}", **kw)
     assert r.status_code == 302, r.text
     return f"/streams/{CAM}/" + r.headers["location"]
 

@@ -51,7 +51,7 @@ def test_cli_exit_code_2(tmp_path):
     env.pop("POD_STREAM_SECRET", None)
     r = subprocess.run([sys.executable, "-m", "gateway", "--config", str(f)], capture_output=True, text=True,
                        env=env, timeout=60)
-    assert r.returncode == 2 and "YAML syntax error" in r.stderr
+    assert r.returncode == 2 and "YAML error at line" in r.stderr
     f.write_text("pods: {gate-1: 'http://127.0.0.2:8000'}\n")
     r = subprocess.run([sys.executable, "-m", "gateway", "--config", str(f)], capture_output=True, text=True,
                        env=env, timeout=60)
@@ -61,3 +61,33 @@ def test_cli_exit_code_2(tmp_path):
 def test_file_missing():
     with pytest.raises(ConfigError, match="cannot read"):
         load_config("/nonexistent/gw.yaml", env={})
+
+
+@pytest.mark.parametrize("over,path", [
+    ({"max_token_ttl": float("nan")}, "$.max_token_ttl"),
+    ({"max_session_seconds": float("inf")}, "$.max_session_seconds"),
+    ({"grant_ttl": float("nan")}, "$.grant_ttl"),
+    ({"pods": {"gate-1": "http://[::1"}}, "$.pods.gate-1"),
+    ({"pods": {"gate-1": "http://h:abc"}}, "$.pods.gate-1"),
+    ({"public_base_url": "http://h:99999"}, "$.public_base_url"),
+    ({"allowed_origins": ["https://a.example/x"]}, "$.allowed_origins[0]"),
+    ({"upstream_proxy": "socks5://127.0.0.1:abc"}, "$.upstream_proxy"),
+    ({"host": "not a host"}, "$.host"),
+])
+def test_adversarial_values_are_refused_with_the_key(over, path):
+    """From an adversarial review: NaN/inf disabled the token-lifetime cap; bad URLs crashed later."""
+    with pytest.raises(ConfigError) as ei:
+        parse_config({**OK, **over}, env={})
+    assert str(ei.value).startswith(path), str(ei.value)
+
+
+@pytest.mark.parametrize("raw,needle", [
+    (b"stream_secret: a\nstream_secret: b\n", "duplicate key 'stream_secret'"),
+    (b"stream_secret: \xff\xfe\n", "not UTF-8"),
+    (b"a: " + b"[" * 200 + b"]" * 200 + b"\n", "nesting"),
+])
+def test_bad_yaml_files(tmp_path, raw, needle):
+    f = tmp_path / "gw.yaml"
+    f.write_bytes(raw)
+    with pytest.raises(ConfigError, match=needle):
+        load_config(f, env={})

@@ -73,3 +73,17 @@ def test_take_param_keeps_rest_byte_for_byte():
     assert take_param("pb_grant=1&pb_grant=2", "pb_grant")[0] == ["1", "2"]
     assert take_param("", "pb_grant") == ([], "")
     assert take_param("pb_granted=1", "pb_grant") == ([], "pb_granted=1")
+
+
+def test_only_the_canonical_spelling_is_accepted():
+    """Lenient base64 would give one grant many spellings (cache churn, no string revocation)."""
+    s = GrantSigner(RING)
+    tok = s.mint(grant())
+    head, payload, mac = tok.split(".")
+    variants = [tok + "==", f"{head}.{payload}=.{mac}", f"{head}.{payload[:3]}!{payload[3:]}.{mac}",
+                f"{head}.{payload}.{mac.replace('-', '+').replace('_', '/')}"]
+    for v in variants:
+        if v != tok:
+            with pytest.raises(GrantError):
+                s.verify(v, camera_id="cam1")
+    assert s.verify(tok, camera_id="cam1").user == "u1"

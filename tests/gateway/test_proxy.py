@@ -143,11 +143,13 @@ async def test_playlist_headers_no_cache_and_no_pod_validators(client, pod):
 @pytest.mark.parametrize("name,ctype", [("a.ts", "video/mp2t"), ("b.m4s", "video/mp4"), ("init.mp4", "video/mp4"),
                                         ("x.m3u8", "application/vnd.apple.mpegurl")])
 async def test_content_type_by_file_type_not_by_pod(client, pod, name, ctype):
+    pl = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:2,\na.ts\n#EXTINF:2,\nb.m4s\n#EXTINF:2,\nx.m3u8\n"
+    pod.routes[f"/cameras/{CAM}/index.m3u8"] = httpx.Response(200, text=pl)
     body = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n" if name.endswith("m3u8") else "data"
     pod.routes[f"/cameras/{CAM}/{name}"] = httpx.Response(200, text=body, headers={"content-type": "text/plain"})
-    url = await start_session(client)
-    grant = url.split("pb_grant=")[1]
-    r = await client.get(f"/streams/{CAM}/{name}?pb_grant={grant}")
+    text = (await client.get(await start_session(client))).text
+    [uri] = [u for u in uris(text) if u.startswith(name + "?")]
+    r = await client.get(f"/streams/{CAM}/{uri}")
     assert r.status_code == 200 and r.headers["content-type"] == ctype
 
 
@@ -228,8 +230,9 @@ async def test_unknown_pod_is_503(client, pod):
     assert r.status_code == 503 and pod.requests == []
 
 
-# ---- B14: LL-HLS blocking reloads pass through, keyed by the full query ----------------------
 async def test_llhls_directives_pass_through_and_are_not_shared(client, pod):
+    ll = LIVE.replace("#EXT-X-INDEPENDENT-SEGMENTS\n",
+                      "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.0\n#EXT-X-PART-INF:PART-TARGET=0.33334\n")
     seen = []
 
     def blocking(request):
@@ -237,11 +240,13 @@ async def test_llhls_directives_pass_through_and_are_not_shared(client, pod):
         q = request.url.query.decode()
         if "_HLS_msn=400" in q:
             return httpx.Response(400, text="msn too far ahead")
-        return httpx.Response(200, text=LIVE.replace("MEDIA-SEQUENCE:100", f"MEDIA-SEQUENCE:{q}"))
+        return httpx.Response(200, text=ll.replace("MEDIA-SEQUENCE:100", f"MEDIA-SEQUENCE:{q}"))
 
+    pod.routes[f"/cameras/{CAM}/index.m3u8"] = httpx.Response(200, text=ll)
     for q in ("_HLS_msn=273&_HLS_part=3", "_HLS_msn=274&_HLS_part=0", "_HLS_msn=400&_HLS_part=0"):
         pod.routes[f"/cameras/{CAM}/index.m3u8?{q}"] = blocking
     url = await start_session(client)
+    assert (await client.get(url)).status_code == 200  # the pod advertises CAN-BLOCK-RELOAD=YES
     a = await client.get(url.replace("index.m3u8?", "index.m3u8?_HLS_msn=273&_HLS_part=3&"))
     b = await client.get(url.replace("index.m3u8?", "index.m3u8?_HLS_msn=274&_HLS_part=0&"))
     assert a.status_code == b.status_code == 200 and a.text != b.text
@@ -251,13 +256,21 @@ async def test_llhls_directives_pass_through_and_are_not_shared(client, pod):
     assert c.status_code == 400
 
 
-# ---- query strings pass through byte for byte -------------------------------------------------
+async def test_directives_ignored_when_the_pod_cannot_block(client, pod):
+    """Without CAN-BLOCK-RELOAD=YES the directives are not forwarded: they must not
+    defeat the shared playlist cache (one pod fetch for all of them)."""
+    url = await start_session(client)
+    for n in range(10):
+        r = await client.get(url.replace("index.m3u8?", f"index.m3u8?_HLS_msn={n}&"))
+        assert r.status_code == 200
+    assert pod.paths() == [f"/cameras/{CAM}/index.m3u8"]
+
+
 async def test_upstream_query_passes_byte_for_byte(client, pod):
     pl = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\nseg_7.ts?sig=a%2Bb%3D&x=%20y&&flag\n"
-    pod.routes[f"/cameras/{CAM}/q.m3u8"] = httpx.Response(200, text=pl)
+    pod.routes[f"/cameras/{CAM}/index.m3u8"] = httpx.Response(200, text=pl)
     pod.routes[f"/cameras/{CAM}/seg_7.ts?sig=a%2Bb%3D&x=%20y&&flag"] = httpx.Response(200, content=b"TS")
-    url = await start_session(client, path="q.m3u8")
-    text = (await client.get(url)).text
+    text = (await client.get(await start_session(client))).text
     [seg] = uris(text)
     assert seg.startswith("seg_7.ts?sig=a%2Bb%3D&x=%20y&&flag&pb_grant=")
     r = await client.get(f"/streams/{CAM}/{seg}")
@@ -265,12 +278,35 @@ async def test_upstream_query_passes_byte_for_byte(client, pod):
     assert pod.paths()[-1] == f"/cameras/{CAM}/seg_7.ts?sig=a%2Bb%3D&x=%20y&&flag"
 
 
-# ---- hostile pods and traversal ---------------------------------------------------------------
+async def test_only_uris_from_current_playlists_are_fetched(client, pod):
+    """A grant holder cannot make the gateway fetch (or cache) anything the playlist did not
+    hand out: junk query parameters, other file names, other playlists."""
+    text = (await client.get(await start_session(client))).text
+    seg = [u for u in uris(text) if u.startswith("seg_100")][0]
+    grant = seg.split("pb_grant=")[1]
+    n = len(pod.requests)
+    for i in range(20):
+        assert (await client.get(f"/streams/{CAM}/{seg}&x={i}")).status_code == 404
+        assert (await client.get(f"/streams/{CAM}/index.m3u8?x={i}&pb_grant={grant}")).status_code == 404
+    assert (await client.get(f"/streams/{CAM}/seg_999.m4s?pb_grant={grant}")).status_code == 404
+    assert (await client.get(f"/streams/{CAM}/other.m3u8?pb_grant={grant}")).status_code == 404
+    assert len(pod.requests) == n
+
+
+async def test_session_entry_is_the_root_playlist_only(client, pod):
+    token = make_token()
+    for path in ("https:evil.example%3F.m3u8", "%E2%82%AC.m3u8", "a%23b.m3u8", "other.m3u8"):
+        r = await client.get(f"/streams/{CAM}/{path}?token={token}")
+        assert r.status_code == 404 and "location" not in r.headers, path
+    r = await client.get(f"/streams/{CAM}/index.m3u8?foo=bar&token={token}")
+    assert r.status_code == 302 and r.headers["location"].startswith("index.m3u8?pb_grant=v1.")
+    assert "foo" not in r.headers["location"] and pod.requests == []
+
+
 async def test_playlist_with_foreign_uris_is_refused_and_never_fetched(client, pod):
     pl = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MAP:URI=\"http://169.254.169.254/latest\"\n#EXTINF:2,\nhttp://evil.example/x.ts\n"
-    pod.routes[f"/cameras/{CAM}/evil.m3u8"] = httpx.Response(200, text=pl)
-    url = await start_session(client, path="evil.m3u8")
-    r = await client.get(url)
+    pod.routes[f"/cameras/{CAM}/index.m3u8"] = httpx.Response(200, text=pl)
+    r = await client.get(await start_session(client))
     assert r.status_code == 502 and "evil" not in r.text and "169.254" not in r.text
     assert all(req.url.host == "127.0.0.2" for req in pod.requests)
 
@@ -336,14 +372,17 @@ async def test_access_log_redacts_token_and_grant(client, pod, caplog):
     assert "pb_grant=***" in logged and "token=***" in logged
 
 
-async def test_pod_address_never_leaks_through_comments_or_attributes(client, pod):
+async def test_pod_address_never_leaks_through_comments(client, pod):
     leaky = LIVE.replace("#EXT-X-INDEPENDENT-SEGMENTS\n", "#EXT-X-INDEPENDENT-SEGMENTS\n# served by 127.0.0.2:8000\n")
-    pod.routes[f"/cameras/{CAM}/leaky.m3u8"] = httpx.Response(200, text=leaky)
-    r = await client.get(await start_session(client, path="leaky.m3u8"))
+    pod.routes[f"/cameras/{CAM}/index.m3u8"] = httpx.Response(200, text=leaky)
+    r = await client.get(await start_session(client))
     assert r.status_code == 200 and "127.0.0.2" not in r.text and len(uris(r.text)) == 3
+
+
+async def test_pod_address_in_an_attribute_refuses_the_playlist(client, pod):
     data = LIVE + '#EXT-X-SESSION-DATA:DATA-ID="com.x",VALUE="http://127.0.0.2:8000/"\n'
-    pod.routes[f"/cameras/{CAM}/data.m3u8"] = httpx.Response(200, text=data)
-    r = await client.get(await start_session(client, path="data.m3u8"))
+    pod.routes[f"/cameras/{CAM}/index.m3u8"] = httpx.Response(200, text=data)
+    r = await client.get(await start_session(client))
     assert r.status_code == 502 and "127.0.0.2" not in r.text
 
 

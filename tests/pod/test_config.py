@@ -120,6 +120,44 @@ def test_cli_seed_form_and_yaml_syntax_error(tmp_path):
     bad = tmp_path / "config.yaml"
     bad.write_text("portal_url: [unclosed\n")
     r = _run_cli([str(bad)], tmp_path)  # python -m pod config.yaml
-    assert r.returncode == 2 and "YAML syntax error at line" in r.stderr
+    assert r.returncode == 2 and "YAML error at line" in r.stderr
     r = _run_cli([str(tmp_path / "missing.yaml")], tmp_path)
     assert r.returncode == 2 and "cannot read config" in r.stderr
+
+
+@pytest.mark.parametrize("over,path", [
+    ({"rtsp_timeout_seconds": float("nan")}, "$.rtsp_timeout_seconds"),
+    ({"rtsp_timeout_seconds": -1}, "$.rtsp_timeout_seconds"),
+    ({"heartbeat_interval": float("inf")}, "$.heartbeat_interval"),
+    ({"stream_secrets": {"k": ""}}, "$.stream_secrets.k"),
+])
+def test_adversarial_values_are_refused_with_the_key(over, path):
+    with pytest.raises(ConfigError) as ei:
+        parse_config(base(**over))
+    assert str(ei.value).startswith(path), str(ei.value)
+
+
+def test_duplicate_keys_refused(tmp_path):
+    f = tmp_path / "config.yaml"
+    f.write_text((DATA / "seed_config.yaml").read_text() + "\nstream_port: 9000\n")
+    with pytest.raises(ConfigError, match="duplicate key 'stream_port'"):
+        load_config(f)
+
+
+def test_cli_unusable_hls_dir_and_busy_port_exit_with_a_message(tmp_path):
+    import socket
+
+    cfg = base(stream_bind="127.0.0.2", hls_dir="/etc/passwd/hls", state_dir=str(tmp_path / "state"),
+               enable_mqtt=False)
+    f = tmp_path / "config.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    r = _run_cli(["run", "--config", str(f)], tmp_path)
+    assert r.returncode == 1 and "$.hls_dir" in r.stderr and "Traceback" not in r.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        cfg.update(hls_dir=str(tmp_path / "hls"), stream_port=port)
+        f.write_text(yaml.safe_dump(cfg))
+        r = _run_cli(["run", "--config", str(f)], tmp_path)
+    assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr

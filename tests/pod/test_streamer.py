@@ -92,3 +92,20 @@ async def test_ffmpeg_failure_logs_redacted_stderr_and_backs_off(tmp_path, caplo
     assert "restarting in" in text and "last stderr" in text
     assert "rtsp://***@127.0.0.1:9/stream: Connection refused" in text  # the stderr line, redacted
     assert "hunter2" not in text
+
+
+@pytest.mark.parametrize("line,secret", [
+    ("rtsp://admin:S3cr@tP4ss@127.0.0.1:554/stream: Connection refused", "tP4ss"),
+    ("rtsp://admin:pa/ss@10.0.0.5/s", "pa/ss"),
+    ("GET /streams/c/seg.m4s?pb_grant=v1.abc.def 200", "v1.abc"),
+    ("pb_grant=v1.leading.grant", "v1.leading"),
+    ("password=hunter2 in a URL-less line", "hunter2"),
+    ("Authorization: Basic dXNlcjpwYXNz", "dXNlcjpwYXNz"),
+])
+def test_redact_hard_cases(line, secret):
+    """Found by an adversarial review: passwords containing '@' or '/', bare grants, Basic auth."""
+    assert secret not in redact(line)
+
+
+def test_redact_leaves_plain_urls_alone():
+    assert redact("rtsp://10.0.0.1:554/stream") == "rtsp://10.0.0.1:554/stream"
