@@ -161,3 +161,16 @@ def test_cli_unusable_hls_dir_and_busy_port_exit_with_a_message(tmp_path):
         f.write_text(yaml.safe_dump(cfg))
         r = _run_cli(["run", "--config", str(f)], tmp_path)
     assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_mqtt_client_id_and_prefix():
+    """B16 (shared/cases/frigate): a second client with Frigate's id knocks Frigate off the broker."""
+    cfg, _ = parse_config(base())
+    assert cfg.mqtt_client_id == "platebridge-main-gate-pod" and cfg.mqtt_topic_prefix == "frigate"
+    cfg, _ = parse_config(base(mqtt_topic="site7/frigate/events"))
+    assert cfg.mqtt_topic_prefix == "site7/frigate"
+    with pytest.raises(ConfigError, match=r"^\$\.mqtt_client_id"):
+        parse_config(base(mqtt_client_id="frigate"))
+    with pytest.raises(ConfigError, match=r"^\$\.mqtt_topic_prefix"):
+        parse_config(base(mqtt_topic_prefix="frigate/#"))
+    assert parse_config(base())[0].whitelist_cache.endswith("whitelist.json")
