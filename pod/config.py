@@ -96,6 +96,7 @@ class PodConfig(msgspec.Struct, kw_only=True):
     hls_list_size: int = 6
     hls_keep_extra_segments: int = 30  # kept on disk past the playlist window (pre-roll)
     hls_segment_type: SegmentType = "fmp4"
+    hls_max_bytes: int = 512 * 1024 * 1024  # bound of each camera's HLS buffer on disk
     ffmpeg_path: str = "ffmpeg"
     rtsp_timeout_seconds: float = 10.0
     restart_backoff_initial: float = 1.0
@@ -118,6 +119,11 @@ class PodConfig(msgspec.Struct, kw_only=True):
     outbox_path: str | None = None  # default: <state_dir>/outbox.sqlite3
     outbox_max_items: int = 10_000
     portal_timeout: float = 10.0
+
+    # --- clips (recording on detection) ---
+    pre_roll: float = 5.0  # seconds before the plate read
+    recordings_max_bytes: int = 2 * 1024**3
+    recordings_min_free_bytes: int = 500 * 1024**2  # never let clips push free space below this
 
     def camera_list(self) -> list[CameraConfig]:
         """The cameras, with the seed's single-camera keys folded in."""
@@ -273,6 +279,14 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
     for key in ("passage_window", "max_decision_wait", "no_read_timeout", "portal_timeout"):
         if not math.isfinite(getattr(cfg, key)) or getattr(cfg, key) <= 0:
             raise _fail(f"$.{key}", "must be a positive number of seconds")
+    if not 0 <= cfg.pre_roll <= 60:
+        raise _fail("$.pre_roll", "must be between 0 and 60 seconds")
+    if cfg.recording_duration > 600:
+        raise _fail("$.recording_duration", "must be at most 600 seconds")
+    if cfg.recordings_max_bytes < 10 * 1024**2 or cfg.recordings_min_free_bytes < 0:
+        raise _fail("$.recordings_max_bytes", "must be >= 10 MiB (and recordings_min_free_bytes >= 0)")
+    if cfg.hls_max_bytes < 10 * 1024**2:
+        raise _fail("$.hls_max_bytes", "must be >= 10 MiB")
     if cfg.outbox_max_items < 100:
         raise _fail("$.outbox_max_items", "must be >= 100")
     if cfg.whitelist_cache is None:

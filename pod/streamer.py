@@ -9,7 +9,7 @@ SIGSTOP'd ffmpeg). The last ffmpeg stderr lines are logged on failure with
 credentials redacted.
 
 On disk (``hls_dir/<camera_id>/``): ``index.m3u8`` (HLS media playlist,
-RFC 8216 §4.3.3), ``init.mp4`` (init segment, EXT-X-MAP) and
+RFC 8216 §4.3.3), ``init_<run>.mp4`` (init segment, EXT-X-MAP, one per ffmpeg run) and
 ``seg_<n>.m4s`` (or ``.ts``). Segment numbers start at the Unix time of each
 ffmpeg start (``-hls_start_number_source epoch``) so a restarted ffmpeg never
 reuses a segment name: downstream caches may treat segments as immutable.
@@ -39,18 +39,24 @@ from protocol.redact import redact
 log = logging.getLogger("platebridge.pod.streamer")
 
 PLAYLIST = "index.m3u8"
-INIT_SEGMENT = "init.mp4"
 State = Literal["starting", "running", "backoff", "stopped"]
 _MEDIA_SEQ = re.compile(r"^#EXT-X-MEDIA-SEQUENCE:(\d+)", re.M)
-_SEGMENT_FILE = re.compile(r"^seg_\d+\.(m4s|ts)(\.tmp)?$")
+_SEGMENT_FILE = re.compile(r"^(seg_\d+\.(m4s|ts)|init_\d+\.mp4)(\.tmp)?$")
 
 
-def ffmpeg_args(cfg: PodConfig, cam: CameraConfig, out_dir: Path) -> list[str]:
+def init_name(run: int) -> str:
+    """The init segment (EXT-X-MAP) file name of one ffmpeg run (``run``: its start, Unix s)."""
+    return f"init_{run}.mp4"
+
+
+def ffmpeg_args(cfg: PodConfig, cam: CameraConfig, out_dir: Path, run: int = 0) -> list[str]:
     """The ffmpeg command line for one camera (pure).
 
     RTSP over TCP, video only, ``-c copy`` (no re-encode), HLS with
     ``hls_segment_seconds`` segments, a rolling window of ``hls_list_size``
-    and ``hls_keep_extra_segments`` more kept on disk.
+    and ``hls_keep_extra_segments`` more kept on disk. Each run writes its own
+    init segment (``init_<run>.mp4``), so segments kept from an earlier run still
+    have theirs and no file name is ever rewritten with other content.
     """
     ext = "m4s" if cfg.hls_segment_type == "fmp4" else "ts"
     args = [
@@ -68,7 +74,7 @@ def ffmpeg_args(cfg: PodConfig, cam: CameraConfig, out_dir: Path) -> list[str]:
         "-hls_segment_type", "fmp4" if cfg.hls_segment_type == "fmp4" else "mpegts",
     ]
     if cfg.hls_segment_type == "fmp4":
-        args += ["-hls_fmp4_init_filename", INIT_SEGMENT]
+        args += ["-hls_fmp4_init_filename", init_name(run)]
     args += ["-hls_segment_filename", str(out_dir / f"seg_%d.{ext}"), str(out_dir / PLAYLIST)]
     return args
 
@@ -104,6 +110,7 @@ class CameraStreamer:
         self._last_seq: int | None = None
         self._last_advance = time.monotonic()
         self._last_mtime: float | None = None
+        self.run_id = 0  # start time (Unix s) of the current ffmpeg run; names its init segment
 
     @property
     def playlist_path(self) -> Path:
@@ -136,23 +143,33 @@ class CameraStreamer:
             self.playlist_path.unlink()
 
     def prune(self, now: float | None = None) -> int:
-        """Delete leftover segments older than the retention horizon; returns how many.
+        """Bound the HLS buffer; returns how many files were deleted.
 
-        Horizon: ``(hls_list_size + hls_keep_extra_segments + 2) × hls_segment_seconds``.
+        Deletes segments (and init segments of earlier runs) older than
+        ``(hls_list_size + hls_keep_extra_segments + 2) × hls_segment_seconds``,
+        then the oldest ones while the directory holds more than
+        ``hls_max_bytes``. The current run's init segment and the newest
+        ``hls_list_size`` segments are never deleted.
         """
         now = time.time() if now is None else now
         horizon = (self.cfg.hls_list_size + self.cfg.hls_keep_extra_segments + 2) * self.cfg.hls_segment_seconds
-        removed = 0
         try:
-            entries = list(os.scandir(self.dir))
+            entries = [(e.stat().st_mtime, e.stat().st_size, e) for e in os.scandir(self.dir) if _SEGMENT_FILE.match(e.name)]
         except OSError:
             return 0
-        for e in entries:
-            if _SEGMENT_FILE.match(e.name):
+        current_init = init_name(self.run_id) if self.run_id else None
+        segs = sorted((x for x in entries if x[2].name.startswith("seg_")), key=lambda x: x[0])
+        newest = {e.name for _, _, e in segs[-self.cfg.hls_list_size:]}
+        removed = 0
+        total = sum(size for _, size, _ in entries)
+        for mtime, size, e in sorted(entries, key=lambda x: x[0]):
+            if e.name == current_init:
+                continue
+            if now - mtime > horizon or (total > self.cfg.hls_max_bytes and e.name not in newest):
                 with contextlib.suppress(OSError):
-                    if now - e.stat().st_mtime > horizon:
-                        os.unlink(e.path)
-                        removed += 1
+                    os.unlink(e.path)
+                    removed += 1
+                    total -= size
         return removed
 
     async def run(self) -> None:
@@ -184,7 +201,8 @@ class CameraStreamer:
 
     async def _run_once(self) -> str:
         self.stderr_tail.clear()
-        args = ffmpeg_args(self.cfg, self.cam, self.dir)
+        self.run_id = max(int(time.time()), self.run_id + 1)
+        args = ffmpeg_args(self.cfg, self.cam, self.dir, self.run_id)
         log.info("camera %s: starting ffmpeg for %s", self.cam.camera_id, redact(self.cam.rtsp_url))
         try:
             proc = await asyncio.create_subprocess_exec(

@@ -27,11 +27,11 @@ def cfg(tmp_path, **over):
 
 def test_ffmpeg_args_copy_tcp_hls_with_retention(tmp_path):
     c = cfg(tmp_path, hls_segment_seconds=2, hls_list_size=6, hls_keep_extra_segments=30)
-    args = ffmpeg_args(c, c.camera_list()[0], tmp_path / "hls" / "cam1")
+    args = ffmpeg_args(c, c.camera_list()[0], tmp_path / "hls" / "cam1", run=1796000000)
     joined = " ".join(args)
     assert "-rtsp_transport tcp" in joined and "-c copy" in joined and "-f hls" in joined
     assert "-hls_time 2" in joined and "-hls_list_size 6" in joined and "-hls_delete_threshold 30" in joined
-    assert "-hls_segment_type fmp4" in joined and "-hls_fmp4_init_filename init.mp4" in joined
+    assert "-hls_segment_type fmp4" in joined and "-hls_fmp4_init_filename init_1796000000.mp4" in joined
     assert "-hls_start_number_source epoch" in joined  # segment names never reused across restarts
     assert args[-1].endswith("cam1/index.m3u8") and args[-2].endswith("seg_%d.m4s")
     ts = cfg(tmp_path, hls_segment_type="mpegts")
@@ -44,17 +44,34 @@ def test_media_sequence():
     assert media_sequence("#EXTM3U\n") is None
 
 
-def test_prune_removes_only_old_segments(tmp_path):
+def test_prune_removes_only_old_segments_and_old_inits(tmp_path):
     c = cfg(tmp_path, hls_segment_seconds=2, hls_list_size=6, hls_keep_extra_segments=4)  # horizon 24 s
     s = CameraStreamer(c, c.camera_list()[0])
+    s.run_id = 5
     s.dir.mkdir(parents=True)
     now = time.time()
-    for name, age in [("seg_1.m4s", 100), ("seg_2.m4s", 10), ("init.mp4", 100), ("index.m3u8", 100), ("seg_3.ts.tmp", 50)]:
+    for name, age in [("seg_1.m4s", 100), ("seg_2.m4s", 10), ("init_3.mp4", 100), ("init_5.mp4", 100),
+                      ("index.m3u8", 100), ("seg_3.ts.tmp", 50), ("notes.txt", 100)]:
         p = s.dir / name
         p.write_bytes(b"x")
         os.utime(p, (now - age, now - age))
-    assert s.prune(now) == 2
-    assert sorted(p.name for p in s.dir.iterdir()) == ["index.m3u8", "init.mp4", "seg_2.m4s"]
+    assert s.prune(now) == 3
+    assert sorted(p.name for p in s.dir.iterdir()) == ["index.m3u8", "init_5.mp4", "notes.txt", "seg_2.m4s"]
+
+
+def test_prune_bounds_the_buffer_in_bytes_but_keeps_the_live_window(tmp_path):
+    c = cfg(tmp_path, hls_segment_seconds=2, hls_list_size=3, hls_keep_extra_segments=100,
+            hls_max_bytes=10 * 1024 * 1024)
+    s = CameraStreamer(c, c.camera_list()[0])
+    s.dir.mkdir(parents=True)
+    now = time.time()
+    for i in range(8):  # 8 x 2 MiB = 16 MiB > 10 MiB, all young
+        p = s.dir / f"seg_{i}.m4s"
+        p.write_bytes(b"x" * 2 * 1024 * 1024)
+        os.utime(p, (now - 10 + i, now - 10 + i))
+    s.prune(now)
+    left = sorted(p.name for p in s.dir.iterdir())
+    assert left == [f"seg_{i}.m4s" for i in range(3, 8)]  # oldest went first; <= 10 MiB remain
 
 
 def test_backoff_capped_exponential_with_jitter():
