@@ -39,3 +39,9 @@ class PortalRejected(PortalError):
     def __init__(self, status: int, message: str = "") -> None:
         super().__init__(message or f"portal rejected the request: HTTP {status}")
         self.status = status
+
+
+class RecorderError(PodError):
+    """A detection clip could not be made: no usable segment in the window, the init
+    segment missing, or ffmpeg/ffprobe failed. ``str(exc)`` says why, with any RTSP
+    credentials redacted."""
