@@ -5,7 +5,10 @@ Endpoints (the seed portal's contract, see :mod:`protocol.messages`):
 ``POST /api/pod/recordings/upload-url``, ``POST /api/pod/recordings/confirm``.
 Every call sends ``Authorization: Bearer <pod api key>`` and
 ``User-Agent: platebridge-pod/<version>``; the key never appears in logs or
-exception messages.
+exception messages. Clips go to signed storage URLs with ``PUT`` (no key sent;
+only the URL's path is ever logged, never its signed query):
+:meth:`PortalClient.upload_file` streams a file from disk, :meth:`PortalClient.upload`
+sends bytes already in memory.
 
 Failures map onto two exceptions (re-exported here from :mod:`pod.errors`):
 :class:`PortalUnavailable` — connect error, timeout, HTTP 5xx, 408, 429 or an
@@ -17,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from collections.abc import AsyncIterator
 from importlib import metadata
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 import msgspec
@@ -47,6 +52,10 @@ except metadata.PackageNotFoundError:  # running from a source tree
 USER_AGENT = f"platebridge-pod/{_VERSION}"
 TRANSIENT_STATUSES = frozenset({408, 429})
 _MAX_REASON_CHARS = 200
+UPLOAD_CHUNK_BYTES = 256 * 1024
+"""Bytes read from disk and handed to the socket per step of :meth:`PortalClient.upload_file`."""
+MIN_UPLOAD_RATE = 32 * 1024
+"""Bytes/s the default whole-upload deadline of :meth:`PortalClient.upload_file` assumes (a slow uplink)."""
 
 
 class PortalClient:
@@ -179,13 +188,58 @@ class PortalClient:
         is sent. Raises :class:`PortalUnavailable` or :class:`PortalRejected`."""
         await self._request("PUT", url, content=data, headers={"Content-Type": content_type}, auth=False)
 
+    async def upload_file(
+        self,
+        url: str,
+        path: str | os.PathLike[str],
+        content_type: str = "video/mp4",
+        *,
+        timeout: float | None = None,
+    ) -> int:
+        """``PUT`` the file at ``path`` to a signed upload ``url``, streamed from disk.
+
+        The body is read in :data:`UPLOAD_CHUNK_BYTES` chunks (in a worker thread)
+        while it is sent, so memory use does not grow with the file size; the
+        request carries ``Content-Length`` (no chunked encoding: object stores
+        such as Supabase Storage want the length up front) and ``Content-Type``.
+        Like :meth:`upload`, no Authorization header is sent and the URL (whose
+        query holds the signature) is never logged — only its path.
+
+        ``timeout`` (seconds) bounds the whole upload; default: the client
+        timeout plus the file size at :data:`MIN_UPLOAD_RATE`. Each socket
+        operation is still bounded by the client timeout, so a stalled
+        connection fails early. Returns the number of bytes sent.
+
+        Raises ``OSError`` (e.g. ``FileNotFoundError``) when the file cannot be
+        opened — before any request is made; :class:`PortalUnavailable` for
+        transport errors, timeouts, 5xx/408/429, or a file that changed size
+        while it was being sent; :class:`PortalRejected` for any other non-2xx
+        status (``.status``: e.g. 403 for an expired or tampered signature,
+        409 when the object already exists — the caller decides what that means).
+        """
+        f = open(path, "rb")  # noqa: SIM115 - closed in the finally below
+        try:
+            size = os.fstat(f.fileno()).st_size
+            deadline = timeout if timeout is not None else self.timeout + size / MIN_UPLOAD_RATE
+            await self._request(
+                "PUT", url, content=_file_chunks(f, size),
+                headers={"Content-Type": content_type, "Content-Length": str(size)},
+                auth=False, timeout=deadline,
+            )
+        finally:
+            f.close()
+        return size
+
     async def confirm_recording(self, req: RecordingConfirm) -> None:
         """``POST /api/pod/recordings/confirm`` after the upload succeeded.
 
+        The body always carries ``event_type`` (``RecordingConfirm`` omits defaults on the
+        wire, but the portal's contract lists it); unset optional fields are left out.
         Raises :class:`PortalUnavailable` or :class:`PortalRejected`.
         """
+        body = {k: v for k, v in msgspec.structs.asdict(req).items() if v is not None}
         await self._request(
-            "POST", "/api/pod/recordings/confirm", content=msgspec.json.encode(req),
+            "POST", "/api/pod/recordings/confirm", content=msgspec.json.encode(body),
             headers={"Content-Type": "application/json"},
         )
 
@@ -200,21 +254,25 @@ class PortalClient:
         url: str,
         *,
         params: dict[str, str] | None = None,
-        content: bytes | None = None,
+        content: bytes | AsyncIterator[bytes] | None = None,
         headers: dict[str, str] | None = None,
         auth: bool = True,
+        timeout: float | None = None,
     ) -> httpx.Response:
         what = f"{method} {httpx.URL(url).path}"
         hdrs = dict(headers or {})
         if auth:
             hdrs["Authorization"] = f"Bearer {self._api_key}"
+        limit = self.timeout if timeout is None else float(timeout)
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(limit):
                 resp = await self._client.request(method, url, params=params, content=content, headers=hdrs)
         except TimeoutError:
-            raise PortalUnavailable(f"{what}: timed out after {self.timeout:g} s") from None
+            raise PortalUnavailable(f"{what}: timed out after {limit:g} s") from None
         except httpx.TimeoutException:
             raise PortalUnavailable(f"{what}: timed out after {self.timeout:g} s") from None
+        except _FileChanged as exc:
+            raise PortalUnavailable(f"{what}: {exc}") from None
         except httpx.TransportError as exc:
             raise PortalUnavailable(f"{what}: {type(exc).__name__}: {self._scrub(str(exc))}") from None
         except httpx.HTTPError as exc:
@@ -235,3 +293,19 @@ class PortalClient:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise PortalUnavailable(f"{what}: unreadable answer ({self._scrub(str(exc))[:_MAX_REASON_CHARS]})",
                                     status=resp.status_code) from None
+
+
+class _FileChanged(Exception):
+    """The file being uploaded changed size while it was sent."""
+
+
+async def _file_chunks(f: BinaryIO, size: int) -> AsyncIterator[bytes]:
+    """Yield exactly ``size`` bytes of ``f`` in chunks of at most :data:`UPLOAD_CHUNK_BYTES`,
+    reading in a worker thread. Raises :class:`_FileChanged` if the file ends early."""
+    left = size
+    while left > 0:
+        chunk = await asyncio.to_thread(f.read, min(UPLOAD_CHUNK_BYTES, left))
+        if not chunk:
+            raise _FileChanged(f"file shrank while uploading ({size - left} of {size} bytes sent)")
+        left -= len(chunk)
+        yield chunk

@@ -11,9 +11,24 @@ an SQLite audit log:
   non-empty bearer, or exactly ``--user-key`` when given) → a user stream JWT
   (:func:`protocol.tokens.mint_user_token`), ``stream_url`` and ``watch_url`` on
   the gateway
-* ``POST /api/pod/recordings/upload-url`` → a signed ``PUT /storage/<path>?expires=&sig=``
-  URL (HMAC-SHA256 over path and expiry), ``POST /api/pod/recordings/confirm``,
-  ``GET /api/pod/recordings?camera_id=``
+* ``POST /api/pod/recordings/upload-url`` ``{camera_id, filename}`` →
+  ``{upload_url, file_path, expires_in}``: a signed ``PUT /storage/<path>?expires=&sig=``
+  URL (HMAC-SHA256 over method, path and expiry; lifetime ``--upload-ttl``). The PUT
+  answers 403 for a bad or expired signature and 409 when the object already exists
+  (as Supabase Storage does), so a retried PUT of an upload that already landed is
+  recognisable.
+* ``POST /api/pod/recordings/confirm`` (400 unless the file was uploaded; idempotent by
+  ``file_path``)
+* ``GET /api/pod/recordings?camera_id=`` (user auth) → ``{recordings: [...]}``, each with
+  the confirm body (``duration_seconds``, ``plate_number``, ``event_id`` …) plus
+  ``video_url``: a signed download URL ``GET /storage/<path>?expires=&sig=`` (lifetime
+  ``--download-ttl``) served as ``video/mp4`` with single-range ``Range`` support
+  (RFC 9110 §14), so a browser ``<video>`` can play and seek it.
+
+Signing key: random per process unless ``--signing-key`` (or env
+``PORTAL_STANDIN_SIGNING_KEY``) is given, in which case URLs stay valid across
+restarts. Upload and download signatures differ (the method is signed), so one
+cannot stand in for the other.
 
 The ``/api/pod/*`` and ``/api/plates`` endpoints (except stream-token and the
 recordings list, which take user auth) need ``Authorization: Bearer <pod api key>``;
@@ -22,18 +37,21 @@ recordings list, which take user auth) need ``Authorization: Bearer <pod api key
 Admin endpoints (stand-in only, no auth; bind to loopback):
 ``PUT /__standin/plates`` (list of entries or ``{"entries": [...]}``; bumps
 ``config_version``), ``POST /__standin/fault {"mode": "ok"|"error500"|"hang",
-"count": n|null}`` (the next ``n`` API requests, or all while null, fail),
+"count": n|null, "scope": "all"|"api"|"storage"}`` (the next ``n`` requests in scope, or all
+while null, fail; ``api`` = ``/api/*``, ``storage`` = ``/storage/*``, default ``all``),
 ``GET /__standin/fault``, ``GET /__standin/detections``, ``GET /__standin/heartbeats``,
-``GET /__standin/uploads``.
+``GET /__standin/uploads`` (stored objects), ``GET /__standin/upload-urls`` (every upload
+URL issued: camera, filename, path, expiry — never the signature).
 
 Prints ``PORTAL: detect <decision> <plate> <reason> event=<id>`` on stdout for
 every new detection.
 
 CLI: ``python deploy/dev/portal_standin.py --host 127.0.0.1 --port N --db path
 --api-key K --stream-secret S --gateway-url URL [--plates-file f.json]
-[--pod-id ID] [--user-key K] [--token-ttl S]``. ``--api-key``/``--stream-secret``
-default to ``$PORTAL_STANDIN_API_KEY``/``$PORTAL_STANDIN_STREAM_SECRET`` (keeps
-them out of ``ps``).
+[--pod-id ID] [--user-key K] [--token-ttl S] [--upload-ttl S] [--download-ttl S]
+[--signing-key K]``. ``--api-key``/``--stream-secret``/``--signing-key`` default to
+``$PORTAL_STANDIN_API_KEY``/``$PORTAL_STANDIN_STREAM_SECRET``/``$PORTAL_STANDIN_SIGNING_KEY``
+(keeps them out of ``ps``).
 """
 
 from __future__ import annotations
@@ -89,10 +107,16 @@ CREATE TABLE IF NOT EXISTS uploads (
 CREATE TABLE IF NOT EXISTS recordings (
     id INTEGER PRIMARY KEY AUTOINCREMENT, camera_id TEXT NOT NULL, file_path TEXT NOT NULL UNIQUE,
     body TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS upload_urls (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, camera_id TEXT NOT NULL, filename TEXT NOT NULL,
+    file_path TEXT NOT NULL, expires INTEGER NOT NULL, issued REAL NOT NULL);
 """
 _FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _REQUIRED_DETECT = ("site_id", "plate", "camera", "camera_id", "event_id", "detected_at")
 UPLOAD_TTL = 600.0
+DOWNLOAD_TTL = 3600.0
+FAULT_SCOPES = ("all", "api", "storage")
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.I)
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 HANG_SECONDS = 600.0
 
@@ -111,7 +135,9 @@ class PortalStandIn:
     """State of the stand-in: the SQLite audit log at ``db_path`` (mode 0600), the pod
     ``api_key`` (compared in constant time, never stored), the stream keyring,
     the gateway base URL and the fault switch. ``plates`` seeds the whitelist when
-    the database has none. ``upload_ttl`` is the signed-URL lifetime in seconds."""
+    the database has none. ``upload_ttl`` / ``download_ttl`` are the signed upload /
+    download URL lifetimes in seconds. ``signing_key`` (any non-empty string) makes the
+    URL signatures stable across restarts; without it a random key is drawn per process."""
 
     def __init__(
         self,
@@ -124,6 +150,8 @@ class PortalStandIn:
         user_key: str | None = None,
         token_ttl: float = 600.0,
         upload_ttl: float = UPLOAD_TTL,
+        download_ttl: float = DOWNLOAD_TTL,
+        signing_key: str | None = None,
         plates: list[PlateEntry] | None = None,
         out=None,
     ) -> None:
@@ -136,9 +164,12 @@ class PortalStandIn:
         self.pod_id = pod_id
         self.token_ttl = token_ttl
         self.upload_ttl = upload_ttl
-        self._sign_key = secrets.token_bytes(32)
+        self.download_ttl = download_ttl
+        self._sign_key = (hashlib.sha256(b"platebridge-standin-signing\0" + signing_key.encode()).digest()
+                          if signing_key else secrets.token_bytes(32))
         self.out = out  # None: sys.stdout at print time
         self.fault_mode = "ok"
+        self.fault_scope = "all"
         self.fault_remaining: int | None = None
         self.faults_served = 0
         self._fault_changed = asyncio.Event()
@@ -198,17 +229,21 @@ class PortalStandIn:
             return None
         return "user-" + hashlib.sha256(token.encode()).hexdigest()[:12]
 
-    def set_fault(self, mode: str, count: int | None) -> None:
+    def set_fault(self, mode: str, count: int | None, scope: str = "all") -> None:
         """Switch fault injection: ``mode`` ok|error500|hang for the next ``count`` requests
-        (None: until switched back)."""
-        self.fault_mode, self.fault_remaining = mode, count
+        (None: until switched back) within ``scope``: ``api`` (``/api/*``), ``storage``
+        (``/storage/*``) or ``all``. Raises ``ValueError`` for an unknown scope."""
+        if scope not in FAULT_SCOPES:
+            raise ValueError(f"scope must be one of {FAULT_SCOPES}")
+        self.fault_mode, self.fault_remaining, self.fault_scope = mode, count, scope
         self._fault_changed.set()
         self._fault_changed = asyncio.Event()
 
-    async def maybe_fault(self) -> Response | None:
-        """Apply the fault switch to one API request: a 500 response, a hang (until the
-        fault is switched off, then 503), or None to proceed."""
-        if self.fault_mode == "ok":
+    async def maybe_fault(self, scope: str = "api") -> Response | None:
+        """Apply the fault switch to one request of ``scope`` (``api`` or ``storage``): a 500
+        response, a hang (until the fault is switched off, then 503), or None to proceed.
+        Requests outside the configured fault scope pass and do not use up ``count``."""
+        if self.fault_mode == "ok" or self.fault_scope not in ("all", scope):
             return None
         mode = self.fault_mode
         if self.fault_remaining is not None:
@@ -224,9 +259,37 @@ class PortalStandIn:
             return _err(503, "stand-in hang released")
         return _err(500, "stand-in fault: error500")
 
-    def sign(self, path: str, expires: int) -> str:
-        """HMAC-SHA256 (hex) of ``path`` and Unix ``expires`` with this process's signing key."""
-        return hmac.new(self._sign_key, f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+    def sign(self, path: str, expires: int, method: str = "PUT") -> str:
+        """HMAC-SHA256 (hex) of ``method`` (``PUT`` upload, ``GET`` download), storage ``path``
+        and Unix ``expires`` with the signing key."""
+        return hmac.new(self._sign_key, f"{method}\n{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def check_signature(self, path: str, query: Any, method: str) -> str | None:
+        """Why the signed storage URL (``path``, query ``expires``/``sig``) is refused for
+        ``method``, or None when it is valid and unexpired."""
+        try:
+            expires = int(query.get("expires", ""))
+        except ValueError:
+            return "invalid signature"
+        sig = query.get("sig", "")
+        if not sig or not hmac.compare_digest(sig, self.sign(path, expires, method)):
+            return "invalid signature"
+        if expires < time.time():
+            return "signed URL expired"
+        return None
+
+    def download_url(self, base: str, path: str, *, now: float | None = None) -> str:
+        """Signed ``GET`` URL for stored object ``path`` under ``base`` (the stand-in's own
+        URL), valid ``download_ttl`` seconds from ``now``."""
+        expires = int((time.time() if now is None else now) + self.download_ttl)
+        return f"{base}/storage/{path}?expires={expires}&sig={self.sign(path, expires, 'GET')}"
+
+    def upload_urls(self) -> list[dict]:
+        """Every upload URL issued, in order: ``camera_id``, ``filename``, ``file_path``,
+        ``expires`` (Unix s), ``issued_at`` — never the signature."""
+        rows = self.db.execute(
+            "SELECT camera_id, filename, file_path, expires, issued FROM upload_urls ORDER BY seq").fetchall()
+        return [dict(zip(("camera_id", "filename", "file_path", "expires", "issued_at"), r)) for r in rows]
 
     def pod_for_camera(self, camera_id: str) -> str | None:
         """pod_id of the last heartbeat for ``camera_id``, else the configured ``pod_id``."""
@@ -276,8 +339,10 @@ def create_app(standin: PortalStandIn) -> Litestar:
     s = standin
 
     async def before(request: Request) -> Response | None:
-        if request.url.path.startswith(("/api/", "/storage/")):
-            return await s.maybe_fault()
+        if request.url.path.startswith("/api/"):
+            return await s.maybe_fault("api")
+        if request.url.path.startswith("/storage/"):
+            return await s.maybe_fault("storage")
         return None
 
     @get("/api/plates")
@@ -377,8 +442,11 @@ def create_app(standin: PortalStandIn) -> Litestar:
         if not is_camera_id(req.camera_id) or not _FILENAME.match(req.filename) or ".." in req.filename:
             return _err(400, "invalid camera_id or filename")
         path = f"recordings/{req.camera_id}/{time.strftime('%Y%m%d', time.gmtime())}/{uuid.uuid4().hex[:12]}-{req.filename}"
-        expires = int(time.time() + s.upload_ttl)
+        now = time.time()
+        expires = int(now + s.upload_ttl)
         base = str(request.base_url).rstrip("/")
+        s.db.execute("INSERT INTO upload_urls (camera_id, filename, file_path, expires, issued) VALUES (?, ?, ?, ?, ?)",
+                     (req.camera_id, req.filename, path, expires, now))
         return Response({
             "upload_url": f"{base}/storage/{path}?expires={expires}&sig={s.sign(path, expires)}",
             "file_path": path,
@@ -388,15 +456,9 @@ def create_app(standin: PortalStandIn) -> Litestar:
     @put("/storage/{path:path}", status_code=200, request_max_body_size=MAX_UPLOAD_BYTES)
     async def storage_put(request: Request, path: FromPath[str]) -> Response:
         path = path.lstrip("/")
-        expires_raw, sig = request.query_params.get("expires", ""), request.query_params.get("sig", "")
-        try:
-            expires = int(expires_raw)
-        except ValueError:
-            return _err(403, "invalid signature")
-        if not sig or not hmac.compare_digest(sig, s.sign(path, expires)):
-            return _err(403, "invalid signature")
-        if expires < time.time():
-            return _err(403, "signed URL expired")
+        refused = s.check_signature(path, request.query_params, "PUT")
+        if refused:
+            return _err(403, refused)
         data = await request.body()
         if s.db.execute("SELECT 1 FROM uploads WHERE path = ?", (path,)).fetchone():
             return _err(409, "object already exists")
@@ -405,6 +467,29 @@ def create_app(standin: PortalStandIn) -> Litestar:
             (path, data, len(data), hashlib.sha256(data).hexdigest(), request.headers.get("content-type"), time.time()),
         )
         return Response({"Key": path, "size": len(data)})
+
+    @get("/storage/{path:path}")
+    async def storage_get(request: Request, path: FromPath[str]) -> Response:
+        path = path.lstrip("/")
+        refused = s.check_signature(path, request.query_params, "GET")
+        if refused:
+            return _err(403, refused)
+        row = s.db.execute("SELECT size FROM uploads WHERE path = ?", (path,)).fetchone()
+        if row is None:
+            return _err(404, "no such object")
+        size = row[0]
+        headers = {"Accept-Ranges": "bytes", "X-Content-Type-Options": "nosniff", "Cache-Control": "private"}
+        media = "video/mp4" if path.lower().endswith(".mp4") else "application/octet-stream"
+        span = _byte_range(request.headers.get("range"), size)
+        if span == "unsatisfiable":
+            return Response(b"", status_code=416, media_type=media, headers=headers | {"Content-Range": f"bytes */{size}"})
+        first, last = span if span is not None else (0, size - 1)
+        data = s.db.execute("SELECT substr(data, ?, ?) FROM uploads WHERE path = ?",
+                            (first + 1, last - first + 1, path)).fetchone()[0] if size else b""
+        if span is None:
+            return Response(bytes(data or b""), status_code=200, media_type=media, headers=headers)
+        return Response(bytes(data), status_code=206, media_type=media,
+                        headers=headers | {"Content-Range": f"bytes {first}-{last}/{size}"})
 
     @post("/api/pod/recordings/confirm", status_code=200)
     async def confirm(request: Request) -> Response:
@@ -420,8 +505,9 @@ def create_app(standin: PortalStandIn) -> Litestar:
             return _err(400, "file_path was not uploaded")
         row = s.db.execute("SELECT id FROM recordings WHERE file_path = ?", (req.file_path,)).fetchone()
         if row is None:
+            body = json.dumps(msgspec.structs.asdict(req))  # every field, explicit nulls, like the portal's row
             cur = s.db.execute("INSERT INTO recordings (camera_id, file_path, body, created) VALUES (?, ?, ?, ?)",
-                               (req.camera_id, req.file_path, msgspec.json.encode(req).decode(), time.time()))
+                               (req.camera_id, req.file_path, body, time.time()))
             rec_id = cur.lastrowid
         else:
             rec_id = row[0]
@@ -437,7 +523,12 @@ def create_app(standin: PortalStandIn) -> Litestar:
             sql += " WHERE r.camera_id = ?"
             args = (camera_id,)
         rows = s.db.execute(sql + " ORDER BY r.id", args).fetchall()
-        out = [{"id": i, **json.loads(b), "created_at": c, "stored_bytes": z} for i, b, c, z in rows]
+        base, now = str(request.base_url).rstrip("/"), time.time()
+        out = []
+        for i, b, c, z in rows:
+            body = json.loads(b)
+            out.append({"id": i, **body, "created_at": c, "stored_bytes": z,
+                        "video_url": s.download_url(base, body["file_path"], now=now) if z is not None else None})
         return Response({"success": True, "recordings": out})
 
     # --- admin (stand-in only) ---
@@ -456,17 +547,23 @@ def create_app(standin: PortalStandIn) -> Litestar:
     async def admin_fault(request: Request) -> Response:
         try:
             raw = msgspec.json.decode(await request.body())
-            mode, count = raw.get("mode"), raw.get("count")
+            mode, count, scope = raw.get("mode"), raw.get("count"), raw.get("scope", "all")
         except (msgspec.DecodeError, AttributeError) as exc:
             return _err(400, f"invalid body: {exc}")
         if mode not in ("ok", "error500", "hang") or not (count is None or (isinstance(count, int) and count > 0)):
             return _err(400, "mode must be ok|error500|hang and count a positive integer or null")
-        s.set_fault(mode, count)
-        return Response({"mode": s.fault_mode, "count": s.fault_remaining, "faults_served": s.faults_served})
+        if scope not in FAULT_SCOPES:
+            return _err(400, "scope must be all|api|storage")
+        s.set_fault(mode, count, scope)
+        return Response(fault_state())
+
+    def fault_state() -> dict:
+        return {"mode": s.fault_mode, "count": s.fault_remaining, "scope": s.fault_scope,
+                "faults_served": s.faults_served}
 
     @get("/__standin/fault", sync_to_thread=False)
     def admin_fault_get() -> dict:
-        return {"mode": s.fault_mode, "count": s.fault_remaining, "faults_served": s.faults_served}
+        return fault_state()
 
     @get("/__standin/detections", sync_to_thread=False)
     def admin_detections() -> dict:
@@ -481,12 +578,42 @@ def create_app(standin: PortalStandIn) -> Litestar:
         rows = s.db.execute("SELECT path, size, sha256, content_type, stored FROM uploads ORDER BY stored").fetchall()
         return {"uploads": [dict(zip(("path", "size", "sha256", "content_type", "stored_at"), r)) for r in rows]}
 
+    @get("/__standin/upload-urls", sync_to_thread=False)
+    def admin_upload_urls() -> dict:
+        return {"upload_urls": s.upload_urls()}
+
     return Litestar(
-        [plates, detect, heartbeat, stream_token, upload_url, storage_put, confirm, recordings,
-         admin_plates, admin_fault, admin_fault_get, admin_detections, admin_heartbeats, admin_uploads],
+        [plates, detect, heartbeat, stream_token, upload_url, storage_put, storage_get, confirm, recordings,
+         admin_plates, admin_fault, admin_fault_get, admin_detections, admin_heartbeats, admin_uploads,
+         admin_upload_urls],
         before_request=before,
         openapi_config=None,
     )
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """The inclusive byte span a ``Range`` header asks of a ``size``-byte object (RFC 9110
+    §14.1.2: ``bytes=first-last``, ``bytes=first-``, ``bytes=-suffix``), ``"unsatisfiable"``
+    (→ 416), or None to serve the whole object (no header, a multi-range or unparsable
+    request — RFC 9110 §14.2 lets a server ignore Range)."""
+    if not header:
+        return None
+    m = _RANGE.match(header)
+    if not m or (not m.group(1) and not m.group(2)):
+        return None
+    first_s, last_s = m.groups()
+    if not first_s:  # suffix: the last N bytes
+        n = int(last_s)
+        if n == 0 or size == 0:
+            return "unsatisfiable"
+        return max(0, size - n), size - 1
+    first = int(first_s)
+    last = int(last_s) if last_s else size - 1
+    if last_s and last < first:
+        return None
+    if first >= size:
+        return "unsatisfiable"
+    return first, min(last, size - 1)
 
 
 def load_plates_file(path: str | os.PathLike[str]) -> list[PlateEntry]:
@@ -514,7 +641,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pod-id", help="pod_id for stream tokens of cameras without a heartbeat")
     ap.add_argument("--user-key", help="accept only this bearer as a user session (default: any)")
     ap.add_argument("--token-ttl", type=float, default=600.0, help="stream token lifetime, seconds")
+    ap.add_argument("--upload-ttl", type=float, default=UPLOAD_TTL, help="signed upload URL lifetime, seconds")
+    ap.add_argument("--download-ttl", type=float, default=DOWNLOAD_TTL, help="signed download URL lifetime, seconds")
+    ap.add_argument("--signing-key", default=os.environ.get("PORTAL_STANDIN_SIGNING_KEY"),
+                    help="storage URL signing key (stable URLs across restarts; default: random per run)")
     args = ap.parse_args(argv)
+    if args.upload_ttl <= 0 or args.download_ttl <= 0:
+        ap.error("--upload-ttl and --download-ttl must be > 0 seconds")
     if not args.api_key or not args.stream_secret:
         ap.error("--api-key and --stream-secret (or their PORTAL_STANDIN_* env vars) are required")
     from protocol.logfmt import setup_logging
@@ -526,7 +659,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(exc))
     standin = PortalStandIn(db_path=args.db, api_key=args.api_key, stream_secret=args.stream_secret,
                             gateway_url=args.gateway_url, pod_id=args.pod_id, user_key=args.user_key,
-                            token_ttl=args.token_ttl, plates=plates)
+                            token_ttl=args.token_ttl, upload_ttl=args.upload_ttl, download_ttl=args.download_ttl,
+                            signing_key=args.signing_key, plates=plates)
     print(f"PORTAL: stand-in listening on http://{args.host}:{args.port} config_version={standin.config_version}",
           flush=True)
     # access_log off: signed storage URLs carry their signature in the query string
