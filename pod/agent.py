@@ -36,9 +36,12 @@ from pod.metrics import HEARTBEATS, OUTBOX_DEPTH
 from pod.mqtt import FrigateListener
 from pod.outbox import Item, Outbox, OutboxSender
 from pod.portal import PortalClient
+from pod.recorder import ClipJobResult, Recorder
+from pod.segments import SegmentIndex
 from pod.server import listen_socket, make_server
 from pod.streamer import CameraStreamer
 from pod.tailnet import wait_for_tailnet_ipv4
+from pod.uploads import Quota, UploadQueue, Uploader, disk_free_for
 from pod.whitelist import WhitelistStore
 from protocol.messages import DetectRequest, HeartbeatRequest, Nudge
 from protocol.tokens import Keyring
@@ -67,6 +70,7 @@ class PodAgent:
         self.started = time.time()
         self._stop = asyncio.Event()
         self._refresh_now = asyncio.Event()
+        self._spare_indexes: dict[str, SegmentIndex] = {}
         self.failure: BaseException | None = None
         self.store = WhitelistStore(cfg.whitelist_cache)
         self.portal = PortalClient(cfg.portal_url, cfg.pod_api_key, timeout=cfg.portal_timeout,
@@ -75,6 +79,9 @@ class PodAgent:
         self.sender: OutboxSender | None = None
         self.engine: DecisionEngine | None = None
         self.listener: FrigateListener | None = None
+        self.uploads: UploadQueue | None = None
+        self.uploader: Uploader | None = None
+        self.recorder: Recorder | None = None
 
     def request_stop(self) -> None:
         """Ask the agent to shut down (signal-handler safe)."""
@@ -98,7 +105,31 @@ class PodAgent:
             out["mqtt"] = self.listener.status()
         if self.engine is not None:
             out["passages_active"] = self.engine.tracker.active()
+        if self.uploads is not None and self.recorder is not None:
+            out["clips"] = {"pending": self.recorder.pending(), "built": self.recorder.built,
+                            "failed": self.recorder.failed, "uploads": self.uploads.counts(),
+                            "evicted": self.uploads.evicted}
         return out
+
+    def _index_for(self, camera_id: str) -> SegmentIndex:
+        streamer = self.streamers.get(camera_id)
+        return streamer.index if streamer is not None else self._spare_indexes.setdefault(camera_id, SegmentIndex())
+
+    def _on_clip(self, result: ClipJobResult) -> None:
+        assert self.uploads is not None and self.uploader is not None
+        try:
+            fresh = self.uploads.add(result.event_id, result.camera_id, result.path, result.plate, result.duration_s,
+                                     result.metadata)
+        except FileNotFoundError:
+            log.warning("clip %s vanished before it could be queued for upload", result.filename)
+            return
+        if not fresh:  # the same event was recorded before (e.g. a restart): keep the first clip only
+            Path(result.path).unlink(missing_ok=True)
+            return
+        log.info("clip %s recorded (%.1f s, %d bytes); queued for upload", result.filename, result.duration_s,
+                 result.size_bytes)
+        self.uploader.enforce_quota()
+        self.uploader.wake()
 
     # ---- loops --------------------------------------------------------------------------
     async def _send_detect(self, item: Item) -> None:
@@ -193,7 +224,7 @@ class PodAgent:
 
     def _check_dirs(self) -> None:
         """Create the state (and HLS) directories; raise PodError naming a path that is unusable."""
-        dirs = [("state_dir", self.cfg.state_dir)]
+        dirs = [("state_dir", self.cfg.state_dir), ("recordings_dir", self.cfg.recordings_dir)]
         if self.cfg.enable_streaming:
             dirs.append(("hls_dir", self.cfg.hls_dir))
         for key, path in dirs:
@@ -221,7 +252,16 @@ class PodAgent:
             self._check_dirs()
             self.outbox = Outbox(self.cfg.outbox_path, self.cfg.outbox_max_items)
             self.sender = OutboxSender(self.outbox, self._send_detect, Backoff(1.0, 60.0))
-            self.engine = DecisionEngine(self.cfg, self.store, self.outbox, on_enqueued=self.sender.wake)
+            self.uploads = UploadQueue(self.cfg.outbox_path)
+            quota = Quota(self.cfg.recordings_max_bytes, self.cfg.recordings_min_free_bytes,
+                          disk_free_for(self.cfg.recordings_dir))
+            self.uploader = Uploader(self.uploads, self.portal, Backoff(2.0, 120.0), quota=quota)
+            self.recorder = Recorder(self.cfg, self._index_for, self._on_clip,
+                                     hls_dir_for=lambda cid: Path(self.cfg.hls_dir) / cid)
+            self.engine = DecisionEngine(
+                self.cfg, self.store, self.outbox, on_enqueued=self.sender.wake,
+                on_decision=self.recorder.request if self.cfg.record_on_detection else None,
+            )
             self.store.load_from_cache()
             app = create_hls_app(
                 pod_id=self.cfg.pod_id, keyring=self.keyring or Keyring.single("streaming-disabled-" + "x" * 32),
@@ -234,6 +274,7 @@ class PodAgent:
                 asyncio.create_task(self.sender.run(self._stop), name="outbox"),
                 asyncio.create_task(self.engine.run_timer(self._stop), name="decision-timer"),
                 asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                asyncio.create_task(self.uploader.run(self._stop), name="uploads"),
             ]
             if self.cfg.enable_mqtt:
                 self.listener = FrigateListener(
@@ -253,6 +294,8 @@ class PodAgent:
             await self._stop.wait()
         finally:
             log.info("shutting down: stopping ffmpeg")
+            if self.recorder is not None:
+                await self.recorder.stop()
             await asyncio.gather(*(s.stop() for s in self.streamers.values()), return_exceptions=True)
             self._stop.set()
             for server in self._servers:

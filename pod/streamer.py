@@ -34,6 +34,7 @@ from typing import Literal
 from pod.backoff import Backoff
 from pod.config import CameraConfig, PodConfig
 from pod.metrics import FFMPEG_RESTARTS, SEGMENT_AGE, SEGMENTS, WATCHDOG_TRIPS
+from pod.segments import SegmentIndex, parse_media_playlist
 from protocol.redact import redact
 
 log = logging.getLogger("platebridge.pod.streamer")
@@ -110,6 +111,8 @@ class CameraStreamer:
         self._last_seq: int | None = None
         self._last_advance = time.monotonic()
         self._last_mtime: float | None = None
+        self.index = SegmentIndex()
+        """Wall-clock index of the segments on disk (from EXT-X-PROGRAM-DATE-TIME), for clips."""
         self.run_id = 0  # start time (Unix s) of the current ffmpeg run; names its init segment
 
     @property
@@ -261,9 +264,11 @@ class CameraStreamer:
                 mtime = None
             if mtime is not None and mtime != self._last_mtime:
                 try:
-                    seq = media_sequence(self.playlist_path.read_text(errors="replace"))
+                    text = self.playlist_path.read_text(errors="replace")
                 except OSError:
-                    seq = None
+                    text = ""
+                seq = media_sequence(text)
+                self.index.update(parse_media_playlist(text))  # the rolling buffer index clips are cut from
                 if seq is not None and seq != self._last_seq:
                     if self._last_seq is not None:
                         SEGMENTS.labels(self.cam.camera_id).inc(max(1, seq - self._last_seq))
