@@ -6,7 +6,9 @@ the GStreamer test camera, one pod and the gateway. The watch token is minted
 by the portal stand-in's ``POST /api/pod/stream-token``, as the real portal
 would. Prints one ``WATCH URL: …`` line, then publishes two simulated Frigate
 passages (one whitelisted plate, one unknown) and prints each detection as it
-lands at the portal stand-in. Runs until interrupted (Ctrl-C).
+lands at the portal stand-in, then each clip (5 s pre-roll + 10 s) once it is
+uploaded and confirmed, with its playable download URL. Runs until
+interrupted (Ctrl-C).
 
 Ports: env ``DEMO_GATEWAY_PORT`` (8080), ``DEMO_POD_PORT`` (8000),
 ``DEMO_CAMERA_PORT`` (8554); busy ones are replaced by free ones. Logs and the
@@ -40,7 +42,8 @@ def main() -> int:
               "camera": int(os.environ.get("DEMO_CAMERA_PORT", "8554"))}
     stack = Stack(workdir=workdir, gateway_port=wanted["gateway"], pod_port=wanted["pod"],
                   camera_port=wanted["camera"], segment_seconds=2.0,
-                  pod_overrides={"gate_zones": ["gate_zone"], "max_decision_wait": 3})
+                  pod_overrides={"gate_zones": ["gate_zone"], "max_decision_wait": 3,
+                                 "pre_roll": 5, "recording_duration": 10})
     for name, port in (("gateway", stack.gateway_port), ("pod", stack.pod_port), ("camera", stack.camera_port)):
         if port != wanted[name]:
             print(f"demo: port {wanted[name]} is busy, the {name} uses {port} instead "
@@ -80,6 +83,7 @@ def main() -> int:
         print(f"demo: more cars: .venv/bin/python deploy/dev/frigate_sim.py --port {stack.mqtt_port} --plate 'ABC 123'",
               flush=True)
         seen: set[str] = set()
+        clips: set[str] = set()
         while not stopping:
             for name, proc in stack.procs.items():
                 if proc.popen.poll() is not None:
@@ -91,7 +95,14 @@ def main() -> int:
                         seen.add(d["event_id"])
                         print(f"PORTAL: detect {d['decision']} {d.get('plate') or '-'} {d['reason']} "
                               f"event={d['event_id']}", flush=True)
-            except httpx.HTTPError:
+                recs = httpx.get(f"{stack.portal_url}/api/pod/recordings", params={"camera_id": stack.camera_id},
+                                 headers={"Authorization": "Bearer demo-user-session"}, timeout=5).json()["recordings"]
+                for rec in recs:
+                    if rec["event_id"] not in clips:
+                        clips.add(rec["event_id"])
+                        print(f"PORTAL: recording event={rec['event_id']} {rec['duration_seconds']:.1f}s "
+                              f"CLIP URL: {rec['video_url']}", flush=True)
+            except (httpx.HTTPError, KeyError, ValueError):
                 pass
             time.sleep(0.5)
         return 0

@@ -1,6 +1,7 @@
 """README command 1, as a user runs it: the demo prints the WATCH URL, the simulated
-Frigate passages land at the portal stand-in as an allow and a deny, the URL
-serves the watch page, and Ctrl-C stops everything."""
+Frigate passages land at the portal stand-in as an allow and a deny, each gets a
+clip listed by the stand-in, the URL serves the watch page, and Ctrl-C stops
+everything."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def test_demo_prints_watch_url_and_decisions_and_stops_cleanly():
             if not line:
                 break
             lines.append(line.rstrip())
-            if sum(line.startswith("PORTAL: detect") for line in lines) >= 2:
+            if sum(line.startswith("PORTAL: recording") for line in lines) >= 2:
                 break
         text = "\n".join(lines)
         urls = [line for line in lines if line.startswith("WATCH URL: ")]
@@ -42,6 +43,11 @@ def test_demo_prints_watch_url_and_decisions_and_stops_cleanly():
         assert re.search(r"PORTAL: detect deny XYZ999 not_whitelisted", text), text
         page = httpx.get(url, timeout=10)
         assert page.status_code == 200 and "hls.min.js" in page.text
+        clips = [line.split("CLIP URL: ", 1)[1] for line in lines if line.startswith("PORTAL: recording")]
+        assert len(clips) == 2, text  # a clip for each simulated detection
+        for clip in clips:
+            r = httpx.get(clip, timeout=30)
+            assert r.status_code == 200 and r.headers["content-type"] == "video/mp4" and len(r.content) > 10_000
     finally:
         proc.send_signal(signal.SIGINT)
         try:
