@@ -32,7 +32,7 @@ from pod.config import PodConfig, check_bind_address
 from pod.decisions import DecisionEngine
 from pod.errors import PodError, PortalError
 from pod.hls_server import VERSION, create_hls_app
-from pod.metrics import HEARTBEATS, OUTBOX_DEPTH
+from pod.metrics import CLIPS_EVICTED, HEARTBEATS, OUTBOX_AGE, OUTBOX_DEPTH, UPLOADS_CONFIRMED, UPLOADS_PENDING
 from pod.mqtt import FrigateListener
 from pod.outbox import Item, Outbox, OutboxSender
 from pod.portal import PortalClient
@@ -98,7 +98,6 @@ class PodAgent:
         out: dict = {"whitelist": {"version": self.store.version, "entries": len(self.store.current)}}
         if self.outbox is not None:
             depth = self.outbox.depth()
-            OUTBOX_DEPTH.set(depth)
             out["outbox"] = {"depth": depth, "failed": self.outbox.failed(), "oldest_age_s": self.outbox.oldest_age(now),
                              "evicted": getattr(self.outbox, "evicted", 0)}
         if self.listener is not None:
@@ -258,6 +257,13 @@ class PodAgent:
             self.uploader = Uploader(self.uploads, self.portal, Backoff(2.0, 120.0), quota=quota)
             self.recorder = Recorder(self.cfg, self._index_for, self._on_clip,
                                      hls_dir_for=lambda cid: Path(self.cfg.hls_dir) / cid)
+            outbox, uploads = self.outbox, self.uploads
+            OUTBOX_DEPTH.set_function(outbox.depth)
+            OUTBOX_AGE.set_function(lambda: outbox.oldest_age(time.time()) or 0.0)
+            UPLOADS_CONFIRMED.set_function(lambda: uploads.counts().get("confirmed", 0))
+            UPLOADS_PENDING.set_function(lambda: sum(v for k, v in uploads.counts().items()
+                                                     if k in ("recorded", "url", "uploaded")))
+            CLIPS_EVICTED.set_function(lambda: uploads.evicted)
             self.engine = DecisionEngine(
                 self.cfg, self.store, self.outbox, on_enqueued=self.sender.wake,
                 on_decision=self.recorder.request if self.cfg.record_on_detection else None,

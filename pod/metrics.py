@@ -17,3 +17,7 @@ MQTT_MESSAGES = Counter("platebridge_pod_mqtt_messages_total", "Frigate MQTT mes
 DECISIONS = Counter("platebridge_pod_decisions_total", "Passage decisions", ["decision", "reason"], registry=REGISTRY)
 OUTBOX_DEPTH = Gauge("platebridge_pod_outbox_depth", "Detections waiting for the portal", registry=REGISTRY)
 HEARTBEATS = Counter("platebridge_pod_heartbeats_total", "Heartbeats by result", ["result"], registry=REGISTRY)
+OUTBOX_AGE = Gauge("platebridge_pod_outbox_oldest_age_seconds", "Age of the oldest undelivered detection", registry=REGISTRY)
+UPLOADS_CONFIRMED = Gauge("platebridge_pod_uploads_confirmed", "Clips uploaded and confirmed (kept rows)", registry=REGISTRY)
+UPLOADS_PENDING = Gauge("platebridge_pod_uploads_pending", "Clips waiting for upload or confirm", registry=REGISTRY)
+CLIPS_EVICTED = Gauge("platebridge_pod_clips_evicted", "Clips evicted by the recordings quota", registry=REGISTRY)
