@@ -6,6 +6,7 @@
 #   2. .venv         - created with python3.11 if missing; `pip install -e '.[test]'`
 #                      only when pyproject.toml is newer than .venv/.platebridge-installed
 #   3. npm assets    - `npm ci` in gateway/web only when hls.min.js is missing
+#   4. npm test tools - `npm ci` in tests/node (jose, typescript) only when jose or tsc is missing
 #
 # Usage (from anywhere): bash deploy/setup.sh
 set -euo pipefail
@@ -132,6 +133,23 @@ else
     npm install --prefix "$WEB" --no-audit --no-fund --loglevel=error || die "npm install failed"
   fi
   [ -f "$HLS_JS" ] || die "npm finished but $HLS_JS is missing"
+  say "npm: done"
+fi
+
+# ---------------------------------------------------------------- 4. npm test toolchain
+# jose + typescript for tests/portal (the portal's stream-token example run under node).
+NODE_TOOLS="$ROOT/tests/node"
+JOSE="$NODE_TOOLS/node_modules/jose/package.json"
+[ -f "$NODE_TOOLS/package.json" ] || die "missing $NODE_TOOLS/package.json"
+
+if [ -f "$JOSE" ] && [ -x "$NODE_TOOLS/node_modules/.bin/tsc" ]; then
+  say "npm: test toolchain (jose, typescript) present"
+else
+  command -v npm >/dev/null 2>&1 || die "npm not found (apt-get install nodejs npm)"
+  [ -f "$NODE_TOOLS/package-lock.json" ] || die "missing $NODE_TOOLS/package-lock.json"
+  say "npm: npm ci (tests/node)"
+  npm ci --prefix "$NODE_TOOLS" --no-audit --no-fund --loglevel=error || die "npm ci (tests/node) failed"
+  [ -f "$JOSE" ] || die "npm finished but $JOSE is missing"
   say "npm: done"
 fi
 

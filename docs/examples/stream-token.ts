@@ -1,0 +1,111 @@
+// PlateBridge user stream token, minted by the portal (Vercel) with `jose`.
+//
+// TypeScript twin of docs/examples/stream-token.mjs (same logic; drop it into
+// the Next.js app, e.g. lib/stream-token.ts, and delete the CLI block at the end).
+// Type-checked by tests/portal/test_token_example.py with `tsc --noEmit --strict`.
+// Contract: docs/portal-integration.md; verifier: protocol/tokens.py.
+//
+//   import { mintStreamToken } from "@/lib/stream-token";
+//   const token = await mintStreamToken({
+//     secret: process.env.POD_STREAM_SECRET, kid: process.env.POD_STREAM_KID,
+//     userId: session.user.id, cameraId: "gate-camera-1", podId: "main-gate-pod",
+//   });
+//
+// CLI (after compiling; the tests run the .mjs):
+//   node stream-token.js '{"userId":"u1","cameraId":"cam-1","podId":"pod-1"}'
+// prints the token. "secret" may be omitted from the JSON: POD_STREAM_SECRET is
+// used then (keeps the secret out of `ps`).
+
+import { realpathSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { SignJWT, type JWTHeaderParameters } from "jose";
+
+/** Audience every user stream token must carry. */
+export const STREAM_AUDIENCE = "platebridge-stream";
+/** The gateway's default `max_token_ttl` (s): tokens whose exp lies further ahead are refused. */
+export const MAX_TOKEN_TTL_SECONDS = 900;
+
+const DNS_LABEL = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/;
+const CAMERA_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+
+export interface StreamTokenOptions {
+  /** POD_STREAM_SECRET (or the secret of `kid`); used as its UTF-8 bytes, never base64-decoded; >= 32 bytes */
+  secret: string;
+  /** key id for rotation; omit while the gateways and pods run a single `stream_secret` */
+  kid?: string;
+  /** the portal's user id (claim `user_id`, also `sub`) */
+  userId: string;
+  /** camera id: 1-64 of A-Za-z0-9_.- starting alphanumeric, no ".." */
+  cameraId: string;
+  /** the pod's id, a lower-case DNS label (also its tailnet host name) */
+  podId: string;
+  /** lifetime in seconds (default 300); only gates the start of a viewing session */
+  ttlSeconds?: number;
+  /** refuse longer lifetimes (default 900, the gateway's `max_token_ttl`) */
+  maxTtlSeconds?: number;
+  /** current time in Unix seconds (tests) */
+  now?: number;
+}
+
+/** Mint a user stream token (HS256 JWT) for one camera; resolves to the compact JWS. */
+export async function mintStreamToken({
+  secret,
+  kid,
+  userId,
+  cameraId,
+  podId,
+  ttlSeconds = 300,
+  maxTtlSeconds = MAX_TOKEN_TTL_SECONDS,
+  now = Date.now() / 1000,
+}: StreamTokenOptions): Promise<string> {
+  const key = new TextEncoder().encode(secret ?? "");
+  if (key.length < 32) throw new Error("stream secret must be at least 32 bytes");
+  if (typeof userId !== "string" || userId.length === 0 || userId.length > 256) {
+    throw new Error("userId must be a non-empty string (<= 256 chars)");
+  }
+  if (typeof cameraId !== "string" || !CAMERA_ID.test(cameraId) || cameraId.includes("..")) {
+    throw new Error(`cameraId ${JSON.stringify(cameraId)} is not a valid camera id`);
+  }
+  if (typeof podId !== "string" || !DNS_LABEL.test(podId)) {
+    throw new Error(`podId ${JSON.stringify(podId)} is not a lower-case DNS label`);
+  }
+  if (!Number.isFinite(ttlSeconds) || ttlSeconds <= 0 || ttlSeconds > maxTtlSeconds) {
+    throw new Error(`ttlSeconds must be in (0, ${maxTtlSeconds}]`);
+  }
+  const iat = Math.floor(now);
+  const header: JWTHeaderParameters = kid ? { alg: "HS256", kid } : { alg: "HS256" };
+  return new SignJWT({ user_id: userId, camera_id: cameraId, pod_id: podId })
+    .setProtectedHeader(header)
+    .setAudience(STREAM_AUDIENCE)
+    .setSubject(userId)
+    .setIssuedAt(iat)
+    .setExpirationTime(iat + Math.floor(ttlSeconds))
+    .sign(key);
+}
+
+/** Whether this file is the program node was asked to run. */
+function isMain(): boolean {
+  if (!process.argv[1]) return false;
+  try {
+    return realpathSync(process.argv[1]) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (isMain()) {
+  try {
+    const args: Partial<StreamTokenOptions> = JSON.parse(process.argv[2] ?? "{}");
+    const token = await mintStreamToken({
+      ...args,
+      secret: args.secret ?? process.env.POD_STREAM_SECRET ?? "",
+      userId: args.userId ?? "",
+      cameraId: args.cameraId ?? "",
+      podId: args.podId ?? "",
+    });
+    process.stdout.write(token + "\n");
+  } catch (err) {
+    process.stderr.write(`stream-token: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exitCode = 2;
+  }
+}
