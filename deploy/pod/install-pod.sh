@@ -1,0 +1,537 @@
+#!/usr/bin/env bash
+# PlateBridge pod installer (Debian 12 / Raspberry Pi OS bookworm). Idempotent: safe to re-run.
+#
+# Run as root from a checkout of the repository (git clone or release tarball):
+#   sudo deploy/pod/install-pod.sh                       # prompts for what it needs
+#   sudo PLATEBRIDGE_POD_API_KEY=… POD_STREAM_SECRET=… TS_AUTHKEY=… \
+#        deploy/pod/install-pod.sh --portal-url https://portal.example.com --pod-id main-gate-pod …
+#   deploy/pod/install-pod.sh --dry-run …                # print every action, change nothing
+#
+# Steps (each one skipped when already done):
+#   1. apt: ffmpeg python3.11 python3-venv (+ curl ca-certificates when tailscale is installed)
+#   2. system user/group `platebridge` (no login, no home)
+#   3. venv /opt/platebridge/venv with this project (pip install of --source: repo dir or wheel)
+#   4. dirs /var/lib/platebridge (0750), …/hls (0750), …/recordings (0700), owned by platebridge
+#   5. /etc/platebridge/config.yaml, mode 0600, owned by platebridge (never overwritten
+#      without --force-config; the old one is then kept as config.yaml.bak-<time>, 0600)
+#   6. tailscale from Tailscale's own apt repository, if missing (--skip-tailscale-install)
+#   7. tailscale up --auth-key=… --advertise-tags=tag:pod --hostname=<pod_id> (--skip-tailscale-up)
+#   8. /etc/systemd/system/platebridge-pod.service, daemon-reload, enable, (re)start
+#
+# Secrets (pod_api_key, stream_secret, the tailscale auth key, RTSP credentials) are never
+# printed. Prefer env variables or the prompt over flags: flags are visible in `ps` and shell
+# history. Exit codes: 0 ok, 1 a step failed, 2 bad usage or an invalid value.
+set -euo pipefail
+umask 022
+
+PROG="install-pod.sh"
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+# ------------------------------------------------------------------ defaults
+ROOT=""
+DRY_RUN=0
+NO_SYSTEM=0
+SKIP_TS_INSTALL=0
+SKIP_TS_UP=0
+FORCE_CONFIG=0
+NO_START=0
+ALLOW_WEAK_SECRET=0
+ASSUME_YES=0
+SOURCE="${PLATEBRIDGE_SOURCE:-}"
+
+PORTAL_URL="${PLATEBRIDGE_PORTAL_URL:-}"
+POD_API_KEY="${PLATEBRIDGE_POD_API_KEY:-}"
+POD_ID="${PLATEBRIDGE_POD_ID:-}"
+SITE_ID="${PLATEBRIDGE_SITE_ID:-}"
+COMPANY_ID="${PLATEBRIDGE_COMPANY_ID:-}"
+CAMERA_ID="${PLATEBRIDGE_CAMERA_ID:-}"
+CAMERA_RTSP_URL="${PLATEBRIDGE_CAMERA_RTSP_URL:-}"
+FRIGATE_CAMERA="${PLATEBRIDGE_FRIGATE_CAMERA:-}"
+STREAM_SECRET="${POD_STREAM_SECRET:-}"
+TS_AUTH_KEY="${TS_AUTHKEY:-}"
+
+SERVICE_USER="platebridge"
+OPT_DIR="/opt/platebridge"
+VENV_DIR="$OPT_DIR/venv"
+ETC_DIR="/etc/platebridge"
+CONFIG_PATH="$ETC_DIR/config.yaml"
+STATE_DIR="/var/lib/platebridge"
+HLS_DIR="$STATE_DIR/hls"
+REC_DIR="$STATE_DIR/recordings"
+UNIT_NAME="platebridge-pod.service"
+UNIT_PATH="/etc/systemd/system/$UNIT_NAME"
+UNIT_SRC="$SCRIPT_DIR/$UNIT_NAME"
+APT_PACKAGES=(ffmpeg python3.11 python3-venv)
+
+usage() {
+  cat <<'EOF'
+Usage: install-pod.sh [options]
+
+Installs the PlateBridge pod agent: apt deps, user `platebridge`, venv in /opt/platebridge,
+/var/lib/platebridge, /etc/platebridge/config.yaml (0600), tailscale, the systemd unit.
+Idempotent: re-running keeps an existing config.yaml (unless --force-config).
+
+Config values (flag, or env variable, or asked interactively when stdin is a terminal):
+  --portal-url URL          PLATEBRIDGE_PORTAL_URL       https://your-portal.vercel.app
+  --pod-api-key KEY         PLATEBRIDGE_POD_API_KEY      from the portal's /pods page (secret)
+  --pod-id NAME             PLATEBRIDGE_POD_ID           DNS label (a-z 0-9 -), also the tailnet host name
+  --site-id ID              PLATEBRIDGE_SITE_ID
+  --company-id ID           PLATEBRIDGE_COMPANY_ID
+  --camera-id ID            PLATEBRIDGE_CAMERA_ID        e.g. gate-camera-1
+  --camera-rtsp-url URL     PLATEBRIDGE_CAMERA_RTSP_URL  rtsp://user:pass@192.168.1.100:554/stream (secret)
+  --frigate-camera NAME     PLATEBRIDGE_FRIGATE_CAMERA   the camera's name in Frigate (default: camera id)
+  --stream-secret S         POD_STREAM_SECRET            shared with portal and gateway, >= 32 bytes (secret)
+  --tailscale-auth-key K    TS_AUTHKEY                   tag:pod auth key for `tailscale up` (secret)
+
+Install options:
+  --source PATH             repo directory or wheel to pip install (PLATEBRIDGE_SOURCE;
+                            default: the checkout this script is in)
+  --skip-tailscale-install  do not install tailscale (it must already be there to join)
+  --skip-tailscale-up       do not run `tailscale up`
+  --force-config            rewrite an existing config.yaml (the old one is kept as a .bak)
+  --no-start                enable the unit but do not (re)start it
+  --allow-weak-secret       accept a stream secret shorter than 32 bytes (not recommended)
+  --yes                     never prompt; fail on a missing value
+
+Testing options:
+  --dry-run                 print every action (secrets redacted) and change nothing
+  --root DIR                prefix every path with DIR (for tests and image building)
+  --no-system               only write files under --root (dirs, config, unit): no apt, user,
+                            venv, tailscale or systemctl
+  -h, --help                this help
+
+Exit codes: 0 ok, 1 a step failed, 2 bad usage or an invalid value.
+EOF
+}
+
+say() { printf '%s: %s\n' "$PROG" "$*"; }
+warn() { printf '%s: WARNING: %s\n' "$PROG" "$*" >&2; }
+die() { printf '%s: ERROR: %s\n' "$PROG" "$*" >&2; exit 1; }
+usage_error() { printf '%s: %s\n' "$PROG" "$*" >&2; printf "Try '%s --help'.\n" "$PROG" >&2; exit 2; }
+
+need_arg() { [ "$#" -ge 2 ] || usage_error "option $1 needs a value"; }
+
+while [ "$#" -gt 0 ]; do
+  opt="$1"
+  val=""
+  case "$opt" in
+    --*=*) val="${opt#*=}"; opt="${opt%%=*}"; set -- "$opt" "$val" "${@:2}" ;;
+  esac
+  case "$opt" in
+    -h|--help) usage; exit 0 ;;
+    --dry-run) DRY_RUN=1 ;;
+    --no-system) NO_SYSTEM=1 ;;
+    --skip-tailscale-install) SKIP_TS_INSTALL=1 ;;
+    --skip-tailscale-up) SKIP_TS_UP=1 ;;
+    --force-config) FORCE_CONFIG=1 ;;
+    --no-start) NO_START=1 ;;
+    --allow-weak-secret) ALLOW_WEAK_SECRET=1 ;;
+    --yes|-y) ASSUME_YES=1 ;;
+    --root) need_arg "$@"; ROOT="$2"; shift ;;
+    --source) need_arg "$@"; SOURCE="$2"; shift ;;
+    --portal-url) need_arg "$@"; PORTAL_URL="$2"; shift ;;
+    --pod-api-key) need_arg "$@"; POD_API_KEY="$2"; shift ;;
+    --pod-id) need_arg "$@"; POD_ID="$2"; shift ;;
+    --site-id) need_arg "$@"; SITE_ID="$2"; shift ;;
+    --company-id) need_arg "$@"; COMPANY_ID="$2"; shift ;;
+    --camera-id) need_arg "$@"; CAMERA_ID="$2"; shift ;;
+    --camera-rtsp-url) need_arg "$@"; CAMERA_RTSP_URL="$2"; shift ;;
+    --frigate-camera) need_arg "$@"; FRIGATE_CAMERA="$2"; shift ;;
+    --stream-secret) need_arg "$@"; STREAM_SECRET="$2"; shift ;;
+    --tailscale-auth-key|--auth-key) need_arg "$@"; TS_AUTH_KEY="$2"; shift ;;
+    *) usage_error "unknown option: $opt" ;;
+  esac
+  shift
+done
+
+if [ -n "$ROOT" ]; then
+  [ "$ROOT" != "/" ] || ROOT=""
+fi
+if [ -n "$ROOT" ]; then
+  case "$ROOT" in /*) ;; *) ROOT="$(pwd)/$ROOT" ;; esac
+  ROOT="${ROOT%/}"
+fi
+if [ "$NO_SYSTEM" -eq 1 ]; then
+  [ -n "$ROOT" ] || usage_error "--no-system writes only under --root DIR; give --root"
+  SKIP_TS_INSTALL=1
+  SKIP_TS_UP=1
+fi
+IS_ROOT=0
+[ "$(id -u)" -eq 0 ] && IS_ROOT=1
+if [ "$DRY_RUN" -eq 0 ] && [ "$NO_SYSTEM" -eq 0 ] && [ "$IS_ROOT" -eq 0 ]; then
+  die "run as root (sudo $0 …), or use --dry-run / --no-system --root DIR"
+fi
+
+# r PATH: the path under --root
+r() { printf '%s%s' "$ROOT" "$1"; }
+
+# ------------------------------------------------------------------ action helpers
+# Every change goes through run/write_file/make_dir, which only print under --dry-run.
+# Arguments shown by run are passed through redact_text.
+SECRETS=()
+redact_text() {
+  local s="$1" x
+  for x in "${SECRETS[@]+"${SECRETS[@]}"}"; do
+    [ -n "$x" ] && s="${s//"$x"/<redacted>}"
+  done
+  printf '%s' "$s"
+}
+show_cmd() {
+  local out="" a
+  for a in "$@"; do out+=" $(printf '%q' "$(redact_text "$a")")"; done
+  printf '%s' "${out# }"
+}
+run() {
+  if [ "$DRY_RUN" -eq 1 ]; then
+    printf '[dry-run] would run: %s\n' "$(show_cmd "$@")"
+    return 0
+  fi
+  say "+ $(show_cmd "$@")"
+  "$@"
+}
+# make_dir PATH MODE [OWNER]: create or fix a directory (under --root).
+make_dir() {
+  local path="$1" mode="$2" owner="${3:-}" args
+  args=(-d -m "$mode")
+  if [ -n "$owner" ] && [ "$NO_SYSTEM" -eq 0 ]; then args+=(-o "${owner%%:*}" -g "${owner##*:}"); fi
+  if [ "$DRY_RUN" -eq 1 ]; then
+    printf '[dry-run] would create directory %s (mode %s%s)\n' "$(r "$path")" "$mode" "${owner:+, owner $owner}"
+    return 0
+  fi
+  if [ -n "$owner" ] && [ "$NO_SYSTEM" -eq 1 ]; then owner="owner $owner not set: --no-system"; fi
+  say "dir $(r "$path") ($mode${owner:+, $owner})"
+  install "${args[@]}" "$(r "$path")"
+}
+# write_file PATH MODE OWNER DESCRIPTION < content: atomic write (temp file + rename).
+write_file() {
+  local path="$1" mode="$2" owner="$3" what="$4" dest tmp
+  dest="$(r "$path")"
+  if [ "$DRY_RUN" -eq 1 ]; then
+    cat >/dev/null
+    printf '[dry-run] would write %s (mode %s%s): %s\n' "$dest" "$mode" "${owner:+, owner $owner}" "$what"
+    return 0
+  fi
+  tmp="$(mktemp "$(dirname "$dest")/.$(basename "$dest").XXXXXX")"
+  chmod "$mode" "$tmp"
+  if [ -n "$owner" ] && [ "$NO_SYSTEM" -eq 0 ]; then chown "$owner" "$tmp"; fi
+  cat >"$tmp"
+  mv -f "$tmp" "$dest"
+  if [ -n "$owner" ] && [ "$NO_SYSTEM" -eq 1 ]; then owner="owner $owner not set: --no-system"; fi
+  say "wrote $dest ($mode${owner:+, $owner}): $what"
+}
+
+pkg_installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]; }
+interactive() { [ "$ASSUME_YES" -eq 0 ] && [ -t 0 ]; }
+
+# ------------------------------------------------------------------ validation
+is_dns_label() { [[ "$1" =~ ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$ ]]; }
+is_camera_id() { [[ "$1" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$ ]] && [[ "$1" != *..* ]]; }
+is_http_url() { [[ "$1" =~ ^https?://[^[:space:]/]+ ]]; }
+is_rtsp_url() { [[ "$1" =~ ^rtsps?://[^[:space:]]+$ ]]; }
+has_control_chars() { [[ "$1" =~ [[:cntrl:]] ]]; }
+
+# invalid NAME MESSAGE: exit 2 (the value itself is never printed; it may be a secret)
+invalid() { printf '%s: invalid %s: %s\n' "$PROG" "$1" "$2" >&2; exit 2; }
+
+# ask VAR "question" secret(0/1): prompt when interactive and VAR is empty.
+ask() {
+  local var="$1" question="$2" secret="$3" answer=""
+  [ -z "${!var}" ] || return 0
+  interactive || return 0
+  if [ "$secret" -eq 1 ]; then
+    read -r -s -p "$question: " answer </dev/tty || true
+    printf '\n' >&2
+  else
+    read -r -p "$question: " answer </dev/tty || true
+  fi
+  printf -v "$var" '%s' "$answer"
+}
+
+CONFIG_EXISTS=0
+[ -e "$(r "$CONFIG_PATH")" ] && CONFIG_EXISTS=1
+WRITE_CONFIG=1
+if [ "$CONFIG_EXISTS" -eq 1 ] && [ "$FORCE_CONFIG" -eq 0 ]; then
+  WRITE_CONFIG=0
+fi
+
+# An existing config gives pod_id (the tailnet host name) when it is not given.
+if [ "$WRITE_CONFIG" -eq 0 ] && [ -z "$POD_ID" ] && [ -r "$(r "$CONFIG_PATH")" ]; then
+  POD_ID="$(sed -n -E 's/^pod_id:[[:space:]]*"?([a-z0-9-]+)"?[[:space:]]*(#.*)?$/\1/p' "$(r "$CONFIG_PATH")" | head -n1)"
+fi
+
+if [ "$WRITE_CONFIG" -eq 1 ]; then
+  ask PORTAL_URL "Portal URL (https://your-portal.vercel.app)" 0
+  ask POD_API_KEY "Pod API key (from the portal's /pods page; not echoed)" 1
+  ask POD_ID "Pod id (DNS label, e.g. main-gate-pod; also the tailnet host name)" 0
+  ask SITE_ID "Site id" 0
+  ask COMPANY_ID "Company id" 0
+  ask CAMERA_ID "Camera id (e.g. gate-camera-1)" 0
+  ask CAMERA_RTSP_URL "Camera RTSP URL (rtsp://user:pass@192.168.1.100:554/stream; not echoed)" 1
+  if [ -z "$FRIGATE_CAMERA" ] && interactive; then
+    read -r -p "Camera name in Frigate [$CAMERA_ID]: " FRIGATE_CAMERA </dev/tty || true
+  fi
+  ask STREAM_SECRET "Stream secret (same as the portal's POD_STREAM_SECRET, >= 32 bytes; not echoed)" 1
+fi
+if [ "$SKIP_TS_UP" -eq 0 ]; then
+  ask TS_AUTH_KEY "Tailscale auth key for tag:pod (tskey-auth-…; not echoed)" 1
+fi
+
+SECRETS=("$POD_API_KEY" "$STREAM_SECRET" "$TS_AUTH_KEY")
+# The RTSP URL may carry user:password.
+SECRETS+=("$CAMERA_RTSP_URL")
+
+missing=()
+if [ "$WRITE_CONFIG" -eq 1 ]; then
+  [ -n "$PORTAL_URL" ] || missing+=(--portal-url)
+  [ -n "$POD_API_KEY" ] || missing+=(--pod-api-key)
+  [ -n "$POD_ID" ] || missing+=(--pod-id)
+  [ -n "$SITE_ID" ] || missing+=(--site-id)
+  [ -n "$COMPANY_ID" ] || missing+=(--company-id)
+  [ -n "$CAMERA_ID" ] || missing+=(--camera-id)
+  [ -n "$CAMERA_RTSP_URL" ] || missing+=(--camera-rtsp-url)
+  [ -n "$STREAM_SECRET" ] || missing+=("--stream-secret (or POD_STREAM_SECRET)")
+fi
+if [ "$SKIP_TS_UP" -eq 0 ]; then
+  [ -n "$POD_ID" ] || missing+=(--pod-id)
+  [ -n "$TS_AUTH_KEY" ] || missing+=("--tailscale-auth-key (or TS_AUTHKEY; or --skip-tailscale-up)")
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  joined="$(printf '%s, ' "${missing[@]}")"
+  printf '%s: missing value(s): %s\n' "$PROG" "${joined%, }" >&2
+  [ -t 0 ] || printf '%s: (stdin is not a terminal, so nothing was asked; see --help)\n' "$PROG" >&2
+  exit 2
+fi
+
+if [ -n "$POD_ID" ] && ! is_dns_label "$POD_ID"; then
+  invalid "--pod-id '$POD_ID'" "must be a DNS label: 1-63 chars of a-z, 0-9 and '-', not starting or ending with '-' (it is the pod's tailnet host name)"
+fi
+if [ "$WRITE_CONFIG" -eq 1 ]; then
+  for pair in "portal-url:$PORTAL_URL" "pod-api-key:$POD_API_KEY" "site-id:$SITE_ID" "company-id:$COMPANY_ID" \
+              "camera-id:$CAMERA_ID" "camera-rtsp-url:$CAMERA_RTSP_URL" "frigate-camera:$FRIGATE_CAMERA" \
+              "stream-secret:$STREAM_SECRET"; do
+    has_control_chars "${pair#*:}" && invalid "--${pair%%:*}" "must not contain control characters or newlines"
+  done
+  is_http_url "$PORTAL_URL" || invalid "--portal-url" "must start with http:// or https://"
+  is_camera_id "$CAMERA_ID" || invalid "--camera-id '$CAMERA_ID'" "must be 1-64 chars of A-Za-z0-9_.- starting with a letter or digit"
+  is_rtsp_url "$CAMERA_RTSP_URL" || invalid "--camera-rtsp-url" "must be an rtsp:// or rtsps:// URL without spaces"
+  if [ -n "$FRIGATE_CAMERA" ] && [[ ! "$FRIGATE_CAMERA" =~ ^[A-Za-z0-9_.-]+$ ]]; then
+    invalid "--frigate-camera '$FRIGATE_CAMERA'" "must be the camera's name in Frigate (A-Za-z0-9_.-)"
+  fi
+  secret_len="$(printf '%s' "$STREAM_SECRET" | LC_ALL=C wc -c | tr -d ' ')"
+  if [ "$secret_len" -lt 32 ]; then
+    if [ "$ALLOW_WEAK_SECRET" -eq 1 ]; then
+      warn "stream secret is $secret_len bytes; use >= 32 random bytes (openssl rand -base64 48)"
+    else
+      invalid "--stream-secret" "is $secret_len bytes; use >= 32 random bytes (openssl rand -base64 48), shared with portal and gateway (--allow-weak-secret to accept it)"
+    fi
+  fi
+fi
+if [ -n "$TS_AUTH_KEY" ] && has_control_chars "$TS_AUTH_KEY"; then
+  invalid "--tailscale-auth-key" "must not contain control characters or newlines"
+fi
+
+[ "$DRY_RUN" -eq 1 ] && say "dry run: nothing will be changed${ROOT:+ (root $ROOT)}"
+
+# ------------------------------------------------------------------ 1. apt
+if [ "$NO_SYSTEM" -eq 0 ] && [ "$SKIP_TS_INSTALL" -eq 0 ] && ! command -v tailscale >/dev/null 2>&1; then
+  APT_PACKAGES+=(curl ca-certificates)
+fi
+if [ "$NO_SYSTEM" -eq 1 ]; then
+  say "apt: skipped (--no-system)"
+else
+  apt_missing=()
+  for pkg in "${APT_PACKAGES[@]}"; do
+    pkg_installed "$pkg" || apt_missing+=("$pkg")
+  done
+  if [ "${#apt_missing[@]}" -eq 0 ]; then
+    say "apt: ${APT_PACKAGES[*]} already installed"
+  else
+    say "apt: missing ${apt_missing[*]}"
+    run apt-get update -qq
+    run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_missing[@]}"
+  fi
+fi
+
+# ------------------------------------------------------------------ 2. user
+if [ "$NO_SYSTEM" -eq 1 ]; then
+  say "user: skipped (--no-system)"
+elif getent passwd "$SERVICE_USER" >/dev/null 2>&1; then
+  say "user: $SERVICE_USER exists"
+else
+  run useradd --system --user-group --home-dir "$STATE_DIR" --no-create-home \
+    --shell /usr/sbin/nologin --comment "PlateBridge pod agent" "$SERVICE_USER"
+fi
+
+# ------------------------------------------------------------------ 3. venv + project
+if [ "$NO_SYSTEM" -eq 1 ]; then
+  say "venv: skipped (--no-system)"
+else
+  if [ -z "$SOURCE" ]; then
+    SOURCE="$(cd "$SCRIPT_DIR/../.." && pwd)"
+  fi
+  if [ -d "$SOURCE" ]; then
+    [ -f "$SOURCE/pyproject.toml" ] || die "--source $SOURCE: no pyproject.toml (give the repository directory or a wheel)"
+  elif [[ "$SOURCE" != *.whl ]] || [ ! -f "$SOURCE" ]; then
+    die "--source $SOURCE: not a repository directory or a .whl file"
+  fi
+  make_dir "$OPT_DIR" 0755
+  if [ -x "$(r "$VENV_DIR/bin/python")" ]; then
+    say "venv: $(r "$VENV_DIR") exists"
+  else
+    run python3.11 -m venv "$(r "$VENV_DIR")"
+  fi
+  run "$(r "$VENV_DIR/bin/python")" -m pip install --quiet --disable-pip-version-check --upgrade "$SOURCE"
+fi
+
+# ------------------------------------------------------------------ 4. dirs
+OWNER="$SERVICE_USER:$SERVICE_USER"
+make_dir "$ETC_DIR" 0750 "root:$SERVICE_USER"
+make_dir "$STATE_DIR" 0750 "$OWNER"
+make_dir "$HLS_DIR" 0750 "$OWNER"
+make_dir "$REC_DIR" 0700 "$OWNER"
+
+# ------------------------------------------------------------------ 5. config.yaml
+# yq VALUE: a YAML double-quoted scalar (control characters were refused above).
+yq() {
+  local s="$1"
+  s="${s//\\/\\\\}"
+  s="${s//\"/\\\"}"
+  printf '"%s"' "$s"
+}
+
+render_config() {
+  cat <<EOF
+# PlateBridge pod configuration, written by install-pod.sh on $(date -u +%Y-%m-%dT%H:%M:%SZ).
+# Mode 0600, owned by $SERVICE_USER: it holds the portal key and the stream secret, and the
+# agent (User=$SERVICE_USER) must read it; the unit's ProtectSystem=strict keeps /etc read-only
+# for the agent. Every key: deploy/examples/pod.example.yaml.
+# Check it: sudo -u $SERVICE_USER $VENV_DIR/bin/platebridge-pod check --config $CONFIG_PATH
+portal_url: $(yq "$PORTAL_URL")
+pod_api_key: $(yq "$POD_API_KEY")
+pod_id: $(yq "$POD_ID")
+site_id: $(yq "$SITE_ID")
+company_id: $(yq "$COMPANY_ID")
+
+camera_id: $(yq "$CAMERA_ID")
+camera_rtsp_url: $(yq "$CAMERA_RTSP_URL")
+EOF
+  if [ -n "$FRIGATE_CAMERA" ]; then
+    printf 'frigate_camera: %s\n' "$(yq "$FRIGATE_CAMERA")"
+  fi
+  cat <<EOF
+
+# Live view: HLS only on the pod's tailnet address (tailscale up --advertise-tags=tag:pod)
+enable_streaming: true
+stream_port: 8000
+stream_bind: auto
+stream_secret: $(yq "$STREAM_SECRET")
+
+state_dir: $STATE_DIR
+hls_dir: $HLS_DIR
+recordings_dir: $REC_DIR
+
+# Frigate's MQTT broker (add mqtt_username / mqtt_password if it needs them)
+enable_mqtt: true
+mqtt_host: "localhost"
+mqtt_port: 1883
+mqtt_topic: "frigate/events"
+EOF
+}
+
+if [ "$WRITE_CONFIG" -eq 0 ]; then
+  say "config: $(r "$CONFIG_PATH") exists; kept unchanged (--force-config to rewrite it)"
+  if [ "$DRY_RUN" -eq 0 ] && [ "$NO_SYSTEM" -eq 0 ]; then
+    # Keep the mode and owner right on re-runs (the content is never touched).
+    run chmod 0600 "$(r "$CONFIG_PATH")"
+    run chown "$SERVICE_USER:$SERVICE_USER" "$(r "$CONFIG_PATH")"
+  fi
+else
+  if [ "$CONFIG_EXISTS" -eq 1 ]; then
+    backup="$CONFIG_PATH.bak-$(date -u +%Y%m%dT%H%M%SZ)"
+    if [ "$DRY_RUN" -eq 1 ]; then
+      printf '[dry-run] would keep the old config as %s (mode 0600)\n' "$(r "$backup")"
+    else
+      cp -p "$(r "$CONFIG_PATH")" "$(r "$backup")"
+      chmod 0600 "$(r "$backup")"
+      say "config: old config kept as $(r "$backup")"
+    fi
+  fi
+  keys="portal_url, pod_api_key=<redacted>, pod_id=$POD_ID, site_id, company_id, camera_id=$CAMERA_ID, camera_rtsp_url=<redacted>${FRIGATE_CAMERA:+, frigate_camera=$FRIGATE_CAMERA}, stream_secret=<redacted>, stream_bind=auto"
+  render_config | write_file "$CONFIG_PATH" 0600 "$OWNER" "$keys"
+fi
+
+# ------------------------------------------------------------------ 6. tailscale install
+if [ "$NO_SYSTEM" -eq 1 ] || [ "$SKIP_TS_INSTALL" -eq 1 ]; then
+  say "tailscale: install skipped ($([ "$NO_SYSTEM" -eq 1 ] && printf -- '--no-system' || printf -- '--skip-tailscale-install'))"
+elif command -v tailscale >/dev/null 2>&1; then
+  say "tailscale: already installed ($(command -v tailscale))"
+else
+  # Tailscale's own apt repository (https://pkgs.tailscale.com/stable/#debian-bookworm).
+  distro="debian"
+  codename="bookworm"
+  if [ -r /etc/os-release ]; then
+    # shellcheck disable=SC1091
+    . /etc/os-release
+    case "${ID:-debian}" in raspbian|ubuntu|debian) distro="$ID" ;; esac
+    codename="${VERSION_CODENAME:-bookworm}"
+  fi
+  base="https://pkgs.tailscale.com/stable/$distro/$codename"
+  run install -d -m 0755 "$(r /usr/share/keyrings)" "$(r /etc/apt/sources.list.d)"
+  run curl -fsSL -o "$(r /usr/share/keyrings/tailscale-archive-keyring.gpg)" "$base.noarmor.gpg"
+  run curl -fsSL -o "$(r /etc/apt/sources.list.d/tailscale.list)" "$base.tailscale-keyring.list"
+  run apt-get update -qq
+  run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tailscale
+  run systemctl enable --now tailscaled.service
+fi
+
+# ------------------------------------------------------------------ 7. tailscale up
+TS_UP_ARGS=(--advertise-tags=tag:pod "--hostname=$POD_ID")
+if [ "$NO_SYSTEM" -eq 1 ] || [ "$SKIP_TS_UP" -eq 1 ]; then
+  say "tailscale: up skipped ($([ "$NO_SYSTEM" -eq 1 ] && printf -- '--no-system' || printf -- '--skip-tailscale-up'))"
+elif [ "$DRY_RUN" -eq 1 ]; then
+  printf '[dry-run] would run (unless already joined): tailscale up --auth-key=<redacted> %s\n' "${TS_UP_ARGS[*]}"
+else
+  command -v tailscale >/dev/null 2>&1 || die "tailscale is not installed (drop --skip-tailscale-install, or install it)"
+  if tailscale ip -4 >/dev/null 2>&1; then
+    say "tailscale: already joined as $(tailscale ip -4 | head -n1); not re-running tailscale up"
+  else
+    # The key goes through a 0600 file (tailscale's "file:" form), never argv.
+    keyfile="$(mktemp)"
+    trap 'rm -f "$keyfile"' EXIT
+    printf '%s' "$TS_AUTH_KEY" >"$keyfile"
+    say "+ tailscale up --auth-key=<redacted> ${TS_UP_ARGS[*]}"
+    tailscale up "--auth-key=file:$keyfile" "${TS_UP_ARGS[@]}" \
+      || die "tailscale up failed: is the key valid, unexpired, and allowed to use tag:pod (tagOwners)?"
+    rm -f "$keyfile"
+    trap - EXIT
+  fi
+fi
+
+# ------------------------------------------------------------------ 8. systemd unit
+[ -f "$UNIT_SRC" ] || die "unit file $UNIT_SRC not found (run this script from the repository checkout)"
+unit_dest="$(r "$UNIT_PATH")"
+if [ -f "$unit_dest" ] && cmp -s "$UNIT_SRC" "$unit_dest"; then
+  say "unit: $unit_dest up to date"
+  UNIT_CHANGED=0
+else
+  make_dir "$(dirname "$UNIT_PATH")" 0755
+  write_file "$UNIT_PATH" 0644 "" "systemd unit (from $UNIT_SRC)" <"$UNIT_SRC"
+  UNIT_CHANGED=1
+fi
+if [ "$NO_SYSTEM" -eq 1 ]; then
+  say "systemctl: skipped (--no-system)"
+else
+  [ "$UNIT_CHANGED" -eq 1 ] && run systemctl daemon-reload
+  run systemctl enable "$UNIT_NAME"
+  if [ "$NO_START" -eq 1 ]; then
+    say "systemctl: not started (--no-start); start with: systemctl start $UNIT_NAME"
+  else
+    run systemctl restart "$UNIT_NAME"
+  fi
+fi
+
+if [ "$DRY_RUN" -eq 1 ]; then
+  say "dry run complete: nothing was changed"
+else
+  say "done. Logs: journalctl -u ${UNIT_NAME%.service} -f   Health: curl -s http://127.0.0.1:8000/health"
+fi
