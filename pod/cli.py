@@ -2,9 +2,12 @@
 
     platebridge-pod run --config config.yaml
     python -m pod config.yaml            (the seed's form)
+    platebridge-pod check --config config.yaml [--mqtt-wait N]
+    platebridge-pod config-schema        (JSON Schema of config.yaml)
 
 Exit codes: 0 clean shutdown, 2 bad config (message names the key path),
-1 runtime failure.
+1 runtime failure. ``check``: 0 all passed (warnings allowed), 1 a check
+failed, 2 bad config (see :mod:`pod.check`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pod.errors import ConfigError, PodError
 from protocol.logfmt import setup_logging
 
 log = logging.getLogger("platebridge.pod")
+_COMMANDS = ("run", "check", "config-schema", "-h", "--help")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,7 +30,26 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the agent")
     run.add_argument("--config", "-c", required=True, help="path to config.yaml")
+    check = sub.add_parser("check", help="check config, portal, MQTT, cameras, tailnet, dirs and secret; "
+                                         "one PASS/WARN/FAIL line each")
+    check.add_argument("--config", "-c", required=True, help="path to config.yaml")
+    check.add_argument("--mqtt-wait", type=float, default=0.0, metavar="N",
+                       help="also wait up to N seconds for messages on the Frigate topics (default 0: skip)")
+    sub.add_parser("config-schema", help="print the JSON Schema of config.yaml")
     return p
+
+
+def config_schema_text() -> str:
+    """JSON Schema of ``config.yaml`` (msgspec's schema of :class:`PodConfig`; unknown keys
+    are refused, as :func:`pod.config.parse_config` does)."""
+    import msgspec
+
+    from pod.config import PodConfig
+    from protocol.schema import JSON_SCHEMA_DIALECT, dumps
+
+    doc = {"$schema": JSON_SCHEMA_DIALECT, **msgspec.json.schema(PodConfig)}
+    doc["$defs"]["PodConfig"]["additionalProperties"] = False
+    return dumps(doc)
 
 
 async def _run(cfg) -> None:
@@ -61,9 +84,16 @@ def run_with_config(path: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``platebridge-pod``; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] not in ("run", "-h", "--help") and not argv[0].startswith("-"):
+    if argv and argv[0] not in _COMMANDS and not argv[0].startswith("-"):
         return run_with_config(argv[0])  # seed form: python -m pod config.yaml
     args = _parser().parse_args(argv)
+    if args.command == "check":
+        from pod.check import main as check_main
+
+        return check_main(args.config, mqtt_wait=max(0.0, args.mqtt_wait))
+    if args.command == "config-schema":
+        sys.stdout.write(config_schema_text())
+        return 0
     return run_with_config(args.config)
 
 

@@ -33,12 +33,16 @@ LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
 SegmentType = Literal["fmp4", "mpegts"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 PlateSource = Literal["recognized_license_plate", "sub_label"]
+Transcode = Literal["copy", "h264"]
 
 
 class CameraConfig(msgspec.Struct, forbid_unknown_fields=True):
     """One camera: ``camera_id`` (URL/file safe), its RTSP URL and its name in Frigate
     (``frigate_camera``, defaults to ``camera_id``). ``lpr_only`` marks a dedicated
-    LPR camera that publishes only ``tracked_object_update`` lpr messages."""
+    LPR camera that publishes only ``tracked_object_update`` lpr messages.
+    ``transcode``: ``copy`` (default: the camera's video as it is) or ``h264``
+    (re-encode with libx264 — for H.265/HEVC cameras, which most browsers cannot
+    play through hls.js; CPU-heavy on a Raspberry Pi)."""
 
     camera_id: str
     rtsp_url: str
@@ -46,6 +50,7 @@ class CameraConfig(msgspec.Struct, forbid_unknown_fields=True):
     name: str | None = None
     position: str | None = None
     lpr_only: bool = False
+    transcode: Transcode = "copy"
 
 
 class PodConfig(msgspec.Struct, kw_only=True):

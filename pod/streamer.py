@@ -53,7 +53,10 @@ def init_name(run: int) -> str:
 def ffmpeg_args(cfg: PodConfig, cam: CameraConfig, out_dir: Path, run: int = 0) -> list[str]:
     """The ffmpeg command line for one camera (pure).
 
-    RTSP over TCP, video only, ``-c copy`` (no re-encode), HLS with
+    RTSP over TCP, video only, ``-c copy`` (no re-encode; with the camera's
+    ``transcode: h264``: libx264 ``veryfast``/``zerolatency``, 8-bit 4:2:0, a keyframe
+    every segment — ``-g <fps × hls_segment_seconds>``, forced at segment boundaries
+    whatever the camera's real frame rate — and no scene-cut keyframes), HLS with
     ``hls_segment_seconds`` segments, a rolling window of ``hls_list_size``
     and ``hls_keep_extra_segments`` more kept on disk. Each run writes its own
     init segment (``init_<run>.mp4``), so segments kept from an earlier run still
@@ -65,7 +68,7 @@ def ffmpeg_args(cfg: PodConfig, cam: CameraConfig, out_dir: Path, run: int = 0) 
         "-rtsp_transport", "tcp",
         "-timeout", str(int(cfg.rtsp_timeout_seconds * 1_000_000)),  # socket I/O timeout, microseconds
         "-i", cam.rtsp_url,
-        "-map", "0:v:0", "-c", "copy",
+        "-map", "0:v:0", *_codec_args(cfg, cam),
         "-f", "hls",
         "-hls_time", f"{cfg.hls_segment_seconds:g}",
         "-hls_list_size", str(cfg.hls_list_size),
@@ -78,6 +81,20 @@ def ffmpeg_args(cfg: PodConfig, cam: CameraConfig, out_dir: Path, run: int = 0) 
         args += ["-hls_fmp4_init_filename", init_name(run)]
     args += ["-hls_segment_filename", str(out_dir / f"seg_%d.{ext}"), str(out_dir / PLAYLIST)]
     return args
+
+
+TRANSCODE_FPS = 25
+"""Frame rate assumed for the keyframe interval (``-g``) when ``transcode: h264``;
+``-force_key_frames`` keeps segment boundaries right for cameras at other rates."""
+
+
+def _codec_args(cfg: PodConfig, cam: CameraConfig) -> list[str]:
+    if cam.transcode != "h264":
+        return ["-c", "copy"]
+    gop = max(1, round(TRANSCODE_FPS * cfg.hls_segment_seconds))
+    seg = f"{cfg.hls_segment_seconds:g}"
+    return ["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-pix_fmt", "yuv420p",
+            "-g", str(gop), "-sc_threshold", "0", "-force_key_frames", f"expr:gte(t,n_forced*{seg})"]
 
 
 def media_sequence(text: str) -> int | None:

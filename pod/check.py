@@ -1,0 +1,427 @@
+"""``platebridge-pod check``: operator checks of a pod's setup, one line each.
+
+    platebridge-pod check --config config.yaml [--mqtt-wait N]
+
+Each check prints ``PASS <name>: <detail>``, ``WARN <name>: <detail>[ — fix: <how>]``
+or ``FAIL <name>: <detail> — fix: <how>``. Exit code 0 when nothing failed
+(warnings allowed), 1 when a check failed, 2 when the config itself is invalid
+(then nothing else is checked: the key-path error is the one line).
+
+Checks, in order:
+
+* ``config`` — the file loads and validates (same rules as ``run``).
+* ``portal`` — ``GET /api/plates`` with the pod API key (one attempt, no retries);
+  401/403 means the key was refused.
+* ``mqtt`` — connect to the broker as ``<mqtt_client_id>-check`` (never the pod's own
+  id, so a running pod is not knocked off). ``frigate-topics`` (only with
+  ``--mqtt-wait N``, N > 0): subscribe to ``<prefix>/#`` and report what arrives
+  within N seconds (Frigate's retained ``<prefix>/available`` counts).
+* ``camera <id>`` — ffprobe the RTSP URL over TCP (codec, resolution, fps);
+  credentials are redacted in every line. ``hevc <id>`` warns about H.265/HEVC.
+* ``tailnet`` — ``stream_bind`` explicit: an address of this machine; ``auto``:
+  asks tailscaled once (LocalAPI, then ``tailscale ip -4``) without waiting.
+* ``dir <key>`` — ``state_dir``, ``hls_dir``, ``recordings_dir``: created if
+  missing, writable, free space reported.
+* ``secret`` — every stream secret is at least 32 bytes.
+
+Nothing here prints a secret, an API key or RTSP credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+from pod.config import LOOPBACK_V4, PodConfig, load_config
+from pod.errors import ConfigError, PortalRejected, PortalUnavailable
+from protocol.redact import redact
+
+Status = Literal["PASS", "WARN", "FAIL"]
+MIN_SECRET_BYTES = 32
+PORTAL_CHECK_TIMEOUT = 10.0
+MQTT_CONNECT_TIMEOUT = 5.0
+HEVC_ADVICE = ("most browsers cannot play HEVC through hls.js; set transcode: h264 for this camera "
+               "(CPU-heavy on a Pi)")
+
+
+@dataclass
+class CheckResult:
+    """One check's outcome; :meth:`line` is what the operator sees."""
+
+    status: Status
+    name: str
+    detail: str
+    fix: str | None = None
+
+    def line(self) -> str:
+        """``PASS name: detail`` / ``FAIL name: detail — fix: how``."""
+        text = f"{self.status} {self.name}: {self.detail}"
+        if self.fix and self.status != "PASS":
+            text += f" — fix: {self.fix}"
+        return text
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+# ---- portal ---------------------------------------------------------------------------
+
+
+async def check_portal(cfg: PodConfig) -> CheckResult:
+    """``GET /api/plates`` once with the pod API key."""
+    from pod.portal import PortalClient
+
+    started = time.monotonic()
+    try:
+        async with PortalClient(cfg.portal_url, cfg.pod_api_key, timeout=min(cfg.portal_timeout, PORTAL_CHECK_TIMEOUT),
+                                retries=0) as client:
+            plates = await client.get_plates(cfg.site_id, cfg.company_id)
+    except PortalRejected as exc:
+        if exc.status in (401, 403):
+            return CheckResult("FAIL", "portal", f"{cfg.portal_url} refused the pod API key (HTTP {exc.status})",
+                               "check pod_api_key (copy it again from the portal's pod page)")
+        return CheckResult("FAIL", "portal", f"{cfg.portal_url}: GET /api/plates answered HTTP {exc.status}",
+                           "check portal_url (it should be the portal's base URL, e.g. https://portal.example.com)")
+    except PortalUnavailable as exc:
+        return CheckResult("FAIL", "portal", f"{cfg.portal_url} not reachable: {exc}",
+                           "check portal_url, DNS and this pod's internet access (is the portal up?)")
+    return CheckResult("PASS", "portal", f"{cfg.portal_url} accepted the key: GET /api/plates → {len(plates.entries)} "
+                       f"plate{'' if len(plates.entries) == 1 else 's'} (config_version {plates.config_version}) in {_ms(time.monotonic() - started)}")
+
+
+# ---- MQTT -----------------------------------------------------------------------------
+
+
+async def check_mqtt(cfg: PodConfig, wait: float = 0.0) -> list[CheckResult]:
+    """Connect to the broker (client id ``<mqtt_client_id>-check``); with ``wait`` > 0,
+    subscribe to ``<prefix>/#`` and report what arrives within ``wait`` seconds."""
+    if not cfg.enable_mqtt:
+        return [CheckResult("PASS", "mqtt", "enable_mqtt is false: no plate decisions on this pod; not checked")]
+    import aiomqtt
+
+    where = f"{cfg.mqtt_host}:{cfg.mqtt_port}"
+    client_id = f"{cfg.mqtt_client_id or 'platebridge-' + cfg.pod_id}-check"
+    prefix = cfg.mqtt_topic_prefix or "frigate"
+    results: list[CheckResult] = []
+    started = time.monotonic()
+    try:
+        async with aiomqtt.Client(cfg.mqtt_host, cfg.mqtt_port, username=cfg.mqtt_username,
+                                  password=cfg.mqtt_password, identifier=client_id, clean_session=True,
+                                  timeout=MQTT_CONNECT_TIMEOUT) as client:
+            results.append(CheckResult("PASS", "mqtt", f"connected to {where} as {client_id} in "
+                                       f"{_ms(time.monotonic() - started)}"))
+            if wait > 0:
+                results.append(await _watch_topics(client, prefix, wait))
+    except aiomqtt.MqttCodeError as exc:
+        if results:  # connected, failed later (subscribe refused)
+            results.append(CheckResult("FAIL", "frigate-topics", f"subscribe to {prefix}/# refused: {exc}",
+                                       "let this MQTT user read the Frigate topics (broker ACL)"))
+        else:
+            results.append(CheckResult("FAIL", "mqtt", f"{where} refused the connection: {exc}",
+                                       "check mqtt_username / mqtt_password (the broker's users and ACLs)"))
+    except aiomqtt.MqttError as exc:
+        if results:
+            results.append(CheckResult("FAIL", "frigate-topics", f"connection to {where} lost: {exc}",
+                                       "check the broker's log"))
+        else:
+            results.append(CheckResult(
+                "FAIL", "mqtt", f"cannot connect to {where}: {exc}",
+                "check mqtt_host / mqtt_port: the broker Frigate publishes to (is it running? "
+                "`systemctl status mosquitto`; a broker in Docker must publish its port)"))
+    return results
+
+
+async def _watch_topics(client, prefix: str, wait: float) -> CheckResult:
+    await client.subscribe(f"{prefix}/#", qos=0)
+    topics: dict[str, int] = {}
+    live = 0
+
+    async def collect() -> None:
+        nonlocal live
+        async for message in client.messages:
+            topics[message.topic.value] = topics.get(message.topic.value, 0) + 1
+            live += 0 if message.retain else 1
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(collect(), timeout=wait)
+    if not topics:
+        return CheckResult("FAIL", "frigate-topics", f"nothing on {prefix}/# within {wait:g} s",
+                           f"is Frigate running and publishing to this broker? Frigate's mqtt.topic_prefix must be "
+                           f"{prefix!r} (set mqtt_topic / mqtt_topic_prefix here to match)")
+    names = ", ".join(sorted(topics)[:5]) + (", …" if len(topics) > 5 else "")
+    total = sum(topics.values())
+    kind = f"{live} live" if live else "retained only"
+    return CheckResult("PASS", "frigate-topics", f"{total} messages on {prefix}/# within {wait:g} s ({kind}): {names}")
+
+
+# ---- cameras --------------------------------------------------------------------------
+
+
+def ffprobe_path(cfg: PodConfig) -> str:
+    """ffprobe next to the configured ffmpeg binary, else ``ffprobe`` on PATH."""
+    ffmpeg = Path(cfg.ffmpeg_path)
+    if ffmpeg.name == "ffmpeg" and str(ffmpeg.parent) not in ("", "."):
+        return str(ffmpeg.with_name("ffprobe"))
+    return "ffprobe"
+
+
+def _fps(stream: dict) -> str | None:
+    for key in ("avg_frame_rate", "r_frame_rate"):
+        value = stream.get(key) or ""
+        try:
+            f = Fraction(value)
+        except (ValueError, ZeroDivisionError):
+            continue
+        if f > 0:
+            return f"{round(float(f), 2):g}"
+    return None
+
+
+def describe_stream(stream: dict) -> str:
+    """``h264 (High) 1920x1080 @ 15 fps`` from one ffprobe stream object."""
+    codec = stream.get("codec_name") or "unknown codec"
+    profile = stream.get("profile")
+    text = codec + (f" ({profile})" if profile and profile != "unknown" else "")
+    if stream.get("width") and stream.get("height"):
+        text += f" {stream['width']}x{stream['height']}"
+    fps = _fps(stream)
+    return text + (f" @ {fps} fps" if fps else "")
+
+
+async def probe_rtsp(ffprobe: str, url: str, timeout: float) -> dict:
+    """ffprobe the first video stream of ``url`` over RTSP/TCP.
+
+    Returns the stream object (``codec_name``, ``profile``, ``width``, ``height``,
+    ``avg_frame_rate``, ``r_frame_rate``). Raises ``RuntimeError`` with a redacted
+    reason on failure or after ``timeout`` + 5 seconds.
+    """
+    args = [ffprobe, "-v", "error", "-rtsp_transport", "tcp", "-timeout", str(int(timeout * 1_000_000)),
+            "-select_streams", "v:0", "-show_entries",
+            "stream=codec_name,profile,width,height,avg_frame_rate,r_frame_rate", "-of", "json", url]
+    try:
+        proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot run {ffprobe}: {exc.strerror}") from None
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout + 5)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise RuntimeError(f"no answer within {timeout + 5:g} s") from None
+    lines = [redact(line.strip()) for line in err.decode(errors="replace").splitlines() if line.strip()]
+    if proc.returncode != 0:
+        raise RuntimeError(lines[-1] if lines else f"ffprobe exited with code {proc.returncode}")
+    try:
+        streams = json.loads(out or b"{}").get("streams") or []
+    except ValueError:
+        streams = []
+    if not streams:
+        raise RuntimeError("no video stream in the RTSP session")
+    return streams[0]
+
+
+def _camera_fix(reason: str, index: int) -> str:
+    low = reason.lower()
+    if "401" in low or "unauthorized" in low:
+        return f"check the user and password in cameras[{index}].rtsp_url"
+    if "404" in low or "not found" in low:
+        return f"check the path in cameras[{index}].rtsp_url (the camera's RTSP stream path)"
+    return (f"check cameras[{index}].rtsp_url (host, port, path, user/password) and that the camera is on and "
+            f"reachable from this pod: ffprobe -rtsp_transport tcp '<url>'")
+
+
+async def check_camera(cfg: PodConfig, index: int) -> list[CheckResult]:
+    """Probe one camera; adds an ``hevc <id>`` line for H.265/HEVC sources."""
+    cam = cfg.camera_list()[index]
+    name = f"camera {cam.camera_id}"
+    url = redact(cam.rtsp_url)
+    try:
+        stream = await probe_rtsp(ffprobe_path(cfg), cam.rtsp_url, cfg.rtsp_timeout_seconds)
+    except FileNotFoundError as exc:
+        return [CheckResult("FAIL", name, str(exc), "install ffmpeg (apt install ffmpeg), or set ffmpeg_path")]
+    except RuntimeError as exc:
+        return [CheckResult("FAIL", name, f"{url}: {exc}", _camera_fix(str(exc), index))]
+    results = [CheckResult("PASS", name, f"{url}: {describe_stream(stream)}")]
+    codec = (stream.get("codec_name") or "").lower()
+    if codec in ("hevc", "h265"):
+        if cam.transcode == "h264":
+            results.append(CheckResult("PASS", f"hevc {cam.camera_id}",
+                                       "H.265/HEVC source re-encoded to H.264 (transcode: h264)"))
+        else:
+            results.append(CheckResult("WARN", f"hevc {cam.camera_id}", f"camera sends H.265/HEVC: {HEVC_ADVICE}",
+                                       f"add `transcode: h264` to camera {cam.camera_id} under cameras:, or switch "
+                                       "the camera's stream to H.264"))
+    elif codec and codec != "h264":
+        results.append(CheckResult("WARN", f"codec {cam.camera_id}", f"camera sends {codec}; browsers play H.264",
+                                   f"switch the camera's stream to H.264 or set transcode: h264 for {cam.camera_id}"))
+    return results
+
+
+# ---- tailnet --------------------------------------------------------------------------
+
+
+def _bindable(host: str) -> str | None:
+    """None when ``host`` is an address of this machine, else the reason it is not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, 0))
+        except OSError as exc:
+            return "not an address of this machine" if exc.errno == errno.EADDRNOTAVAIL else exc.strerror
+    return None
+
+
+async def check_tailnet(cfg: PodConfig) -> CheckResult:
+    """The address HLS will be served on: explicit ``stream_bind`` or tailscaled, asked once."""
+    if not cfg.enable_streaming:
+        return CheckResult("PASS", "tailnet", "enable_streaming is false: no live view, no tailnet listener")
+    join = f"join the tailnet: sudo tailscale up --advertise-tags=tag:pod --hostname={cfg.pod_id}"
+    if cfg.stream_bind != "auto":
+        host = cfg.stream_bind
+        problem = _bindable(host)
+        if problem:
+            return CheckResult("FAIL", "tailnet", f"stream_bind {host}: {problem}",
+                               f"use stream_bind: auto, or the address `tailscale ip -4` prints; {join}")
+        if ipaddress.ip_address(host) in LOOPBACK_V4:
+            return CheckResult("WARN", "tailnet", f"stream_bind {host} is loopback: development only, gateways on "
+                               "the tailnet cannot reach this pod", "use stream_bind: auto on a real pod")
+        return CheckResult("PASS", "tailnet", f"stream_bind {host} is a tailnet address of this machine")
+    from pod.tailnet import cli_ipv4, localapi_ipv4
+
+    ip = await localapi_ipv4(cfg.tailscale_socket)
+    source = f"tailscaled LocalAPI at {cfg.tailscale_socket}"
+    if ip is None:
+        ip, source = await cli_ipv4(), "`tailscale ip -4`"
+    if ip is None:
+        return CheckResult("FAIL", "tailnet", f"no tailnet IPv4 (tailscaled at {cfg.tailscale_socket} and the "
+                           "tailscale CLI report none)", f"install tailscale and {join}")
+    return CheckResult("PASS", "tailnet", f"{ip} (from {source}); HLS will be served on {ip}:{cfg.stream_port}")
+
+
+# ---- directories ----------------------------------------------------------------------
+
+
+def check_dirs(cfg: PodConfig) -> list[CheckResult]:
+    """Create (mode 0700 when new) and write-test each data directory; report free space."""
+    dirs = [("state_dir", cfg.state_dir)]
+    if cfg.enable_streaming:
+        dirs.append(("hls_dir", cfg.hls_dir))
+    dirs.append(("recordings_dir", cfg.recordings_dir))
+    results = []
+    for key, path in dirs:
+        name = f"dir {key}"
+        fix = f"create {path} writable by the user the pod runs as, or point {key} elsewhere"
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True, mode=0o700)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".platebridge-check-"):
+                pass
+            usage = shutil.disk_usage(path)
+        except OSError as exc:
+            results.append(CheckResult("FAIL", name, f"{path}: {exc.strerror or exc}", fix))
+            continue
+        detail = f"{path} writable, {_size(usage.free)} free of {_size(usage.total)}"
+        if key == "recordings_dir" and usage.free < cfg.recordings_min_free_bytes:
+            results.append(CheckResult("WARN", name, detail + f" (below recordings_min_free_bytes "
+                                       f"{_size(cfg.recordings_min_free_bytes)}: no clips will be kept)",
+                                       "free disk space or move recordings_dir to a bigger disk"))
+        elif usage.free < 256 * 1024**2:
+            results.append(CheckResult("WARN", name, detail + " (less than 256 MiB)", "free disk space"))
+        else:
+            results.append(CheckResult("PASS", name, detail))
+    return results
+
+
+# ---- secret ---------------------------------------------------------------------------
+
+
+def check_secret(cfg: PodConfig) -> list[CheckResult]:
+    """Every stream secret must be ≥ 32 bytes; the secret itself is never printed."""
+    if not cfg.enable_streaming:
+        return [CheckResult("PASS", "secret", "enable_streaming is false: no stream secret needed")]
+    source = "env POD_STREAM_SECRET" if os.environ.get("POD_STREAM_SECRET") else "stream_secret"
+    results = []
+    for kid, secret in sorted(cfg.secrets().items()):
+        n = len(secret.encode())
+        where = source if kid == "default" and not (cfg.stream_secrets or {}).get(kid) else f"stream_secrets.{kid}"
+        if n < MIN_SECRET_BYTES:
+            results.append(CheckResult(
+                "FAIL", "secret", f"{where} (kid {kid!r}) is {n} bytes; at least {MIN_SECRET_BYTES} are required",
+                "generate one with `openssl rand -base64 48` and set the same value on the portal, the gateway and "
+                "every pod (POD_STREAM_SECRET)"))
+        else:
+            results.append(CheckResult("PASS", "secret", f"{where} (kid {kid!r}) is {n} bytes"))
+    return results
+
+
+# ---- driver ---------------------------------------------------------------------------
+
+
+async def run_checks(cfg: PodConfig, *, mqtt_wait: float = 0.0,
+                     emit: Callable[[CheckResult], None] | None = None) -> list[CheckResult]:
+    """Run every check after ``config``, calling ``emit`` as each result is known."""
+    results: list[CheckResult] = []
+
+    def add(items: CheckResult | list[CheckResult]) -> None:
+        for r in items if isinstance(items, list) else [items]:
+            results.append(r)
+            if emit:
+                emit(r)
+
+    add(await check_portal(cfg))
+    add(await check_mqtt(cfg, mqtt_wait))
+    for cam_results in await asyncio.gather(*(check_camera(cfg, i) for i in range(len(cfg.camera_list())))):
+        add(cam_results)
+    add(await check_tailnet(cfg))
+    add(check_dirs(cfg))
+    add(check_secret(cfg))
+    return results
+
+
+def main(config: str, *, mqtt_wait: float = 0.0, out=None) -> int:
+    """``platebridge-pod check``: print one line per check; returns the exit code
+    (0 all passed, 1 a check failed, 2 invalid config)."""
+    out = out or sys.stdout
+
+    def emit(r: CheckResult) -> None:
+        print(r.line(), file=out, flush=True)
+
+    try:
+        cfg, _warnings = load_config(config)
+    except ConfigError as exc:
+        emit(CheckResult("FAIL", "config", str(exc), f"edit {config} (key path above; see the README's config table)"))
+        return 2
+    emit(CheckResult("PASS", "config", f"{config}: pod {cfg.pod_id}, {len(cfg.camera_list())} camera(s), "
+                     f"portal {cfg.portal_url}"))
+    import uvloop
+
+    results = uvloop.run(run_checks(cfg, mqtt_wait=mqtt_wait, emit=emit))
+    failed = sum(r.status == "FAIL" for r in results)
+    warned = sum(r.status == "WARN" for r in results)
+    print(f"{'FAILED' if failed else 'OK'}: {len(results) + 1 - failed - warned} passed, {warned} warning(s), "
+          f"{failed} failed", file=out, flush=True)
+    return 1 if failed else 0

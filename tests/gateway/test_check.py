@@ -1,0 +1,144 @@
+"""``platebridge-gateway check`` against a real pod from the dev Stack (GStreamer
+camera → pod on 127.0.0.2), with static discovery, and against broken setups: a dead
+address, a wrong secret, a map pointing at the pod's loopback listener or at another
+pod, a short secret, a bad config, and LocalAPI discovery (stand-in) with an offline pod."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.check import main
+from gateway.cli import main as cli_main
+from tests.standins.tailscaled import LocalAPIStandIn, status_body
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "deploy" / "dev"))
+from stack import Stack, free_port  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """Camera + pod (pod on 127.0.0.2, as on its tailnet address)."""
+    if not shutil.which("ffmpeg"):
+        pytest.fail("ffmpeg is missing: run ./run setup")
+    s = Stack(workdir=tmp_path_factory.mktemp("gw-check"), pod_overrides={"heartbeat_interval": 300})
+    try:
+        s.start_camera()
+        s.start_pod(timeout=60)
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    monkeypatch.delenv("POD_STREAM_SECRET", raising=False)
+
+
+def write_config(stack: Stack, tmp_path: Path, **over) -> Path:
+    cfg = stack.gateway_config()
+    cfg.update(over)
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_check(path: Path) -> tuple[int, list[str]]:
+    out = io.StringIO()
+    rc = main(str(path), out=out)
+    return rc, out.getvalue().splitlines()
+
+
+def line(lines: list[str], name: str) -> str:
+    hits = [x for x in lines if x.split(" ", 1)[1].startswith(name + ":")]
+    assert hits, f"no {name!r} line in:\n" + "\n".join(lines)
+    return hits[0]
+
+
+def test_reachable_pod_passes(stack, tmp_path):
+    rc, lines = run_check(write_config(stack, tmp_path))
+    text = "\n".join(lines)
+    assert rc == 0, text
+    assert line(lines, "config").startswith("PASS config:") and line(lines, "secret").startswith("PASS secret:")
+    assert line(lines, "discovery") == f"PASS discovery: static: 1 pod: {stack.pod_id} (online) {stack.pod_url}"
+    pod = line(lines, f"pod {stack.pod_id}")
+    assert pod.startswith(f"PASS pod {stack.pod_id}: {stack.pod_url}: GET /health 200 in ")
+    assert " ms: status ok" in pod and f"{stack.camera_id} running" in pod
+    token = line(lines, f"pod {stack.pod_id} token")
+    assert token.startswith(f"PASS pod {stack.pod_id} token: GET /cameras/{stack.camera_id}/index.m3u8 → 200")
+    assert stack.secret not in text
+    assert lines[-1] == "OK: 5 passed, 0 warning(s), 0 failed"
+
+
+def test_cli_check_subcommand(stack, tmp_path, capsys):
+    assert cli_main(["check", "--config", str(write_config(stack, tmp_path))]) == 0
+    assert f"PASS pod {stack.pod_id}:" in capsys.readouterr().out
+
+
+def test_dead_address_fails(stack, tmp_path):
+    dead = f"http://127.0.0.3:{free_port('127.0.0.3')}"
+    rc, lines = run_check(write_config(stack, tmp_path, pods={stack.pod_id: stack.pod_url, "dead-pod": dead}))
+    assert rc == 1
+    assert "dead-pod (online)" in line(lines, "discovery")
+    d = line(lines, "pod dead-pod")
+    assert d.startswith(f"FAIL pod dead-pod: {dead}: cannot connect") and "tag:gateway reach tag:pod" in d
+    assert line(lines, f"pod {stack.pod_id}").startswith("PASS")
+
+
+def test_wrong_secret_fails_token(stack, tmp_path):
+    rc, lines = run_check(write_config(stack, tmp_path, stream_secret="w" * 40))
+    assert rc == 1
+    assert line(lines, f"pod {stack.pod_id}").startswith("PASS")  # reachable
+    t = line(lines, f"pod {stack.pod_id} token")
+    assert t.startswith(f"FAIL pod {stack.pod_id} token:") and "→ 401" in t and "must be the same" in t
+
+
+def test_loopback_listener_serves_no_hls(stack, tmp_path):
+    rc, lines = run_check(write_config(stack, tmp_path, pods={stack.pod_id: f"http://127.0.0.1:{stack.pod_port}"}))
+    assert rc == 1 and "→ 404" in line(lines, f"pod {stack.pod_id} token")
+
+
+def test_map_pointing_at_another_pod_fails(stack, tmp_path):
+    rc, lines = run_check(write_config(stack, tmp_path, pods={"other-pod": stack.pod_url}))
+    assert rc == 1
+    assert f"it is pod '{stack.pod_id}', not 'other-pod'" in line(lines, "pod other-pod")
+
+
+def test_short_secret_fails(stack, tmp_path):
+    rc, lines = run_check(write_config(stack, tmp_path, stream_secret="short-one"))
+    assert rc == 1
+    s = line(lines, "secret")
+    assert s.startswith("FAIL secret: kid 'default' is 9 bytes") and "openssl rand" in s and "short-one" not in s
+
+
+def test_bad_config_stops(tmp_path):
+    p = tmp_path / "gateway.yaml"
+    p.write_text(yaml.safe_dump({"stream_secret": "s" * 40, "pods": {"Bad_Name": "http://127.0.0.2:8000"}}))
+    rc, lines = run_check(p)
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("FAIL config: $.pods.Bad_Name:")
+
+
+async def test_localapi_discovery_lists_online_state(tmp_path):
+    from gateway.check import run_checks
+    from gateway.config import parse_config
+
+    sock = tmp_path / "tailscaled.sock"
+    peers = [{"HostName": "gate-a", "TailscaleIPs": ["100.64.0.7"], "Tags": ["tag:pod"], "Online": False},
+             {"HostName": "laptop", "TailscaleIPs": ["100.64.0.9"], "Tags": [], "Online": True}]
+    cfg = parse_config({"stream_secret": "s" * 40, "discovery": "localapi", "localapi_socket": str(sock)}, env={})
+    async with LocalAPIStandIn(sock, status_body(["100.64.0.1"], peers)):
+        results = await run_checks(cfg)
+    lines = [r.line() for r in results]
+    assert line(lines, "discovery") == "PASS discovery: localapi: 1 pod: gate-a (offline) http://100.64.0.7:8000"
+    assert line(lines, "pod gate-a").startswith("WARN pod gate-a: http://100.64.0.7:8000: offline per discovery")
+    results = await run_checks(cfg)  # the stand-in is gone: tailscaled not running
+    d = [r for r in results if r.name == "discovery"][0]
+    assert d.status == "FAIL" and "tailscaled" in d.line()
