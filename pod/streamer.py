@@ -284,12 +284,13 @@ class CameraStreamer:
                     text = self.playlist_path.read_text(errors="replace")
                 except OSError:
                     text = ""
-                seq = media_sequence(text)
-                self.index.update(parse_media_playlist(text))  # the rolling buffer index clips are cut from
-                if seq is not None and seq != self._last_seq:
-                    if self._last_seq is not None:
-                        SEGMENTS.labels(self.cam.camera_id).inc(max(1, seq - self._last_seq))
-                    self._last_seq = seq
+                segments = parse_media_playlist(text)
+                self.index.update(segments)  # the rolling buffer index clips are cut from
+                newest = segments[-1].sequence if segments else media_sequence(text)
+                if newest is not None and newest != self._last_seq:
+                    # segments completed since the last look (the first one of a run counts too)
+                    SEGMENTS.labels(self.cam.camera_id).inc(1 if self._last_seq is None else max(1, newest - self._last_seq))
+                    self._last_seq = newest
                 self._last_mtime = mtime
                 self._last_advance = now
                 self.state = "running"

@@ -128,3 +128,21 @@ def test_nudge_through_gateway_refreshes_pod_whitelist_at_once(stack):
     assert httpx.post(f"{stack.pod_url}/nudge").status_code == 401
     cam_token = mint_pod_token(Keyring.single(stack.secret), camera_id=stack.camera_id, pod_id="other-pod")
     assert httpx.post(f"{stack.pod_url}/nudge", headers={"Authorization": f"Bearer {cam_token}"}).status_code == 403
+
+
+def test_metrics_cover_the_operational_signals(stack, viewer):
+    httpx.get(viewer(), timeout=10)
+    pod = httpx.get(f"http://127.0.0.1:{stack.pod_port}/metrics", timeout=5).text
+    for name in ("platebridge_pod_segments_total", "platebridge_pod_ffmpeg_restarts_total",
+                 "platebridge_pod_watchdog_trips_total", "platebridge_pod_mqtt_messages_total",
+                 "platebridge_pod_decisions_total", "platebridge_pod_outbox_depth",
+                 "platebridge_pod_outbox_oldest_age_seconds", "platebridge_pod_uploads_confirmed",
+                 "platebridge_pod_hls_requests_total"):
+        assert name in pod, name
+    assert re.search(r'platebridge_pod_segments_total\{camera_id="gate-camera-1"\} [1-9]', pod)
+    gw = httpx.get(f"{stack.gateway_url}/metrics", timeout=5).text
+    for name in ("platebridge_gateway_requests_total", "platebridge_gateway_cache_total",
+                 "platebridge_gateway_upstream_fetches_total", "platebridge_gateway_bytes_out_total",
+                 "platebridge_gateway_active_viewers"):
+        assert name in gw, name
+    assert stack.secret not in gw + pod
