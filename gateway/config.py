@@ -9,7 +9,6 @@ the portal and the pods. Errors name the key path and the reason.
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +20,7 @@ import msgspec
 from gateway.errors import ConfigError
 from protocol.ids import is_dns_label
 from protocol.tokens import Keyring
-from protocol.yamlconf import load_yaml
+from protocol.yamlconf import ConfigValueError, convert_config, load_yaml
 
 DiscoveryMode = Literal["static", "localapi", "tailscale_api"]
 ENV_PREFIX = "PLATEBRIDGE_GATEWAY_"
@@ -114,17 +113,9 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
     if env.get("POD_STREAM_SECRET"):
         data["stream_secret"] = env["POD_STREAM_SECRET"]
     try:
-        cfg = msgspec.convert(data, GatewayConfig, strict=False)
-    except msgspec.ValidationError as exc:
-        msg = str(exc)
-        if " - at `" in msg:
-            reason, _, path = msg.rpartition(" - at `")
-            raise _fail(path.rstrip("`"), reason) from None
-        raise _fail("$", msg) from None
-
-    for name, value in msgspec.structs.asdict(cfg).items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise _fail(f"$.{name}", "must be a finite number")
+        cfg = convert_config(data, GatewayConfig)
+    except ConfigValueError as exc:
+        raise _fail(exc.path, exc.reason) from None
     if not cfg.stream_secret and not cfg.stream_secrets:
         raise _fail("$.stream_secret", "required (or set env POD_STREAM_SECRET)")
     try:

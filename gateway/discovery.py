@@ -19,7 +19,6 @@ of each backend's answer is a pure function, tested without sockets.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -29,10 +28,9 @@ import httpx
 import msgspec
 
 from gateway.errors import DiscoveryError, PodOffline, PodUnknown
-from protocol.ids import is_dns_label
+from protocol.ids import is_dns_label, pick_tailnet_ipv4
 
 log = logging.getLogger("platebridge.gateway.discovery")
-TAILNET_V4 = ipaddress.ip_network("100.64.0.0/10")
 
 
 class PodInfo(msgspec.Struct, frozen=True):
@@ -41,17 +39,6 @@ class PodInfo(msgspec.Struct, frozen=True):
     pod_id: str
     base_url: str
     online: bool = True
-
-
-def _tailnet_v4(addresses: Iterable[str]) -> str | None:
-    for a in addresses or ():
-        try:
-            ip = ipaddress.ip_address(str(a).split("/")[0])
-        except ValueError:
-            continue
-        if ip.version == 4 and ip in TAILNET_V4:
-            return str(ip)
-    return None
 
 
 def pods_from_localapi_status(status: Mapping[str, Any], tag: str, port: int) -> dict[str, PodInfo]:
@@ -70,7 +57,7 @@ def pods_from_localapi_status(status: Mapping[str, Any], tag: str, port: int) ->
         if not is_dns_label(name):
             dns = str(peer.get("DNSName") or "")
             name = dns.split(".", 1)[0].lower()
-        ip = _tailnet_v4(peer.get("TailscaleIPs") or [])
+        ip = pick_tailnet_ipv4(peer.get("TailscaleIPs") or [])
         if not is_dns_label(name) or ip is None:
             continue
         out[name] = PodInfo(pod_id=name, base_url=f"http://{ip}:{port}", online=bool(peer.get("Online")))
@@ -87,7 +74,7 @@ def pods_from_devices(devices: Iterable[Any], tag: str, port: int) -> dict[str, 
         name = str(getattr(d, "hostname", "") or "").lower()
         if not is_dns_label(name):
             name = str(getattr(d, "name", "") or "").split(".", 1)[0].lower()
-        ip = _tailnet_v4(getattr(d, "addresses", None) or [])
+        ip = pick_tailnet_ipv4(getattr(d, "addresses", None) or [])
         if not is_dns_label(name) or ip is None:
             continue
         out[name] = PodInfo(pod_id=name, base_url=f"http://{ip}:{port}", online=bool(getattr(d, "connected_to_control", False)))

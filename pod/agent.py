@@ -32,7 +32,15 @@ from pod.config import PodConfig, check_bind_address
 from pod.decisions import DecisionEngine
 from pod.errors import PodError, PortalError
 from pod.hls_server import VERSION, create_hls_app
-from pod.metrics import CLIPS_EVICTED, HEARTBEATS, OUTBOX_AGE, OUTBOX_DEPTH, UPLOADS_CONFIRMED, UPLOADS_PENDING
+from pod.metrics import (
+    CLIPS_EVICTED,
+    HEARTBEATS,
+    OUTBOX_AGE,
+    OUTBOX_DEPTH,
+    PASSAGES_ACTIVE,
+    UPLOADS_CONFIRMED,
+    UPLOADS_PENDING,
+)
 from pod.mqtt import FrigateListener
 from pod.outbox import Item, Outbox, OutboxSender
 from pod.portal import PortalClient
@@ -268,6 +276,7 @@ class PodAgent:
                 self.cfg, self.store, self.outbox, on_enqueued=self.sender.wake,
                 on_decision=self.recorder.request if self.cfg.record_on_detection else None,
             )
+            PASSAGES_ACTIVE.set_function(self.engine.tracker.active)
             self.store.load_from_cache()
             app = create_hls_app(
                 pod_id=self.cfg.pod_id, keyring=self.keyring or Keyring.single("streaming-disabled-" + "x" * 32),

@@ -21,13 +21,9 @@ from typing import Any, Literal
 import msgspec
 
 from pod.errors import BindRefused, ConfigError
-from protocol.ids import is_camera_id, is_dns_label
-from protocol.yamlconf import load_yaml
+from protocol.ids import TAILNET_V4, TAILNET_V6, is_camera_id, is_dns_label
+from protocol.yamlconf import ConfigValueError, convert_config, load_yaml
 
-# RFC 6598 shared address space, which Tailscale uses for tailnet IPv4 addresses,
-# and Tailscale's ULA prefix for tailnet IPv6 addresses.
-TAILNET_V4 = ipaddress.ip_network("100.64.0.0/10")
-TAILNET_V6 = ipaddress.ip_network("fd7a:115c:a1e0::/48")
 LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
 
 SegmentType = Literal["fmp4", "mpegts"]
@@ -190,17 +186,9 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
         raise _fail(f"$.{key}", f"unknown key{hint}")
     warnings: list[str] = []
     try:
-        cfg = msgspec.convert(data, PodConfig, strict=False)
-    except msgspec.ValidationError as exc:
-        msg = str(exc)
-        if " - at `" in msg:
-            reason, _, path = msg.rpartition(" - at `")
-            raise _fail(path.rstrip("`"), reason) from None
-        raise _fail("$", msg) from None
-
-    for name, value in msgspec.structs.asdict(cfg).items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise _fail(f"$.{name}", "must be a finite number")
+        cfg = convert_config(data, PodConfig)
+    except ConfigValueError as exc:
+        raise _fail(exc.path, exc.reason) from None
     if cfg.rtsp_timeout_seconds <= 0:
         raise _fail("$.rtsp_timeout_seconds", "must be > 0 seconds")
     if cfg.tailnet_wait_seconds < 0:

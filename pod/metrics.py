@@ -21,3 +21,4 @@ OUTBOX_AGE = Gauge("platebridge_pod_outbox_oldest_age_seconds", "Age of the olde
 UPLOADS_CONFIRMED = Gauge("platebridge_pod_uploads_confirmed", "Clips uploaded and confirmed (kept rows)", registry=REGISTRY)
 UPLOADS_PENDING = Gauge("platebridge_pod_uploads_pending", "Clips waiting for upload or confirm", registry=REGISTRY)
 CLIPS_EVICTED = Gauge("platebridge_pod_clips_evicted", "Clips evicted by the recordings quota", registry=REGISTRY)
+PASSAGES_ACTIVE = Gauge("platebridge_pod_passages_active", "Vehicle passages waiting for a decision", registry=REGISTRY)

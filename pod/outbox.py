@@ -30,6 +30,7 @@ from pathlib import Path
 import msgspec
 
 from pod.backoff import Backoff
+from pod.db import open_sqlite
 from pod.errors import PortalRejected, PortalUnavailable
 from protocol.redact import redact
 
@@ -98,21 +99,7 @@ class Outbox:
         self.max_items = max_items
         self.evicted = 0
         """Pending rows dropped because the queue was full (since this object was created)."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
-        os.chmod(self.path, 0o600)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            self._db.execute("PRAGMA busy_timeout=5000")
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise sqlite3.OperationalError(f"could not switch {self.path} to WAL (got {mode!r})")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except BaseException:
-            self._db.close()
-            raise
+        self._db = open_sqlite(self.path, _SCHEMA)
 
     # --- writes ---
 

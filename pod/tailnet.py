@@ -8,7 +8,6 @@ waits, with backoff, until one of them reports an IPv4 in 100.64.0.0/10.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import shutil
 import time
@@ -16,22 +15,10 @@ import time
 import httpx
 
 from pod.backoff import Backoff
-from pod.config import TAILNET_V4
 from pod.errors import TailnetUnavailable
+from protocol.ids import pick_tailnet_ipv4
 
 log = logging.getLogger("platebridge.pod.tailnet")
-
-
-def pick_tailnet_ipv4(addresses: list[str]) -> str | None:
-    """First address in 100.64.0.0/10 from a list of IP strings (others ignored)."""
-    for a in addresses or []:
-        try:
-            ip = ipaddress.ip_address(str(a).split("/")[0])
-        except ValueError:
-            continue
-        if ip.version == 4 and ip in TAILNET_V4:
-            return str(ip)
-    return None
 
 
 async def localapi_ipv4(socket_path: str, timeout: float = 3.0) -> str | None:

@@ -65,6 +65,7 @@ import msgspec
 from msgspec.structs import replace
 
 from pod.backoff import Backoff
+from pod.db import open_sqlite
 from pod.errors import PortalRejected, PortalUnavailable
 from pod.portal import PortalClient
 from protocol.messages import RecordingConfirm, UploadUrlRequest
@@ -218,20 +219,7 @@ class UploadQueue:
     def __init__(self, db_path: str | os.PathLike[str]) -> None:
         self.path = Path(db_path)
         self.evicted = 0
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        os.chmod(self.path, 0o600)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            self._db.execute("PRAGMA busy_timeout=5000")
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise sqlite3.OperationalError(f"could not switch {self.path} to WAL (got {mode!r})")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except BaseException:
-            self._db.close()
-            raise
+        self._db = open_sqlite(self.path, _SCHEMA)
 
     # --- enqueue ---
 

@@ -1,4 +1,4 @@
-"""Strict YAML for config files (pure: text in, data out).
+"""Strict YAML and typed conversion for config files (pure: text in, data out).
 
 Like ``yaml.safe_load`` but refuses what would otherwise be silently wrong or
 crash later: duplicate keys (the last one would win), non-UTF-8 bytes, and
@@ -7,9 +7,13 @@ pathologically deep nesting. Errors are ``ValueError`` with line/column.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, TypeVar
 
+import msgspec
 import yaml
+
+T = TypeVar("T")
 
 MAX_DEPTH = 50
 
@@ -56,3 +60,29 @@ def load_yaml(data: bytes | str) -> Any:
     if _depth(value) > MAX_DEPTH:
         raise ValueError(f"nesting deeper than {MAX_DEPTH} levels")
     return value
+
+
+class ConfigValueError(ValueError):
+    """A value does not fit the config type: ``path`` (``$.cameras[0].rtsp_url``) and ``reason``."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def convert_config(data: Any, typ: type[T]) -> T:
+    """``msgspec.convert`` a decoded config mapping into the struct ``typ``, then refuse
+    NaN and infinities in any float field (msgspec accepts them; a NaN timeout would
+    silently disable a check). Raises :class:`ConfigValueError` naming the key path."""
+    try:
+        cfg = msgspec.convert(data, typ, strict=False)
+    except msgspec.ValidationError as exc:
+        msg = str(exc)
+        if " - at `" in msg:
+            reason, _, path = msg.rpartition(" - at `")
+            raise ConfigValueError(path.rstrip("`"), reason) from None
+        raise ConfigValueError("$", msg) from None
+    for name, value in msgspec.structs.asdict(cfg).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigValueError(f"$.{name}", "must be a finite number")
+    return cfg
