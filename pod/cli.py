@@ -13,7 +13,6 @@ failed, 2 bad config (see :mod:`pod.check`).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 

@@ -76,7 +76,7 @@ def main() -> int:
         print(f"WATCH URL: {token['watch_url']}", flush=True)
 
         publisher = Publisher("127.0.0.1", stack.mqtt_port)
-        print(f"demo: simulated Frigate: a car with whitelisted plate 'DEMO 123', then an unknown 'XYZ 999'",
+        print("demo: simulated Frigate: a car with whitelisted plate 'DEMO 123', then an unknown 'XYZ 999'",
               flush=True)
         publisher.passage("DEMO 123")
         publisher.passage("XYZ 999")
