@@ -23,7 +23,9 @@ same segment on each server. A playlist row compares the gateway's per-viewer re
 (fresh grants in every response, upstream fetch shared for half a target duration) with
 nginx proxying the playlist uncached. Then the gateway is sampled with py-spy during a
 short wrk run. The table goes to stdout and, with the profile summary and machine info,
-to ``docs/benchmarks.md``. All child processes are stopped on exit, also on failure.
+to ``docs/benchmarks.md`` — only its own "## Gateway vs nginx" section is replaced; other
+sections of that file (e.g. bench/decisions.py's) are kept. All child processes are stopped
+on exit, also on failure.
 """
 
 from __future__ import annotations
@@ -493,7 +495,54 @@ def write_docs(rows: list[dict], info: dict, args, profiles: list[tuple[str, dic
         lines += [f"| {100 * n / total:.1f} | `{_short(f)}` |" for f, n in prof["incl"]]
         lines.append("")
     DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text("\n".join(lines).rstrip() + "\n")
+    old = DOCS.read_text() if DOCS.exists() else ""
+    DOCS.write_text(merge_docs(old, "\n".join(lines)))
+
+
+OWN_HEADING = "## Gateway vs nginx"
+
+
+def _sections(lines: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Split markdown ``lines`` into the preamble (title, intro) and one chunk per ``## `` section
+    (each from its heading to the next ``## `` heading; headings inside code fences do not count)."""
+    heads, fence = [], False
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith("```"):
+            fence = not fence
+        elif not fence and line.startswith("## "):
+            heads.append(i)
+    first = heads[0] if heads else len(lines)
+    bounds = heads + [len(lines)]
+    return lines[:first], [lines[bounds[j]:bounds[j + 1]] for j in range(len(heads))]
+
+
+def merge_docs(old: str, new: str) -> str:
+    """``new`` (the title plus this benchmark's ``## Gateway vs nginx`` section) merged into the
+    existing ``old`` file: only our section (from its heading up to the next ``## `` heading that is
+    not ours) is replaced, in place; the title/intro and every other section (e.g. bench/decisions.py's)
+    are kept as they are. Without a section of ours yet, it goes before the first other section."""
+    new_title, new_chunks = _sections(new.rstrip("\n").splitlines())
+    mine = [line for chunk in new_chunks for line in chunk]
+    if not old.strip():
+        return "\n".join(new_title + mine).rstrip() + "\n"
+    preamble, chunks = _sections(old.rstrip("\n").splitlines())
+    out, placed = [], False
+    for chunk in chunks:
+        if chunk[0].startswith(OWN_HEADING):
+            if not placed:
+                out.append(mine)
+                placed = True
+            continue  # a stale second copy of ours is dropped
+        out.append(chunk)
+    if not placed:
+        out.insert(0, mine)
+    if not any(line.startswith("# ") for line in preamble):
+        preamble = new_title + preamble
+
+    def trim(block: list[str]) -> str:
+        return "\n".join(block).strip("\n")
+
+    return "\n\n".join(t for t in (trim(preamble), *(trim(c) for c in out)) if t) + "\n"
 
 
 # ---------------------------------------------------------------------------- main
@@ -563,7 +612,10 @@ def main() -> int:
         ng = Nginx(procs, tmp, free_port(HOST), pod_port, secret, args.nginx_workers)
         ng.start()
 
-        # 4. warm + check
+        # 4. warm + check. The gateway only fetches URIs it has handed out in a playlist,
+        # so load the playlist first, as a player would.
+        if http_get(gw_url(PLAYLIST)).status_code != 200:
+            raise RuntimeError("gateway playlist not served")
         for label, (name, size) in SEGMENTS.items():
             for _ in range(3):
                 r1, r2 = http_get(gw_url(name)), http_get(ng.url(name))

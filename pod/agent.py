@@ -185,6 +185,8 @@ class PodAgent:
                     log.warning("heartbeat for %s failed: %s", cam.camera_id, exc)
                     break
                 HEARTBEATS.labels("ok").inc()
+                if self.sender is not None and self.outbox is not None and self.outbox.depth():
+                    self.sender.retry_now()  # the portal answers again: drain the backlog now
                 if resp.config_version and resp.config_version != self.store.version:
                     log.info("portal has whitelist %s (we have %r): refreshing", resp.config_version, self.store.version)
                     self.request_whitelist_refresh()
@@ -258,7 +260,9 @@ class PodAgent:
         try:
             self._check_dirs()
             self.outbox = Outbox(self.cfg.outbox_path, self.cfg.outbox_max_items)
-            self.sender = OutboxSender(self.outbox, self._send_detect, Backoff(1.0, 60.0))
+            # capped at 10 s: after an outage the backlog starts draining within 10 s even before
+            # the next heartbeat proves the portal is back (which drains it at once: retry_now)
+            self.sender = OutboxSender(self.outbox, self._send_detect, Backoff(1.0, 10.0))
             self.uploads = UploadQueue(self.cfg.outbox_path)
             quota = Quota(self.cfg.recordings_max_bytes, self.cfg.recordings_min_free_bytes,
                           disk_free_for(self.cfg.recordings_dir))

@@ -188,6 +188,13 @@ class Outbox:
             return None
         return _item(row)
 
+    def make_due(self, now: float) -> int:
+        """Set ``next_attempt`` of every pending row waiting past ``now`` to ``now``; returns the count."""
+        with self._tx():
+            cur = self._db.execute("UPDATE outbox SET next_attempt = ? WHERE state = 'pending' AND next_attempt > ?",
+                                   (now, now))
+        return cur.rowcount
+
     def next_due(self) -> float | None:
         """``next_attempt`` (Unix s) of the oldest pending row, or None when nothing is pending."""
         row = self._db.execute("SELECT next_attempt FROM outbox WHERE state = 'pending' ORDER BY id LIMIT 1").fetchone()
@@ -268,6 +275,16 @@ class OutboxSender:
         """Look at the queue now (call after :meth:`Outbox.put`, from the event-loop thread).
         A row waiting for its retry delay stays waiting."""
         self._wake.set()
+
+    def retry_now(self) -> int:
+        """The portal is known to be reachable again (e.g. a heartbeat just succeeded):
+        make waiting rows due now, restart the backoff schedule and wake the sender,
+        so a backlog drains at once instead of after the last retry delay.
+        Returns how many rows were waiting."""
+        n = self.outbox.make_due(self.clock())
+        self.backoff.reset()
+        self._wake.set()
+        return n
 
     async def run(self, stop_event: asyncio.Event) -> None:
         """Deliver until ``stop_event`` is set. Returns after the send in flight (if any) ends."""

@@ -170,7 +170,7 @@ class Stack:
         """Start Debian's mosquitto on 127.0.0.1:<mqtt_port> (anonymous, no persistence)."""
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(f"listener {self.mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                        "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n")
+                        "set_tcp_nodelay true\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n")
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         proc = _spawn("mosquitto", [exe, "-c", str(conf)], self.workdir)
         self.procs["mosquitto"] = proc
@@ -248,6 +248,7 @@ class Stack:
             "mqtt_host": "127.0.0.1",
             "mqtt_port": self.mqtt_port,
             "heartbeat_interval": 5,
+            "record_on_detection": self.streaming,  # without streaming it would capture from RTSP
         }
         cfg.update(self.pod_overrides)
         return cfg

@@ -305,3 +305,46 @@ async def test_stop_returns_promptly_while_idle(box):
     await asyncio.sleep(0.02)
     stop.set()
     await asyncio.wait_for(task, 1.0)
+
+
+async def test_retry_now_drains_a_backlog_without_waiting_for_the_backoff(tmp_path):
+    """A heartbeat that succeeds after an outage must not leave the backlog waiting for
+    the last retry delay (found by bench/decisions.py)."""
+    import asyncio
+
+    from pod.backoff import Backoff
+    from pod.errors import PortalUnavailable
+    from pod.outbox import Outbox, OutboxSender
+
+    box = Outbox(tmp_path / "o.sqlite3")
+    for i in range(3):
+        box.put("detect", f"k{i}", b"{}", 0.0)
+    up = False
+    sent = []
+
+    async def send(item):
+        if not up:
+            raise PortalUnavailable("down")
+        sent.append(item.key)
+
+    sender = OutboxSender(box, send, Backoff(30.0, 60.0, jitter=0.0))
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        for _ in range(100):
+            if sender.retried:
+                break
+            await asyncio.sleep(0.01)
+        assert sender.retried >= 1 and sent == []  # now waiting ~30 s for the next try
+        up = True
+        assert sender.retry_now() >= 1
+        for _ in range(200):
+            if len(sent) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert sent == ["k0", "k1", "k2"] and box.depth() == 0
+    finally:
+        stop.set()
+        sender.wake()
+        await asyncio.wait_for(task, 5)
+        box.close()
