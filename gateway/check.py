@@ -28,8 +28,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 import httpx
 
@@ -37,30 +35,10 @@ from gateway.config import GatewayConfig, load_config
 from gateway.discovery import Discovery, PodInfo, make_discovery
 from gateway.errors import ConfigError, DiscoveryError
 from gateway.upstream import Upstream
+from protocol.checks import CheckResult, ms, summary
 from protocol.tokens import mint_pod_token
 
-Status = Literal["PASS", "WARN", "FAIL"]
 MIN_SECRET_BYTES = 32
-
-
-@dataclass
-class CheckResult:
-    """One check's outcome; :meth:`line` is what the operator sees."""
-
-    status: Status
-    name: str
-    detail: str
-    fix: str | None = None
-
-    def line(self) -> str:
-        text = f"{self.status} {self.name}: {self.detail}"
-        if self.fix and self.status != "PASS":
-            text += f" — fix: {self.fix}"
-        return text
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.0f} ms"
 
 
 def check_secret(cfg: GatewayConfig) -> list[CheckResult]:
@@ -121,12 +99,12 @@ async def check_pod(upstream: Upstream, pod: PodInfo) -> list[CheckResult]:
     try:
         r = await upstream.client.get(pod.base_url.rstrip("/") + "/health", headers={"accept": "application/json"})
     except httpx.TimeoutException:
-        return [CheckResult("FAIL", name, f"{pod.base_url}: timed out after {_ms(time.monotonic() - started)}",
+        return [CheckResult("FAIL", name, f"{pod.base_url}: timed out after {ms(time.monotonic() - started)}",
                             _UNREACHABLE_FIX.format(port=port))]
     except httpx.HTTPError as exc:
         return [CheckResult("FAIL", name, f"{pod.base_url}: cannot connect ({type(exc).__name__}: {exc})",
                             _UNREACHABLE_FIX.format(port=port))]
-    latency = _ms(time.monotonic() - started)
+    latency = ms(time.monotonic() - started)
     try:
         body = r.json() if r.status_code == 200 else None
     except ValueError:
@@ -217,8 +195,6 @@ def main(config: str | None, out=None) -> int:
     import uvloop
 
     results = uvloop.run(run_checks(cfg, emit=emit))
-    failed = sum(r.status == "FAIL" for r in results)
-    warned = sum(r.status == "WARN" for r in results)
-    print(f"{'FAILED' if failed else 'OK'}: {len(results) + 1 - failed - warned} passed, {warned} warning(s), "
-          f"{failed} failed", file=out, flush=True)
-    return 1 if failed else 0
+    line, code = summary(results, extra_passed=1)
+    print(line, file=out, flush=True)
+    return code

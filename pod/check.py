@@ -41,42 +41,19 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
 
 from pod.config import LOOPBACK_V4, PodConfig, load_config
 from pod.errors import ConfigError, PortalRejected, PortalUnavailable
+from protocol.checks import CheckResult, ms, summary
 from protocol.redact import redact
 
-Status = Literal["PASS", "WARN", "FAIL"]
 MIN_SECRET_BYTES = 32
 PORTAL_CHECK_TIMEOUT = 10.0
 MQTT_CONNECT_TIMEOUT = 5.0
 HEVC_ADVICE = ("most browsers cannot play HEVC through hls.js; set transcode: h264 for this camera "
                "(CPU-heavy on a Pi)")
-
-
-@dataclass
-class CheckResult:
-    """One check's outcome; :meth:`line` is what the operator sees."""
-
-    status: Status
-    name: str
-    detail: str
-    fix: str | None = None
-
-    def line(self) -> str:
-        """``PASS name: detail`` / ``FAIL name: detail — fix: how``."""
-        text = f"{self.status} {self.name}: {self.detail}"
-        if self.fix and self.status != "PASS":
-            text += f" — fix: {self.fix}"
-        return text
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.0f} ms"
 
 
 def _size(n: float) -> str:
@@ -109,7 +86,7 @@ async def check_portal(cfg: PodConfig) -> CheckResult:
         return CheckResult("FAIL", "portal", f"{cfg.portal_url} not reachable: {exc}",
                            "check portal_url, DNS and this pod's internet access (is the portal up?)")
     return CheckResult("PASS", "portal", f"{cfg.portal_url} accepted the key: GET /api/plates → {len(plates.entries)} "
-                       f"plate{'' if len(plates.entries) == 1 else 's'} (config_version {plates.config_version}) in {_ms(time.monotonic() - started)}")
+                       f"plate{'' if len(plates.entries) == 1 else 's'} (config_version {plates.config_version}) in {ms(time.monotonic() - started)}")
 
 
 # ---- MQTT -----------------------------------------------------------------------------
@@ -132,7 +109,7 @@ async def check_mqtt(cfg: PodConfig, wait: float = 0.0) -> list[CheckResult]:
                                   password=cfg.mqtt_password, identifier=client_id, clean_session=True,
                                   timeout=MQTT_CONNECT_TIMEOUT) as client:
             results.append(CheckResult("PASS", "mqtt", f"connected to {where} as {client_id} in "
-                                       f"{_ms(time.monotonic() - started)}"))
+                                       f"{ms(time.monotonic() - started)}"))
             if wait > 0:
                 results.append(await _watch_topics(client, prefix, wait))
     except aiomqtt.MqttCodeError as exc:
@@ -420,8 +397,6 @@ def main(config: str, *, mqtt_wait: float = 0.0, out=None) -> int:
     import uvloop
 
     results = uvloop.run(run_checks(cfg, mqtt_wait=mqtt_wait, emit=emit))
-    failed = sum(r.status == "FAIL" for r in results)
-    warned = sum(r.status == "WARN" for r in results)
-    print(f"{'FAILED' if failed else 'OK'}: {len(results) + 1 - failed - warned} passed, {warned} warning(s), "
-          f"{failed} failed", file=out, flush=True)
-    return 1 if failed else 0
+    line, code = summary(results, extra_passed=1)
+    print(line, file=out, flush=True)
+    return code
