@@ -425,7 +425,7 @@ ANALYSIS = """### Reading the numbers
 
 * Run-to-run spread on this 2-CPU machine is large (wrk, nginx or the gateway, and the pod share
   two cores): across three runs on 2026-11-30 the 125 KB cache-hit ratio ranged 0.37–0.59× and the
-  1 MB ratio 0.74–0.95×. The goal (≥ 0.6×) is met for 1 MB segments and missed, narrowly, for
+  1 MB ratio 0.74–0.99×. The goal (≥ 0.6×) is met for 1 MB segments and missed, narrowly, for
   125 KB segments; p99 at 100 connections is 2–10× nginx's (goal ≤ 1.5×, issue 6).
 * What was changed to get here (first run: 0.24× / 0.46–0.54×): `/streams` bypasses Litestar's
   router and scope copy (`gateway.app.GatewayASGI`), a finished segment is sent as one body
