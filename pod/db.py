@@ -6,8 +6,10 @@ in WAL mode with ``synchronous=FULL`` so a committed row survives a power cut.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -34,3 +36,15 @@ def open_sqlite(path: str | os.PathLike[str], schema: str) -> sqlite3.Connection
         db.close()
         raise
     return db
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception) on an autocommit connection."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

@@ -30,7 +30,7 @@ from pathlib import Path
 import msgspec
 
 from pod.backoff import Backoff
-from pod.db import open_sqlite
+from pod.db import open_sqlite, transaction
 from pod.errors import PortalRejected, PortalUnavailable
 from protocol.redact import redact
 
@@ -228,15 +228,8 @@ class Outbox:
         with contextlib.suppress(sqlite3.ProgrammingError):
             self._db.close()
 
-    @contextlib.contextmanager
     def _tx(self):
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        return transaction(self._db)
 
 
 class OutboxSender:

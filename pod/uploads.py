@@ -65,7 +65,7 @@ import msgspec
 from msgspec.structs import replace
 
 from pod.backoff import Backoff
-from pod.db import open_sqlite
+from pod.db import open_sqlite, transaction
 from pod.errors import PortalRejected, PortalUnavailable
 from pod.portal import PortalClient
 from protocol.messages import RecordingConfirm, UploadUrlRequest
@@ -467,15 +467,8 @@ class UploadQueue:
                 (*args, event_id, *states))
         return cur.rowcount == 1
 
-    @contextlib.contextmanager
     def _tx(self):
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        return transaction(self._db)
 
 
 class Uploader:
