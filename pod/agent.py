@@ -55,6 +55,7 @@ from protocol.messages import DetectRequest, HeartbeatRequest, Nudge
 from protocol.tokens import Keyring
 
 log = logging.getLogger("platebridge.pod")
+NUDGE_COALESCE_SECONDS = 1.0  # refresh requests arriving within this window share one portal fetch
 
 
 class PodAgent:
@@ -144,7 +145,12 @@ class PodAgent:
 
     async def _whitelist_loop(self) -> None:
         fetch = lambda: self.portal.get_plates(self.cfg.site_id, self.cfg.company_id)  # noqa: E731
+        first = True
         while not self._stop.is_set():
+            if not first:  # coalesce bursts of nudges/heartbeat hints into one fetch
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=NUDGE_COALESCE_SECONDS)
+            first = False
             self._refresh_now.clear()
             await self.store.refresh(fetch)
             waiter = asyncio.create_task(self._refresh_now.wait())

@@ -95,7 +95,7 @@ class PodConfig(msgspec.Struct, kw_only=True):
     hls_dir: str = "/var/lib/platebridge/hls"
     hls_segment_seconds: float = 2.0
     hls_list_size: int = 6
-    hls_keep_extra_segments: int = 30  # kept on disk past the playlist window (pre-roll)
+    hls_keep_extra_segments: int | None = None  # kept past the playlist window; default: enough for a clip
     hls_segment_type: SegmentType = "fmp4"
     hls_max_bytes: int = 512 * 1024 * 1024  # bound of each camera's HLS buffer on disk
     ffmpeg_path: str = "ffmpeg"
@@ -205,8 +205,16 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
         raise _fail("$.hls_segment_seconds", "must be between 0.5 and 10 seconds")
     if not 2 <= cfg.hls_list_size <= 60:
         raise _fail("$.hls_list_size", "must be between 2 and 60")
-    if not 0 <= cfg.hls_keep_extra_segments <= 10_000:
+    # clips are cut when the post-roll exists, from pre_roll + recording_duration seconds ago
+    needed = math.ceil((cfg.pre_roll + cfg.recording_duration) / cfg.hls_segment_seconds) + 4
+    if cfg.hls_keep_extra_segments is None:
+        cfg.hls_keep_extra_segments = max(30, needed)
+    elif not 0 <= cfg.hls_keep_extra_segments <= 10_000:
         raise _fail("$.hls_keep_extra_segments", "must be between 0 and 10000")
+    elif cfg.enable_streaming and cfg.record_on_detection and cfg.hls_keep_extra_segments < needed:
+        raise _fail("$.hls_keep_extra_segments", f"must be >= {needed} to hold pre_roll + recording_duration "
+                    f"({cfg.pre_roll:g} + {cfg.recording_duration:g} s) of {cfg.hls_segment_seconds:g} s segments "
+                    "for clips (or leave it out)")
     if not 0.0 <= cfg.min_confidence <= 1.0:
         raise _fail("$.min_confidence", "must be between 0.0 and 1.0")
     if cfg.recording_duration <= 0:

@@ -35,6 +35,8 @@ payload itself.
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
 from typing import Any, Literal
 
 import msgspec
@@ -175,6 +177,8 @@ def _parse_event(doc: dict[str, Any], plate_source: str) -> Result:
     oid = _nonblank(after.get("id"))
     if oid is None:
         return None, "event without 'after.id'"
+    if not is_event_id(oid):
+        return None, "event id is not a safe tracked-object id (A-Za-z0-9._:- only, at most 128 chars)"
     camera = _nonblank(after.get("camera"))
     if camera is None:
         return None, "event without 'after.camera'"
@@ -211,6 +215,8 @@ def _parse_lpr(doc: dict[str, Any]) -> Result:
     oid = _nonblank(doc.get("id"))
     if oid is None:
         return None, "lpr update without 'id'"
+    if not is_event_id(oid):
+        return None, "lpr update id is not a safe tracked-object id (A-Za-z0-9._:- only, at most 128 chars)"
     camera = _nonblank(doc.get("camera"))
     if camera is None:
         return None, "lpr update without 'camera'"
@@ -268,6 +274,18 @@ def _sub_label_read(value: Any) -> PlateRead | None:
     return PlateRead(plate_raw=plate, score=score, source="sub_label")
 
 
+_EVENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def is_event_id(value: str) -> bool:
+    """A tracked-object id we can use as idempotency key, HTTP header value and file-name
+    part: ``A-Za-z0-9._:-``, 1-128 characters, starting with a letter or digit, no ``..``.
+    Frigate's ids (``<frame_time>-<6 random [a-z0-9]>``, e.g. ``1767225600.100001-abc123``)
+    always qualify; anything else is refused at parse time, so one odd id can never
+    block the outbox or collide with another clip's name."""
+    return bool(_EVENT_ID.match(value)) and ".." not in value
+
+
 def _nonblank(value: Any) -> str | None:
     if isinstance(value, str) and value.strip():
         return value
@@ -278,6 +296,8 @@ def _plate(value: Any) -> str | None:
     plate = _nonblank(value)
     if plate is None or len(plate) > MAX_PLATE_CHARS:
         return None
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in plate):
+        return None  # control/format characters: not a plate read (and never into the portal's records)
     return plate
 
 

@@ -273,6 +273,10 @@ class PortalClient:
             raise PortalUnavailable(f"{what}: timed out after {self.timeout:g} s") from None
         except _FileChanged as exc:
             raise PortalUnavailable(f"{what}: {exc}") from None
+        except (httpx.LocalProtocolError, UnicodeEncodeError) as exc:
+            # the request itself cannot be built (e.g. an illegal header value): retrying the
+            # same bytes can never succeed, so it is permanent, not an outage
+            raise PortalRejected(0, f"{what}: request refused locally: {type(exc).__name__}") from None
         except httpx.TransportError as exc:
             raise PortalUnavailable(f"{what}: {type(exc).__name__}: {self._scrub(str(exc))}") from None
         except httpx.HTTPError as exc:

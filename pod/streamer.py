@@ -72,8 +72,9 @@ def ffmpeg_args(cfg: PodConfig, cam: CameraConfig, out_dir: Path, run: int = 0) 
         "-f", "hls",
         "-hls_time", f"{cfg.hls_segment_seconds:g}",
         "-hls_list_size", str(cfg.hls_list_size),
-        "-hls_delete_threshold", str(max(1, cfg.hls_keep_extra_segments)),
-        "-hls_flags", "delete_segments+independent_segments+program_date_time+temp_file",
+        # no delete_segments: ffmpeg 5.1 kept far fewer than hls_delete_threshold segments;
+        # the streamer's own prune() bounds the buffer by age and bytes instead
+        "-hls_flags", "independent_segments+program_date_time+temp_file",
         "-hls_start_number_source", "epoch",
         "-hls_segment_type", "fmp4" if cfg.hls_segment_type == "fmp4" else "mpegts",
     ]
@@ -301,7 +302,7 @@ class CameraStreamer:
                 self.watchdog_trips += 1
                 WATCHDOG_TRIPS.labels(self.cam.camera_id).inc()
                 return f"stalled: playlist not advanced for {now - self._last_advance:.1f}s (watchdog)"
-            if now - last_prune > 10:
+            if now - last_prune > max(2.0, target):
                 last_prune = now
                 self.prune()
         return ""

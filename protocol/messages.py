@@ -8,7 +8,7 @@ bytes. Unknown fields from the portal are ignored (forward compatible).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -145,10 +145,11 @@ class StreamTokenResponse(msgspec.Struct, omit_defaults=True):
 
 class Nudge(msgspec.Struct, omit_defaults=True):
     """Body of ``POST /nudge`` (pod) and ``POST /pods/{pod_id}/nudge`` (gateway):
-    ask the pod to refresh its whitelist now."""
+    ask the pod to refresh its whitelist now. ``reason`` ≤ 64 and
+    ``config_version`` ≤ 128 characters (they end up in logs)."""
 
-    reason: str = "whitelist_changed"
-    config_version: str | None = None
+    reason: Annotated[str, msgspec.Meta(max_length=64)] = "whitelist_changed"
+    config_version: Annotated[str, msgspec.Meta(max_length=128)] | None = None
 
 
 ALL_MESSAGES: tuple[type[msgspec.Struct], ...] = (

@@ -174,3 +174,11 @@ def test_mqtt_client_id_and_prefix():
     with pytest.raises(ConfigError, match=r"^\$\.mqtt_topic_prefix"):
         parse_config(base(mqtt_topic_prefix="frigate/#"))
     assert parse_config(base())[0].whitelist_cache.endswith("whitelist.json")
+
+
+def test_hls_buffer_holds_a_whole_clip_by_default_and_refuses_too_little():
+    """Found by an adversarial review: a buffer shorter than pre_roll + recording_duration cuts clips short."""
+    cfg, _ = parse_config(base(hls_segment_seconds=1, pre_roll=5, recording_duration=60, stream_secret="s" * 40))
+    assert cfg.hls_keep_extra_segments >= 65 + 4
+    with pytest.raises(ConfigError, match=r"^\$\.hls_keep_extra_segments: must be >= 39"):
+        parse_config(base(hls_segment_seconds=1, hls_keep_extra_segments=10))

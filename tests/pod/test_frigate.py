@@ -424,3 +424,31 @@ def test_fuzz_mutated_real_payload(doc):
     if isinstance(doc.get("after"), dict):
         mutated["after"].update(doc["after"])
     check_result(parse_message("events", json.dumps(mutated).encode()))
+
+
+@pytest.mark.parametrize("bad_id", ["a\x00b", "café-1", " lead", "x\ny", "..", "../../tmp/x", "col/1", "del\x7f",
+                                    "L" * 129, "", "-start"])
+def test_unsafe_tracked_object_ids_are_refused(bad_id):
+    """Adversarial review: an id that cannot be an HTTP header value or a file-name part
+    blocked the in-order outbox forever or collided with another clip's name."""
+    import json
+
+    event = {"type": "update", "after": {"id": bad_id, "camera": "gate_cam", "label": "car",
+                                         "recognized_license_plate": ["TEST123", 0.93], "entered_zones": []}}
+    msg, why = parse_message("events", json.dumps(event).encode())
+    assert msg is None and why
+    lpr = {"type": "lpr", "id": bad_id, "camera": "gate_cam", "plate": "TEST123", "score": 0.9}
+    msg, why = parse_message("tracked_object_update", json.dumps(lpr).encode())
+    assert msg is None and why
+
+
+def test_frigate_style_ids_pass_and_control_characters_are_not_plates():
+    import json
+
+    ok = {"type": "lpr", "id": "1767225600.100001-abc123", "camera": "gate_cam", "plate": "TEST123", "score": 0.9}
+    msg, _ = parse_message("tracked_object_update", json.dumps(ok).encode())
+    assert msg is not None and msg.id == "1767225600.100001-abc123"
+    for plate in ("\x1b[31mRED", "TEST\u200b123", "AB\x00C"):
+        bad = dict(ok, plate=plate)
+        msg, why = parse_message("tracked_object_update", json.dumps(bad).encode())
+        assert msg is None or msg.read is None, plate

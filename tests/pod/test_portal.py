@@ -407,3 +407,34 @@ def test_cli_serves_and_keeps_the_key_out_of_logs_and_db(tmp_path):
     assert API_KEY not in text
     for f in db.parent.iterdir():
         assert API_KEY.encode() not in f.read_bytes()
+
+
+async def test_a_request_that_cannot_be_built_is_permanent_not_an_outage():
+    """Defence in depth behind the parser's id check: an illegal header value must park the
+    row (PortalRejected), never be retried forever at the head of the in-order outbox."""
+    import asyncio
+
+    from pod.errors import PortalRejected
+    from pod.portal import PortalClient
+    from protocol.messages import DetectRequest
+
+
+    received = []
+
+    async def handle(reader, writer):  # a real socket: h11 validates headers before sending
+        received.append(await reader.read(1024))
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = PortalClient(f"http://127.0.0.1:{port}", "k" * 20, timeout=5)
+    try:
+        for bad in ("bad\nid", "café-1", "a\x00b"):
+            req = DetectRequest(site_id="s", plate="X", camera="c", pod_name="p", camera_id="c", event_id=bad,
+                                decision="deny", reason="not_whitelisted", detected_at="2026-01-01T00:00:00Z")
+            with pytest.raises(PortalRejected):
+                await client.post_detect(req)
+    finally:
+        await client.aclose()
+        server.close()
+    assert not any(received)  # nothing malformed went on the wire

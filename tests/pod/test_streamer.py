@@ -30,7 +30,8 @@ def test_ffmpeg_args_copy_tcp_hls_with_retention(tmp_path):
     args = ffmpeg_args(c, c.camera_list()[0], tmp_path / "hls" / "cam1", run=1796000000)
     joined = " ".join(args)
     assert "-rtsp_transport tcp" in joined and "-c copy" in joined and "-f hls" in joined
-    assert "-hls_time 2" in joined and "-hls_list_size 6" in joined and "-hls_delete_threshold 30" in joined
+    assert "-hls_time 2" in joined and "-hls_list_size 6" in joined
+    assert "delete_segments" not in joined  # the pod's prune() keeps the pre-roll buffer, not ffmpeg
     assert "-hls_segment_type fmp4" in joined and "-hls_fmp4_init_filename init_1796000000.mp4" in joined
     assert "-hls_start_number_source epoch" in joined  # segment names never reused across restarts
     assert args[-1].endswith("cam1/index.m3u8") and args[-2].endswith("seg_%d.m4s")
@@ -45,7 +46,8 @@ def test_media_sequence():
 
 
 def test_prune_removes_only_old_segments_and_old_inits(tmp_path):
-    c = cfg(tmp_path, hls_segment_seconds=2, hls_list_size=6, hls_keep_extra_segments=4)  # horizon 24 s
+    c = cfg(tmp_path, hls_segment_seconds=2, hls_list_size=6, hls_keep_extra_segments=4,
+            record_on_detection=False)  # horizon 24 s
     s = CameraStreamer(c, c.camera_list()[0])
     s.run_id = 5
     s.dir.mkdir(parents=True)
