@@ -304,7 +304,9 @@ async def check_tailnet(cfg: PodConfig) -> CheckResult:
 
 
 def check_dirs(cfg: PodConfig) -> list[CheckResult]:
-    """Create (mode 0700 when new) and write-test each data directory; report free space."""
+    """Write-test each data directory and report free space. A check changes nothing:
+    a missing directory is reported (the pod creates it at start) when its nearest
+    existing parent is writable, else it fails."""
     dirs = [("state_dir", cfg.state_dir)]
     if cfg.enable_streaming:
         dirs.append(("hls_dir", cfg.hls_dir))
@@ -313,15 +315,23 @@ def check_dirs(cfg: PodConfig) -> list[CheckResult]:
     for key, path in dirs:
         name = f"dir {key}"
         fix = f"create {path} writable by the user the pod runs as, or point {key} elsewhere"
+        target = Path(path)
+        probe = target
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
         try:
-            Path(path).mkdir(parents=True, exist_ok=True, mode=0o700)
-            with tempfile.NamedTemporaryFile(dir=path, prefix=".platebridge-check-"):
-                pass
-            usage = shutil.disk_usage(path)
+            if probe != target:
+                if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+                    raise OSError(errno.EACCES, f"missing, and {probe} is not writable to create it")
+            else:
+                with tempfile.NamedTemporaryFile(dir=path, prefix=".platebridge-check-"):
+                    pass
+            usage = shutil.disk_usage(probe)
         except OSError as exc:
             results.append(CheckResult("FAIL", name, f"{path}: {exc.strerror or exc}", fix))
             continue
-        detail = f"{path} writable, {_size(usage.free)} free of {_size(usage.total)}"
+        state = "writable" if probe == target else f"missing (created at start; {probe} is writable)"
+        detail = f"{path} {state}, {_size(usage.free)} free of {_size(usage.total)}"
         if key == "recordings_dir" and usage.free < cfg.recordings_min_free_bytes:
             results.append(CheckResult("WARN", name, detail + f" (below recordings_min_free_bytes "
                                        f"{_size(cfg.recordings_min_free_bytes)}: no clips will be kept)",

@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     factory = GstRtspServer.RTSPMediaFactory()
     launch = build_launch(a)
     factory.set_launch(launch)
-    factory.set_shared(True)  # one pipeline for all clients; survives reconnects
+    # one pipeline per client: a shared pipeline restamps the stream when a second client
+    # joins (DTS jumps back), which stalls the pod's ffmpeg whenever someone runs ffprobe
+    factory.set_shared(False)
     factory.set_latency(100)
 
     if a.user is not None:

@@ -120,7 +120,9 @@ def test_good_setup_passes(stack, tmp_path):
     assert line(lines, "tailnet").startswith("WARN tailnet: stream_bind 127.0.0.2 is loopback")
     for key in ("state_dir", "hls_dir", "recordings_dir"):
         assert line(lines, f"dir {key}").startswith(f"PASS dir {key}:") and "free" in line(lines, f"dir {key}")
-    assert (tmp_path / "state").is_dir() and (tmp_path / "hls").is_dir() and (tmp_path / "recordings").is_dir()
+    # a check changes nothing: missing directories are reported, not created
+    assert not (tmp_path / "state").exists() and not (tmp_path / "hls").exists()
+    assert "missing (created at start" in line(lines, "dir state_dir")
     assert line(lines, "secret").startswith("PASS secret:") and stack.secret not in text
     assert stack.api_key not in text
     assert lines[-1].startswith("OK: ") and "0 failed" in lines[-1]
