@@ -35,28 +35,14 @@ from gateway.config import GatewayConfig, load_config
 from gateway.discovery import Discovery, PodInfo, make_discovery
 from gateway.errors import ConfigError, DiscoveryError
 from gateway.upstream import Upstream
-from protocol.checks import CheckResult, ms, summary
+from protocol.checks import CheckResult, ms, secret_length_result, summary
 from protocol.tokens import mint_pod_token
 
-MIN_SECRET_BYTES = 32
 
 
 def check_secret(cfg: GatewayConfig) -> list[CheckResult]:
     """Every stream secret must be ≥ 32 bytes."""
-    secrets = dict(cfg.stream_secrets or {})
-    if cfg.stream_secret:
-        secrets.setdefault("default", cfg.stream_secret)
-    out = []
-    for kid, secret in sorted(secrets.items()):
-        n = len(secret.encode())
-        if n < MIN_SECRET_BYTES:
-            out.append(CheckResult(
-                "FAIL", "secret", f"kid {kid!r} is {n} bytes; at least {MIN_SECRET_BYTES} are required",
-                "generate one with `openssl rand -base64 48` and set the same value on the portal, the gateway and "
-                "every pod (POD_STREAM_SECRET)"))
-        else:
-            out.append(CheckResult("PASS", "secret", f"kid {kid!r} is {n} bytes"))
-    return out
+    return [secret_length_result(f"kid {kid!r}", secret) for kid, secret in sorted(cfg.secrets().items())]
 
 
 _DISCOVERY_FIX = {

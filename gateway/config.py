@@ -61,18 +61,20 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     timeout_keep_alive: int = 15  # portal service key for POST /pods/{pod_id}/nudge
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    def weak_secrets(self) -> list[str]:
-        """Key ids whose secret is shorter than 32 bytes (reported at startup)."""
+    def secrets(self) -> dict[str, str]:
+        """kid → stream secret (``stream_secret`` is kid ``"default"``)."""
         secrets = dict(self.stream_secrets or {})
         if self.stream_secret:
             secrets.setdefault("default", self.stream_secret)
-        return [kid for kid, s in secrets.items() if len(s.encode()) < 32]
+        return secrets
+
+    def weak_secrets(self) -> list[str]:
+        """Key ids whose secret is shorter than 32 bytes (reported at startup)."""
+        return [kid for kid, s in self.secrets().items() if len(s.encode()) < 32]
 
     def keyring(self) -> Keyring:
         """The stream :class:`Keyring` (primary = ``stream_secret_primary`` or the single secret)."""
-        secrets = dict(self.stream_secrets or {})
-        if self.stream_secret:
-            secrets.setdefault("default", self.stream_secret)
+        secrets = self.secrets()
         return Keyring(secrets, self.stream_secret_primary or next(iter(secrets)))
 
 

@@ -46,10 +46,9 @@ from pathlib import Path
 
 from pod.config import LOOPBACK_V4, PodConfig, load_config
 from pod.errors import ConfigError, PortalRejected, PortalUnavailable
-from protocol.checks import CheckResult, ms, summary
+from protocol.checks import CheckResult, ms, secret_length_result, summary
 from protocol.redact import redact
 
-MIN_SECRET_BYTES = 32
 PORTAL_CHECK_TIMEOUT = 10.0
 MQTT_CONNECT_TIMEOUT = 5.0
 HEVC_ADVICE = ("most browsers cannot play HEVC through hls.js; set transcode: h264 for this camera "
@@ -353,15 +352,8 @@ def check_secret(cfg: PodConfig) -> list[CheckResult]:
     source = "env POD_STREAM_SECRET" if os.environ.get("POD_STREAM_SECRET") else "stream_secret"
     results = []
     for kid, secret in sorted(cfg.secrets().items()):
-        n = len(secret.encode())
         where = source if kid == "default" and not (cfg.stream_secrets or {}).get(kid) else f"stream_secrets.{kid}"
-        if n < MIN_SECRET_BYTES:
-            results.append(CheckResult(
-                "FAIL", "secret", f"{where} (kid {kid!r}) is {n} bytes; at least {MIN_SECRET_BYTES} are required",
-                "generate one with `openssl rand -base64 48` and set the same value on the portal, the gateway and "
-                "every pod (POD_STREAM_SECRET)"))
-        else:
-            results.append(CheckResult("PASS", "secret", f"{where} (kid {kid!r}) is {n} bytes"))
+        results.append(secret_length_result(f"{where} (kid {kid!r})", secret))
     return results
 
 

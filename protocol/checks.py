@@ -41,3 +41,18 @@ def summary(results: Iterable[CheckResult], extra_passed: int = 0) -> tuple[str,
     passed = len(results) + extra_passed - failed - warned
     return (f"{'FAILED' if failed else 'OK'}: {passed} passed, {warned} warning(s), {failed} failed",
             1 if failed else 0)
+
+
+MIN_SECRET_BYTES = 32
+SECRET_FIX = ("generate one with `openssl rand -base64 48` and set the same value on the portal, the gateway and "
+              "every pod (POD_STREAM_SECRET)")
+
+
+def secret_length_result(label: str, secret: str) -> CheckResult:
+    """PASS when ``secret`` has at least 32 bytes (UTF-8), else FAIL with the fix.
+    ``label`` names where the secret came from; the secret itself is never printed."""
+    n = len(secret.encode())
+    if n < MIN_SECRET_BYTES:
+        return CheckResult("FAIL", "secret", f"{label} is {n} bytes; at least {MIN_SECRET_BYTES} are required",
+                           SECRET_FIX)
+    return CheckResult("PASS", "secret", f"{label} is {n} bytes")
