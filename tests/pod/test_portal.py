@@ -3,10 +3,8 @@ served by uvicorn on 127.0.0.1:<free port>; plus the stand-in's own CLI."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +14,6 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import httpx
 import msgspec
 import pytest
-import uvicorn
 
 from pod.backoff import Backoff
 from pod.portal import PortalClient, PortalRejected, PortalUnavailable
@@ -29,52 +26,25 @@ from protocol.messages import (
 )
 from protocol.tokens import Keyring, verify_user_token
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "deploy" / "dev"))
-from portal_standin import PortalStandIn, create_app  # noqa: E402
+from tests.pod.standin import ROOT, free_port
+from tests.pod.standin import Served as StandIn
 
 API_KEY = "pk_live_SUPERSECRET_4f1c9a7e2b"
 SECRET = "s" * 48
 GATEWAY = "https://gateway.example"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Served:
-    """The stand-in app under uvicorn on loopback, in this event loop."""
+class Served(StandIn):
+    """The stand-in with this module's key, secret and plates."""
 
     def __init__(self, tmp_path: Path, **kw) -> None:
-        self.db = tmp_path / "portal" / "standin.db"
-        self.state = PortalStandIn(db_path=self.db, api_key=API_KEY, stream_secret=SECRET, gateway_url=GATEWAY,
-                                   plates=[PlateEntry(plate="ABC123", tenant="Ada", unit="4B"),
-                                           PlateEntry(plate="XYZ9", enabled=False)], **kw)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(
-            create_app(self.state), host="127.0.0.1", port=self.port, log_level="warning", access_log=False,
-            lifespan="on", timeout_graceful_shutdown=1))
-        self.task: asyncio.Task | None = None
-
-    async def start(self) -> None:
-        self.task = asyncio.create_task(self.server.serve())
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "stand-in did not start"
-            assert not self.task.done(), "stand-in exited"
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        if self.task is not None and not self.task.done():
-            self.server.should_exit = True
-            await asyncio.wait_for(self.task, 10)
+        super().__init__(tmp_path / "portal" / "standin.db", api_key=API_KEY, stream_secret=SECRET,
+                         gateway_url=GATEWAY,
+                         plates=[PlateEntry(plate="ABC123", tenant="Ada", unit="4B"),
+                                 PlateEntry(plate="XYZ9", enabled=False)], **kw)
 
     async def admin(self, method: str, path: str, json=None) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=self.url, trust_env=False) as c:
-            return await c.request(method, path, json=json)
+        return await self.request(method, path, json=json)
 
 
 @pytest.fixture
@@ -83,7 +53,6 @@ async def portal(tmp_path):
     await s.start()
     yield s
     await s.stop()
-    s.state.close()
 
 
 def client(portal: Served, **kw) -> PortalClient:
@@ -274,7 +243,6 @@ async def test_stream_token_with_configured_user_key(tmp_path):
             assert no_pod.status_code == 404  # no heartbeat and no --pod-id
     finally:
         await s.stop()
-        s.state.close()
 
 
 def _with_query(url: str, **changes: str) -> str:

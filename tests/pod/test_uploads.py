@@ -10,7 +10,6 @@ import hashlib
 import logging
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from pod.backoff import Backoff
 from pod.errors import PortalRejected, PortalUnavailable
@@ -28,59 +26,25 @@ from pod.portal import UPLOAD_CHUNK_BYTES, PortalClient
 from pod.uploads import Quota, Upload, Uploader, UploadQueue
 from protocol.messages import UploadUrlRequest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "deploy" / "dev"))
-from portal_standin import PortalStandIn, create_app  # noqa: E402
+from tests.pod.standin import ROOT, PortalStandIn, free_port
+from tests.pod.standin import Served as StandIn
 
 API_KEY = "pk_live_UPLOADSECRET_77aa01"
 SECRET = "u" * 48
 CAM = "gate-cam"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Served(StandIn):
+    """The stand-in with this module's key and secret."""
 
-
-class Served:
-    """The stand-in app under uvicorn on loopback, in this event loop. ``port``/``db`` can be
-    reused to restart "the same portal"."""
-
-    def __init__(self, db: Path, *, port: int | None = None, **kw) -> None:
-        self.db = db
-        self.kw = kw
-        self.state = PortalStandIn(db_path=db, api_key=API_KEY, stream_secret=SECRET,
-                                   gateway_url="https://gateway.example", **kw)
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(
-            create_app(self.state), host="127.0.0.1", port=self.port, log_level="warning", access_log=False,
-            lifespan="on", timeout_graceful_shutdown=1))
-        self.task: asyncio.Task | None = None
-
-    async def start(self) -> Served:
-        self.task = asyncio.create_task(self.server.serve())
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "stand-in did not start"
-            assert not self.task.done(), "stand-in exited"
-            await asyncio.sleep(0.01)
-        return self
-
-    async def stop(self) -> None:
-        if self.task is not None and not self.task.done():
-            self.server.should_exit = True
-            await asyncio.wait_for(self.task, 10)
-        self.state.close()
+    def __init__(self, db: Path, **kw) -> None:
+        super().__init__(db, api_key=API_KEY, stream_secret=SECRET, **kw)
 
     async def get(self, path: str, **kw) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=self.url, trust_env=False, timeout=10) as c:
-            return await c.get(path, **kw)
+        return await self.request("GET", path, **kw)
 
     async def post(self, path: str, json) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=self.url, trust_env=False, timeout=10) as c:
-            return await c.post(path, json=json)
+        return await self.request("POST", path, json=json)
 
     async def uploads(self) -> list[dict]:
         return (await self.get("/__standin/uploads")).json()["uploads"]
