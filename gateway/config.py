@@ -20,10 +20,12 @@ import msgspec
 from gateway.errors import ConfigError
 from protocol.ids import is_dns_label
 from protocol.tokens import Keyring
-from protocol.yamlconf import ConfigValueError, convert_config, load_yaml
+from protocol.yamlconf import ConfigValueError, check_known_keys, convert_config, load_yaml
 
 DiscoveryMode = Literal["static", "localapi", "tailscale_api"]
 ENV_PREFIX = "PLATEBRIDGE_GATEWAY_"
+#: names the config file for :func:`gateway.asgi.create_app_from_env`; not a config key
+CONFIG_PATH_ENV = "PLATEBRIDGE_GATEWAY_CONFIG"
 
 
 class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -59,6 +61,11 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     admin_token: str | None = None
     limit_concurrency: int = 4096  # connections + tasks; beyond it uvicorn answers 503
     timeout_keep_alive: int = 15  # portal service key for POST /pods/{pod_id}/nudge
+    # HTTP server: uvicorn (uvloop + httptools) or granian (ASGI); see docs/benchmarks.md. One
+    # process only: the segment cache and the record of issued URIs live in it (the CLI's
+    # --workers exists for benchmarks and breaks viewer sessions).
+    server: Literal["uvicorn", "granian"] = "uvicorn"
+    loop: Literal["uvloop", "asyncio"] = "uvloop"  # the event loop that runs the app
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     def secrets(self) -> dict[str, str]:
@@ -106,7 +113,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
         raise _fail("$", "the config file must be a YAML mapping")
     data = dict(data)
     for name, value in env.items():
-        if name.startswith(ENV_PREFIX):
+        if name.startswith(ENV_PREFIX) and name != CONFIG_PATH_ENV:
             key = name[len(ENV_PREFIX):].lower()
             try:
                 data[key] = load_yaml(value)
@@ -115,6 +122,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
     if env.get("POD_STREAM_SECRET"):
         data["stream_secret"] = env["POD_STREAM_SECRET"]
     try:
+        check_known_keys(data, GatewayConfig)
         cfg = convert_config(data, GatewayConfig)
     except ConfigValueError as exc:
         raise _fail(exc.path, exc.reason) from None

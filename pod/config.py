@@ -11,7 +11,6 @@ Tunables live here and nowhere else.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import math
 import os
@@ -22,7 +21,7 @@ import msgspec
 
 from pod.errors import BindRefused, ConfigError
 from protocol.ids import TAILNET_V4, TAILNET_V6, is_camera_id, is_dns_label
-from protocol.yamlconf import ConfigValueError, convert_config, load_yaml
+from protocol.yamlconf import ConfigValueError, check_known_keys, convert_config, load_yaml
 
 LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
 
@@ -140,11 +139,6 @@ class PodConfig(msgspec.Struct, kw_only=True):
         return out
 
 
-def _unknown_keys(data: dict[str, Any]) -> list[str]:
-    known = set(PodConfig.__struct_fields__)
-    return sorted(k for k in data if k not in known)
-
-
 def check_bind_address(value: str) -> str:
     """Validate an explicit ``stream_bind`` IP.
 
@@ -178,14 +172,9 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
     """
     if not isinstance(data, dict):
         raise _fail("$", f"{source} must be a YAML mapping of keys to values")
-    unknown = _unknown_keys(data)
-    if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(key, PodConfig.__struct_fields__, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise _fail(f"$.{key}", f"unknown key{hint}")
     warnings: list[str] = []
     try:
+        check_known_keys(data, PodConfig)
         cfg = convert_config(data, PodConfig)
     except ConfigValueError as exc:
         raise _fail(exc.path, exc.reason) from None

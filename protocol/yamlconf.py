@@ -7,6 +7,7 @@ pathologically deep nesting. Errors are ``ValueError`` with line/column.
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any, TypeVar
 
@@ -68,6 +69,18 @@ class ConfigValueError(ValueError):
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
         self.path, self.reason = path, reason
+
+
+def check_known_keys(data: dict[str, Any], typ: type[msgspec.Struct]) -> None:
+    """Refuse a top-level key that ``typ`` does not have, before conversion, so the error
+    names the key (``$.workerz: unknown key; did you mean 'workers'?``) instead of
+    msgspec's ``$: Object contains unknown field``. Raises :class:`ConfigValueError`
+    for the first unknown key in sorted order."""
+    known = typ.__struct_fields__
+    for key in sorted(k for k in data if k not in known):
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigValueError(f"$.{key}", f"unknown key{hint}")
 
 
 def convert_config(data: Any, typ: type[T]) -> T:
