@@ -1,0 +1,31 @@
+"""Import-by-name ASGI entry point for servers that build the app in each worker process.
+
+``platebridge-gateway`` uses it for ``server: granian`` and for ``workers`` > 1
+(uvicorn); it also works by hand::
+
+    PLATEBRIDGE_GATEWAY_CONFIG=gateway.yaml \\
+        granian --interface asgi --loop uvloop --factory gateway.asgi:create_app_from_env
+    PLATEBRIDGE_GATEWAY_CONFIG=gateway.yaml uvicorn --factory gateway.asgi:create_app_from_env
+
+The config file is named by env ``PLATEBRIDGE_GATEWAY_CONFIG`` (optional: the
+usual ``PLATEBRIDGE_GATEWAY_<KEY>`` / ``POD_STREAM_SECRET`` overrides alone may
+configure the gateway). Each worker process builds its own app, so each has its
+own segment cache, playlist cache and record of issued URIs (see
+``docs/benchmarks.md`` for what that costs with several workers).
+"""
+
+from __future__ import annotations
+
+import os
+
+from gateway.app import GatewayASGI, create_app
+from gateway.config import CONFIG_PATH_ENV, load_config
+from protocol.logfmt import setup_logging
+
+
+def create_app_from_env() -> GatewayASGI:
+    """Load the config named by ``$PLATEBRIDGE_GATEWAY_CONFIG`` (plus env overrides), set up
+    logging and return the gateway ASGI app. Raises :class:`gateway.errors.ConfigError`."""
+    cfg = load_config(os.environ.get(CONFIG_PATH_ENV) or None)
+    setup_logging(cfg.log_level)
+    return create_app(cfg)

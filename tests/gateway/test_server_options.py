@@ -1,0 +1,121 @@
+"""Gateway server choice: ``server`` / ``workers`` / ``loop`` config and CLI flags, and the
+import-by-name app factory (``gateway.asgi:create_app_from_env``) that granian and uvicorn
+workers use."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.app import GatewayASGI
+from gateway.asgi import create_app_from_env
+from gateway.config import CONFIG_PATH_ENV, parse_config
+from gateway.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+OK = {"stream_secret": "z" * 40, "pods": {"gate-1": "http://127.0.0.2:8000"}}
+
+
+def test_defaults_are_uvicorn_on_uvloop():
+    cfg = parse_config(OK, env={})
+    assert (cfg.server, cfg.loop) == ("uvicorn", "uvloop")
+
+
+def test_server_and_loop_from_file_and_env():
+    cfg = parse_config({**OK, "server": "granian"}, env={"PLATEBRIDGE_GATEWAY_LOOP": "asyncio"})
+    assert (cfg.server, cfg.loop) == ("granian", "asyncio")
+
+
+@pytest.mark.parametrize("over,path", [
+    ({"workers": 2}, "$.workers"),  # not a config key: several workers break viewer sessions
+    ({"server": "gunicorn"}, "$.server"),
+    ({"loop": "trio"}, "$.loop"),
+])
+def test_bad_server_options_name_the_key(over, path):
+    with pytest.raises(ConfigError) as ei:
+        parse_config({**OK, **over}, env={})
+    assert str(ei.value).startswith(path), str(ei.value)
+
+
+def test_config_path_env_is_not_a_config_key():
+    cfg = parse_config(OK, env={CONFIG_PATH_ENV: "/etc/platebridge/gateway.yaml"})
+    assert cfg.port == 8080
+
+
+def test_factory_loads_the_file_named_in_env(tmp_path, monkeypatch):
+    f = tmp_path / "gw.yaml"
+    f.write_text("stream_secret: " + "s" * 40 + "\npods: {gate-1: 'http://127.0.0.2:8000'}\nlog_level: WARNING\n")
+    monkeypatch.setenv(CONFIG_PATH_ENV, str(f))
+    monkeypatch.delenv("POD_STREAM_SECRET", raising=False)
+    assert isinstance(create_app_from_env(), GatewayASGI)
+
+
+def test_factory_without_a_file_uses_env_only(monkeypatch):
+    monkeypatch.delenv(CONFIG_PATH_ENV, raising=False)
+    monkeypatch.setenv("POD_STREAM_SECRET", "e" * 40)
+    assert isinstance(create_app_from_env(), GatewayASGI)
+    monkeypatch.delenv("POD_STREAM_SECRET")
+    with pytest.raises(ConfigError, match=r"\$\.stream_secret"):
+        create_app_from_env()
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLATEBRIDGE_") and k != "POD_STREAM_SECRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def test_cli_refuses_bad_workers_flag(tmp_path):
+    f = tmp_path / "gw.yaml"
+    f.write_text("stream_secret: " + "s" * 40 + "\n")
+    r = subprocess.run([sys.executable, "-m", "gateway", "--config", str(f), "--workers", "0"],
+                       capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode == 2 and "--workers" in r.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("flags", [
+    ["--server", "uvicorn", "--workers", "2"],
+    ["--server", "uvicorn", "--loop", "asyncio"],
+    pytest.param(["--server", "granian"], id="granian"),
+])
+def test_cli_serves_with_each_server_choice(tmp_path, flags):
+    if "granian" in flags:
+        pytest.importorskip("granian")
+    f = tmp_path / "gw.yaml"
+    f.write_text("stream_secret: " + "s" * 40 + "\npods: {gate-1: 'http://127.0.0.2:8000'}\naccess_log: false\n"
+                 "log_level: WARNING\n")
+    port = _free_port()
+    p = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(f), "--port", str(port), *flags],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert p.poll() is None, p.stdout.read().decode(errors="replace")
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2, trust_env=False)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "gateway did not come up"
+                time.sleep(0.1)
+        assert r.status_code == 200 and r.json() == {"status": "ok"}
+        # the hot path is served by the app each worker built: no token → 401, not a server error
+        r = httpx.get(f"http://127.0.0.1:{port}/streams/cam-1/index.m3u8", timeout=5, trust_env=False)
+        assert r.status_code == 401
+    finally:
+        os.killpg(p.pid, 15)
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)
+            p.wait()
