@@ -90,7 +90,8 @@ class Upstream:
         headers = {"authorization": self._auth(pod_id, camera_id), "accept-encoding": "identity"}
         if stale is not None and stale.etag and stale.error is None and stale.status == 200:
             headers["if-none-match"] = stale.etag
-        timeout = None
+        # the client's timeouts unless overridden: timeout=None would switch every timeout off
+        timeout = httpx.USE_CLIENT_DEFAULT
         if read_timeout is not None:
             timeout = httpx.Timeout(connect=self.client.timeout.connect, read=read_timeout, write=5.0, pool=5.0)
         self.requests += 1
