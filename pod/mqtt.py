@@ -50,7 +50,9 @@ class FrigateListener:
         self.host, self.port, self.prefix, self.client_id = host, port, prefix.strip("/"), client_id
         self.username, self.password, self.keepalive = username, password, keepalive
         self.handler = handler
-        self.backoff = backoff or Backoff(0.5, 15.0)
+        # capped at 3 s: a restarted broker must see the pod resubscribed within 5 s (Frigate events
+        # published while it is away are lost: clean session); a 15 s cap left it deaf up to 15 s
+        self.backoff = backoff or Backoff(0.5, 3.0)
         self.connected = False
         self.subscribed_at: float | None = None
         self.messages = 0
