@@ -312,6 +312,9 @@ class CameraStreamer:
             return
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
+            # a stopped (SIGSTOP'd, traced) ffmpeg only acts on SIGTERM once continued: without
+            # this the watchdog's restart waited out the full grace period below
+            proc.send_signal(signal.SIGCONT)
         try:
             await asyncio.wait_for(proc.wait(), timeout=3)
         except asyncio.TimeoutError:
