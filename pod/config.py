@@ -100,7 +100,7 @@ class PodConfig(msgspec.Struct, kw_only=True):
     ffmpeg_path: str = "ffmpeg"
     rtsp_timeout_seconds: float = 10.0
     restart_backoff_initial: float = 1.0
-    restart_backoff_max: float = 30.0
+    restart_backoff_max: float = 5.0  # a returning camera is picked up within this (issue 6: <= 10 s)
     watchdog_factor: float = 3.0  # restart when the playlist is stale for factor x target duration
     log_level: LogLevel = "INFO"
 

@@ -135,6 +135,7 @@ class Stack:
     api_key: str = field(default_factory=lambda: "pbk_dev_" + secrets.token_hex(12))
     frigate_camera: str = "gate_cam"
     pod_overrides: dict = field(default_factory=dict)
+    gateway_overrides: dict = field(default_factory=dict)  # merged into gateway.yaml (e.g. cache_max_bytes)
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     procs: dict[str, Proc] = field(default_factory=dict)
 
@@ -184,6 +185,15 @@ class Stack:
         wait_until(ready, timeout, what="mosquitto listening")
         return proc
 
+    def restart_mosquitto(self, down_seconds: float = 0.0, timeout: float = 10.0) -> float:
+        """Stop mosquitto, keep it down ``down_seconds``, start it again on the same port.
+        Returns ``time.monotonic()`` at the moment it accepts connections again."""
+        self.procs["mosquitto"].stop()
+        if down_seconds > 0:
+            time.sleep(down_seconds)  # the outage itself
+        self.start_mosquitto(timeout)
+        return time.monotonic()
+
     def start_portal(self, plates: list[dict] | None = None, timeout: float = 20.0) -> Proc:
         """Start the portal STAND-IN (deploy/dev/portal_standin.py) with an initial whitelist."""
         plates_file = self.workdir / "plates.json"
@@ -214,11 +224,18 @@ class Stack:
 
     def start_camera(self, timeout: float = 20.0) -> Proc:
         """Start the GStreamer RTSP camera and wait for its READY line."""
+        log = self.workdir / "camera.log"
+        offset = log.stat().st_size if log.exists() else 0  # a restarted camera appends: wait for its own line
         proc = _spawn("camera", [SYSTEM_PYTHON, str(ROOT / "deploy/dev/camera.py"), "--host", self.camera_host,
                                  "--port", str(self.camera_port), "--path", "/gate"], self.workdir)
         self.procs["camera"] = proc
-        wait_until(lambda: "CAMERA READY" in proc.log.read_text(errors="replace") or proc.popen.poll() is not None,
-                   timeout, what="camera READY")
+
+        def ready():
+            with open(proc.log, "rb") as fh:
+                fh.seek(offset)
+                return b"CAMERA READY" in fh.read() or proc.popen.poll() is not None
+
+        wait_until(ready, timeout, what="camera READY")
         if proc.popen.poll() is not None:
             raise ProcessDied(f"camera exited:\n{proc.tail()}")
         return proc
@@ -243,7 +260,6 @@ class Stack:
             "state_dir": str(self.workdir / "state"),
             "recordings_dir": str(self.workdir / "recordings"),
             "rtsp_timeout_seconds": 5,
-            "restart_backoff_max": 5,
             "enable_mqtt": "mosquitto" in self.procs,
             "mqtt_host": "127.0.0.1",
             "mqtt_port": self.mqtt_port,
@@ -254,7 +270,7 @@ class Stack:
         return cfg
 
     def gateway_config(self) -> dict:
-        """The gateway's gateway.yaml content (static discovery)."""
+        """The gateway's gateway.yaml content (static discovery), plus ``gateway_overrides``."""
         return {
             "stream_secret": self.secret,
             "public_base_url": self.gateway_url,
@@ -262,6 +278,7 @@ class Stack:
             "host": self.gateway_host,
             "port": self.gateway_port,
             "admin_token": self.admin_token,
+            **self.gateway_overrides,
         }
 
     def start_pod(self, timeout: float = 30.0, wait_segments: bool = True) -> Proc:

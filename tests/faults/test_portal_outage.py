@@ -1,0 +1,118 @@
+"""Portal down for "10 minutes" with a pod SIGKILL in the middle: every detection reaches
+the portal exactly once, in order, once it is back.
+
+Moved here (and strengthened) from tests/e2e/test_decisions.py."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.faults.conftest import WHITELIST, Publisher, make_stack, wait_until
+
+HEARTBEAT = 1.0  # s; the default is 60 s
+OUTAGE_HEARTBEATS = 10  # 10 minutes of outage at the default heartbeat interval
+SENDER_ATTEMPTS_AFTER_RESTART = 5  # 1 + 2 + 4 + 8 s of backoff: the next delay is the 10 s cap
+DRAIN_LIMIT = 10.0  # s: the outbox sender's backoff cap (pod/agent.py), so it holds even without a heartbeat
+
+
+def failed_heartbeats(s) -> float:
+    text = httpx.get(f"http://127.0.0.1:{s.pod_port}/metrics", timeout=5).text
+    m = re.search(r'^platebridge_pod_heartbeats_total\{result="failed"\} ([0-9.e+]+)$', text, re.MULTILINE)
+    return float(m.group(1)) if m else 0.0
+
+
+def head_attempts(outbox: Path) -> int:
+    """Delivery attempts of the oldest pending outbox row (read-only look at the pod's SQLite)."""
+    db = sqlite3.connect(f"file:{outbox}?mode=ro", uri=True, timeout=5)
+    try:
+        row = db.execute("SELECT attempts FROM outbox WHERE state = 'pending' ORDER BY id LIMIT 1").fetchone()
+        return row[0] if row else 0
+    finally:
+        db.close()
+
+
+def test_portal_down_10_minutes_and_pod_sigkill_every_detection_arrives_exactly_once(tmp_path, figure):
+    """How "10 minutes" is compressed: at the default ``heartbeat_interval`` of 60 s a
+    10-minute outage is 10 failed heartbeats; here ``heartbeat_interval`` is 1 s and the
+    outage lasts until the pod has failed >= 10 heartbeats (over both of its lives) AND,
+    after the restart, the outbox sender has failed >= 5 deliveries of the head row, so its
+    backoff (1, 2, 4, 8 s, capped at 10 s; not configurable) is at the cap — the state a pod
+    is in after 10 real minutes. The portal is down as a stopped process (connections
+    refused).
+
+    Faults: the portal stops; 8 passages (allow, deny, no read) are decided and queued; the
+    pod is SIGKILLed (no shutdown code runs) with all 8 queued; it restarts with the portal
+    still down (whitelist from its cache), 6 more passages are queued; the portal comes
+    back (same database). Figures: lost and duplicated detections at the portal (both 0;
+    "duplicated" counts deliveries beyond the first per event_id, which the stand-in
+    records even though it dedupes) and seconds from the portal being up to the outbox
+    drained (<= 10 s, the sender's backoff cap)."""
+    s = make_stack(tmp_path, streaming=False, pod_overrides={
+        "max_decision_wait": 1.0, "no_read_timeout": 10, "heartbeat_interval": HEARTBEAT, "portal_timeout": 2})
+    outbox = Path(s.pod_config()["state_dir"]) / "outbox.sqlite3"
+    try:
+        s.start_mosquitto()
+        s.start_portal(WHITELIST)
+        s.start_pod(timeout=30)
+        wait_until(lambda: s.pod_health()["whitelist"]["entries"] == 1, 10, what="whitelist loaded and cached")
+        pub = Publisher("127.0.0.1", s.mqtt_port)
+        s.procs["portal"].stop()  # portal down: connections refused
+        t_down = time.monotonic()
+        plates_before = ["TEST123", "NOPE999", None, "TEST 123", "XYZ999", "TEST-123", None, "ABC111"]
+        before = [pub.passage(p) for p in plates_before]
+        wait_until(lambda: s.pod_health()["outbox"]["depth"] == len(before), 20, what="8 detections queued")
+        wait_until(lambda: failed_heartbeats(s) >= OUTAGE_HEARTBEATS / 2, 20, what="half the outage's heartbeats")
+        hb_first_life = failed_heartbeats(s)
+
+        pod = s.procs["pod"].popen
+        pod.kill()  # SIGKILL with everything queued: no shutdown code runs
+        assert pod.wait(10) == -9
+        s.start_pod(timeout=30)
+        health = s.pod_health()
+        assert health["outbox"]["depth"] == len(before)  # kept across the crash
+        assert health["whitelist"]["entries"] == 1  # offline start from the cache
+        plates_after = ["TEST123", "NOPE999", None, "TEST123", "QQQ000", "TEST123"]
+        attempts0 = head_attempts(outbox)
+        after = [pub.passage(p) for p in plates_after]
+        pub.close()
+        total = len(before) + len(after)
+        wait_until(lambda: s.pod_health()["outbox"]["depth"] == total, 20, what=f"{total} queued")
+        wait_until(lambda: hb_first_life + failed_heartbeats(s) >= OUTAGE_HEARTBEATS
+                   and head_attempts(outbox) - attempts0 >= SENDER_ATTEMPTS_AFTER_RESTART, 60, interval=0.25,
+                   what="the compressed 10-minute outage (heartbeats failed, sender backoff at its cap)")
+        outage = time.monotonic() - t_down
+        heartbeats = hb_first_life + failed_heartbeats(s)
+        attempts = head_attempts(outbox)
+
+        s.start_portal(WHITELIST)  # the portal comes back (same database)
+        t_up = time.monotonic()
+        wait_until(lambda: s.pod_health()["outbox"]["depth"] == 0, 60, interval=0.05, what="outbox drained")
+        drained = time.monotonic() - t_up
+        time.sleep(2 * HEARTBEAT)  # anything re-sent late would show up as a second delivery now
+        got = s.detections()
+        pod_alive = s.procs["pod"].popen.poll() is None
+    finally:
+        s.stop()
+    print(f"outage {outage:.1f}s: {heartbeats:.0f} failed heartbeats, head row {attempts} delivery attempts; "
+          f"drained {drained:.2f}s after the portal was up")
+    sent = before + after
+    ids = [d["event_id"] for d in got]
+    lost = len(set(sent) - set(ids))
+    duplicated = sum(d["count"] - 1 for d in got) + (len(ids) - len(set(ids)))
+    figure("detections lost (portal down + pod SIGKILL)", lost, "detections", "== 0", lost == 0)
+    figure("detections duplicated at the portal", duplicated, "deliveries", "== 0", duplicated == 0)
+    figure("portal up -> outbox drained", drained, "s", f"<= {DRAIN_LIMIT:g} s", drained <= DRAIN_LIMIT)
+    assert pod_alive
+    assert lost == 0, set(sent) - set(ids)
+    assert duplicated == 0, [d for d in got if d["count"] != 1]
+    assert ids == sent  # delivered in order, nothing else
+    expected = ["allow", "deny", "deny", "allow", "deny", "allow", "deny", "deny",
+                "allow", "deny", "deny", "allow", "deny", "allow"]
+    assert [d["decision"] for d in got] == expected
+    assert [d["reason"] for d in got if d["plate"] is None] == ["no_plate_read"] * 3
+    assert drained <= DRAIN_LIMIT
