@@ -35,7 +35,7 @@ _PREFIX = "v1."
 _MAC_LABEL = b"pbg1."
 _MAC_BYTES = 16
 _MAX_LEN = 1024
-_CANONICAL = re.compile(r"^v1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{22}$")  # 16-byte MAC, unpadded base64url
+_CANONICAL = re.compile(r"^v1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{22}\Z")  # 16-byte MAC, unpadded base64url
 
 
 class Grant(msgspec.Struct, array_like=True, frozen=True):

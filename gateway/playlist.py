@@ -65,6 +65,10 @@ _VARIANT_TAG = re.compile(r"^#EXT-X-(?:I-FRAME-)?STREAM-INF(?=[:\r\n]|\Z)", re.M
 _QUERY_SEPARATOR = re.compile(r"[&;]")
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?")
 _DEFAULT_PORT = {"http": 80, "https": 443}
+# Line breaks some player honours besides LF and CRLF (RFC 8216 §4.1): a lone CR (ExoPlayer's
+# readLine; hls.js's regexes, whose "." also stops at U+2028/U+2029), NEL, VT, FF, FS/GS/RS.
+# A tag or comment hiding one would reach the player as two lines, the second one unseen here.
+_OTHER_LINE_BREAK = re.compile(r"\r(?!\n)|[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 def _parse_attributes(payload: str) -> list[tuple[str, int, int]]:
@@ -277,6 +281,8 @@ def _check_playlist(text: str) -> None:
     first = first if end < 0 else first[:end]
     if first.rstrip() != "#EXTM3U":
         raise PlaylistError("not an HLS playlist: first line is not #EXTM3U")
+    if _OTHER_LINE_BREAK.search(text):
+        raise PlaylistError("line break other than LF or CRLF (a player could see a line that is not rewritten)")
 
 
 def rewrite_playlist(
@@ -330,7 +336,9 @@ def rewrite_playlist(
             or a target the gateway would refuse to serve (hidden or empty segment,
             see :func:`protocol.paths.safe_relative_path`). The whole playlist is
             refused; nothing is emitted.
-        PlaylistError: not a playlist (no ``#EXTM3U``), over 2 MB, a URI-bearing tag
+        PlaylistError: not a playlist (no ``#EXTM3U``), over 2 MB, a line break other than LF
+            or CRLF (lone CR, U+2028, U+2029, NEL, VT, FF, FS/GS/RS: players split lines there
+            differently), a URI-bearing tag
             whose attribute list is malformed or whose URI is unquoted, an empty URI or
             one with whitespace/control/quote characters, an upstream URI that already
             carries ``pb_grant``, or *upstream_url* outside *scope_url*.

@@ -274,7 +274,7 @@ def _sub_label_read(value: Any) -> PlateRead | None:
     return PlateRead(plate_raw=plate, score=score, source="sub_label")
 
 
-_EVENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_EVENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")  # \Z: "$" would accept a trailing newline
 
 
 def is_event_id(value: str) -> bool:
@@ -296,8 +296,9 @@ def _plate(value: Any) -> str | None:
     plate = _nonblank(value)
     if plate is None or len(plate) > MAX_PLATE_CHARS:
         return None
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in plate):
-        return None  # control/format characters: not a plate read (and never into the portal's records)
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") for c in plate):
+        return None  # control/format characters and line/paragraph separators (U+2028/9 end a line in
+        # JavaScript and str.splitlines): not a plate read (and never into the portal's records or a log line)
     return plate
 
 
