@@ -3,7 +3,8 @@
 Routes: ``/streams/{camera_id}/…`` (the proxy, :mod:`gateway.proxy`),
 ``GET /watch/{camera_id}?token=…`` (a small hls.js page), ``/assets/*``,
 ``/healthz`` (process up), ``/readyz`` (discovery answers and hls.js is
-installed) and ``/metrics`` (Prometheus text format).
+installed), ``/metrics`` (Prometheus text format) and ``/schema/openapi.json``
+(the OpenAPI document, :mod:`gateway.openapi`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import httpx
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery
 from litestar.types import Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,6 +27,7 @@ from gateway.config import GatewayConfig
 from gateway.discovery import Discovery, make_discovery
 from gateway.errors import DiscoveryError, UpstreamError, UpstreamTimeout
 from gateway.metrics import REGISTRY
+from gateway.openapi import openapi_config
 from gateway.proxy import StreamProxy
 from gateway.upstream import Upstream
 from protocol.errors import TokenError
@@ -39,6 +42,29 @@ _WATCH_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; media-src 'self' blob:; "
     "connect-src 'self'; img-src 'self' data:; worker-src 'self' blob:; base-uri 'none'; frame-ancestors 'self'"
 )
+
+
+class ErrorBody(msgspec.Struct):
+    """JSON error body of the nudge relay."""
+
+    error: str
+
+
+def _html(description: str) -> ResponseSpec:
+    return ResponseSpec(data_container=str, media_type="text/html", description=description, generate_examples=False)
+
+
+def _json_error(description: str) -> ResponseSpec:
+    return ResponseSpec(data_container=ErrorBody, description=description, generate_examples=False)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("platebridge")
+    except Exception:  # noqa: BLE001 - not installed (source tree): the document still renders
+        return "0.0.0"
 
 
 class GatewayASGI:
@@ -84,7 +110,9 @@ def create_app(
     )
     hlsjs = Path(cfg.hlsjs_path) if cfg.hlsjs_path else DEFAULT_HLSJS
 
-    @get("/watch/{camera_id:str}", sync_to_thread=False)
+    @get("/watch/{camera_id:str}", sync_to_thread=False, media_type="text/html", responses={
+        401: _html("No or invalid stream token."), 403: _html("Token for another camera."),
+        404: _html("Not a camera id.")})
     def watch(camera_id: FromPath[str], token: FromQuery[str | None] = None) -> Response:
         headers = {"Content-Security-Policy": _WATCH_CSP, "Referrer-Policy": "no-referrer",
                    "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
@@ -106,12 +134,14 @@ def create_app(
             return Response(content=page, status_code=problem[0], media_type="text/html", headers=headers)
         return Response(content=(STATIC / "watch.html").read_bytes(), media_type="text/html", headers=headers)
 
-    @get("/assets/watch.js", sync_to_thread=False)
+    @get("/assets/watch.js", sync_to_thread=False, media_type="text/javascript")
     def watch_js() -> Response:
         return Response(content=(STATIC / "watch.js").read_bytes(), media_type="text/javascript",
                         headers={"Cache-Control": "no-cache"})
 
-    @get("/assets/hls.min.js", sync_to_thread=False)
+    @get("/assets/hls.min.js", sync_to_thread=False, media_type="text/javascript", responses={
+        503: ResponseSpec(data_container=str, media_type="text/plain", description="hls.js is not installed.",
+                          generate_examples=False)})
     def hls_js() -> Response:
         try:
             data = hlsjs.read_bytes()
@@ -119,7 +149,12 @@ def create_app(
             return Response(content="hls.js is not installed: run `make setup`\n", status_code=503, media_type="text/plain")
         return Response(content=data, media_type="text/javascript", headers={"Cache-Control": "public, max-age=3600"})
 
-    @post("/pods/{pod_id:str}/nudge", status_code=202)
+    @post("/pods/{pod_id:str}/nudge", status_code=202, security=[{"adminBearer": []}], responses={
+        400: _json_error("pod_id is not a DNS label, or the body is not a JSON nudge object."),
+        401: _json_error("Missing or wrong admin token."),
+        404: _json_error("The relay is disabled (no admin_token configured)."),
+        502: _json_error("Pod unreachable or it refused the nudge."),
+        503: _json_error("Pod unknown or offline."), 504: _json_error("Pod timed out.")})
     async def nudge(request: Request, pod_id: FromPath[str]) -> Response:
         """Relay a whitelist nudge from the portal to a pod over the tailnet."""
         if not cfg.admin_token:
@@ -153,14 +188,15 @@ def create_app(
     def healthz() -> dict:
         return {"status": "ok"}
 
-    @get("/readyz")
+    @get("/readyz", responses={503: ResponseSpec(data_container=dict, description="Not ready.",
+                                                 generate_examples=False)})
     async def readyz() -> Response:
         pods = await discovery.pods()
         ok = hlsjs.exists() and (bool(pods) or cfg.discovery != "static")
         body = {"status": "ready" if ok else "not ready", "pods_known": len(pods), "hlsjs": hlsjs.exists()}
         return Response(content=body, status_code=200 if ok else 503)
 
-    @get("/metrics", sync_to_thread=False)
+    @get("/metrics", sync_to_thread=False, media_type="text/plain")
     def metrics() -> Response:
         return Response(content=generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
@@ -171,7 +207,7 @@ def create_app(
     app = Litestar(
         route_handlers=[watch, watch_js, hls_js, nudge, healthz, readyz, metrics],
         on_shutdown=[shutdown],
-        openapi_config=None,
+        openapi_config=openapi_config(_version()),
         logging_config=None,
     )
     return GatewayASGI(app, proxy)
