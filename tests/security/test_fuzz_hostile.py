@@ -1,0 +1,424 @@
+"""Hostile-input fuzzing of the playlist rewriter and the Frigate MQTT parser (hypothesis).
+
+The property tests next to the code (tests/gateway/test_playlist_properties.py,
+tests/pod/test_frigate.py) check that well-formed input is rewritten or parsed right.
+These aim at input written by an attacker:
+
+* **Rewriter** (``gateway/playlist.py``): arbitrary text and bytes, and playlists built
+  from fragments that break URI parsers (schemes, ``//``, ``\\``, ``%2e``, ``@``,
+  quotes, CR, NUL, line separators, foreign hosts). The rewriter either raises the
+  documented :class:`~gateway.errors.PlaylistError` (``ForeignURIError`` included) or
+  returns a playlist in which every URI a player would fetch — found by an independent
+  tokenizer written here, not by the rewriter's own — is relative, resolves below
+  ``/streams/<camera>/`` on the gateway, carries exactly one of the two grants it was
+  given, and was recorded in ``issued``; no foreign or pod host appears in any URI.
+  Then end to end through the gateway proxy: a pod answering arbitrary bytes yields 200
+  or 502 (never 500), and fetching every URI of a 200 answer only ever reaches the
+  pod's own camera directory.
+* **Frigate parser** (``pod/frigate.py``): arbitrary bytes and JSON never raise out of
+  :func:`~pod.frigate.parse_message` (only ``(None, reason)``), and an accepted message
+  never carries a plate with control, format, surrogate or line/paragraph separator
+  characters, nor an event id outside ``^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`` (a full
+  match: no trailing newline) or with ``..``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import unicodedata
+from urllib.parse import unquote, urljoin, urlsplit
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from gateway.discovery import StaticDiscovery
+from gateway.errors import PlaylistError
+from gateway.playlist import rewrite_playlist
+from gateway.proxy import StreamProxy
+from gateway.upstream import Upstream
+from pod.frigate import parse_message
+from protocol.tokens import Keyring
+from tests.gateway.conftest import CAM, POD, POD_URL, SECRET, make_token
+
+POD_NETLOC = "127.0.0.2:8000"
+SCOPE = f"http://{POD_NETLOC}/cameras/{CAM}/"
+SEG, PL = "SEGGRANT-1", "PLGRANT-2"
+GW = f"https://gw.example/streams/{CAM}/"
+
+# every tag whose attributes a player fetches, and which attributes (RFC 8216 / 8216bis)
+URI_ATTRS = {
+    "EXT-X-MAP": {"URI"}, "EXT-X-KEY": {"URI"}, "EXT-X-SESSION-KEY": {"URI"}, "EXT-X-MEDIA": {"URI"},
+    "EXT-X-I-FRAME-STREAM-INF": {"URI"}, "EXT-X-SESSION-DATA": {"URI"}, "EXT-X-PART": {"URI"},
+    "EXT-X-PRELOAD-HINT": {"URI"}, "EXT-X-RENDITION-REPORT": {"URI"}, "EXT-X-CONTENT-STEERING": {"SERVER-URI"},
+    "EXT-X-DATERANGE": {"X-ASSET-URI", "X-ASSET-LIST"},
+}
+
+
+def attribute_values(payload: str) -> list[tuple[str, str]] | None:
+    """RFC 8216 §4.2 attribute list → ``[(name, raw value)]`` (quotes kept), or None when the
+    text is not an attribute list. Independent of ``gateway.playlist``'s regex."""
+    out, i, n = [], 0, len(payload)
+    while i < n:
+        while i < n and payload[i] in " \t":
+            i += 1
+        j = i
+        while j < n and (payload[j].isascii() and (payload[j].isalnum() or payload[j] == "-")):
+            j += 1
+        name = payload[i:j]
+        while j < n and payload[j] in " \t":
+            j += 1
+        if not name or j >= n or payload[j] != "=":
+            return None
+        j += 1
+        while j < n and payload[j] in " \t":
+            j += 1
+        if j < n and payload[j] == '"':
+            k = payload.find('"', j + 1)
+            if k < 0:
+                return None
+            value, j = payload[j:k + 1], k + 1
+        else:
+            k = j
+            while k < n and payload[k] != ",":
+                if payload[k] == '"':
+                    return None
+                k += 1
+            value, j = payload[j:k].rstrip(" \t"), k
+        while j < n and payload[j] in " \t":
+            j += 1
+        if j < n and payload[j] != ",":
+            return None
+        out.append((name, value))
+        i = j + 1
+    return out
+
+
+# Where players end a line: RFC 8216 says LF or CRLF, but hls.js runs JavaScript regexes whose
+# "." stops at CR, U+2028 and U+2029, ExoPlayer reads lines that also end at a lone CR, and
+# Python's str.splitlines adds VT, FF, FS, GS, RS and NEL. A URI is whatever any of them sees.
+PLAYER_LINE_BREAK = re.compile("\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def fetched_uris(playlist: str) -> list[str]:
+    """Every URI a player would fetch from ``playlist``: URI lines and the URI attributes of
+    :data:`URI_ATTRS` (RFC 8216 §4.1 line classification, lines split like the most
+    permissive player, :data:`PLAYER_LINE_BREAK`)."""
+    found = []
+    for line in PLAYER_LINE_BREAK.split(playlist):
+        if not line.strip():
+            continue
+        if line.startswith("#"):
+            name, colon, payload = line[1:].partition(":")
+            wanted = URI_ATTRS.get(name)
+            if wanted and colon:
+                attrs = attribute_values(payload)
+                assert attrs is not None, f"emitted an unparseable URI-bearing tag: {line!r}"
+                found += [v[1:-1] if v.startswith('"') else v for k, v in attrs if k in wanted]
+            continue
+        found.append(line.strip())
+    return found
+
+
+def resolve(base_dir: str, ref_path: str) -> str:
+    """RFC 3986 §5.2.2-5.2.4 for a relative-path reference (no scheme, authority or leading
+    "/"): merge with the base directory, then remove dot segments (``urljoin`` treats ``;``
+    specially, so it is not used)."""
+    out: list[str] = []
+    segments = (base_dir + ref_path).split("/")
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        if seg == ".":
+            if last:
+                out.append("")
+        elif seg == "..":
+            if len(out) > 1:
+                out.pop()
+            if last:
+                out.append("")
+        else:
+            out.append(seg)
+    return "/".join(out)
+
+
+def check_rewritten(text: str, out: str, issued: set[tuple[str, str]], playlist_dir: str = "") -> int:
+    """Assert the safety properties of one rewrite; returns how many URIs were checked."""
+    uris = fetched_uris(out)
+    emitted = set()
+    for uri in uris:
+        assert not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", uri), f"URI with a scheme: {uri!r}"
+        assert not uri.startswith(("/", "\\")) and "\\" not in uri, f"not a relative path: {uri!r}"
+        assert not re.search(r'[\x00-\x20\x7f"]', uri), f"control/space/quote in URI: {uri!r}"
+        assert urlsplit(uri).netloc == "", f"URI names a host: {uri!r}"
+        path, _, query = uri.partition("?")
+        params = query.split("&")
+        assert params[-1] in (f"pb_grant={SEG}", f"pb_grant={PL}"), f"grant missing or not last: {uri!r}"
+        assert query.count("pb_grant=") == 1, f"more than one grant: {uri!r}"
+        resolved = resolve(f"/streams/{CAM}/{playlist_dir}", path)
+        assert resolved.startswith(f"/streams/{CAM}/"), (uri, resolved)
+        rel = unquote(resolved[len(f"/streams/{CAM}/"):])
+        assert rel and ".." not in rel.split("/"), uri
+        emitted.add((rel, "&".join(params[:-1]).rstrip("&")))
+    assert emitted <= issued, f"emitted URIs the gateway would not serve: {emitted - issued}"
+    assert issued <= emitted, f"issued URIs never emitted: {issued - emitted}"
+    return len(uris)
+
+
+def rewrite(text: str, playlist: str = "index.m3u8"):
+    """Run the rewriter; returns (output or None, issued). Only PlaylistError may escape."""
+    issued: set[tuple[str, str]] = set()
+    try:
+        out = rewrite_playlist(text, upstream_url=SCOPE + playlist, scope_url=SCOPE, segment_grant=SEG,
+                               playlist_grant=PL, issued=issued)
+    except PlaylistError:
+        return None, issued
+    return out, issued
+
+
+FRAGMENTS = ["http://", "https://", "HTTP://", "//", "/", "\\", "..", ".", "%2e", "%2E", "%2f", "%5c", "%252e", "%",
+             "@", ":", "?", "#", "&", ";", "pb_grant=", "pb%5Fgrant=", "PB_GRANT=", "127.0.0.9", "127.0.0.9:80",
+             POD_NETLOC, "127.0.0.2", "evil.example", "[::1]", "2130706441", "cameras/", CAM, "other/", "seg.ts",
+             "x.m4s", "index.m3u8", "init.mp4", " ", "\t", "\r", "\x00", "\x0b", "\u2028", "\u202e", '"', ",", "=",
+             "URI=", "é", "data:", "javascript:", "file:", "skd:", "a"]
+hostile_uri = st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=8).map("".join)
+attr_name = st.sampled_from(["URI", "SERVER-URI", "X-ASSET-URI", "X-ASSET-LIST", "X-URI", "METHOD", "TYPE", "ID",
+                             "BANDWIDTH", "uri", "URI "])
+attr_value = st.one_of(hostile_uri.map(lambda u: f'"{u}"'), hostile_uri, st.just('""'), st.just('"'))
+attr_list = st.lists(st.tuples(attr_name, attr_value).map("=".join), min_size=1, max_size=4).map(",".join)
+tag_line = st.builds(lambda t, a: f"#{t}:{a}", st.sampled_from(sorted(URI_ATTRS) + ["EXT-X-STREAM-INF", "EXT-X-FOO"]),
+                     attr_list)
+plain_line = st.sampled_from(["#EXTINF:2,", "#EXT-X-TARGETDURATION:2", "# comment http://127.0.0.9/x.ts", "",
+                              "#EXT-X-STREAM-INF:BANDWIDTH=1", "#EXT-X-DISCONTINUITY", "\r", " "])
+hostile_lines = st.lists(st.one_of(tag_line, plain_line, hostile_uri), min_size=1, max_size=12)
+
+
+@st.composite
+def hostile_playlists(draw):
+    """``#EXTM3U`` + hostile lines, LF or CRLF endings, with or without a final line break."""
+    lines = draw(hostile_lines)
+    ending = draw(st.sampled_from(["\n", "\r\n"]))
+    return "#EXTM3U" + ending + ending.join(lines) + draw(st.sampled_from(["", ending]))
+
+
+class Tally:
+    """Examples run, how many produced output (a rewritten playlist, a parsed message), and
+    property violations (hypothesis re-runs a failing example while shrinking it)."""
+
+    def __init__(self) -> None:
+        self.examples = self.accepted = self.violations = 0
+        self.must_accept = False  # set by tests whose generator aims at accepted input
+
+
+    def check(self, fn, *args) -> None:
+        """Run one example's checks; ``fn`` returns whether the input was accepted."""
+        self.examples += 1
+        try:
+            accepted = fn(*args)
+        except BaseException:
+            self.violations += 1
+            raise
+        self.accepted += bool(accepted)
+
+
+@pytest.fixture
+def tally(figure, request):
+    """One :class:`Tally` shared by all examples of a test; its figure is recorded at the end."""
+    t = Tally()
+    yield t
+    ok = t.violations == 0 and t.examples > 0 and (t.accepted > 0 or not t.must_accept)
+    figure(f"property violations in {t.examples} examples, {t.accepted} accepted [{request.node.name}]",
+           t.violations, "examples", "== 0", ok)
+    # the properties about accepted output were exercised at all
+    assert t.accepted > 0 or not t.must_accept or t.violations, "the generator never produced accepted input"
+
+
+FUZZ = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+def _rewrite_and_check(text: str, playlist: str = "index.m3u8", same_lines: bool = False) -> bool:
+    out, issued = rewrite(text, playlist)
+    if out is None:
+        return False
+    check_rewritten(text, out, issued, playlist.rpartition("/")[0] + "/" if "/" in playlist else "")
+    if same_lines:
+        assert out.count("\n") == text.count("\n")  # only URIs change, never the line structure
+    return True
+
+
+@settings(max_examples=400, **FUZZ)
+@given(hostile_playlists(), st.sampled_from(["index.m3u8", "hi/index.m3u8"]))
+@example('#EXTM3U\n#EXT-X-MAP:X-A="a,URI=",URI="http://127.0.0.9/x"\n', "index.m3u8")
+@example("#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"//127.0.0.9/k\"\nseg.ts\n", "index.m3u8")
+@example("#EXTM3U\nhttp://127.0.0.2:8000@127.0.0.9/cameras/gate-camera-1/a.ts\n", "index.m3u8")
+@example("#EXTM3U\n../../../gate-camera-1/../x.ts\n", "hi/index.m3u8")
+@example("#EXTM3U\nseg.ts?pb%5Fgrant=stolen\n", "index.m3u8")
+def test_hostile_playlists_never_yield_ungranted_or_foreign_uris(tally, text, playlist):
+    tally.check(_rewrite_and_check, text, playlist)
+
+
+@settings(max_examples=300, **FUZZ)
+@given(st.text(max_size=600), st.booleans())
+def test_arbitrary_text_is_rewritten_safely_or_refused(tally, body, header):
+    tally.check(_rewrite_and_check, ("#EXTM3U\n" + body) if header else body, "index.m3u8", True)
+
+
+@settings(max_examples=200, **FUZZ)
+@given(st.binary(max_size=600), st.sampled_from(["utf-8", "latin-1"]))
+def test_arbitrary_bytes_are_rewritten_safely_or_refused(tally, data, encoding):
+    tally.check(_rewrite_and_check, (b"#EXTM3U\n" + data).decode(encoding, "replace"))
+
+
+# ---- end to end through the gateway proxy: arbitrary pod answers ---------------------------
+async def _through_proxy(body: bytes) -> tuple[int, list[str]]:
+    """Serve ``body`` as the pod's playlist to a fresh proxy; fetch every URI of a 200 answer.
+    Returns (playlist status, every raw path the proxy requested from the pod)."""
+    requested: list[httpx.URL] = []
+
+    async def pod(request: httpx.Request) -> httpx.Response:
+        requested.append(request.url)
+        if request.url.raw_path == f"/cameras/{CAM}/index.m3u8".encode():
+            return httpx.Response(200, content=body)
+        return httpx.Response(200, content=b"MEDIA")
+
+    ring = Keyring.single(SECRET)
+    upstream = Upstream(ring, transport=httpx.MockTransport(pod))
+    proxy = StreamProxy(keyring=ring, discovery=StaticDiscovery({POD: POD_URL}), upstream=upstream,
+                        allowed_origins=[], access_log_enabled=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://gw.test") as c:
+        r = await c.get(f"/streams/{CAM}/index.m3u8?token={make_token()}")
+        assert r.status_code == 302
+        r = await c.get(f"/streams/{CAM}/" + r.headers["location"])
+        assert r.status_code in (200, 502), (r.status_code, r.text)
+        if r.status_code == 200:
+            for uri in fetched_uris(r.text):
+                target = urlsplit(urljoin(f"http://gw.test/streams/{CAM}/", uri))
+                follow = await c.get(target.path + "?" + target.query)
+                assert follow.status_code in (200, 400, 404), (uri, follow.status_code)
+        status = r.status_code
+    await upstream.aclose()
+    for url in requested:
+        assert url.host == "127.0.0.2" and url.port == 8000, url
+        assert url.raw_path.startswith(f"/cameras/{CAM}/".encode()) and b"/../" not in url.raw_path, url
+    return status, [u.raw_path.decode() for u in requested]
+
+
+@settings(max_examples=80, **FUZZ)
+@given(st.one_of(hostile_playlists().map(str.encode), st.binary(max_size=300).map(lambda b: b"#EXTM3U\n" + b)))
+def test_gateway_answers_hostile_pod_playlists_with_200_or_502_and_fetches_only_its_camera(tally, body):
+    tally.check(lambda: asyncio.run(_through_proxy(body))[0] == 200)
+
+
+def test_end_to_end_fuzz_can_succeed_and_refuse(figure):
+    """Control for the test above: a sane playlist gives 200 and segment fetches, a foreign
+    URI gives 502 and no fetch beyond the playlist."""
+    ok, paths = asyncio.run(_through_proxy(b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\nseg_1.ts\n"))
+    assert ok == 200 and paths == [f"/cameras/{CAM}/index.m3u8", f"/cameras/{CAM}/seg_1.ts"]
+    bad, paths = asyncio.run(_through_proxy(b"#EXTM3U\n#EXTINF:2,\nhttp://127.0.0.9/seg_1.ts\n"))
+    figure("pod/foreign fetches after a playlist with a foreign URI", len(paths) - 1, "requests", "== 0",
+           len(paths) == 1)
+    assert bad == 502 and paths == [f"/cameras/{CAM}/index.m3u8"]
+
+
+# ---- Frigate MQTT parser ---------------------------------------------------------------------
+EVENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+BAD_PLATE_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+
+
+def check_parsed(result) -> bool:
+    """Only ``(message, None)`` or ``(None, reason)``; an accepted message is safe to use.
+    Returns whether a message was accepted."""
+    msg, reason = result
+    assert (msg is None) != (reason is None)
+    if msg is None:
+        assert isinstance(reason, str) and reason
+        return False
+    assert EVENT_ID.fullmatch(msg.id) and ".." not in msg.id, f"unsafe event id {msg.id!r}"
+    if msg.read is not None:
+        plate = msg.read.plate_raw
+        bad = {unicodedata.category(c) for c in plate} & BAD_PLATE_CATEGORIES
+        assert not bad, f"plate {plate!r} has characters of category {bad}"
+        assert plate.strip() and len(plate) <= 32
+    return True
+
+
+control_chars = st.sampled_from(["\n", "\r", "\x00", "\x1b[31m", "\x7f", "\x85", "\u2028", "\u2029", "\u200b",
+                                 "\u202e", "\ufeff", "\t", "\x0c"])
+hostile_text = st.lists(st.one_of(st.sampled_from(["ABC", "123", "1767225600.1-abc", "..", "/", " ", "-", ":", "é",
+                                                   "١٢٣", "Ａ"]), control_chars), max_size=6).map("".join)
+hostile_value = st.one_of(hostile_text, st.text(max_size=40), st.lists(hostile_text, max_size=2),
+                          st.tuples(hostile_text, st.floats(0, 1)).map(list), st.none(), st.integers())
+
+
+def _insert(base: str, piece: str, at: int) -> str:
+    at %= len(base) + 1
+    return base[:at] + piece + base[at:]
+
+
+# near-valid: a real id or plate with something hostile put in at any position
+frigate_ids = st.from_regex(r"1[0-9]{9}\.[0-9]{1,6}-[a-z0-9]{6}", fullmatch=True)
+hostile_ids = st.one_of(frigate_ids, st.builds(_insert, frigate_ids, control_chars | st.sampled_from(["..", "/", " "]),
+                                               st.integers(0, 40)), hostile_value)
+plates = st.from_regex(r"[A-Z0-9]{2,8}", fullmatch=True)
+hostile_plates = st.one_of(plates, st.builds(_insert, plates, control_chars, st.integers(0, 10)), hostile_value)
+plate_fields = st.one_of(hostile_plates, st.tuples(hostile_plates, st.floats(0, 1)).map(list))
+hostile_after = st.fixed_dictionaries(
+    {"id": hostile_ids, "camera": st.sampled_from(["gate_cam", "gate_cam", "gate_cam\n", ""]) | hostile_text},
+    optional={"recognized_license_plate": plate_fields, "recognized_license_plate_score": st.floats(0, 1),
+              "sub_label": plate_fields, "label": hostile_value, "entered_zones": st.lists(hostile_text, max_size=2)})
+hostile_event = st.builds(lambda t, after: {"type": t, "after": after}, st.sampled_from(["new", "update", "end"]),
+                          hostile_after)
+hostile_lpr = st.builds(lambda body, plate, oid: {**body, "type": "lpr", "id": oid, "plate": plate},
+                        st.fixed_dictionaries({"camera": st.just("gate_cam") | hostile_text,
+                                               "score": st.floats(0, 1)}), hostile_plates, hostile_ids)
+
+
+@settings(max_examples=400, **FUZZ)
+@given(st.one_of(hostile_event.map(lambda d: ("events", d)), hostile_lpr.map(lambda d: ("tracked_object_update", d))),
+       st.sampled_from(["recognized_license_plate", "sub_label"]))
+@example(("events", {"type": "new", "after": {"id": "1767225600.1-abc\n", "camera": "gate_cam",
+                                              "recognized_license_plate": ["ABC123", 0.9]}}),
+         "recognized_license_plate")
+@example(("tracked_object_update", {"type": "lpr", "id": "a1", "camera": "gate_cam", "plate": "AB\u2028C1",
+                                    "score": 0.9}), "recognized_license_plate")
+def test_hostile_frigate_json_never_yields_unsafe_ids_or_plates(tally, topic_doc, source):
+    tally.must_accept = True
+    topic, doc = topic_doc
+
+    def both_encodings() -> bool:
+        a = check_parsed(parse_message(topic, json.dumps(doc).encode(), plate_source=source))
+        b = check_parsed(parse_message(topic, json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogatepass"),
+                                       plate_source=source))
+        return a or b
+
+    tally.check(both_encodings)
+
+
+json_escapes = st.sampled_from(["\\u0000", "\\u2028", "\\ud800", "\\udfff", "\\n", "\\u001b", "\\u202e", "A", "1",
+                                "\\\"", "\\\\", "é"])
+
+
+@settings(max_examples=300, **FUZZ)
+@given(st.lists(json_escapes, min_size=1, max_size=6).map("".join), st.lists(json_escapes, max_size=6).map("".join),
+       st.sampled_from(["events", "tracked_object_update"]))
+def test_raw_json_escapes_in_ids_and_plates(tally, plate, oid_suffix, topic):
+    """JSON written by hand, so escapes reach the decoder as sent (lone surrogates, NUL, U+2028)."""
+    tally.must_accept = True
+    if topic == "events":
+        raw = ('{"type":"update","after":{"id":"1767225600.1-abc' + oid_suffix + '","camera":"gate_cam",'
+               '"recognized_license_plate":["' + plate + '",0.9]}}')
+    else:
+        raw = '{"type":"lpr","id":"a1' + oid_suffix + '","camera":"gate_cam","plate":"' + plate + '","score":0.9}'
+    tally.check(check_parsed, parse_message(topic, raw.encode("utf-8")))
+
+
+@settings(max_examples=300, **FUZZ)
+@given(st.binary(max_size=1024), st.sampled_from(["events", "tracked_object_update", "frigate/events"]))
+def test_arbitrary_mqtt_bytes_only_ever_rejected_or_safe(tally, payload, topic):
+    """Arbitrary bytes as the payload, and as the raw content of the plate and id strings."""
+    tally.check(lambda: check_parsed(parse_message(topic, payload)) | check_parsed(
+        parse_message("tracked_object_update", b'{"type":"lpr","id":"a1","camera":"c","plate":"' + payload + b'"}'))
+        | check_parsed(parse_message("tracked_object_update",
+                                     b'{"type":"lpr","id":"a' + payload + b'","camera":"c","plate":"AB1"}')))

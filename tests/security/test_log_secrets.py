@@ -1,0 +1,204 @@
+"""No secret in any log after a full run of the real stack.
+
+Stack: mosquitto, the portal stand-in, the GStreamer camera, the pod and the gateway as
+processes (pod and gateway at DEBUG). Scenario: a viewer gets a user JWT from the
+portal and opens sessions with it in the query and as ``Authorization: Bearer``, loads
+playlists and segments with the grants they carry and the watch page; a forged token,
+a bad grant and a wrong admin token are refused; the portal nudges the pod through the
+gateway; a car passes (MQTT) and its decision reaches the portal, its clip is uploaded
+through a signed URL, confirmed and downloaded through another.
+
+Then every log file in the stack's work directory (all processes; the pod's and the
+gateway's are JSON lines) is searched for every secret string of the run, collected
+from the stack's config and from the answers received: stream secret, admin token,
+portal API key, storage signing key, the user session key, each JWT (and its signature),
+each grant (and its MAC), every gateway→pod token the gateway can have minted during
+the run (they are deterministic per second), the signatures of the signed upload and
+download URLs. The logs must also show the redacted forms, so the requests that carried
+secrets were logged at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import sys
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import jwt
+import pytest
+
+from protocol.tokens import Keyring, mint_pod_token
+from tests.security.conftest import make_stack, pod_token, wait_until
+
+pytestmark = pytest.mark.e2e
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "deploy" / "dev"))
+from frigate_sim import Publisher  # noqa: E402
+
+PRE, POST = 2.0, 3.0
+
+
+def storage_signature(signing_key: str, method: str, path: str, expires: int) -> str:
+    """The stand-in's storage URL signature (deploy/dev/portal_standin.py ``sign``)."""
+    key = hashlib.sha256(b"platebridge-standin-signing\0" + signing_key.encode()).digest()
+    return hmac.new(key, f"{method}\n{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def grants_in(text: str) -> set[str]:
+    """Every ``pb_grant`` value in a playlist or a Location header."""
+    return set(re.findall(r"pb_grant=([A-Za-z0-9._-]+)", text))
+
+
+@pytest.fixture(scope="module")
+def full_stack(tmp_path_factory):
+    """mosquitto + portal stand-in + camera + pod + gateway; pod and gateway log at DEBUG.
+    The storage signing key is set through the stand-in's environment so the test can
+    recompute the upload URL signatures it never sees."""
+    mp = pytest.MonkeyPatch()
+    signing_key = secrets.token_urlsafe(24)
+    mp.setenv("PORTAL_STANDIN_SIGNING_KEY", signing_key)
+    mp.setenv("PLATEBRIDGE_GATEWAY_LOG_LEVEL", "DEBUG")
+    s = make_stack(tmp_path_factory.mktemp("logscan"), pod_overrides={
+        "pre_roll": PRE, "recording_duration": POST, "max_decision_wait": 1.0, "hls_keep_extra_segments": 20,
+        "log_level": "DEBUG"})
+    s.signing_key = signing_key
+    try:
+        s.start_mosquitto()
+        s.start_portal([{"plate": "TEST123", "enabled": True}])
+        s.start_camera()
+        s.start_pod(timeout=60)
+        s.start_gateway()
+        yield s
+    finally:
+        s.stop()
+        mp.undo()
+
+
+def test_no_secret_in_any_log_after_a_full_run(full_stack, figure):
+    s = full_stack
+    started = time.time()
+    found: dict[str, str] = {  # label → secret string
+        "stream secret": s.secret, "admin token": s.admin_token, "portal API key": s.api_key,
+        "storage signing key": s.signing_key,
+    }
+    user_session = "user-session-" + secrets.token_urlsafe(16)
+    found["portal user session key"] = user_session
+    gw, cam = s.gateway_url, s.camera_id
+
+    # --- viewer: JWT from the portal, sessions by query and by header ------------------------
+    r = httpx.post(f"{s.portal_url}/api/pod/stream-token", json={"camera_id": cam},
+                   headers={"Authorization": f"Bearer {user_session}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    jwt_portal = r.json()["token"]
+    jwt_local = s.user_token(user_id="second-viewer")
+    grants: set[str] = set()
+    r1 = httpx.get(f"{gw}/streams/{cam}/index.m3u8?token={jwt_portal}", timeout=10)
+    r2 = httpx.get(f"{gw}/streams/{cam}/index.m3u8", headers={"Authorization": f"Bearer {jwt_local}"}, timeout=10)
+    assert r1.status_code == r2.status_code == 302
+    for r in (r1, r2):
+        grants |= grants_in(r.headers["location"])
+        playlist = httpx.get(f"{gw}/streams/{cam}/{r.headers['location']}", timeout=10)
+        assert playlist.status_code == 200
+        grants |= grants_in(playlist.text)
+        uris = [u for u in playlist.text.splitlines() if u and not u.startswith("#")]
+        uris += re.findall(r'URI="([^"]+)"', playlist.text)
+        for uri in uris[-3:]:
+            assert httpx.get(f"{gw}/streams/{cam}/{uri}", timeout=10).status_code == 200
+    assert httpx.get(f"{gw}/watch/{cam}?token={jwt_portal}", timeout=10).status_code == 200
+
+    # --- refused credentials ----------------------------------------------------------------
+    forged = jwt.encode({"aud": "platebridge-stream", "exp": int(time.time()) + 300, "user_id": "mallory",
+                         "camera_id": cam, "pod_id": s.pod_id}, "forged-" + secrets.token_urlsafe(32),
+                        algorithm="HS256")
+    assert httpx.get(f"{gw}/streams/{cam}/index.m3u8?token={forged}", timeout=10).status_code == 401
+    assert httpx.get(f"{gw}/streams/{cam}/index.m3u8", headers={"Authorization": f"Bearer {forged}"},
+                     timeout=10).status_code == 401
+    bad_grant = next(iter(grants))[:-4] + "AAAA"
+    assert httpx.get(f"{gw}/streams/{cam}/index.m3u8?pb_grant={bad_grant}", timeout=10).status_code == 403
+    wrong_admin = secrets.token_urlsafe(24)
+    nudge = f"{gw}/pods/{s.pod_id}/nudge"
+    assert httpx.post(nudge, headers={"Authorization": f"Bearer {wrong_admin}"}, timeout=10).status_code == 401
+    direct_pod_token = pod_token(s)  # what a gateway sends; used once directly against the pod
+    assert httpx.get(f"{s.pod_url}/cameras/{cam}/index.m3u8", headers={"Authorization": f"Bearer {direct_pod_token}"},
+                     timeout=10).status_code == 200
+
+    # --- the portal nudges the pod through the gateway -------------------------------------
+    r = httpx.post(nudge, json={"reason": "whitelist_changed"}, headers={"Authorization": f"Bearer {s.admin_token}"},
+                   timeout=10)
+    assert r.status_code == 202, r.text
+
+    # --- a car: decision at the portal, clip uploaded by signed URL, confirmed, downloaded ---
+    def buffered_seconds() -> float:  # the HLS buffer must hold the pre-roll before the car arrives
+        text = (s.hls_dir / cam / "index.m3u8").read_text()
+        return sum(float(d) for d in re.findall(r"#EXTINF:([0-9.]+)", text))
+
+    wait_until(lambda: buffered_seconds() >= PRE + 1, 20, what="the pre-roll in the HLS buffer")
+    pub = Publisher("127.0.0.1", s.mqtt_port)
+    try:
+        event_id = pub.passage("TEST 123")
+    finally:
+        pub.close()
+    wait_until(lambda: any(d["event_id"] == event_id for d in s.detections()), 20, what="the detection")
+
+    def recordings():
+        r = httpx.get(f"{s.portal_url}/api/pod/recordings", params={"camera_id": cam},
+                      headers={"Authorization": f"Bearer {user_session}"}, timeout=5)
+        return r.json()["recordings"]
+
+    [rec] = wait_until(recordings, PRE + POST + 45, interval=0.5, what="a confirmed recording")
+    assert rec["event_id"] == event_id
+    download = httpx.get(rec["video_url"], timeout=30)
+    assert download.status_code == 200 and download.headers["content-type"] == "video/mp4"
+    found["download URL signature"] = parse_qs(urlsplit(rec["video_url"]).query)["sig"][0]
+    issued = httpx.get(f"{s.portal_url}/__standin/upload-urls", timeout=5).json()["upload_urls"]
+    assert issued
+    for i, u in enumerate(issued):
+        sig = storage_signature(s.signing_key, "PUT", u["file_path"], int(u["expires"]))
+        # proof that the recomputed signature is the real one: the stand-in checks it before
+        # answering 409 (object exists); a wrong one would be 403
+        probe = httpx.put(f"{s.portal_url}/storage/{u['file_path']}", params={"expires": u["expires"], "sig": sig},
+                          content=b"x", timeout=10)
+        assert probe.status_code == 409, (probe.status_code, probe.text)
+        found[f"upload URL signature {i}"] = sig
+    ended = time.time()
+
+    # --- every secret string of the run --------------------------------------------------------
+    for name, token in (("user JWT from the portal", jwt_portal), ("user JWT (second viewer)", jwt_local),
+                        ("forged JWT", forged), ("pod token used directly", direct_pod_token)):
+        found[name] = token
+        found[name + " signature"] = token.rsplit(".", 1)[1]
+    for i, g in enumerate(sorted(grants | {bad_grant})):
+        found[f"grant {i}"] = g
+        found[f"grant {i} MAC"] = g.rsplit(".", 1)[1]
+    found["wrong admin token"] = wrong_admin
+    ring = Keyring.single(s.secret)
+    # the gateway mints with now=time.time(): the token depends only on the whole second
+    assert mint_pod_token(ring, camera_id=cam, pod_id=s.pod_id, ttl=30, now=started + 0.7) == mint_pod_token(
+        ring, camera_id=cam, pod_id=s.pod_id, ttl=30, now=float(int(started + 0.7)))
+    for t in range(int(started) - 1, int(ended) + 2):  # every gateway→pod token the gateway can have minted
+        for camera in (cam, "*"):
+            found[f"gateway→pod token {camera} @{t}"] = mint_pod_token(ring, camera_id=camera, pod_id=s.pod_id,
+                                                                      ttl=30, now=float(t))
+    assert len(grants) >= 4 and all(len(v) >= 16 for v in found.values())
+
+    s.stop()  # every process flushed and closed its log
+    logs = sorted(p for p in s.workdir.rglob("*.log") if p.is_file())
+    names = {p.name for p in logs}
+    assert {"pod.log", "gateway.log", "portal.log", "camera.log", "mosquitto.log"} <= names, names
+    texts = {p.name: p.read_text(errors="replace") for p in logs}
+    lines = sum(t.count("\n") for t in texts.values())
+    leaks = [(label, file) for label, value in found.items() for file, text in texts.items() if value in text]
+    figure("log lines scanned (all processes)", lines, "lines", "> 100", lines > 100)
+    figure("distinct secret strings searched for", len(found), "strings", ">= 20", len(found) >= 20)
+    figure("secrets found in logs", len(leaks), "occurrences", "== 0", not leaks)
+    assert not leaks, leaks
+    assert lines > 100 and len(found) >= 20
+    # the requests that carried secrets were logged, redacted
+    gateway_log = texts["gateway.log"]
+    assert "token=***" in gateway_log and "pb_grant=***" in gateway_log, "no redacted access log lines"
+    assert "platebridge.pod.decision" in texts["pod.log"] and "uploads:" in texts["pod.log"]
