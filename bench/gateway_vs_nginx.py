@@ -808,7 +808,7 @@ def recommend(summary: list[dict], results: dict, cases: list[Case]) -> tuple[st
     kind, workers = choice
     server = kind.split("-")[0]
     loop = "asyncio" if kind.endswith("-asyncio") else "uvloop"
-    verdict = f"`server: {server}`, `loop: {loop}`, `workers: {workers}`"
+    verdict = f"`server: {server}`, `loop: {loop}`, {workers} worker process(es)"
     if choice == DEFAULT_SERVER:
         verdict += " (the default): no other choice was clearly better in this run"
     else:
