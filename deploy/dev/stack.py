@@ -12,10 +12,11 @@ the stack's work directory.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
-import shutil
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -79,16 +80,67 @@ def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "co
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child only calls prctl between fork and exec
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup(parent_pid: int):
+    """``preexec_fn`` for stack children (runs in the child between fork and exec, after the
+    ``setsid`` of ``start_new_session``): SIGTERM when the parent dies (PR_SET_PDEATHSIG,
+    the call pod/streamer.py makes for ffmpeg), so a hard-killed pytest or demo leaks no
+    camera, pod, gateway, broker or portal. It survives exec (the camera's /usr/bin/python3
+    included).
+
+    Linux sends the signal when the *thread* that forked the child ends: spawn stack
+    processes from a thread that lives as long as the stack (the main thread)."""
+
+    def setup() -> None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl: no signal will ever come
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return setup
+
+
+def group_members(pgid: int) -> list[tuple[int, str]]:
+    """Live (not zombie) processes in process group ``pgid``, as (pid, command name)."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        head, _, rest = stat.rpartition(")")
+        fields = rest.split()  # state, ppid, pgrp, ...
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append((int(entry.name), head.partition("(")[2]))
+    return out
+
+
 @dataclass
 class Proc:
-    """A child process with its log file."""
+    """A child process with its log file. :func:`_spawn` starts it in its own session, so
+    it leads process group ``pgid`` (its children, e.g. the pod's ffmpeg, are in it too).
+
+    ``leftovers``: members of that group :meth:`stop` found still alive ``grace`` seconds
+    after the process itself had exited (children it failed to stop; [] when clean)."""
 
     name: str
     popen: subprocess.Popen
     log: Path
+    pgid: int | None = None
+    leftovers: list[tuple[int, str]] = field(default_factory=list)
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout`` s; returns the exit code."""
+    def stop(self, timeout: float = 10.0, grace: float = 5.0) -> int | None:
+        """SIGTERM the process, SIGKILL after ``timeout`` s; returns its exit code.
+
+        Only the process itself is signalled at first: stopping its own children is its job,
+        and tests check that the pod does. Whatever of its process group is still alive
+        ``grace`` s after it exited is recorded in :attr:`leftovers` and signalled as a
+        group (SIGTERM, then SIGKILL 3 s later), so no grandchild outlives the stack."""
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
@@ -96,7 +148,24 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+        self.leftovers = self._reap_group(grace)
         return self.popen.returncode
+
+    def _reap_group(self, grace: float) -> list[tuple[int, str]]:
+        if self.pgid is None:
+            return []
+        deadline = time.monotonic() + grace
+        while (left := group_members(self.pgid)) and time.monotonic() < deadline:
+            time.sleep(0.05)  # e.g. children still dying of their own PR_SET_PDEATHSIG
+        if not left:
+            return []
+        for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pgid, sig)
+            deadline = time.monotonic() + wait
+            while group_members(self.pgid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return left
 
     def tail(self, n: int = 30) -> str:
         """Last ``n`` lines of the process log."""
@@ -106,12 +175,16 @@ class Proc:
 
 
 def _spawn(name: str, args: list[str], workdir: Path, env: dict | None = None) -> Proc:
+    """Start ``args`` with its output in ``<workdir>/<name>.log``, in a new session (its own
+    process group: Ctrl-C in a terminal reaches only the parent, which stops the stack) and
+    with PR_SET_PDEATHSIG=SIGTERM (:func:`_child_setup`). Call it from the main thread."""
     log = workdir / f"{name}.log"
     fh = open(log, "ab")  # noqa: SIM115 - owned by the child
     popen = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             env={**os.environ, **(env or {})}, cwd=ROOT)
+                             env={**os.environ, **(env or {})}, cwd=ROOT, start_new_session=True,
+                             preexec_fn=_child_setup(os.getpid()))  # noqa: PLW1509 - only calls prctl
     fh.close()
-    return Proc(name, popen, log)
+    return Proc(name, popen, log, pgid=popen.pid)
 
 
 @dataclass
@@ -170,7 +243,11 @@ class Stack:
     def start_mosquitto(self, timeout: float = 10.0) -> Proc:
         """Start Debian's mosquitto on 127.0.0.1:<mqtt_port> (anonymous, no persistence)."""
         conf = self.workdir / "mosquitto.conf"
-        conf.write_text(f"listener {self.mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        # Started as root, mosquitto switches to user "mosquitto", and a change of user clears
+        # PR_SET_PDEATHSIG: it would outlive a killed parent. "user root" keeps it as it was
+        # started (it logs a warning about running as root; loopback only, like every part here).
+        stay = "user root\n" if os.geteuid() == 0 else ""
+        conf.write_text(f"listener {self.mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n{stay}"
                         "set_tcp_nodelay true\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n")
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         proc = _spawn("mosquitto", [exe, "-c", str(conf)], self.workdir)
@@ -328,7 +405,8 @@ class Stack:
         return f"{self.gateway_url}/watch/{self.camera_id}?token={token}"
 
     def stop(self) -> None:
-        """Stop everything, gateway first, camera last."""
+        """Stop everything, gateway first, camera last (:meth:`Proc.stop`: each process,
+        then whatever of its process group it left behind)."""
         for name in ("gateway", "pod", "camera", "portal", "mosquitto"):
             if name in self.procs:
                 self.procs[name].stop()

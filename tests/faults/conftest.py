@@ -58,6 +58,14 @@ def alive(pid: int) -> bool:
         return False
 
 
+def gateway_upstream_fetches(s, kind: str) -> float:
+    """Counter platebridge_gateway_upstream_fetches_total{kind} from the gateway's /metrics:
+    fetches from pods the gateway has started (it counts one just before sending it)."""
+    text = httpx.get(f"{s.gateway_url}/metrics", timeout=5).text
+    m = re.search(rf'^platebridge_gateway_upstream_fetches_total{{kind="{kind}"}} ([0-9.e+]+)$', text, re.MULTILINE)
+    return float(m.group(1)) if m else 0.0
+
+
 def media_sequence(text: str) -> int:
     return int(re.search(r"#EXT-X-MEDIA-SEQUENCE:(\d+)", text).group(1))
 
@@ -95,9 +103,17 @@ def raise_fd_limit(want: int = 8192) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+# Unmounts the tmpfs if this process dies without its ``finally`` (pytest hard-killed):
+# it waits for EOF on stdin; the fixture writes one byte first when it unmounted itself.
+_JANITOR = ("import subprocess, sys\n"
+            "if not sys.stdin.buffer.read(1):\n"
+            "    subprocess.run(['umount', '-l', sys.argv[1]], capture_output=True, check=False)\n")
+
+
 @contextlib.contextmanager
 def tmpfs_mounted(path: Path, size: str):
-    """Mount a tmpfs of ``size`` (mount(8) syntax, e.g. ``3m``) on ``path``; always unmounted.
+    """Mount a tmpfs of ``size`` (mount(8) syntax, e.g. ``3m``) on ``path``; always unmounted,
+    by a janitor process even if this process is killed (SIGKILL) before it can unmount.
 
     Needs root (CAP_SYS_ADMIN): without it the test FAILS with the reason — a fault test
     that silently skips proves nothing."""
@@ -107,12 +123,22 @@ def tmpfs_mounted(path: Path, size: str):
     if r.returncode != 0:
         pytest.fail(f"cannot mount a tmpfs on {path} (uid {os.geteuid()}; this fault test needs root / "
                     f"CAP_SYS_ADMIN): {r.stderr.strip() or r.stdout.strip()}")
+    janitor = subprocess.Popen([sys.executable, "-c", _JANITOR, str(path)], stdin=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         yield path
     finally:
         r = subprocess.run(["umount", str(path)], capture_output=True, text=True, timeout=30, check=False)
         if r.returncode != 0:  # still busy (a child holds a file): detach it lazily
             subprocess.run(["umount", "-l", str(path)], capture_output=True, text=True, timeout=30, check=False)
+        with contextlib.suppress(OSError):
+            janitor.stdin.write(b"x")  # unmounted already: nothing for the janitor to do
+            janitor.stdin.close()
+        try:
+            janitor.wait(10)
+        except subprocess.TimeoutExpired:
+            janitor.kill()
+            janitor.wait()
 
 
 @pytest.fixture
@@ -134,6 +160,7 @@ __all__ = [
     "alive",
     "camera_health",
     "ffprobe_streams",
+    "gateway_upstream_fetches",
     "make_stack",
     "map_uri",
     "media_sequence",

@@ -26,6 +26,11 @@ def failed_heartbeats(s) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+def heartbeats_received(s) -> int:
+    """Heartbeats the portal stand-in has accepted (it records only successful ones)."""
+    return len(httpx.get(f"{s.portal_url}/__standin/heartbeats", timeout=5).json()["heartbeats"])
+
+
 def head_attempts(outbox: Path) -> int:
     """Delivery attempts of the oldest pending outbox row (read-only look at the pod's SQLite)."""
     db = sqlite3.connect(f"file:{outbox}?mode=ro", uri=True, timeout=5)
@@ -93,7 +98,11 @@ def test_portal_down_10_minutes_and_pod_sigkill_every_detection_arrives_exactly_
         t_up = time.monotonic()
         wait_until(lambda: s.pod_health()["outbox"]["depth"] == 0, 60, interval=0.05, what="outbox drained")
         drained = time.monotonic() - t_up
-        time.sleep(2 * HEARTBEAT)  # anything re-sent late would show up as a second delivery now
+        # two more heartbeats received: the pod has been talking to the portal for a while after
+        # the drain, so anything re-sent late would show up as a second delivery now
+        hb_seen = heartbeats_received(s)
+        wait_until(lambda: heartbeats_received(s) >= hb_seen + 2, 10 * HEARTBEAT, interval=0.1,
+                   what="two more heartbeats at the portal after the drain")
         got = s.detections()
         pod_alive = s.procs["pod"].popen.poll() is None
     finally:

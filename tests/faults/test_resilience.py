@@ -22,6 +22,12 @@ from tests.faults.conftest import (
 
 CAMERA_GONE_SECONDS = 30.0
 STREAM_BACK_LIMIT = 10.0
+# Watchdog limit = 3 x target + one tick + this allowance (s): the trip is polled on /health
+# every 50 ms (plus the request), the watchdog may notice the last playlist change up to a
+# tick after ffmpeg wrote it, and this 2-CPU box is shared with other jobs (scheduling delay
+# of the pod's event loop and of this test). Kept <= 2 s: with 1.5 s a watchdog that waited
+# 5 x target (5-5.5 s here) already fails; with 2 s it could pass.
+WATCHDOG_ALLOWANCE = 1.5
 
 
 def test_camera_gone_30s_stream_back_through_gateway_within_10s(live_stack, tmp_path, figure):
@@ -83,24 +89,28 @@ def test_camera_gone_30s_stream_back_through_gateway_within_10s(live_stack, tmp_
 def test_stalled_ffmpeg_is_restarted_by_watchdog(live_stack, figure):
     """ffmpeg is SIGSTOP'd: alive, its RTSP session open, but the playlist stops advancing.
     The watchdog must trip within ``watchdog_factor`` (3) × target duration of the last
-    playlist change; it looks every half segment (0.5 s tick here), and the test polls
-    /health, so the bound is 3 × target + 0.5 s tick + 1 s for polling and CPU noise.
-    Then the stalled process is killed and a new ffmpeg runs."""
+    playlist change it saw, plus its poll tick (it looks every half segment: 0.5 s here).
+    The limit adds a scheduling allowance of 1.5 s, documented in WATCHDOG_ALLOWANCE.
+    The trip is waited for much longer than the limit, so a late trip is measured, reported
+    (BAD) and fails the assertion rather than timing out. Then the stalled process is
+    killed and a new ffmpeg runs."""
     s = live_stack
     h = camera_health(s)
     pid, trips = h["pid"], h["watchdog_trips"]
     assert pid and alive(pid)
     os.kill(pid, signal.SIGSTOP)  # alive but stalled
     t0 = time.monotonic()
-    wait_until(lambda: camera_health(s)["watchdog_trips"] > trips, timeout=15, interval=0.05, what="watchdog trip")
+    wait_until(lambda: camera_health(s)["watchdog_trips"] > trips, timeout=30, interval=0.05, what="watchdog trip")
     elapsed = time.monotonic() - t0
     wait_until(lambda: not alive(pid), timeout=10, what="stalled ffmpeg to be killed")
     wait_until(lambda: camera_health(s)["state"] == "running" and camera_health(s)["pid"] not in (None, pid),
                timeout=30, what="new ffmpeg running")
     restarted = time.monotonic() - t0
-    limit = 3 * s.segment_seconds + 0.5 + 1.0
+    tick = min(1.0, s.segment_seconds / 2)  # pod/streamer.py CameraStreamer._watchdog
+    limit = 3 * s.segment_seconds + tick + WATCHDOG_ALLOWANCE
     print(f"watchdog tripped {elapsed:.2f}s after SIGSTOP; new ffmpeg running after {restarted:.1f}s")
-    figure("ffmpeg SIGSTOP -> watchdog trip", elapsed, "s", f"<= 3 x target + 1.5 = {limit:g} s", elapsed <= limit)
+    figure("ffmpeg SIGSTOP -> watchdog trip", elapsed, "s",
+           f"<= 3 x target + tick {tick:g} + {WATCHDOG_ALLOWANCE:g} = {limit:g} s", elapsed <= limit)
     assert elapsed <= limit
     # after the trip: SIGTERM is pending on a stopped process, SIGKILL after 3 s, backoff, new run
     figure("ffmpeg SIGSTOP -> new ffmpeg running", restarted, "s", "<= 15 s", restarted <= 15)
@@ -108,25 +118,35 @@ def test_stalled_ffmpeg_is_restarted_by_watchdog(live_stack, figure):
 
 
 def test_sigterm_stops_ffmpeg_without_orphans(live_stack, figure):
+    """The pod gets SIGTERM (only the pod: Proc.stop signals the process group only for what
+    is still alive 5 s after the pod exited, and reports it as ``leftovers``). It must exit
+    0 within 10 s and take its ffmpeg with it."""
     s = live_stack
     pid = camera_health(s)["pid"]
     assert pid and alive(pid)
     t0 = time.monotonic()
     code = s.procs["pod"].stop(timeout=15)
     exited = time.monotonic() - t0
-    assert code == 0
-    wait_until(lambda: not alive(pid), timeout=5, what="ffmpeg gone after pod SIGTERM")
+    leftovers = s.procs["pod"].leftovers
     figure("pod SIGTERM -> clean exit, ffmpeg gone", exited, "s", "<= 10 s", exited <= 10)
+    assert code == 0
+    assert leftovers == [], f"the pod left children behind: {leftovers}"
+    assert not alive(pid)
     assert exited <= 10
 
 
 def test_sigkilled_pod_leaves_no_orphan_ffmpeg(live_stack, figure):
+    """The pod is SIGKILLed (no shutdown code runs): its ffmpeg must die by itself, through
+    the PR_SET_PDEATHSIG the pod set when it started it, within 5 s. Nothing else signals
+    ffmpeg meanwhile: the kill goes to the pod's pid only, and the stack's teardown (which
+    would also end the process group) runs after the measurement."""
     s = live_stack
     pid = camera_health(s)["pid"]
+    assert pid and alive(pid)
     s.procs["pod"].popen.kill()
     s.procs["pod"].popen.wait()
     t0 = time.monotonic()
-    wait_until(lambda: not alive(pid), timeout=5, interval=0.02,
+    wait_until(lambda: not alive(pid), timeout=20, interval=0.02,
                what="ffmpeg to die with its parent (PR_SET_PDEATHSIG)")
     secs = time.monotonic() - t0
     figure("pod SIGKILL -> orphan ffmpeg gone", secs, "s", "<= 5 s", secs <= 5)

@@ -74,7 +74,7 @@ def test_cli_refuses_bad_workers_flag(tmp_path):
     f = tmp_path / "gw.yaml"
     f.write_text("stream_secret: " + "s" * 40 + "\n")
     r = subprocess.run([sys.executable, "-m", "gateway", "--config", str(f), "--workers", "0"],
-                       capture_output=True, text=True, env=_env(), timeout=60)
+                       capture_output=True, text=True, env=_env(), timeout=60, check=False)
     assert r.returncode == 2 and "--workers" in r.stderr
 
 
@@ -84,24 +84,64 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("flags", [
-    ["--server", "uvicorn", "--workers", "2"],
-    ["--server", "uvicorn", "--loop", "asyncio"],
-    pytest.param(["--server", "granian"], id="granian"),
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _group(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid`` (the gateway started in its own session)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                out.append(int(d))
+    return out
+
+
+def _workers(pgid: int) -> list[int]:
+    """uvicorn's worker processes (multiprocessing spawn children) in the gateway's group."""
+    return [pid for pid in _group(pgid) if "multiprocessing.spawn import spawn_main" in _cmdline(pid)]
+
+
+def _maps_uvloop(pid: int) -> bool:
+    """Whether ``pid`` has uvloop's extension module (uvloop/loop.*.so) mapped."""
+    with open(f"/proc/{pid}/maps") as f:
+        return any("/uvloop/loop." in line for line in f)
+
+
+@pytest.mark.parametrize("flags,workers,uvloop", [
+    pytest.param(["--server", "uvicorn"], 1, True, id="uvicorn-default"),  # the control: uvloop is mapped
+    pytest.param(["--server", "uvicorn", "--workers", "2"], 2, True, id="uvicorn-workers2"),
+    pytest.param(["--server", "uvicorn", "--loop", "asyncio"], 1, False, id="uvicorn-asyncio"),
+    pytest.param(["--server", "granian"], None, None, id="granian"),
 ])
-def test_cli_serves_with_each_server_choice(tmp_path, flags):
+def test_cli_serves_with_each_server_choice(tmp_path, flags, workers, uvloop):
+    """The gateway serves with each choice, and the choice is really applied: ``--workers 2``
+    logs its warning and runs exactly 2 uvicorn worker processes; the serving process maps
+    uvloop's extension module by default and does not with ``--loop asyncio``."""
     if "granian" in flags:
         pytest.importorskip("granian")
     f = tmp_path / "gw.yaml"
     f.write_text("stream_secret: " + "s" * 40 + "\npods: {gate-1: 'http://127.0.0.2:8000'}\naccess_log: false\n"
                  "log_level: WARNING\n")
     port = _free_port()
-    p = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(f), "--port", str(port), *flags],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+    out = tmp_path / "gateway.out"
+    with open(out, "wb") as fh:  # a file, not a PIPE nobody reads: the gateway can never block on its output
+        p = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(f), "--port", str(port), *flags],
+                             stdout=fh, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
     try:
         deadline = time.monotonic() + 30
         while True:
-            assert p.poll() is None, p.stdout.read().decode(errors="replace")
+            assert p.poll() is None, out.read_text(errors="replace")
             try:
                 r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2, trust_env=False)
                 break
@@ -112,6 +152,26 @@ def test_cli_serves_with_each_server_choice(tmp_path, flags):
         # the hot path is served by the app each worker built: no token → 401, not a server error
         r = httpx.get(f"http://127.0.0.1:{port}/streams/cam-1/index.m3u8", timeout=5, trust_env=False)
         assert r.status_code == 401
+        if workers is not None:
+            text = out.read_text(errors="replace")
+            spawned = _workers(p.pid)
+            if workers > 1:
+                assert f"{workers} workers: each has its own segment cache" in text, text
+                # both workers up (the first one may answer /healthz before the second is serving)
+                deadline = time.monotonic() + 15
+                while len(spawned := _workers(p.pid)) < workers and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert len(spawned) == workers, [_cmdline(pid) for pid in _group(p.pid)]
+                serving = spawned
+            else:
+                assert "workers:" not in text, text
+                assert spawned == [], [_cmdline(pid) for pid in _group(p.pid)]
+                serving = [p.pid]
+            # a worker may still be importing when it is first seen: mappings only ever get added
+            deadline = time.monotonic() + 15
+            while [_maps_uvloop(pid) for pid in serving] != [uvloop] * len(serving) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert [_maps_uvloop(pid) for pid in serving] == [uvloop] * len(serving), (flags, serving)
     finally:
         os.killpg(p.pid, 15)
         try:
