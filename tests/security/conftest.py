@@ -12,10 +12,12 @@ written (httpx and requests normalise or refuse some of them).
 
 from __future__ import annotations
 
+import re
 import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urljoin
 
 import httpx
 import pytest
@@ -25,8 +27,8 @@ from tests.e2e.conftest import make_stack, pod_requests_total, wait_until
 
 from stack import free_port  # noqa: E402 - deploy/dev is on sys.path via tests.e2e.conftest
 
-__all__ = ["RawResponse", "Sentinels", "free_port", "make_stack", "pod_requests_total", "pod_token", "raw_request",
-           "session_grant", "wait_until"]
+__all__ = ["GatewayCounters", "RawResponse", "Sentinels", "free_port", "gateway_counters", "make_stack",
+           "play_like_a_player", "pod_requests_total", "pod_token", "raw_request", "session_grant", "wait_until"]
 
 
 @dataclass
@@ -69,12 +71,16 @@ def raw_request(host: str, port: int, target: bytes, headers: dict[str, str] | N
 
 @dataclass
 class Sentinels:
-    """Files planted outside the camera's HLS directory. Their names have extensions the
-    pod serves (``.m3u8``, ``.ts``), so only the traversal defences stand between a
-    request and their bytes. ``marker`` is in every one of them and nowhere else."""
+    """Files planted outside the camera's HLS directory, and two inside it. Their names
+    have extensions the pod serves (``.m3u8``, ``.ts``), so only the traversal defences
+    stand between a request and their bytes. ``marker`` is in every one of them and
+    nowhere else. ``served``: the plain file inside the camera directory that the pod
+    DOES serve (the control that a served sentinel is seen); every other file must
+    never be served."""
 
     marker: bytes
     files: dict[str, Path]  # label → path
+    served: Path
 
     def leaked_in(self, data: bytes) -> bool:
         """True if ``data`` holds the marker (the content of a sentinel file)."""
@@ -83,8 +89,8 @@ class Sentinels:
 
 def plant_sentinels(workdir: Path, hls_dir: Path, camera_id: str) -> Sentinels:
     """Plant the sentinel files: in the HLS root next to the camera directory, in the stack's
-    work directory above it, in another camera's directory, and a symlink inside the camera
-    directory that points out of it."""
+    work directory above it, in another camera's directory, a hidden file and a symlink
+    pointing out of it inside the camera directory, and a plain file inside it."""
     marker = b"PB-SENTINEL-" + secrets.token_hex(16).encode()
     body = b"#EXTM3U\n#" + marker + b"\n" + marker * 4 + b"\n"
     files = {
@@ -92,6 +98,9 @@ def plant_sentinels(workdir: Path, hls_dir: Path, camera_id: str) -> Sentinels:
         "hls root ts": hls_dir / "sentinel.ts",
         "work dir": workdir / "sentinel.ts",
         "other camera": hls_dir / "other-cam" / "index.m3u8",
+        "hidden in camera dir": hls_dir / camera_id / ".sentinel.m3u8",
+        "hidden ts in camera dir": hls_dir / camera_id / ".sentinel.ts",
+        "plain in camera dir (served)": hls_dir / camera_id / "sentinel-inside.ts",
     }
     for path in files.values():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +110,76 @@ def plant_sentinels(workdir: Path, hls_dir: Path, camera_id: str) -> Sentinels:
     link.unlink(missing_ok=True)
     link.symlink_to(files["hls root"])
     files["symlink in camera dir"] = link
-    return Sentinels(marker, files)
+    return Sentinels(marker, files, files["plain in camera dir (served)"])
+
+
+@dataclass(frozen=True)
+class GatewayCounters:
+    """The gateway's own counters (its ``/metrics``, :mod:`gateway.metrics`), summed over labels.
+
+    ``upstream``: fetches from pods (playlist, segment, init); ``segment_lookups``: segment
+    cache lookups, hits and misses; ``bytes_out``: body bytes sent to viewers (a playlist
+    served from the shared playlist cache moves it, although no pod is asked); ``served``:
+    proxy answers with status 200, 206 or 302 (anything that hands out bytes or a grant)."""
+
+    upstream: float
+    segment_lookups: float
+    bytes_out: float
+    served: float
+
+    def __sub__(self, other: GatewayCounters) -> GatewayCounters:
+        return GatewayCounters(self.upstream - other.upstream, self.segment_lookups - other.segment_lookups,
+                               self.bytes_out - other.bytes_out, self.served - other.served)
+
+    def all_zero(self) -> bool:
+        return self.upstream == self.segment_lookups == self.bytes_out == self.served == 0
+
+
+def _series(text: str, name: str) -> list[tuple[str, float]]:
+    """``[(labels, value)]`` of every sample of metric ``name`` (exact name, ``_created`` excluded)."""
+    return [(labels or "", float(v)) for labels, v in
+            re.findall(rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? ([0-9.e+-]+)$", text, re.MULTILINE)]
+
+
+def gateway_counters(stack) -> GatewayCounters:
+    """Read :class:`GatewayCounters` from the gateway's ``/metrics``."""
+    text = httpx.get(f"{stack.gateway_url}/metrics", timeout=5).text
+    assert "platebridge_gateway_requests_total" in text, text[:300]
+    served = sum(v for labels, v in _series(text, "platebridge_gateway_requests_total")
+                 if re.search(r'status="(200|206|302)"', labels))
+    return GatewayCounters(
+        upstream=sum(v for _, v in _series(text, "platebridge_gateway_upstream_fetches_total")),
+        segment_lookups=sum(v for _, v in _series(text, "platebridge_gateway_cache_total")),
+        bytes_out=sum(v for _, v in _series(text, "platebridge_gateway_bytes_out_total")),
+        served=served,
+    )
+
+
+def play_like_a_player(first: httpx.Response, max_media: int = 2) -> list[httpx.Response]:
+    """What a player does with the gateway's answer ``first``: follow a redirect's
+    ``Location``, then fetch the variant or media playlist and the last ``max_media`` URIs
+    of a media playlist (URI lines and ``URI="…"`` attributes), each resolved against the
+    URL it came from. A refusal (no ``Location``, not 200) ends it. Returns every response
+    after ``first``."""
+    out: list[httpx.Response] = []
+    r = first
+    for _ in range(3):  # redirect → playlist (→ variant playlist)
+        if r.is_redirect and "location" in r.headers:
+            r = httpx.get(urljoin(str(r.request.url), r.headers["location"]), timeout=10)
+            out.append(r)
+            continue
+        if r.status_code != 200 or "#EXTM3U" not in r.text:
+            return out
+        uris = [u.strip() for u in r.text.splitlines() if u.strip() and not u.startswith("#")]
+        uris += re.findall(r'URI="([^"]+)"', r.text)
+        base = str(r.request.url)
+        if "#EXT-X-STREAM-INF" in r.text and uris:
+            r = httpx.get(urljoin(base, uris[0]), timeout=10)
+            out.append(r)
+            continue
+        out += [httpx.get(urljoin(base, u), timeout=10) for u in uris[-max_media:]]
+        return out
+    return out
 
 
 def session_grant(stack) -> str:

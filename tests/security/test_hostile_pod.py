@@ -1,10 +1,20 @@
 """A hostile pod serves playlists whose URIs point at another host: the gateway refuses
-the playlist (502) and never fetches anything from that host.
+the playlist (502), and neither the gateway nor a player of what it serves ever
+connects to that host.
 
 Real sockets on loopback: the hostile pod is a small HTTP server on 127.0.0.5, the
 "foreign host" another one on 127.0.0.9 that counts every TCP connection it accepts.
 The gateway is the real app in process with its real upstream client (no transport
 seam), configured with the hostile pod in its static pod map.
+
+The gateway builds every upstream URL from the pod's base URL, so it cannot itself be
+led to the foreign host by a playlist; the risk is the *player*, which fetches whatever
+URI the served playlist holds. So the tests act as the player (:func:`play`): every URI
+of a 200 playlist — found by the permissive reader of :mod:`tests.security.hls_player`,
+resolved like a browser — is fetched, through the gateway when it resolves there and
+directly otherwise; a refused playlist's body must name no foreign URL. The foreign
+host's counter is read after that. The control runs the same player over each raw
+hostile playlist (as if the gateway had passed it through) and the counter does count.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from gateway.config import parse_config
 from gateway.discovery import StaticDiscovery
 from tests.gateway.conftest import CAM, POD, SECRET, make_token
 from tests.security.conftest import free_port
+from tests.security.hls_player import fetched_uris, player_target
 
 POD_HOST = "127.0.0.5"
 FOREIGN_HOST = "127.0.0.9"
@@ -151,12 +162,38 @@ def _hostile_playlists(f: str, pod: str) -> dict[str, str]:
 
 
 HOSTILE = list(_hostile_playlists("h:1", "p:2"))
+GATEWAY = "http://gw.test"
 
 
 async def _session(gateway) -> tuple[str, str]:
     r = await gateway.get(f"/streams/{CAM}/index.m3u8?token={make_token()}")
     assert r.status_code == 302, r.text
     return f"/streams/{CAM}/" + r.headers["location"], r.headers["location"].split("pb_grant=")[1]
+
+
+async def play(gateway, playlist_path: str, text: str) -> list[tuple[str, int]]:
+    """Act as a player on the playlist ``text`` served at ``playlist_path`` on the gateway:
+    fetch every URI in it, through the gateway if it resolves there, else directly from
+    whatever host it names (real sockets). Returns ``[(uri, status)]``; status 0 when the
+    direct fetch failed (the connection attempt still reaches a listening host)."""
+    out = []
+    async with httpx.AsyncClient(timeout=3) as direct:
+        for uri in fetched_uris(text):
+            scheme, host, port, target = player_target(GATEWAY + playlist_path, uri)
+            if (scheme, host, port) == ("http", "gw.test", 80):
+                out.append((uri, (await gateway.get(target)).status_code))
+                continue
+            try:
+                r = await direct.get(f"{scheme}://{host}:{port}{target}")
+                out.append((uri, r.status_code))
+            except httpx.HTTPError:
+                out.append((uri, 0))
+    return out
+
+
+def _names_foreign(text: str, f: str) -> bool:
+    """Whether ``text`` names the foreign host in any spelling the hostile playlists use."""
+    return any(x in text for x in (FOREIGN_HOST, f, "2130706441", f.replace(":", ".:"), "://", "//" + f))
 
 
 @pytest.mark.parametrize("name", HOSTILE)
@@ -169,17 +206,32 @@ async def test_playlist_with_a_foreign_uri_is_502_and_the_foreign_host_gets_noth
                                                         text.encode())
     url, grant = await _session(gateway)
     r = await gateway.get(url)
+    # the player: everything a 200 playlist names (none is expected: the playlist is refused)
+    played = await play(gateway, url, r.text) if r.status_code == 200 else []
     # whatever a player might guess from the refused playlist, with the grant it holds
     guesses = ["seg_2.m4s", "init.mp4", "key.bin", "audio.m3u8", "part_1.m4s", "part_2.m4s", "lo.m3u8", "hi.m3u8",
                "iframes.m3u8", "ad.m3u8", "steer.json", f"http:%2F%2F{f}%2Fseg_2.m4s", f"{f}/seg_2.m4s"]
     follow_ups = [(await gateway.get(f"/streams/{CAM}/{g}?pb_grant={grant}")).status_code for g in guesses]
     figure(f"connections to the foreign host caused by {name}", foreign.connections, "connections", "== 0",
            foreign.connections == 0)
-    assert r.status_code == 502, r.text
-    assert FOREIGN_HOST not in r.text and "#EXTM3U" not in r.text
+    assert r.status_code == 502, (r.text, played)
+    assert not _names_foreign(r.text, f) and "#EXTM3U" not in r.text, r.text
     assert all(code in (400, 404) for code in follow_ups), follow_ups
     assert hostile_pod.seen == [f"/cameras/{CAM}/index.m3u8"]  # the gateway fetched the playlist only
     assert foreign.connections == 0
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+async def test_control_a_player_of_the_raw_hostile_playlist_reaches_the_foreign_host(gateway, foreign, figure, name):
+    """Control for the test above: had the gateway passed the playlist through, the same
+    player would have connected to the foreign host, and the counter would show it."""
+    f = f"{FOREIGN_HOST}:{foreign.server_address[1]}"
+    text = _hostile_playlists(f, f"{POD_HOST}:1")[name]
+    played = await play(gateway, f"/streams/{CAM}/index.m3u8?pb_grant=x", text)
+    figure(f"foreign host connections by a player of raw {name}", foreign.connections, "connections", ">= 1",
+           foreign.connections >= 1)
+    assert _names_foreign(text, f)
+    assert foreign.connections >= 1, played
 
 
 async def test_pod_redirecting_to_a_foreign_host_is_not_followed(gateway, hostile_pod, foreign, figure):
@@ -191,14 +243,11 @@ async def test_pod_redirecting_to_a_foreign_host_is_not_followed(gateway, hostil
     url, _ = await _session(gateway)
     r = await gateway.get(url)
     assert r.status_code == 200
-    uris = [line for line in r.text.splitlines() if line and not line.startswith("#")]
-    seg = await gateway.get(f"/streams/{CAM}/{uris[0]}")
-    init_uri = r.text.split('URI="')[1].split('"')[0]
-    init = await gateway.get(f"/streams/{CAM}/{init_uri}")
+    played = dict(await play(gateway, url, r.text))  # the player fetches the segment and the init segment
     figure("connections to the foreign host caused by pod redirects", foreign.connections, "connections", "== 0",
            foreign.connections == 0)
-    assert seg.status_code == 502 and init.status_code == 502
-    assert "location" not in seg.headers and "location" not in init.headers
+    assert len(played) == 2 and set(played.values()) == {502}, played
+    assert hostile_pod.seen == [f"/cameras/{CAM}/index.m3u8", f"/cameras/{CAM}/init.mp4", f"/cameras/{CAM}/seg_1.m4s"]
     assert foreign.connections == 0
 
 
@@ -219,12 +268,12 @@ async def test_control_a_sane_playlist_from_the_same_pod_is_served(gateway, host
     ok = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:2.0,\nseg_1.m4s\n"
     hostile_pod.routes[f"/cameras/{CAM}/index.m3u8"] = (200, {}, ok.encode())
     hostile_pod.routes[f"/cameras/{CAM}/seg_1.m4s"] = (200, {}, b"SEGMENT")
+    hostile_pod.routes[f"/cameras/{CAM}/init.mp4"] = (200, {}, b"INIT")
     url, _ = await _session(gateway)
     r = await gateway.get(url)
     assert r.status_code == 200 and "pb_grant=" in r.text
-    seg = [line for line in r.text.splitlines() if line and not line.startswith("#")][0]
-    s = await gateway.get(f"/streams/{CAM}/{seg}")
-    figure("hostile-pod requests for a sane playlist and its segment", len(hostile_pod.seen), "requests", "== 2",
-           len(hostile_pod.seen) == 2)
-    assert s.status_code == 200 and s.content == b"SEGMENT"
-    assert hostile_pod.seen == [f"/cameras/{CAM}/index.m3u8", f"/cameras/{CAM}/seg_1.m4s"]
+    played = await play(gateway, url, r.text)  # the same player as above, through the gateway
+    figure("hostile-pod requests for a sane playlist and its media", len(hostile_pod.seen), "requests", "== 3",
+           len(hostile_pod.seen) == 3)
+    assert [code for _, code in played] == [200, 200], played
+    assert hostile_pod.seen == [f"/cameras/{CAM}/index.m3u8", f"/cameras/{CAM}/init.mp4", f"/cameras/{CAM}/seg_1.m4s"]

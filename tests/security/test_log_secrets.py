@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import sys
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
 import httpx
 import jwt
@@ -47,6 +48,64 @@ def storage_signature(signing_key: str, method: str, path: str, expires: int) ->
     """The stand-in's storage URL signature (deploy/dev/portal_standin.py ``sign``)."""
     key = hashlib.sha256(b"platebridge-standin-signing\0" + signing_key.encode()).digest()
     return hmac.new(key, f"{method}\n{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+FRAGMENT = 12  # characters: 64**12 base64url or 16**12 hex values, never met by chance
+MIN_FRAGMENTED = 16  # shorter secrets are only searched whole
+PUBLIC_PREFIXES = ("pbk_dev_", "user-session-")  # fixed, public beginnings of some secrets
+
+
+def needles(value: str) -> dict[str, str]:
+    """Every spelling of ``value`` to look for, form → text: the whole value and, for secret
+    parts of at least 16 characters, their first and last 12 characters; each as is,
+    percent-encoded (``quote``/``quote_plus``), JSON-escaped once and twice (a JSON log line
+    holding a JSON message), and upper-cased when hex. A JWT's or grant's secret part is its
+    signature/MAC (header and payload are readable by anyone)."""
+    core = value.rsplit(".", 1)[1] if value.count(".") >= 2 else value
+    for prefix in PUBLIC_PREFIXES:
+        core = core.removeprefix(prefix)
+    pieces = {"whole": value}
+    if len(core) >= MIN_FRAGMENTED:
+        pieces |= {"prefix": core[:FRAGMENT], "suffix": core[-FRAGMENT:]}
+    out = {}
+    for kind, piece in pieces.items():
+        out[kind] = piece
+        out[kind + " percent-encoded"] = quote(piece, safe="")
+        out[kind + " form-encoded"] = quote_plus(piece, safe="")
+        out[kind + " JSON-escaped"] = json.dumps(piece)[1:-1]
+        out[kind + " JSON-escaped twice"] = json.dumps(json.dumps(piece)[1:-1])[1:-1]
+        if re.fullmatch(r"[0-9a-f]+", piece):
+            out[kind + " upper-case hex"] = piece.upper()
+    return out
+
+
+def scan(found: dict[str, str], texts: dict[str, str]) -> list[tuple[str, str, str]]:
+    """``[(secret label, form, file)]`` for every spelling of every secret found in ``texts``."""
+    return [(label, form, file) for label, value in found.items() for form, needle in needles(value).items()
+            for file, text in texts.items() if needle in text]
+
+
+def test_control_the_scan_finds_fragments_and_encodings(figure):
+    """The search above finds what it claims: a 12-character prefix or suffix, percent-encoded
+    and JSON-escaped copies, nothing in clean text, and no fragment of a short secret."""
+    secret = 'k/Q+9 z"W\\' + "x7" * 8 + "&=Tq"  # characters that encodings change
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJ1IjoibSJ9." + "S1gnatureS1gnatureS1gnatureS1gnature"
+    found = {"secret": secret, "token": token, "short": "abcdefghijklm"}
+    cases = {
+        "prefix": f"user said {secret[:12]}… and left", "suffix": f"tail={secret[-12:]}",
+        "percent": f"GET /x?k={quote(secret, safe='')}", "json": json.dumps({"msg": secret}),
+        "json twice": json.dumps({"msg": json.dumps({"inner": secret})}),
+        "token signature prefix": "sig " + token.rsplit(".", 1)[1][:12],
+        "token header only": token.split(".")[0] + " is public",
+        "short fragment": "abcdefghijkl", "clean": "nothing to see here " * 20,
+    }
+    hits = {name: sorted({label for label, _, _ in scan(found, {name: text})}) for name, text in cases.items()}
+    expected = {"prefix": ["secret"], "suffix": ["secret"], "percent": ["secret"], "json": ["secret"],
+                "json twice": ["secret"], "token signature prefix": ["token"], "token header only": [],
+                "short fragment": [], "clean": []}
+    figure("planted secret spellings found by the log scan", sum(bool(v) for v in hits.values()), "of 6", "== 6",
+           hits == expected)
+    assert hits == expected, hits
 
 
 def grants_in(text: str) -> set[str]:
@@ -89,6 +148,12 @@ def test_no_secret_in_any_log_after_a_full_run(full_stack, figure):
     user_session = "user-session-" + secrets.token_urlsafe(16)
     found["portal user session key"] = user_session
     gw, cam = s.gateway_url, s.camera_id
+    streams: list[int] = []  # statuses of every /streams request: each must have its access log line
+
+    def stream(url: str, **kw) -> httpx.Response:
+        r = httpx.get(url, timeout=10, **kw)
+        streams.append(r.status_code)
+        return r
 
     # --- viewer: JWT from the portal, sessions by query and by header ------------------------
     r = httpx.post(f"{s.portal_url}/api/pod/stream-token", json={"camera_id": cam},
@@ -97,29 +162,28 @@ def test_no_secret_in_any_log_after_a_full_run(full_stack, figure):
     jwt_portal = r.json()["token"]
     jwt_local = s.user_token(user_id="second-viewer")
     grants: set[str] = set()
-    r1 = httpx.get(f"{gw}/streams/{cam}/index.m3u8?token={jwt_portal}", timeout=10)
-    r2 = httpx.get(f"{gw}/streams/{cam}/index.m3u8", headers={"Authorization": f"Bearer {jwt_local}"}, timeout=10)
+    r1 = stream(f"{gw}/streams/{cam}/index.m3u8?token={jwt_portal}")
+    r2 = stream(f"{gw}/streams/{cam}/index.m3u8", headers={"Authorization": f"Bearer {jwt_local}"})
     assert r1.status_code == r2.status_code == 302
     for r in (r1, r2):
         grants |= grants_in(r.headers["location"])
-        playlist = httpx.get(f"{gw}/streams/{cam}/{r.headers['location']}", timeout=10)
+        playlist = stream(f"{gw}/streams/{cam}/{r.headers['location']}")
         assert playlist.status_code == 200
         grants |= grants_in(playlist.text)
         uris = [u for u in playlist.text.splitlines() if u and not u.startswith("#")]
         uris += re.findall(r'URI="([^"]+)"', playlist.text)
         for uri in uris[-3:]:
-            assert httpx.get(f"{gw}/streams/{cam}/{uri}", timeout=10).status_code == 200
+            assert stream(f"{gw}/streams/{cam}/{uri}").status_code == 200
     assert httpx.get(f"{gw}/watch/{cam}?token={jwt_portal}", timeout=10).status_code == 200
 
     # --- refused credentials ----------------------------------------------------------------
     forged = jwt.encode({"aud": "platebridge-stream", "exp": int(time.time()) + 300, "user_id": "mallory",
                          "camera_id": cam, "pod_id": s.pod_id}, "forged-" + secrets.token_urlsafe(32),
                         algorithm="HS256")
-    assert httpx.get(f"{gw}/streams/{cam}/index.m3u8?token={forged}", timeout=10).status_code == 401
-    assert httpx.get(f"{gw}/streams/{cam}/index.m3u8", headers={"Authorization": f"Bearer {forged}"},
-                     timeout=10).status_code == 401
+    assert stream(f"{gw}/streams/{cam}/index.m3u8?token={forged}").status_code == 401
+    assert stream(f"{gw}/streams/{cam}/index.m3u8", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
     bad_grant = next(iter(grants))[:-4] + "AAAA"
-    assert httpx.get(f"{gw}/streams/{cam}/index.m3u8?pb_grant={bad_grant}", timeout=10).status_code == 403
+    assert stream(f"{gw}/streams/{cam}/index.m3u8?pb_grant={bad_grant}").status_code == 403
     wrong_admin = secrets.token_urlsafe(24)
     nudge = f"{gw}/pods/{s.pod_id}/nudge"
     assert httpx.post(nudge, headers={"Authorization": f"Bearer {wrong_admin}"}, timeout=10).status_code == 401
@@ -192,13 +256,43 @@ def test_no_secret_in_any_log_after_a_full_run(full_stack, figure):
     assert {"pod.log", "gateway.log", "portal.log", "camera.log", "mosquitto.log"} <= names, names
     texts = {p.name: p.read_text(errors="replace") for p in logs}
     lines = sum(t.count("\n") for t in texts.values())
-    leaks = [(label, file) for label, value in found.items() for file, text in texts.items() if value in text]
+    leaks = scan(found, texts)
+    searched = sum(len(needles(v)) for v in found.values())
+
+    # the logs recorded this run: per file, the process's own lines (not camera/ffmpeg noise)
+    def records(name: str) -> list[dict]:
+        out = []
+        for line in texts[name].splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    pod_own = [r["msg"] for r in records("pod.log") if r.get("logger", "").startswith("platebridge.pod")
+               and not r["msg"].startswith(f"camera {cam} ffmpeg:")]
+    access = [r["msg"] for r in records("gateway.log") if r.get("logger") == "platebridge.gateway.access"]
+    pod_needs = {"decision for the car": lambda m: "decision" in m and event_id in m,
+                 "detection sent to the portal": lambda m: "POST /api/pod/detect -> 200" in m,
+                 "upload URL requested": lambda m: "POST /api/pod/recordings/upload-url -> 200" in m,
+                 "clip uploaded": lambda m: m.startswith("uploads:") and "uploaded" in m,
+                 "recording confirmed": lambda m: "POST /api/pod/recordings/confirm -> 200" in m,
+                 "nudge received": lambda m: "nudged by the gateway" in m,
+                 "whitelist fetched": lambda m: "GET /api/plates -> 200" in m}
+    pod_missing = [what for what, match in pod_needs.items() if not any(match(m) for m in pod_own)]
+    statuses = sorted(int(m.split()[2]) for m in access if m.startswith("GET /streams/"))
+    figure("pod.log: the pod's own lines (portal requests, decision, upload, nudge)", len(pod_own), "lines",
+           f">= {len(pod_needs)}, each kind present", not pod_missing and len(pod_own) >= len(pod_needs))
+    figure("gateway.log: access lines for the scenario's stream requests", len(statuses), "lines",
+           f"== {len(streams)} (one per request)", statuses == sorted(streams))
     figure("log lines scanned (all processes)", lines, "lines", "> 100", lines > 100)
-    figure("distinct secret strings searched for", len(found), "strings", ">= 20", len(found) >= 20)
+    figure(f"secrets searched for ({searched} spellings: whole, 12-char prefix/suffix, encoded)", len(found),
+           "secrets", ">= 20", len(found) >= 20)
     figure("secrets found in logs", len(leaks), "occurrences", "== 0", not leaks)
     assert not leaks, leaks
+    assert not pod_missing and len(pod_own) >= len(pod_needs), (pod_missing, pod_own)
+    assert statuses == sorted(streams), (statuses, sorted(streams))  # every stream request logged, none twice
     assert lines > 100 and len(found) >= 20
     # the requests that carried secrets were logged, redacted
-    gateway_log = texts["gateway.log"]
-    assert "token=***" in gateway_log and "pb_grant=***" in gateway_log, "no redacted access log lines"
-    assert "platebridge.pod.decision" in texts["pod.log"] and "uploads:" in texts["pod.log"]
+    assert any("?token=*** 302" in m for m in access) and any("?token=*** 401" in m for m in access), access
+    assert sum("?pb_grant=*** 200" in m for m in access) >= 4 and any("?pb_grant=*** 403" in m for m in access), access

@@ -14,6 +14,12 @@ sends towards a pod. Two runs over every documented operation:
   case (user token, session grant, segment grant) and the admin token in every other
   nudge case, so rewriting, the segment cache and error mapping are fuzzed too (pod
   requests are allowed here).
+
+Each operation's run is checked on its own, once all its examples ran (in the fixture
+that counts them), so the checks hold whatever tests are selected and in any order:
+``GET /streams`` unauthenticated must have met 401 and 403 (the runs got past the
+file-type check into authentication), authenticated 302 and 200 with pod requests;
+``GET /watch`` must serve the player page only to valid tokens.
 """
 
 from __future__ import annotations
@@ -97,7 +103,11 @@ UNAUTH_POD = FakePod()
 AUTH_POD = _live_pod()
 unauth = schemathesis.openapi.from_asgi(SCHEMA_PATH, _app(UNAUTH_POD))
 authed = schemathesis.openapi.from_asgi(SCHEMA_PATH, _app(AUTH_POD))
-STATUSES: dict[str, collections.Counter] = {"unauth": collections.Counter(), "authed": collections.Counter()}
+STREAMS_GET = f"GET {STREAMS_PATH}"
+WATCH_GET = "GET /watch/{camera_id}"
+# operation → statuses its run must have met (at least) / must never have met
+MUST_MEET = {"unauth": {STREAMS_GET: {401, 403}}, "authed": {STREAMS_GET: {200, 302}, WATCH_GET: {200}}}
+MUST_NOT_MEET = {"unauth": {WATCH_GET: {200}, STREAMS_GET: {200, 206, 302}}, "authed": {}}
 
 
 SEGMENTS = ["seg_100.m4s", "seg_101.m4s", "init.mp4"]
@@ -143,35 +153,55 @@ def _steer(case, i: int, *, valid: bool) -> str:
 
 
 class Tally:
-    """Cases run, pod requests they caused and 500s they met, for one parametrized operation."""
+    """Cases run, pod requests they caused, 500s they met and every status, for one operation."""
 
     def __init__(self) -> None:
         self.cases = 0
         self.pod_requests = 0
         self.errors = 0
+        self.operation = ""
+        self.statuses: collections.Counter = collections.Counter()
+
+
+def _check_outcomes(run: str, tally: Tally, figure) -> None:
+    """The statuses one operation's run must and must not have met (see the module docs)."""
+    must = MUST_MEET[run].get(tally.operation, set())
+    never = MUST_NOT_MEET[run].get(tally.operation, set())
+    met = set(tally.statuses)
+    if must or never:
+        figure(f"required outcomes reached by {tally.cases} {run} cases of {tally.operation} "
+               f"(met {sorted(met)})", len(must & met), f"of {len(must)}", f"== {len(must)}, none of {sorted(never)}",
+               must <= met and not never & met)
+    assert must <= met, f"{run} {tally.operation}: never met {sorted(must - met)} (met {sorted(met)})"
+    assert not never & met, f"{run} {tally.operation}: met {sorted(never & met)}"
 
 
 @pytest.fixture
-def unauth_tally(figure, request):
-    """Counts over every example of one operation; records the figure once they have all run."""
+def unauth_tally(figure):
+    """Counts over every example of one operation; checks them once they have all run."""
     tally = Tally()
     yield tally
-    label = request.node.callspec.id if hasattr(request.node, "callspec") else request.node.name
     ok = tally.pod_requests == 0 and tally.cases > 0
-    figure(f"pod requests caused by {tally.cases} unauthenticated schemathesis cases [{label}]",
+    figure(f"pod requests caused by {tally.cases} unauthenticated schemathesis cases [{tally.operation}]",
            tally.pod_requests, "requests", "== 0", ok)
     assert ok
+    _check_outcomes("unauth", tally, figure)
 
 
 @pytest.fixture
-def authed_tally(figure, request):
-    """Counts the examples of one operation (to take turns between the shapes of :func:`_steer`) and
-    the 500s among them; records the figure once they have all run."""
+def authed_tally(figure):
+    """Counts the examples of one operation (to take turns between the shapes of :func:`_steer`),
+    the 500s and pod requests among them; checks them once they have all run."""
     tally = Tally()
     yield tally
-    label = request.node.callspec.id if hasattr(request.node, "callspec") else request.node.name
-    figure(f"500s in {tally.cases} authenticated schemathesis cases [{label}]", tally.errors, "responses", "== 0",
-           tally.errors == 0 and tally.cases > 0)
+    figure(f"500s in {tally.cases} authenticated schemathesis cases [{tally.operation}]", tally.errors, "responses",
+           "== 0", tally.errors == 0 and tally.cases > 0)
+    assert tally.cases > 0 and tally.errors == 0
+    _check_outcomes("authed", tally, figure)
+    if tally.operation == STREAMS_GET:
+        figure("pod requests made by authenticated GET /streams cases", tally.pod_requests, "requests", "> 0",
+               tally.pod_requests > 0)
+        assert tally.pod_requests > 0, "the authenticated run never reached the (fake) pod"
 
 
 @unauth.parametrize()
@@ -183,7 +213,8 @@ def test_unauthenticated_cases_conform_and_never_reach_the_pod(case, unauth_tall
     caused = len(UNAUTH_POD.requests) - before
     unauth_tally.cases += 1
     unauth_tally.pod_requests += caused
-    STATUSES["unauth"][(case.operation.label, response.status_code)] += 1
+    unauth_tally.operation = case.operation.label
+    unauth_tally.statuses[response.status_code] += 1
     assert caused == 0, f"{case.method} {case.formatted_path} reached the pod without valid credentials"
     assert response.status_code != 500
     # a pod-side answer (502/503/504) would mean the gateway tried to reach a pod
@@ -198,28 +229,11 @@ def test_authenticated_cases_conform(case, authed_tally):
     # negative_data_rejection is left out here: _steer puts valid credentials into cases
     # schemathesis generated as invalid, and a valid token's session entry drops unknown
     # query parameters by design (documented), so "accepted" is the right answer there
+    before = len(AUTH_POD.requests)
     response = case.call()
-    STATUSES["authed"][(case.operation.label, response.status_code)] += 1
+    authed_tally.pod_requests += len(AUTH_POD.requests) - before
+    authed_tally.operation = case.operation.label
+    authed_tally.statuses[response.status_code] += 1
     authed_tally.errors += response.status_code == 500
     case.validate_response(response, checks=[c for c in CHECKS if c is not negative_data_rejection])
     assert response.status_code != 500
-
-
-def test_fuzzing_reached_authentication_and_the_pod(figure):
-    """The runs above are only meaningful if they got past the file-type check: the
-    unauthenticated run must have met 401 and 403 on /streams, the authenticated one 302,
-    200 and pod requests. (Runs after the parametrized tests above, in file order.)"""
-    un = {s for (label, s) in STATUSES["unauth"] if "/streams/" in label}
-    au = {s for (label, s) in STATUSES["authed"] if "/streams/" in label}
-    if not un or not au:
-        pytest.skip("run together with the parametrized schemathesis tests of this module")
-    reached = len({401, 403} & un) + len({200, 302} & au)
-    figure("auth outcomes reached by fuzzing (401, 403 unauthenticated; 302, 200 authenticated)", reached,
-           "of 4", "== 4", reached == 4)
-    figure("pod requests made by authenticated cases", len(AUTH_POD.requests), "requests", "> 0",
-           len(AUTH_POD.requests) > 0)
-    assert {401, 403} <= un, un
-    assert {200, 302} <= au, au
-    assert ("GET /watch/{camera_id}", 200) in STATUSES["authed"]
-    assert ("GET /watch/{camera_id}", 200) not in STATUSES["unauth"]
-    assert AUTH_POD.requests and not UNAUTH_POD.requests

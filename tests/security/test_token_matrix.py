@@ -1,11 +1,30 @@
 """Token matrix against the real stack: every bad credential is refused by the gateway
-with 401/403 and causes ZERO requests at the pod, counted by the pod itself
-(``platebridge_pod_hls_requests_total`` on its own ``/metrics``).
+with 401/403, hands out no grant, and neither the pod nor the gateway serves anything
+for it.
 
-User tokens go in both ways a player can send them (``?token=`` and
-``Authorization: Bearer``); grants go in ``pb_grant``. Bad tokens are built here with
-pyjwt, the RS256 one with an RSA key generated at runtime (nothing key-shaped is
-committed). A control row shows the counter does count gateway fetches.
+What can move for a bad credential, and what is measured:
+
+* **User tokens** (``?token=`` and ``Authorization: Bearer``, the two ways a player
+  sends them) are only ever checked at the session start, ``index.m3u8``. That step
+  never reaches the pod, even for a VALID token: the gateway answers ``302`` with a
+  session grant before any fetch (``gateway/proxy.py``). So a pod count taken around
+  that one request could not fail. Each row therefore goes on like a player
+  (:func:`~tests.security.conftest.play_like_a_player`: follow the ``Location``, load
+  the playlist, fetch its newest media). A bad token yields no ``Location``, so there is
+  nothing to follow: the zero pod requests and the zero deltas of the gateway's own
+  counters (upstream fetches, segment cache lookups, bytes sent, 200/206/302 answers)
+  prove that **no grant was issued and nothing was served**. The control row runs the
+  same player with a valid token and shows every one of those counters move (the pod
+  count within a few reloads: the playlist cache may answer the first). The watch page
+  (``/watch/{camera}?token=``), the other place a user token is accepted, must refuse
+  the same tokens with the same status and serve no player page.
+* **Grants** (``pb_grant``) are what lead to fetches. A grant accepted by mistake could
+  be answered from the gateway's shared playlist cache without a pod request, so the
+  gateway's counters (bytes sent, 200/206 answers, segment cache lookups, upstream
+  fetches) must not move either; a control shows a cache-served playlist does move them.
+
+Bad tokens are built here with pyjwt, the RS256 one with an RSA key generated at runtime
+(nothing key-shaped is committed).
 """
 
 from __future__ import annotations
@@ -21,7 +40,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.grants import Grant, GrantSigner
 from protocol.tokens import Keyring, mint_pod_token
-from tests.security.conftest import pod_requests_total, session_grant, wait_until
+from tests.security.conftest import (
+    gateway_counters,
+    play_like_a_player,
+    pod_requests_total,
+    session_grant,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")]
 
@@ -88,16 +113,36 @@ def _send_user_token(stack, token: str, channel: str) -> httpx.Response:
 
 @pytest.mark.parametrize("channel", ["query", "bearer"])
 @pytest.mark.parametrize("name", list(BAD_USER_TOKENS))
-def test_bad_user_token_refused_with_zero_pod_requests(sec_stack, rsa_key, figure, name, channel):
+def test_bad_user_token_refused_and_no_grant_issued(sec_stack, rsa_key, figure, name, channel):
     build, expected = BAD_USER_TOKENS[name]
     token = build(sec_stack, rsa_key)
-    before = pod_requests_total(sec_stack)
+    pod_before, gw_before = pod_requests_total(sec_stack), gateway_counters(sec_stack)
     r = _send_user_token(sec_stack, token, channel)
-    caused = pod_requests_total(sec_stack) - before
-    figure(f"pod requests caused by bad token {name} ({channel})", caused, "requests", "== 0", caused == 0)
+    followed = play_like_a_player(r)  # a refusal has no Location: nothing to follow
+    caused = pod_requests_total(sec_stack) - pod_before
+    gw = gateway_counters(sec_stack) - gw_before
+    figure(f"pod requests after a player follows bad token {name} ({channel})", caused, "requests", "== 0",
+           caused == 0 and gw.all_zero())
     assert r.status_code == expected, (r.status_code, r.text)
     assert "location" not in r.headers and "pb_grant" not in r.text
+    assert followed == []
     assert caused == 0
+    assert gw.all_zero(), gw  # no fetch, no cache lookup, no byte and no 200/206/302 from the gateway
+
+
+@pytest.mark.parametrize("name", list(BAD_USER_TOKENS))
+def test_bad_user_token_refused_by_the_watch_page(sec_stack, rsa_key, figure, name):
+    """The watch page is the other place a user token is accepted; it must give the same verdict."""
+    build, expected = BAD_USER_TOKENS[name]
+    gw_before = gateway_counters(sec_stack)
+    r = httpx.get(f"{sec_stack.gateway_url}/watch/{sec_stack.camera_id}", params={"token": build(sec_stack, rsa_key)},
+                  timeout=10)
+    gw = gateway_counters(sec_stack) - gw_before
+    page = int("watch.js" in r.text)
+    figure(f"player pages served for bad token {name}", page, "pages", "== 0", page == 0 and r.status_code == expected)
+    assert r.status_code == expected, (r.status_code, r.text)
+    assert page == 0 and "pb_grant" not in r.text
+    assert gw.all_zero(), gw
 
 
 def _tamper(grant: str, part: int, stack) -> str:
@@ -151,13 +196,16 @@ BAD_GRANTS: dict[str, tuple[Callable, int]] = {
 def test_bad_grant_refused_with_zero_pod_requests(sec_stack, figure, name):
     build, expected = BAD_GRANTS[name]
     url = build(sec_stack, session_grant(sec_stack))
-    before = pod_requests_total(sec_stack)
+    pod_before, gw_before = pod_requests_total(sec_stack), gateway_counters(sec_stack)
     r = httpx.get(url, timeout=10)
-    caused = pod_requests_total(sec_stack) - before
-    figure(f"pod requests caused by {name}", caused, "requests", "== 0", caused == 0)
+    caused = pod_requests_total(sec_stack) - pod_before
+    gw = gateway_counters(sec_stack) - gw_before
+    figure(f"pod requests caused by {name}", caused, "requests", "== 0", caused == 0 and gw.all_zero())
     assert r.status_code == expected, (r.status_code, r.text)
-    assert "#EXTM3U" not in r.text
+    assert "#EXTM3U" not in r.text and "location" not in r.headers
     assert caused == 0
+    # not served from the gateway's playlist or segment cache either (no pod request needed for that)
+    assert gw.all_zero(), gw
 
 
 def test_segment_grant_reused_on_another_camera(sec_stack, figure):
@@ -166,30 +214,67 @@ def test_segment_grant_reused_on_another_camera(sec_stack, figure):
     playlist = httpx.get(base + "index.m3u8?pb_grant=" + session_grant(sec_stack), timeout=10)
     assert playlist.status_code == 200
     segment = [line for line in playlist.text.splitlines() if line and not line.startswith("#")][-1]
-    before = pod_requests_total(sec_stack)
+    assert "pb_grant=" in segment
+    pod_before, gw_before = pod_requests_total(sec_stack), gateway_counters(sec_stack)
     r = httpx.get(f"{sec_stack.gateway_url}/streams/other-cam/{segment}", timeout=10)
-    caused = pod_requests_total(sec_stack) - before
+    caused = pod_requests_total(sec_stack) - pod_before
+    gw = gateway_counters(sec_stack) - gw_before
     figure("pod requests caused by a segment grant reused on another camera", caused, "requests", "== 0",
-           caused == 0)
+           caused == 0 and gw.all_zero())
     assert r.status_code == 403 and caused == 0
+    assert gw.all_zero(), gw
 
 
 @pytest.mark.parametrize("channel", ["query", "bearer"])
 def test_control_valid_token_reaches_the_pod(sec_stack, figure, channel):
-    """The counter is live: a valid token's session does cause pod requests."""
+    """The counters are live: the same player as in the bad-token rows, with a valid token,
+    gets a grant, a playlist and media, and the pod and the gateway count it."""
+    pod_before, gw_before = pod_requests_total(sec_stack), gateway_counters(sec_stack)
     r = _send_user_token(sec_stack, sec_stack.user_token(), channel)
-    assert r.status_code == 302
-    url = f"{sec_stack.gateway_url}/streams/{sec_stack.camera_id}/{r.headers['location']}"
-    before = pod_requests_total(sec_stack)
+    assert r.status_code == 302 and "pb_grant=" in r.headers["location"]
+    followed = play_like_a_player(r)
+    assert [x.status_code for x in followed] == [200] * len(followed) and len(followed) >= 2, followed
+    assert "#EXTM3U" in followed[0].text
+    gw = gateway_counters(sec_stack) - gw_before
+    # the playlist may come from the shared cache and the media from the segment cache: reload
+    # like a player until the pod has been asked (it is, once the cached playlist is stale)
+    url = str(followed[0].request.url)
 
     def fetched():
         assert httpx.get(url, timeout=10).status_code == 200
-        return pod_requests_total(sec_stack) > before
+        return pod_requests_total(sec_stack) > pod_before
 
     wait_until(fetched, 10, interval=0.3, what="a playlist fetch counted at the pod")
-    caused = pod_requests_total(sec_stack) - before
+    caused = pod_requests_total(sec_stack) - pod_before
     figure(f"pod requests caused by a valid session ({channel})", caused, "requests", ">= 1", caused >= 1)
     assert caused >= 1
+    assert gw.served >= 1 + len(followed) and gw.bytes_out > 0 and gw.segment_lookups >= 1, gw
+
+
+def test_control_the_watch_page_serves_the_player_for_a_valid_token(sec_stack, figure):
+    """The watch-page rows above can fail: a valid token does get the player page."""
+    r = httpx.get(f"{sec_stack.gateway_url}/watch/{sec_stack.camera_id}", params={"token": sec_stack.user_token()},
+                  timeout=10)
+    page = int(r.status_code == 200 and "watch.js" in r.text)
+    figure("player pages served for a valid token", page, "pages", "== 1", page == 1)
+    assert page == 1, (r.status_code, r.text[:300])
+
+
+def test_control_a_cache_served_playlist_moves_the_gateway_counters(sec_stack, figure):
+    """A playlist answered from the gateway's shared playlist cache (no pod request) is still
+    seen by the gateway counters the bad-grant rows read (bytes sent, 200 answers)."""
+    url = f"{sec_stack.gateway_url}/streams/{sec_stack.camera_id}/index.m3u8?pb_grant={session_grant(sec_stack)}"
+    for _ in range(5):  # the cache holds a playlist for half a target duration: try for a pair inside it
+        assert httpx.get(url, timeout=10).status_code == 200  # fills the cache
+        gw_before = gateway_counters(sec_stack)
+        r = httpx.get(url, timeout=10)
+        gw = gateway_counters(sec_stack) - gw_before
+        if gw.upstream == 0:
+            break
+    figure("gateway bytes counted for a cache-served playlist", gw.bytes_out, "bytes", "> 0",
+           gw.upstream == 0 and gw.bytes_out > 0)
+    assert r.status_code == 200 and gw.upstream == 0, gw  # from the cache
+    assert gw.bytes_out >= len(r.content) > 0 and gw.served == 1, gw
 
 
 # gateway→pod tokens straight at the pod (what a host on the tailnet could try)

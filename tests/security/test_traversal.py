@@ -3,10 +3,19 @@
 Every request is sent over a raw socket with its target byte for byte (no client
 normalises ``..`` away). Sentinel files with extensions the pod serves are planted
 next to the camera directory, above the HLS directory, in another camera's directory,
-and behind a symlink inside the camera directory (``tests/security/conftest.py``);
-their marker must never appear in any response. Gateway attempts carry a valid
-session grant (so only the path rules stand in the way) and must cause zero pod
-requests; pod attempts carry a valid gateway→pod token for the camera.
+as hidden files and behind a symlink inside the camera directory
+(``tests/security/conftest.py``); their marker must never appear in any response. A
+plain sentinel file inside the camera directory IS served by the pod (the control: a
+served sentinel is seen). Gateway attempts carry a valid session grant and must cause
+zero pod requests; pod attempts carry a valid gateway→pod token for the camera.
+
+The gateway refuses a request for any file that is not a URI of a current playlist
+(404), whatever its path; that refusal alone would hide a broken path rule. So each
+probe also names the refusal it must get: the path rules' own ``400 bad path`` on both
+the gateway and the pod, except for the few names the path rules rightly accept (they
+are not traversals: the gateway's playlist check and the pod's directory check refuse
+those). The same attack list runs directly through the shared path rule function,
+:func:`protocol.paths.safe_relative_path`.
 """
 
 from __future__ import annotations
@@ -15,7 +24,13 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.security.conftest import pod_requests_total, pod_token, raw_request, session_grant
+from protocol.paths import UnsafePath, safe_relative_path
+from tests.security.conftest import (
+    pod_requests_total,
+    pod_token,
+    raw_request,
+    session_grant,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -45,6 +60,7 @@ TRAVERSALS: dict[str, bytes] = {
     "nul_raw": b"index.m3u8\x00/../../sentinel.m3u8",
     "other_camera_dir": b"../other-cam/index.m3u8",
     "hidden_file": b".sentinel.m3u8",
+    "hidden_ts_file": b".sentinel.ts",
     "semicolon_segment": b"..;/sentinel.m3u8",
     "symlink_out_of_the_camera_dir": b"sentinel-link.m3u8",
     "overlong_name": b"a" * 300 + b".ts",
@@ -62,8 +78,31 @@ CAMERA_TRAVERSALS: dict[str, bytes] = {
     "camera_other": b"other-cam/index.m3u8",
 }
 
-OK_GATEWAY = {400, 404}  # refused by the path rules, or not a URI of a current playlist
-OK_POD = {400, 404}
+# names the path rules accept (no traversal in them): the gateway refuses them as "not in a
+# current playlist", the pod by resolving the file (the symlink leaves the directory: 400;
+# the others do not exist: 404). Every other probe must be refused by the path rules: 400.
+PATH_RULES_ACCEPT = {
+    "symlink_out_of_the_camera_dir": (404, b"not in a current playlist", 400, b"bad path"),
+    "long_multibyte_name_within_255_chars": (404, b"not in a current playlist", 404, b"not found"),
+    "raw_latin1_name_255_chars": (404, b"not in a current playlist", 404, b"not found"),
+}
+BAD_PATH = (400, b"bad path")
+# raw NUL and raw non-ASCII bytes in the request target: the HTTP server (uvicorn) refuses the
+# request before either app sees it; the path rules are checked for them directly below
+SERVER_REFUSES = {"nul_raw": (400, b"Invalid HTTP request received."),
+                  "raw_latin1_name_255_chars": (400, b"Invalid HTTP request received.")}
+
+
+def expected_gateway(name: str) -> tuple[int, bytes]:
+    if name in SERVER_REFUSES:
+        return SERVER_REFUSES[name]
+    return PATH_RULES_ACCEPT[name][:2] if name in PATH_RULES_ACCEPT else BAD_PATH
+
+
+def expected_pod(name: str) -> tuple[int, bytes]:
+    if name in SERVER_REFUSES:
+        return SERVER_REFUSES[name]
+    return PATH_RULES_ACCEPT[name][2:] if name in PATH_RULES_ACCEPT else BAD_PATH
 
 
 def _path(stack, raw: bytes) -> bytes:
@@ -82,6 +121,32 @@ def _leaks(stack, raw: bytes) -> list[str]:
 
 
 @pytest.mark.parametrize("name", list(TRAVERSALS))
+def test_path_rules_refuse_every_traversal(figure, name):
+    """The gateway's and the pod's shared path rule function, with the same attack list (the
+    path below the camera as the servers see it: raw, latin-1)."""
+    raw = TRAVERSALS[name].replace(b"{abs}", b"tmp/x/sentinel.ts").decode("latin-1")
+    try:
+        rel = safe_relative_path(raw)
+    except UnsafePath:
+        rel = None
+    wrong = int((rel is None) == (name in PATH_RULES_ACCEPT))
+    figure(f"path rule verdicts wrong for {name}", wrong, "verdicts", "== 0", wrong == 0)
+    if name in PATH_RULES_ACCEPT:
+        assert rel is not None and "/" not in rel and not rel.startswith("."), rel
+    else:
+        assert rel is None, f"{name}: {raw!r} accepted as {rel!r}"
+
+
+def test_control_the_path_rules_accept_plain_names():
+    assert [safe_relative_path(p) for p in ("index.m3u8", "seg_17.m4s", "sub/a.ts", "sentinel-inside.ts", "a%20b.ts")] \
+        == ["index.m3u8", "seg_17.m4s", "sub/a.ts", "sentinel-inside.ts", "a b.ts"]
+
+
+def _refusal(r) -> tuple[int, bytes]:
+    return r.status, r.body.strip()
+
+
+@pytest.mark.parametrize("name", list(TRAVERSALS))
 def test_gateway_refuses_traversal_without_touching_the_pod(sec_stack, figure, name):
     s = sec_stack
     target = b"/streams/" + s.camera_id.encode() + b"/" + _path(s, TRAVERSALS[name])
@@ -92,8 +157,15 @@ def test_gateway_refuses_traversal_without_touching_the_pod(sec_stack, figure, n
     leaks = _leaks(s, r.raw)
     figure(f"pod requests caused by gateway traversal {name}", caused, "requests", "== 0", caused == 0)
     assert not leaks, (leaks, r.raw[:300])
-    assert r.status in OK_GATEWAY, r.raw[:300]
+    assert _refusal(r) == expected_gateway(name), r.raw[:300]  # refused by the rule meant to refuse it
     assert caused == 0
+
+
+# the camera segment of the path: not a camera id → 404 before anything else; a real other
+# camera → the grant is for another camera (403)
+CAMERA_EXPECTED = {"camera_dotdot": (404, b"not found"), "camera_encoded_dotdot": (404, b"not found"),
+                   "camera_encoded_slash": (404, b"not found"),
+                   "camera_other": (403, b"forbidden: grant is for another camera")}
 
 
 @pytest.mark.parametrize("name", list(CAMERA_TRAVERSALS))
@@ -105,7 +177,7 @@ def test_gateway_refuses_traversal_in_the_camera_segment(sec_stack, figure, name
     caused = pod_requests_total(s) - before
     figure(f"pod requests caused by gateway traversal {name}", caused, "requests", "== 0", caused == 0)
     assert not _leaks(s, r.raw), r.raw[:300]
-    assert r.status in OK_GATEWAY | {403}, r.raw[:300]  # 403: the grant is for another camera
+    assert _refusal(r) == CAMERA_EXPECTED[name], r.raw[:300]
     assert caused == 0
 
 
@@ -117,7 +189,9 @@ def test_pod_refuses_traversal_with_a_valid_token(sec_stack, figure, name):
     leaks = _leaks(s, r.raw)
     figure(f"sentinel/secret leaks from pod traversal {name}", len(leaks), "leaks", "== 0", not leaks)
     assert not leaks, (leaks, r.raw[:300])
-    assert r.status in OK_POD, r.raw[:300]
+    assert _refusal(r) == expected_pod(name), r.raw[:300]
+
+
 
 
 @pytest.mark.parametrize("name", list(CAMERA_TRAVERSALS))
@@ -128,7 +202,8 @@ def test_pod_refuses_traversal_in_the_camera_segment(sec_stack, figure, name):
     leaks = _leaks(s, r.raw)
     figure(f"sentinel/secret leaks from pod traversal {name}", len(leaks), "leaks", "== 0", not leaks)
     assert not leaks, r.raw[:300]
-    assert r.status in OK_POD | {403}, r.raw[:300]  # 403: the token is for another camera
+    # the token is checked first: it is for the real camera, not for whatever the path names
+    assert _refusal(r) == (403, b"token is for another camera or pod"), r.raw[:300]
 
 
 @pytest.mark.parametrize("target", [
@@ -146,14 +221,21 @@ def test_gateway_other_routes_serve_no_files(sec_stack, figure, target):
 
 
 def test_the_sentinels_are_reachable_files(sec_stack, figure):
-    """Control: the sentinels exist and the pod does serve a file by its plain name, so the
-    refusals above come from the path rules and not from missing files."""
+    """Control: the sentinels exist, the pod serves a plain file by its name and the marker in
+    it is seen, so the refusals above come from the path rules and not from missing files
+    or a blind leak check."""
     s = sec_stack
     assert all(p.exists() for p in s.sentinels.files.values())
     assert all(s.sentinels.leaked_in(p.read_bytes()) for p in s.sentinels.files.values())
     r = raw_request(s.pod_host, s.pod_port, f"/cameras/{s.camera_id}/index.m3u8".encode(),
                     {"Authorization": f"Bearer {pod_token(s)}"})
     assert r.status == 200 and b"#EXTM3U" in r.body
+    # the plain sentinel inside the camera directory IS served, and _leaks sees it
+    r = raw_request(s.pod_host, s.pod_port, f"/cameras/{s.camera_id}/{s.sentinels.served.name}".encode(),
+                    {"Authorization": f"Bearer {pod_token(s)}"})
+    seen = _leaks(s, r.raw)
+    figure("plain sentinel in the camera directory served and detected", len(seen), "leaks", "== 1", seen == ["sentinel"])
+    assert r.status == 200 and seen == ["sentinel"], r.raw[:300]
     # the other camera's sentinel is served to a token for that camera if the pod had it:
     # it does not (unknown camera), which is the 404 the traversal tests must not confuse with success
     r = raw_request(s.pod_host, s.pod_port, b"/cameras/other-cam/index.m3u8",
