@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -46,18 +47,30 @@ def make_stack(tmp: Path, **kw) -> Stack:
     return Stack(workdir=tmp, **kw)
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory):
-    """One shared, fully started stack (camera, pod, gateway)."""
-    s = make_stack(tmp_path_factory.mktemp("stack"), pod_overrides={"heartbeat_interval": 300})
+@contextlib.contextmanager
+def started(s: Stack, *, plates: list[dict] | None = None, mqtt: bool = False):
+    """Start ``s``: mosquitto (if ``mqtt``), the portal stand-in (if ``plates`` is not None,
+    with that whitelist), then camera, pod and gateway; yield it and stop everything on exit
+    (also when a start fails)."""
     try:
-        s.start_portal([{"plate": "TEST123", "enabled": True}])
+        if mqtt:
+            s.start_mosquitto()
+        if plates is not None:
+            s.start_portal(plates)
         s.start_camera()
         s.start_pod(timeout=60)
         s.start_gateway()
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """One shared, fully started stack (portal stand-in, camera, pod, gateway)."""
+    with started(make_stack(tmp_path_factory.mktemp("stack"), pod_overrides={"heartbeat_interval": 300}),
+                 plates=[{"plate": "TEST123", "enabled": True}]) as s:
+        yield s
 
 
 @pytest.fixture(scope="session")
@@ -73,4 +86,4 @@ def viewer(stack):
     return open_session
 
 
-__all__ = ["ffprobe_streams", "make_stack", "pod_metric", "pod_requests_total", "wait_until"]
+__all__ = ["ffprobe_streams", "make_stack", "started", "pod_metric", "pod_requests_total", "wait_until"]

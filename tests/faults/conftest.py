@@ -23,6 +23,7 @@ from tests.e2e.conftest import (
     make_stack,
     pod_metric,
     pod_requests_total,
+    started,
     wait_until,
 )
 
@@ -144,14 +145,8 @@ def tmpfs_mounted(path: Path, size: str):
 @pytest.fixture
 def live_stack(tmp_path):
     """Camera + pod + gateway (no MQTT, no portal), started fresh for one test."""
-    s = make_stack(tmp_path)
-    try:
-        s.start_camera()
-        s.start_pod(timeout=60)
-        s.start_gateway()
+    with started(make_stack(tmp_path)) as s:
         yield s
-    finally:
-        s.stop()
 
 
 __all__ = [
@@ -170,6 +165,7 @@ __all__ = [
     "pod_requests_total",
     "raise_fd_limit",
     "rss_bytes",
+    "started",
     "tmpfs_mounted",
     "wait_until",
 ]

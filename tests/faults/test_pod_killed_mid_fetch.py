@@ -20,6 +20,7 @@ from tests.faults.conftest import (
     media_uris,
     open_session,
     pod_metric,
+    started,
     wait_until,
 )
 
@@ -29,14 +30,8 @@ BACK_LIMIT = 10.0  # s from the pod healthy again to the first 200 playlist of t
 
 @pytest.fixture
 def stack(tmp_path):
-    s = make_stack(tmp_path, gateway_overrides={"upstream_read_timeout": READ_TIMEOUT})
-    try:
-        s.start_camera()
-        s.start_pod(timeout=60)
-        s.start_gateway()
+    with started(make_stack(tmp_path, gateway_overrides={"upstream_read_timeout": READ_TIMEOUT})) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def fetch(url: str) -> tuple[int, dict, bytes, float]:

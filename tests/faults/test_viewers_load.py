@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from tests.faults.conftest import make_stack, raise_fd_limit, rss_bytes, wait_until
+from tests.faults.conftest import make_stack, raise_fd_limit, rss_bytes, started, wait_until
 
 VIEWERS = 500
 SLOW = 50  # half of them read 1 KB/s, half never read
@@ -37,14 +37,9 @@ except ImportError:  # pragma: no cover - uvloop comes with the gateway's depend
 @pytest.fixture
 def load_stack(tmp_path):
     raise_fd_limit(8192)  # 500 client sockets here, 500 more in the gateway (it inherits the limit)
-    s = make_stack(tmp_path, gateway_overrides={"cache_max_bytes": CACHE_MAX, "limit_concurrency": 4096})
-    try:
-        s.start_camera()
-        s.start_pod(timeout=60)
-        s.start_gateway()
+    with started(make_stack(tmp_path, gateway_overrides={"cache_max_bytes": CACHE_MAX,
+                                                         "limit_concurrency": 4096})) as s:
         yield s
-    finally:
-        s.stop()
 
 
 class Conn:

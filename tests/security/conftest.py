@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from protocol.tokens import Keyring, mint_pod_token
-from tests.e2e.conftest import make_stack, pod_requests_total, wait_until
+from tests.e2e.conftest import make_stack, pod_requests_total, started, wait_until
 
 from stack import free_port  # noqa: E402 - deploy/dev is on sys.path via tests.e2e.conftest
 
@@ -199,17 +199,11 @@ def pod_token(stack, camera_id: str | None = None) -> str:
 def sec_stack(tmp_path_factory):
     """One started stack (camera, pod, gateway) for the token matrix and the traversal
     tests, with :class:`Sentinels` planted (``stack.sentinels``)."""
-    s = make_stack(tmp_path_factory.mktemp("security"), pod_overrides={"heartbeat_interval": 300})
-    try:
-        s.start_camera()
-        s.start_pod(timeout=60)
-        s.start_gateway()
+    with started(make_stack(tmp_path_factory.mktemp("security"), pod_overrides={"heartbeat_interval": 300})) as s:
         s.sentinels = plant_sentinels(s.workdir, s.hls_dir, s.camera_id)
         # the playlist exists and the pod serves it: the stack is really live before any test measures
         wait_until(lambda: httpx.get(f"{s.pod_url}/cameras/{s.camera_id}/index.m3u8", timeout=5,
                                      headers={"Authorization": f"Bearer {pod_token(s)}"}).status_code == 200,
                    20, what="the pod serving its playlist")
         yield s
-    finally:
-        s.stop()
 

@@ -35,6 +35,7 @@ import jwt
 import pytest
 
 from protocol.tokens import Keyring, mint_pod_token
+from tests.e2e.conftest import started
 from tests.security.conftest import make_stack, pod_token, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -127,14 +128,9 @@ def full_stack(tmp_path_factory):
         "log_level": "DEBUG"})
     s.signing_key = signing_key
     try:
-        s.start_mosquitto()
-        s.start_portal([{"plate": "TEST123", "enabled": True}])
-        s.start_camera()
-        s.start_pod(timeout=60)
-        s.start_gateway()
-        yield s
+        with started(s, plates=[{"plate": "TEST123", "enabled": True}], mqtt=True):
+            yield s
     finally:
-        s.stop()
         mp.undo()
 
 
