@@ -241,7 +241,8 @@ async def check_camera(cfg: PodConfig, index: int) -> list[CheckResult]:
     except FileNotFoundError as exc:
         return [CheckResult("FAIL", name, str(exc), "install ffmpeg (apt install ffmpeg), or set ffmpeg_path")]
     except RuntimeError as exc:
-        return [CheckResult("FAIL", name, f"{url}: {exc}", _camera_fix(str(exc), index))]
+        reason = str(exc).removeprefix(f"{url}: ")  # ffprobe's own message starts with the URL
+        return [CheckResult("FAIL", name, f"{url}: {reason}", _camera_fix(reason, index))]
     results = [CheckResult("PASS", name, f"{url}: {describe_stream(stream)}")]
     codec = (stream.get("codec_name") or "").lower()
     if codec in ("hevc", "h265"):

@@ -186,6 +186,7 @@ def test_bad_rtsp_urls_fail_camera_with_credentials_redacted(stack, tmp_path):
     assert "hunter2" not in text and "admin" not in text
     d = line(lines, "camera dead")
     assert d.startswith("FAIL camera dead: rtsp://***@127.0.0.1:") and "fix: check cameras[0].rtsp_url" in d, d
+    assert d.count("rtsp://") == 1, f"the URL is said once, not repeated from ffprobe's message: {d}"
     w = line(lines, "camera wrong-path")
     assert w.startswith("FAIL camera wrong-path:") and "cameras[1].rtsp_url" in w, w
     assert line(lines, "camera good").startswith("PASS camera good:")
