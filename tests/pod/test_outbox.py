@@ -103,6 +103,21 @@ def test_wal_mode_and_private_file_modes(tmp_path):
         ob.close()
 
 
+def test_enqueues_stay_fsynced_after_a_relaxed_delete(tmp_path):
+    """Only the delete of a delivered row skips its fsync; the connection is back to
+    synchronous=FULL (2) for every put, so a queued detection survives a power cut."""
+    ob = Outbox(str(tmp_path / "outbox.db"))
+    try:
+        ob.put("detect", "a", b"x", now=1.0)
+        assert ob._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+        ob.delete(ob.next_pending(now=2.0).id)
+        assert ob._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+        ob.put("detect", "b", b"y", now=3.0)
+        assert ob.next_pending(now=4.0).key == "b"
+    finally:
+        ob.close()
+
+
 def test_existing_world_readable_file_is_tightened(tmp_path):
     path = tmp_path / "outbox.db"
     path.touch(mode=0o644)
