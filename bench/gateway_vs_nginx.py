@@ -69,6 +69,7 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
+from bench.common import splice_section  # noqa: E402
 from deploy.dev.stack import free_port, wait_until  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -1102,53 +1103,10 @@ def write_docs(servers: list[Server], cases: list[Case], results: dict, summary:
     docs = Path(args.docs)
     docs.parent.mkdir(parents=True, exist_ok=True)
     old = docs.read_text() if docs.exists() else ""
-    docs.write_text(merge_docs(old, "\n".join(lines)))
+    docs.write_text(splice_section(old, "\n".join(lines[2:]), OWN_HEADING))  # lines[:2]: title
 
 
 OWN_HEADING = "## Gateway vs nginx"
-
-
-def _sections(lines: list[str]) -> tuple[list[str], list[list[str]]]:
-    """Split markdown ``lines`` into the preamble (title, intro) and one chunk per ``## `` section
-    (each from its heading to the next ``## `` heading; headings inside code fences do not count)."""
-    heads, fence = [], False
-    for i, line in enumerate(lines):
-        if line.lstrip().startswith("```"):
-            fence = not fence
-        elif not fence and line.startswith("## "):
-            heads.append(i)
-    first = heads[0] if heads else len(lines)
-    bounds = heads + [len(lines)]
-    return lines[:first], [lines[bounds[j]:bounds[j + 1]] for j in range(len(heads))]
-
-
-def merge_docs(old: str, new: str) -> str:
-    """``new`` (the title plus this benchmark's ``## Gateway vs nginx`` section) merged into the
-    existing ``old`` file: only our section (from its heading up to the next ``## `` heading that is
-    not ours) is replaced, in place; the title/intro and every other section (e.g. bench/decisions.py's)
-    are kept as they are. Without a section of ours yet, it goes before the first other section."""
-    new_title, new_chunks = _sections(new.rstrip("\n").splitlines())
-    mine = [line for chunk in new_chunks for line in chunk]
-    if not old.strip():
-        return "\n".join(new_title + mine).rstrip() + "\n"
-    preamble, chunks = _sections(old.rstrip("\n").splitlines())
-    out, placed = [], False
-    for chunk in chunks:
-        if chunk[0].startswith(OWN_HEADING):
-            if not placed:
-                out.append(mine)
-                placed = True
-            continue  # a stale second copy of ours is dropped
-        out.append(chunk)
-    if not placed:
-        out.insert(0, mine)
-    if not any(line.startswith("# ") for line in preamble):
-        preamble = new_title + preamble
-
-    def trim(block: list[str]) -> str:
-        return "\n".join(block).strip("\n")
-
-    return "\n\n".join(t for t in (trim(preamble), *(trim(c) for c in out)) if t) + "\n"
 
 
 # ---------------------------------------------------------------------------- main
