@@ -22,7 +22,7 @@ trap 'rc=$?; [ $rc -eq 0 ] || printf "setup: FAILED (exit %s) at line %s: %s\n" 
 APT_PACKAGES=(
   ffmpeg mosquitto python3-gi gir1.2-gst-rtsp-server-1.0
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
-  gstreamer1.0-tools chromium chromium-driver nginx-extras wrk sqlite3
+  gstreamer1.0-x gstreamer1.0-tools chromium chromium-driver nginx-extras wrk sqlite3
   python3-venv nodejs npm fonts-dejavu-core ca-certificates
   systemd shellcheck caddy
 )

@@ -127,8 +127,8 @@ def check_elements(a: argparse.Namespace) -> None:
     needed = {
         "videotestsrc": "gstreamer1.0-plugins-base",
         "videoconvert": "gstreamer1.0-plugins-base",
-        "clockoverlay": "gstreamer1.0-plugins-base",
-        "timeoverlay": "gstreamer1.0-plugins-base",
+        "clockoverlay": "gstreamer1.0-x",  # the Pango plugin: "GStreamer plugins for X11 and Pango"
+        "timeoverlay": "gstreamer1.0-x",
         enc: pkg,
         pay: "gstreamer1.0-plugins-good",
     }
