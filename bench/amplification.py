@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     DOCS,
     cpu_seconds,
     install_signal_exit,
@@ -52,8 +52,8 @@ from bench.common import (  # noqa: E402
     system_busy,
     write_section,
 )
-from bench.synthetic_pod import GW_HOST, NAIVE_SOURCE, POD_HOST, SyntheticSetup  # noqa: E402
-from bench.viewers import ViewerStats, watch  # noqa: E402
+from bench.synthetic_pod import GW_HOST, NAIVE_SOURCE, POD_HOST, SyntheticSetup
+from bench.viewers import ViewerStats, watch
 
 HEADING = "## Upstream amplification (gateway vs naive proxy)"
 MAX_VIEWERS = 2000
@@ -163,12 +163,12 @@ def playlist_ok(r: dict, td: float) -> bool:
     """At most one pod playlist fetch per half target duration: every two fetches at least
     ``td / 2`` apart (so the rate cannot exceed 1)."""
     gap = r["playlist_min_gap_s"]
-    return r["playlist_fetches"] <= 1 or (gap == gap and gap >= td / 2)  # noqa: PLR0124 - NaN check
+    return r["playlist_fetches"] <= 1 or (gap == gap and gap >= td / 2)
 
 
 # ---------------------------------------------------------------------------- output
 def _r(x: float) -> str:
-    return "–" if x != x else f"{x:.2f}"  # noqa: PLR0124 - NaN check
+    return "–" if x != x else f"{x:.2f}"
 
 
 def table(rows: list[dict]) -> list[str]:

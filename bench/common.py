@@ -284,7 +284,7 @@ def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "cond
             value = predicate()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - keep polling
+        except Exception as exc:
             last = exc
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}" + (f" (last error: {last})" if last else ""))

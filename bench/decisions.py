@@ -344,7 +344,7 @@ class Bench:
             return None
         try:
             spy.wait(window[1] + 30)
-        except Exception:  # noqa: BLE001 - killed by the caller's finally
+        except Exception:
             pass
         if not self.profile_file.exists() or self.profile_file.stat().st_size == 0:
             self.profile_error = "py-spy produced no samples: " + (

@@ -506,8 +506,8 @@ def run_wrk(url: str, connections: int, duration: int, threads: int = 2) -> dict
     if out.returncode != 0 or "Requests/sec" not in text:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr or text}")
     rps = float(re.search(r"Requests/sec:\s*([\d.]+)", text).group(1))
-    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", text, re.M).group(1))
-    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", text, re.M).group(1))
+    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", text, re.MULTILINE).group(1))
+    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", text, re.MULTILINE).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", text)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(int(g) for g in sock.groups()) if sock else 0)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     DOCS,
     Procs,
     child_pids,
@@ -52,8 +52,8 @@ from bench.common import (  # noqa: E402
     wait_for,
     write_section,
 )
-from bench.synthetic_pod import SyntheticSetup  # noqa: E402
-from bench.viewers import ViewerStats, watch  # noqa: E402
+from bench.synthetic_pod import SyntheticSetup
+from bench.viewers import ViewerStats, watch
 
 HEADING = "## Memory (gateway and pod agent RSS)"
 GOAL_PER_VIEWER = 50_000  # bytes
@@ -73,7 +73,7 @@ def mb(n: float) -> str:
 def gateway_metric(setup: SyntheticSetup, name: str) -> float:
     """One unlabelled sample from the gateway's /metrics."""
     text = setup.http.get(f"{setup.gateway_url}/metrics").text
-    m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
+    m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.MULTILINE)
     return float(m.group(1)) if m else float("nan")
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx  # noqa: E402
+import httpx
 
-from protocol.tokens import Keyring, mint_pod_token, verify_user_token  # noqa: E402
+from protocol.tokens import Keyring, mint_pod_token, verify_user_token
 
 
 def make_app(pod: str, pod_id: str, keyring: Keyring, source: str):

@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
-_SEQ = re.compile(r"^#EXT-X-MEDIA-SEQUENCE:(\d+)", re.M)
-_TD = re.compile(r"^#EXT-X-TARGETDURATION:([\d.]+)", re.M)
-_MAP = re.compile(r'^#EXT-X-MAP:.*URI="([^"]+)"', re.M)
+_SEQ = re.compile(r"^#EXT-X-MEDIA-SEQUENCE:(\d+)", re.MULTILINE)
+_TD = re.compile(r"^#EXT-X-TARGETDURATION:([\d.]+)", re.MULTILINE)
+_MAP = re.compile(r'^#EXT-X-MAP:.*URI="([^"]+)"', re.MULTILINE)
 LIVE_SYNC_COUNT = 3
 START_RETRY_S = 1.0
 
@@ -92,7 +92,7 @@ class HttpConn:
             w.close()
             try:
                 await asyncio.wait_for(w.wait_closed(), 1.0)
-            except (Exception, asyncio.CancelledError):  # noqa: BLE001 - closing anyway
+            except (Exception, asyncio.CancelledError):
                 pass
 
 

@@ -15,7 +15,6 @@ import logging
 from pathlib import Path
 
 import httpx
-
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec

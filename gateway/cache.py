@@ -28,8 +28,21 @@ class Flight:
     ``chunks`` grow until ``done``; ``error`` is set if the transfer broke.
     """
 
-    __slots__ = ("status", "headers", "chunks", "size", "done", "error", "ready", "_waiters", "created", "etag", "task",
-                 "_joined", "scanned")
+    __slots__ = (
+        "_joined",
+        "_waiters",
+        "chunks",
+        "created",
+        "done",
+        "error",
+        "etag",
+        "headers",
+        "ready",
+        "scanned",
+        "size",
+        "status",
+        "task",
+    )
 
     def __init__(self) -> None:
         self.status = 0
@@ -161,7 +174,7 @@ class SegmentCache:
     async def _run(self, key: Any, flight: Flight, fetch: Fetcher, stale: Flight | None) -> None:
         try:
             await fetch(flight, stale)
-        except BaseException as exc:  # noqa: BLE001 - a fetcher bug must not strand readers
+        except BaseException as exc:
             if not flight.done:
                 flight.finish(exc if isinstance(exc, Exception) else RuntimeError("fetch cancelled"))
             if not isinstance(exc, Exception):

@@ -39,7 +39,6 @@ from protocol.checks import CheckResult, ms, secret_length_result, summary
 from protocol.tokens import mint_pod_token
 
 
-
 def check_secret(cfg: GatewayConfig) -> list[CheckResult]:
     """Every stream secret must be ≥ 32 bytes."""
     return [secret_length_result(f"kid {kid!r}", secret) for kid, secret in sorted(cfg.secrets().items())]

@@ -276,7 +276,7 @@ def _check_playlist(text: str) -> None:
         len(text) * 4 > MAX_PLAYLIST_BYTES and len(text.encode("utf-8", "surrogatepass")) > MAX_PLAYLIST_BYTES
     ):
         raise PlaylistError("playlist larger than 2 MB")
-    first = text[1:] if text.startswith("\ufeff") else text
+    first = text.removeprefix("\ufeff")
     end = first.find("\n")
     first = first if end < 0 else first[:end]
     if first.rstrip() != "#EXTM3U":

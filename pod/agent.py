@@ -49,7 +49,7 @@ from pod.segments import SegmentIndex
 from pod.server import listen_socket, make_server
 from pod.streamer import CameraStreamer
 from pod.tailnet import wait_for_tailnet_ipv4
-from pod.uploads import Quota, UploadQueue, Uploader, disk_free_for
+from pod.uploads import Quota, Uploader, UploadQueue, disk_free_for
 from pod.whitelist import WhitelistStore
 from protocol.messages import DetectRequest, HeartbeatRequest, Nudge
 from protocol.tokens import Keyring

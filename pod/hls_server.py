@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
-
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post

@@ -79,7 +79,7 @@ class FrigateListener:
         payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else str(message.payload or "").encode()
         try:
             self.handler(suffix, bytes(payload))
-        except Exception:  # noqa: BLE001 - one bad message must never kill the listener
+        except Exception:
             log.exception("handler failed for a message on %s; skipped", topic)
 
     async def run(self, stop: asyncio.Event) -> None:

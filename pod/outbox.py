@@ -319,7 +319,7 @@ class OutboxSender:
             self._retry(item, exc)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a bug in send must not kill delivery
+        except Exception as exc:
             log.exception("outbox: unexpected error sending %s %s", item.kind, item.key)
             self._retry(item, exc)
         else:

@@ -24,7 +24,7 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
@@ -80,8 +80,8 @@ def parse_time_bound(text: str) -> datetime:
         raise ValueError(f"not an RFC 3339 date-time: {text!r}")
     dt = datetime.fromisoformat(text.strip().upper())
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
 
 
 def edit_distance(a: str, b: str, limit: int) -> int | None:
@@ -227,7 +227,7 @@ class Whitelist:
             raise ValueError(f"match_distance must be 0..{MAX_MATCH_DISTANCE}, got {match_distance}")
         plate = normalize_plate(plate_raw)
         if now.tzinfo is None:
-            now = now.replace(tzinfo=timezone.utc)
+            now = now.replace(tzinfo=UTC)
         if not plate or not self._index:
             return Verdict("deny", "not_whitelisted", plate)
         exact = self._index.get(plate)

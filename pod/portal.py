@@ -41,7 +41,7 @@ from protocol.messages import (
 )
 from protocol.redact import redact
 
-__all__ = ["PortalClient", "PortalError", "PortalRejected", "PortalUnavailable", "USER_AGENT"]
+__all__ = ["USER_AGENT", "PortalClient", "PortalError", "PortalRejected", "PortalUnavailable"]
 
 log = logging.getLogger("platebridge.pod.portal")
 

@@ -148,7 +148,7 @@ async def _stop_process(proc: asyncio.subprocess.Process, grace: float) -> None:
         proc.send_signal(signal.SIGTERM) if grace > 0 else proc.kill()
     try:
         await asyncio.wait_for(proc.wait(), timeout=grace if grace > 0 else 5)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
@@ -170,7 +170,7 @@ async def _run(args: list[str], *, timeout: float, cwd: Path | None = None, capt
     comm = asyncio.ensure_future(proc.communicate())
     try:
         out, err = await asyncio.wait_for(asyncio.shield(comm), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         await _stop_process(proc, grace)
         out, err = await comm
     except asyncio.CancelledError:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
@@ -112,7 +112,7 @@ def parse_program_date_time(value: str) -> float | None:
                 return None
             offset = -offset if m.group(9) == "-" else offset
         leap = 1 if s == 60 else 0  # 23:59:60 leap second → the next second
-        dt = datetime(y, mo, d, h, mi, s - leap, tzinfo=timezone.utc) + timedelta(seconds=leap)
+        dt = datetime(y, mo, d, h, mi, s - leap, tzinfo=UTC) + timedelta(seconds=leap)
         ts = dt.timestamp() + frac - offset
     except (ValueError, OverflowError, OSError):
         return None

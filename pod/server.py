@@ -18,7 +18,7 @@ class EmbeddedServer(uvicorn.Server):
     """uvicorn server that leaves signal handling to the caller."""
 
     @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:  # noqa: D102 - uvicorn hook
+    def capture_signals(self) -> Iterator[None]:
         yield
 
 

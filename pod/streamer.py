@@ -41,7 +41,7 @@ log = logging.getLogger("platebridge.pod.streamer")
 
 PLAYLIST = "index.m3u8"
 State = Literal["starting", "running", "backoff", "stopped"]
-_MEDIA_SEQ = re.compile(r"^#EXT-X-MEDIA-SEQUENCE:(\d+)", re.M)
+_MEDIA_SEQ = re.compile(r"^#EXT-X-MEDIA-SEQUENCE:(\d+)", re.MULTILINE)
 _SEGMENT_FILE = re.compile(r"^(seg_\d+\.(m4s|ts)|init_\d+\.mp4)(\.tmp)?$")
 
 
@@ -317,7 +317,7 @@ class CameraStreamer:
             proc.send_signal(signal.SIGCONT)
         try:
             await asyncio.wait_for(proc.wait(), timeout=3)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()  # also works on a SIGSTOP'd process
             await proc.wait()

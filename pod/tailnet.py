@@ -47,7 +47,7 @@ async def cli_ipv4(timeout: float = 5.0) -> str | None:
             exe, "ip", "-4", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
         )
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return None
     return pick_tailnet_ipv4(out.decode(errors="replace").split())
 

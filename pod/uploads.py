@@ -565,7 +565,7 @@ class Uploader:
             self._retry(row, exc)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a bug must not stop uploads
+        except Exception as exc:
             log.exception("uploads: unexpected error on %s (%s)", row.event_id, row.state)
             self._retry(row, exc)
 

@@ -99,7 +99,7 @@ class UploadUrlResponse(msgspec.Struct, omit_defaults=True):
 
     upload_url: str | None = None
     signed_url: str | None = None
-    signedUrl: str | None = None  # noqa: N815 - Supabase's wire name
+    signedUrl: str | None = None
     file_path: str | None = None
     path: str | None = None
     expires_in: float | None = None

@@ -20,7 +20,7 @@ MAX_DEPTH = 50
 
 
 class _StrictLoader(yaml.SafeLoader):
-    def construct_mapping(self, node, deep=False):  # noqa: D102 - PyYAML hook
+    def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)

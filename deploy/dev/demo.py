@@ -26,8 +26,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from frigate_sim import Publisher  # noqa: E402
-from stack import ROOT, ProcessDied, Stack  # noqa: E402
+from frigate_sim import Publisher
+from stack import ROOT, ProcessDied, Stack
 
 ALLOWED = "DEMO123"
 

@@ -116,7 +116,7 @@ _REQUIRED_DETECT = ("site_id", "plate", "camera", "camera_id", "event_id", "dete
 UPLOAD_TTL = 600.0
 DOWNLOAD_TTL = 3600.0
 FAULT_SCOPES = ("all", "api", "storage")
-_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.I)
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 HANG_SECONDS = 600.0
 

@@ -110,7 +110,7 @@ def test_verify_harness_catches_mistakes(systemd_analyze, fake_root, bad_line, n
     """The harness would see a typo: a copy of the pod unit with one bad line is rejected."""
     text = POD_UNIT.read_text()
     if bad_line.startswith("ExecStart="):
-        text = re.sub(r"^ExecStart=.*$", bad_line, text, flags=re.M)
+        text = re.sub(r"^ExecStart=.*$", bad_line, text, flags=re.MULTILINE)
     else:
         text = text.replace("[Service]\n", f"[Service]\n{bad_line}\n")
     name = "broken-pod.service"
@@ -240,7 +240,7 @@ def _dockerfile_env() -> dict[str, str]:
 def test_dockerfile_runs_userspace_tailscaled_beside_the_gateway():
     text = DOCKERFILE.read_text()
     assert "python:3.11-slim-bookworm" in text
-    assert re.search(r"^USER platebridge-gateway$", text, re.M), "runs unprivileged"
+    assert re.search(r"^USER platebridge-gateway$", text, re.MULTILINE), "runs unprivileged"
     assert 'ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/platebridge-gateway-entrypoint"]' in text
     assert "COPY deploy/gateway/entrypoint.sh /usr/local/bin/platebridge-gateway-entrypoint" in text
     env = _dockerfile_env()
@@ -249,7 +249,7 @@ def test_dockerfile_runs_userspace_tailscaled_beside_the_gateway():
     assert env["TS_SOCKS5_SERVER"] == "127.0.0.1:1055"
     assert env["PLATEBRIDGE_GATEWAY_LOCALAPI_SOCKET"] == env["TS_SOCKET"]
     # every COPY source exists in the repository (the build context is the repo root)
-    for m in re.finditer(r"^COPY (?!--from)(.+)$", text, re.M):
+    for m in re.finditer(r"^COPY (?!--from)(.+)$", text, re.MULTILINE):
         for src in m.group(1).split()[:-1]:
             assert (REPO / src).exists(), src
     # the image's settings are a valid gateway configuration (with the secret the operator adds)
@@ -381,8 +381,8 @@ def test_caddyfile_front():
     assert "reverse_proxy 127.0.0.1:8080" in text
     assert re.search(r"max_header_size\s+\d+KB", text)
     for t in ("read_header", "read_body", "write", "idle"):
-        assert re.search(rf"^\s*{t}\s+\d+[sm]$", text, re.M), t
-    assert not re.search(r"^\s*log\b", text, re.M), "Caddy's access log would record tokens"
+        assert re.search(rf"^\s*{t}\s+\d+[sm]$", text, re.MULTILINE), t
+    assert not re.search(r"^\s*log\b", text, re.MULTILINE), "Caddy's access log would record tokens"
 
 
 def test_caddyfile_adapts():

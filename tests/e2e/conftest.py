@@ -30,7 +30,7 @@ def pod_metric(stack: Stack, kind: str, status: str = "200") -> float:
 def pod_requests_total(stack: Stack) -> float:
     """All HLS requests the pod has seen, any kind or status."""
     text = httpx.get(f"http://127.0.0.1:{stack.pod_port}/metrics", timeout=5).text
-    return sum(float(v) for v in re.findall(r"^platebridge_pod_hls_requests_total\{[^}]*\} ([0-9.e+]+)$", text, re.M))
+    return sum(float(v) for v in re.findall(r"^platebridge_pod_hls_requests_total\{[^}]*\} ([0-9.e+]+)$", text, re.MULTILINE))
 
 
 def ffprobe_streams(path: Path) -> str:
@@ -86,4 +86,4 @@ def viewer(stack):
     return open_session
 
 
-__all__ = ["ffprobe_streams", "make_stack", "started", "pod_metric", "pod_requests_total", "wait_until"]
+__all__ = ["ffprobe_streams", "make_stack", "pod_metric", "pod_requests_total", "started", "wait_until"]

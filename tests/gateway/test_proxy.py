@@ -410,10 +410,11 @@ async def test_watch_page_health_ready_metrics(client, pod):
 # ---- nudge relay: portal → gateway → pod over the tailnet -------------------------------------
 @pytest.fixture
 async def admin_client(pod):
+    from litestar.testing import AsyncTestClient
+
     from gateway.app import create_app
     from gateway.config import parse_config
     from gateway.discovery import StaticDiscovery
-    from litestar.testing import AsyncTestClient
 
     cfg = parse_config({"stream_secret": SECRET, "pods": {POD: "http://127.0.0.2:8000"}, "admin_token": "a" * 32}, env={})
     app = create_app(cfg, discovery=StaticDiscovery(cfg.pods), transport=httpx.MockTransport(pod.handler))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from pod.frigate import ObjectMessage, PlateRead, parse_message
 from pod.passages import PassageDecision, PassageTracker
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "frigate"
-NOW_UTC = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+NOW_UTC = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 MIN_CONF = 0.75
 CAMERAS = {"gate_cam": "gate-camera-1"}
 FAR_FUTURE = 10**6

@@ -1,6 +1,6 @@
 """pod.plates: normalisation, whitelist matching rules, validity windows, near matches."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import example, given, settings
@@ -17,7 +17,7 @@ from pod.plates import (
 )
 from protocol.messages import PlateEntry
 
-UTC = timezone.utc
+UTC = UTC
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 MIN = 0.75
 

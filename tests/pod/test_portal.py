@@ -25,7 +25,6 @@ from protocol.messages import (
     UploadUrlRequest,
 )
 from protocol.tokens import Keyring, verify_user_token
-
 from tests.pod.standin import ROOT, free_port
 from tests.pod.standin import Served as StandIn
 

@@ -4,7 +4,7 @@ EXT-X-PROGRAM-DATE-TIME) and the segment time index used to cut detection clips.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from pod.segments import SegmentIndex, SegmentInfo, parse_media_playlist, parse_program_date_time
 
-T0 = datetime(2026, 11, 30, 2, 24, 9, 258000, tzinfo=timezone.utc).timestamp()
+T0 = datetime(2026, 11, 30, 2, 24, 9, 258000, tzinfo=UTC).timestamp()
 
 # exactly what ffmpeg 5.1 writes with -hls_flags program_date_time: PDT after EXTINF, "+0000"
 FFMPEG_PLAYLIST = """#EXTM3U

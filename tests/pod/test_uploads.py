@@ -25,7 +25,6 @@ from pod.errors import PortalRejected, PortalUnavailable
 from pod.portal import UPLOAD_CHUNK_BYTES, PortalClient
 from pod.uploads import Quota, Upload, Uploader, UploadQueue
 from protocol.messages import UploadUrlRequest
-
 from tests.pod.standin import ROOT, PortalStandIn, free_port
 from tests.pod.standin import Served as StandIn
 

@@ -3,7 +3,7 @@
 import logging
 import os
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
@@ -12,7 +12,7 @@ from pod.plates import Whitelist
 from pod.whitelist import WhitelistStore, load_cache, save_cache
 from protocol.messages import PlateEntry, PlatesResponse
 
-NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def resp(version="v1", *plates, tenant="Jo Resident"):

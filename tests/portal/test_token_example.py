@@ -278,7 +278,7 @@ def test_doc_stream_token_endpoint_and_gateway_urls(doc):
 def test_doc_heartbeat_nudge_detect_upload_env_rotation(doc):
     # heartbeat stream_url: the pod's tailnet URL, not for browsers
     assert "/api/pod/heartbeat" in doc and "stream_url" in doc and "tailnet" in doc
-    assert re.search(r"never (give|hand|send)[^.]*browser", doc, re.I)
+    assert re.search(r"never (give|hand|send)[^.]*browser", doc, re.IGNORECASE)
     # nudge relay
     for needle in ("POST <gateway>/pods/{pod_id}/nudge", "Authorization: Bearer <admin_token>",
                    "admin_token", "202", "config_version"):

@@ -21,11 +21,10 @@ from urllib.parse import urljoin
 
 import httpx
 import pytest
+from stack import free_port
 
 from protocol.tokens import Keyring, mint_pod_token
 from tests.e2e.conftest import make_stack, pod_requests_total, started, wait_until
-
-from stack import free_port  # noqa: E402 - deploy/dev is on sys.path via tests.e2e.conftest
 
 __all__ = ["GatewayCounters", "RawResponse", "Sentinels", "free_port", "gateway_counters", "make_stack",
            "play_like_a_player", "pod_requests_total", "pod_token", "raw_request", "session_grant", "wait_until"]

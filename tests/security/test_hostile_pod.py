@@ -72,7 +72,7 @@ class HostilePod(ThreadingHTTPServer):
 
 
 class _PodHandler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
+    def do_GET(self) -> None:
         self.server.seen.append(self.path)
         status, headers, body = self.server.routes.get(self.path.split("?")[0], (404, {}, b"not found"))
         self.send_response(status)

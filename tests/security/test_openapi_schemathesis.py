@@ -52,7 +52,7 @@ def no_internal_error(ctx, response, case):
     """No 500 (or other unplanned 5xx): 502/503/504 are the gateway's documented answers about pods."""
     if response.status_code >= 500 and response.status_code not in (502, 503, 504):
         raise AssertionError(f"{response.status_code} from {case.method} {case.formatted_path}")
-    return None
+    return
 
 
 CHECKS = [no_internal_error, status_code_conformance, content_type_conformance, response_headers_conformance,
