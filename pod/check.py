@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
-import json
 import os
 import shutil
 import socket
@@ -44,6 +43,7 @@ from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
+from pod import ffmpeg as ff
 from pod.config import LOOPBACK_V4, PodConfig, load_config
 from pod.errors import ConfigError, PortalRejected, PortalUnavailable
 from protocol.checks import CheckResult, ms, secret_length_result, summary
@@ -84,8 +84,10 @@ async def check_portal(cfg: PodConfig) -> CheckResult:
     except PortalUnavailable as exc:
         return CheckResult("FAIL", "portal", f"{cfg.portal_url} not reachable: {exc}",
                            "check portal_url, DNS and this pod's internet access (is the portal up?)")
-    return CheckResult("PASS", "portal", f"{cfg.portal_url} accepted the key: GET /api/plates → {len(plates.entries)} "
-                       f"plate{'' if len(plates.entries) == 1 else 's'} (config_version {plates.config_version}) in {ms(time.monotonic() - started)}")
+    n = len(plates.entries)
+    return CheckResult("PASS", "portal", f"{cfg.portal_url} accepted the key: GET /api/plates → {n} "
+                       f"plate{'' if n == 1 else 's'} (config_version {plates.config_version}) in "
+                       f"{ms(time.monotonic() - started)}")
 
 
 # ---- MQTT -----------------------------------------------------------------------------
@@ -157,11 +159,8 @@ async def _watch_topics(client, prefix: str, wait: float) -> CheckResult:
 
 
 def ffprobe_path(cfg: PodConfig) -> str:
-    """ffprobe next to the configured ffmpeg binary, else ``ffprobe`` on PATH."""
-    ffmpeg = Path(cfg.ffmpeg_path)
-    if ffmpeg.name == "ffmpeg" and str(ffmpeg.parent) not in ("", "."):
-        return str(ffmpeg.with_name("ffprobe"))
-    return "ffprobe"
+    """ffprobe next to the configured ffmpeg binary (:func:`pod.ffmpeg.ffprobe_path`)."""
+    return ff.ffprobe_path(cfg.ffmpeg_path)
 
 
 def _fps(stream: dict) -> str | None:
@@ -187,38 +186,7 @@ def describe_stream(stream: dict) -> str:
     return text + (f" @ {fps} fps" if fps else "")
 
 
-async def probe_rtsp(ffprobe: str, url: str, timeout: float) -> dict:
-    """ffprobe the first video stream of ``url`` over RTSP/TCP.
-
-    Returns the stream object (``codec_name``, ``profile``, ``width``, ``height``,
-    ``avg_frame_rate``, ``r_frame_rate``). Raises ``RuntimeError`` with a redacted
-    reason on failure or after ``timeout`` + 5 seconds.
-    """
-    args = [ffprobe, "-v", "error", "-rtsp_transport", "tcp", "-timeout", str(int(timeout * 1_000_000)),
-            "-select_streams", "v:0", "-show_entries",
-            "stream=codec_name,profile,width,height,avg_frame_rate,r_frame_rate", "-of", "json", url]
-    try:
-        proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    except OSError as exc:
-        raise FileNotFoundError(f"cannot run {ffprobe}: {exc.strerror}") from None
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout + 5)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise RuntimeError(f"no answer within {timeout + 5:g} s") from None
-    lines = [redact(line.strip()) for line in err.decode(errors="replace").splitlines() if line.strip()]
-    if proc.returncode != 0:
-        raise RuntimeError(lines[-1] if lines else f"ffprobe exited with code {proc.returncode}")
-    try:
-        streams = json.loads(out or b"{}").get("streams") or []
-    except ValueError:
-        streams = []
-    if not streams:
-        raise RuntimeError("no video stream in the RTSP session")
-    return streams[0]
+probe_rtsp = ff.probe_rtsp  # moved to pod/ffmpeg.py; kept here for callers of the old name
 
 
 def _camera_fix(reason: str, index: int) -> str:

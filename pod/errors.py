@@ -41,6 +41,11 @@ class PortalRejected(PortalError):
         self.status = status
 
 
+class FfmpegError(PodError):
+    """An ffmpeg/ffprobe child could not be started, or failed in a way its caller cannot
+    read around. ``str(exc)`` says why, with any RTSP credentials redacted."""
+
+
 class RecorderError(PodError):
     """A detection clip could not be made: no usable segment in the window, the init
     segment missing, or ffmpeg/ffprobe failed. ``str(exc)`` says why, with any RTSP
