@@ -1,14 +1,25 @@
 // PlateBridge watch page: plays /streams/<camera_id>/index.m3u8 with hls.js
 // (or natively where the browser plays HLS itself, e.g. Safari).
 // The token is read from this page's own URL and sent only to the gateway.
+//
+// Low-Latency HLS: hls.js runs with lowLatencyMode, so a pod that offers parts
+// (EXT-X-PART-INF, EXT-X-SERVER-CONTROL) is played PART-HOLD-BACK behind the live
+// edge with blocking playlist reloads; a pod serving classic HLS (older pods,
+// low_latency: false, mpegts) is played 3 target durations behind, as before, by
+// the same player without any switch. A small indicator shows how far the picture
+// is behind the camera (Date.now() - the playing frame's EXT-X-PROGRAM-DATE-TIME,
+// i.e. since the pod received it); "Jump to live" appears when playback drifts.
 (function () {
   "use strict";
   var statusEl = document.getElementById("status");
+  var behindEl = document.getElementById("behind");
+  var liveBtn = document.getElementById("golive");
   var video = document.getElementById("video");
   var parts = location.pathname.split("/");
   var cameraId = decodeURIComponent(parts[parts.length - 1] || "");
   var token = new URLSearchParams(location.search).get("token") || "";
-  window.pbStatus = { state: "starting", errors: [] };
+  var DRIFT_SECONDS = 1.5; // show "Jump to live" this far past the player's own target
+  window.pbStatus = { state: "starting", errors: [], lowLatency: null, behind: null, latency: null, target: null };
   function setStatus(s, detail) {
     window.pbStatus.state = s;
     statusEl.textContent = s + (detail ? ": " + detail : "");
@@ -17,8 +28,26 @@
   var src = "../streams/" + encodeURIComponent(cameraId) + "/index.m3u8?token=" + encodeURIComponent(token);
   video.addEventListener("playing", function () { setStatus("playing"); });
   video.addEventListener("waiting", function () { setStatus("buffering"); });
+
+  function showBehind(behind, drifting) {
+    window.pbStatus.behind = behind;
+    behindEl.textContent = behind === null ? "" : behind.toFixed(1) + " s behind live";
+    liveBtn.hidden = !drifting;
+  }
+
   if (window.Hls && window.Hls.isSupported()) {
-    var hls = new window.Hls({ liveSyncDurationCount: 3, manifestLoadingMaxRetry: 6, levelLoadingMaxRetry: 6 });
+    var hls = new window.Hls({
+      lowLatencyMode: true,            // parts + blocking reloads when the pod offers them
+      liveSyncDurationCount: 3,        // classic HLS pods: 3 target durations, as before
+      maxLiveSyncPlaybackRate: 1.2,    // catch up gently instead of jumping
+      backBufferLength: 10,
+      manifestLoadingMaxRetry: 6, levelLoadingMaxRetry: 6
+    });
+    window.pbHls = hls;
+    hls.on(window.Hls.Events.LEVEL_UPDATED, function (_e, data) {
+      var d = data.details;
+      window.pbStatus.lowLatency = !!(d && d.partTarget);
+    });
     hls.on(window.Hls.Events.ERROR, function (_e, data) {
       window.pbStatus.errors.push(data.type + ":" + data.details);
       if (!data.fatal) return;
@@ -31,9 +60,34 @@
     hls.loadSource(src);
     hls.attachMedia(video);
     hls.on(window.Hls.Events.MANIFEST_PARSED, function () { video.play().catch(function () {}); });
+    liveBtn.addEventListener("click", function () {
+      var pos = hls.liveSyncPosition;
+      if (pos !== null && pos !== undefined) video.currentTime = pos;
+      video.play().catch(function () {});
+    });
+    setInterval(function () {
+      var date = hls.playingDate;
+      var behind = date ? (Date.now() - date.getTime()) / 1000 : null;
+      var target = hls.targetLatency;
+      window.pbStatus.latency = hls.latency;
+      window.pbStatus.target = target;
+      var drifting = !video.paused && target !== null && hls.latency > target + DRIFT_SECONDS;
+      showBehind(behind !== null && behind >= 0 ? behind : null, drifting);
+    }, 250);
   } else if (video.canPlayType("application/vnd.apple.mpegurl")) {
+    // Safari plays LL-HLS natively over HTTP/2 (the Caddy front); its own live edge
     video.src = src;
     video.play().catch(function () {});
+    liveBtn.addEventListener("click", function () {
+      if (video.seekable.length) video.currentTime = video.seekable.end(video.seekable.length - 1);
+    });
+    setInterval(function () {
+      var date = video.getStartDate && video.getStartDate();
+      var ms = date && !isNaN(date.getTime()) ? date.getTime() + video.currentTime * 1000 : NaN;
+      var behind = isNaN(ms) ? null : (Date.now() - ms) / 1000;
+      var edge = video.seekable.length ? video.seekable.end(video.seekable.length - 1) : null;
+      showBehind(behind !== null && behind >= 0 ? behind : null, edge !== null && edge - video.currentTime > 3 + DRIFT_SECONDS);
+    }, 250);
   } else {
     setStatus("error", "this browser cannot play HLS");
   }

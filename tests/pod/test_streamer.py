@@ -13,7 +13,7 @@ import pytest
 
 from pod.backoff import Backoff
 from pod.config import parse_config
-from pod.streamer import CameraStreamer, ffmpeg_args, media_sequence
+from pod.streamer import CameraStreamer, _input, ffmpeg_args, media_sequence, packager_args
 from protocol.redact import redact
 
 
@@ -26,10 +26,12 @@ def cfg(tmp_path, **over):
 
 
 def test_ffmpeg_args_copy_tcp_hls_with_retention(tmp_path):
-    c = cfg(tmp_path, hls_segment_seconds=2, hls_list_size=6, hls_keep_extra_segments=30)
+    c = cfg(tmp_path, hls_segment_seconds=2, hls_list_size=6, hls_keep_extra_segments=30,
+            camera_rtsp_url="rtsp://127.0.0.1:9/stream")
     args = ffmpeg_args(c, c.camera_list()[0], tmp_path / "hls" / "cam1", run=1796000000)
     joined = " ".join(args)
     assert "-rtsp_transport tcp" in joined and "-c copy" in joined and "-f hls" in joined
+    assert "-i rtsp://127.0.0.1:9/stream" in joined
     assert "-hls_time 2" in joined and "-hls_list_size 6" in joined
     assert "delete_segments" not in joined  # the pod's prune() keeps the pre-roll buffer, not ffmpeg
     assert "-hls_segment_type fmp4" in joined and "-hls_fmp4_init_filename init_1796000000.mp4" in joined
@@ -38,6 +40,29 @@ def test_ffmpeg_args_copy_tcp_hls_with_retention(tmp_path):
     ts = cfg(tmp_path, hls_segment_type="mpegts")
     args = ffmpeg_args(ts, ts.camera_list()[0], tmp_path)
     assert "mpegts" in args and args[-2].endswith(".ts") and "-hls_fmp4_init_filename" not in args
+
+
+def test_ffmpeg_args_never_carry_rtsp_credentials(tmp_path):
+    """A camera URL with user:password goes to ffmpeg as an ffconcat script on stdin
+    (pod/ffmpeg.py rtsp_input), so neither argv of the HLS muxer nor the packager's shows it."""
+    c = cfg(tmp_path)  # rtsp://admin:hunter2@127.0.0.1:9/stream
+    cam = c.camera_list()[0]
+    for args in (ffmpeg_args(c, cam, tmp_path, run=1), packager_args(c, cam)):
+        joined = " ".join(args)
+        assert "hunter2" not in joined and "admin" not in joined
+        assert "-f concat -safe 0" in joined and "-i pipe:0" in joined
+    script = _input(c, cam).stdin.decode()
+    assert script.splitlines() == ["ffconcat version 1.0", "file 'rtsp://admin:hunter2@127.0.0.1:9/stream'",
+                                   "option rtsp_transport tcp", f"option timeout {int(c.rtsp_timeout_seconds * 1e6)}"]
+
+
+def test_packager_args_remux_to_fragmented_mp4_on_stdout(tmp_path):
+    c = cfg(tmp_path, camera_rtsp_url="rtsp://127.0.0.1:9/stream")
+    args = packager_args(c, c.camera_list()[0])
+    joined = " ".join(args)
+    assert "-c copy" in joined and "-map 0:v:0" in joined and "-rtsp_transport tcp" in joined
+    assert "-f mp4 -movflags empty_moov+default_base_moof+frag_every_frame -flush_packets 1" in joined
+    assert args[-1] == "pipe:1"
 
 
 def test_media_sequence():
@@ -109,7 +134,10 @@ async def test_ffmpeg_failure_logs_redacted_stderr_and_backs_off(tmp_path, caplo
     assert s.restarts >= 2 and s.state == "stopped"
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "restarting in" in text and "last stderr" in text
-    assert "rtsp://***@127.0.0.1:9/stream: Connection refused" in text  # the stderr line, redacted
+    # the stderr lines, redacted; the URL came through the concat script (pod/ffmpeg.py), and its
+    # per-file options reached the RTSP demuxer: the TCP connect used the 2 s socket timeout
+    assert "Impossible to open 'rtsp://***@127.0.0.1:9/stream'" in text and "Connection refused" in text
+    assert "tcp://127.0.0.1:9?timeout=2000000" in text
     assert "hunter2" not in text
 
 
