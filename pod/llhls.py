@@ -273,7 +273,8 @@ class Packager:
         self._close_part()
         seg.pdt = seg.media_start + self._offset()
         if self.target_duration is None:
-            self.target_duration = max(1, math.ceil(self.segment_seconds - 1e-6), round(seg.duration + 0.5))
+            # EXTINF rounded to the nearest integer must not exceed it (RFC 8216 §4.3.3.1)
+            self.target_duration = max(1, math.ceil(self.segment_seconds - 1e-6), math.floor(seg.duration + 0.5))
             frame = self._frame()
             self.part_target = max(frame, math.floor(self.part_target_wanted / frame + 1e-6) * frame)
             self.part_target = max(self.part_target, self.max_part_seen)
