@@ -49,7 +49,7 @@ from litestar.exceptions import HTTPException
 from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pod.llhls import Part
+from pod.llhls import Packager, Part
 from pod.metrics import HLS_REQUESTS, REGISTRY
 from pod.streamer import PLAYLIST, CameraStreamer
 from protocol.errors import TokenError
@@ -179,11 +179,12 @@ async def _live_part(streamer: CameraStreamer, rel: str) -> Response:
     HLS_REQUESTS.labels("part", "200").inc()
     if p.complete:
         return Response(content=p.data(), media_type="video/mp4", headers=headers)
-    return Stream(_stream_part(streamer, p), media_type="video/mp4", headers=headers)
+    return Stream(_stream_part(streamer, live, p), media_type="video/mp4", headers=headers)
 
 
-async def _stream_part(streamer: CameraStreamer, p: Part) -> AsyncIterator[bytes]:
-    """Yield a part's bytes as its frames arrive, until it is complete (or its run ends)."""
+async def _stream_part(streamer: CameraStreamer, live: Packager, p: Part) -> AsyncIterator[bytes]:
+    """Yield a part's bytes as its frames arrive, until it is complete; also ends when its
+    run is replaced (ffmpeg restarted) or nothing changed for the hold time (ffmpeg gone)."""
     sent = 0
     while True:
         event = streamer.changed()
@@ -191,12 +192,12 @@ async def _stream_part(streamer: CameraStreamer, p: Part) -> AsyncIterator[bytes
         if chunks:
             sent += len(chunks)
             yield b"".join(chunks)
-        if p.complete or streamer.proc_gone():
-            if sent < len(p.chunks):
-                yield b"".join(p.chunks[sent:])
+        if p.complete or streamer.live is not live:
             return
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(event.wait(), timeout=_hold_seconds(streamer))
+        except TimeoutError:
+            return
 
 
 def create_hls_app(

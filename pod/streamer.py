@@ -214,10 +214,6 @@ class CameraStreamer:
         """An event set at the live packager's next change (a new frame, part or segment)."""
         return self._changed
 
-    def proc_gone(self) -> bool:
-        """True when no ffmpeg runs (between runs, or stopped): nothing more will arrive."""
-        return self._proc is None or self._proc.returncode is not None
-
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
