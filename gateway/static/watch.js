@@ -17,7 +17,9 @@
   var video = document.getElementById("video");
   var parts = location.pathname.split("/");
   var cameraId = decodeURIComponent(parts[parts.length - 1] || "");
-  var token = new URLSearchParams(location.search).get("token") || "";
+  var query = new URLSearchParams(location.search);
+  var token = query.get("token") || "";
+  var lowLatency = query.get("ll") !== "0"; // ?ll=0: play as a classic HLS player would
   var DRIFT_SECONDS = 1.5; // show "Jump to live" this far past the player's own target
   window.pbStatus = { state: "starting", errors: [], lowLatency: null, behind: null, latency: null, target: null };
   function setStatus(s, detail) {
@@ -37,8 +39,9 @@
 
   if (window.Hls && window.Hls.isSupported()) {
     var hls = new window.Hls({
-      lowLatencyMode: true,            // parts + blocking reloads when the pod offers them
-      liveSyncDurationCount: 3,        // classic HLS pods: 3 target durations, as before
+      lowLatencyMode: lowLatency,      // parts + blocking reloads when the pod offers them
+      // no liveSync* keys: set by hand they override PART-HOLD-BACK; the defaults play classic
+      // pods 3 target durations behind, as before
       maxLiveSyncPlaybackRate: 1.2,    // catch up gently instead of jumping
       backBufferLength: 10,
       manifestLoadingMaxRetry: 6, levelLoadingMaxRetry: 6
@@ -46,7 +49,7 @@
     window.pbHls = hls;
     hls.on(window.Hls.Events.LEVEL_UPDATED, function (_e, data) {
       var d = data.details;
-      window.pbStatus.lowLatency = !!(d && d.partTarget);
+      window.pbStatus.lowLatency = lowLatency && !!(d && d.partTarget); // playing LL-HLS parts
     });
     hls.on(window.Hls.Events.ERROR, function (_e, data) {
       window.pbStatus.errors.push(data.type + ":" + data.details);
