@@ -257,17 +257,24 @@ async def run(args: Sequence[str], *, timeout: float, stdin: bytes | None = None
 # ------------------------------------------------------------------- ffprobe
 
 
-async def probe_rtsp(ffprobe: str, url: str, timeout: float) -> dict:
+async def probe_rtsp(ffprobe: str, url: str, timeout: float, sample_seconds: float = 0.0) -> dict:
     """ffprobe the first video stream of an RTSP ``url`` over TCP (credentials via
     :func:`rtsp_input`, never argv).
 
     Returns the ffprobe stream object (``codec_name``, ``profile``, ``width``,
-    ``height``, ``avg_frame_rate``, ``r_frame_rate``). Raises ``FileNotFoundError`` when
-    ffprobe cannot run, ``RuntimeError`` with a redacted reason on failure or after
-    ``timeout`` + 5 seconds."""
+    ``height``, ``avg_frame_rate``, ``r_frame_rate``); with ``sample_seconds`` > 0 it also
+    reads that many seconds of packets and adds ``keyframes``: the presentation times (s)
+    of the keyframes among them. Raises ``FileNotFoundError`` when ffprobe cannot run,
+    ``RuntimeError`` with a redacted reason on failure or after ``timeout`` + 5 seconds
+    (+ ``sample_seconds``)."""
     spec = rtsp_input(url, timeout_s=timeout)
-    args = [ffprobe, "-v", "error", *spec.args, "-select_streams", "v:0", "-show_entries",
-            "stream=codec_name,profile,width,height,avg_frame_rate,r_frame_rate", "-of", "json"]
+    entries = "stream=codec_name,profile,width,height,avg_frame_rate,r_frame_rate"
+    sample = ["-read_intervals", f"%+{sample_seconds:g}"] if sample_seconds > 0 else []
+    if sample:
+        entries += ":packet=pts_time,flags"
+    args = [ffprobe, "-v", "error", *spec.args, "-select_streams", "v:0", *sample, "-show_entries", entries,
+            "-of", "json"]
+    timeout += sample_seconds
     try:
         proc = await start(args, stdin=spec.stdin, stdout=True)
     except FfmpegError as exc:
@@ -286,12 +293,21 @@ async def probe_rtsp(ffprobe: str, url: str, timeout: float) -> dict:
         reason = lines[-1] if lines else f"ffprobe exited with code {proc.returncode}"
         raise RuntimeError(reason.removeprefix("pipe:0: "))
     try:
-        streams = json.loads(out or b"{}").get("streams") or []
+        doc = json.loads(out or b"{}")
     except ValueError:
-        streams = []
+        doc = {}
+    streams = doc.get("streams") or []
     if not streams:
         raise RuntimeError("no video stream in the RTSP session")
-    return streams[0]
+    stream = dict(streams[0])
+    if sample:
+        keys = []
+        for pkt in doc.get("packets") or []:
+            with contextlib.suppress(KeyError, ValueError, TypeError):
+                if "K" in pkt["flags"]:
+                    keys.append(float(pkt["pts_time"]))
+        stream["keyframes"] = keys
+    return stream
 
 
 async def ffprobe_duration(path: Path, *, ffprobe: str = "ffprobe", timeout: float = 60.0) -> float:

@@ -43,8 +43,8 @@ from typing import Literal
 
 from pod.fmp4 import Fragment
 
-__all__ = ["Packager", "Part", "PlaylistState", "ReloadState", "SegmentDone", "advance_part_limit", "part_name",
-           "segment_name"]
+__all__ = ["Packager", "Part", "PlaylistState", "ReloadState", "SegmentDone", "Timing", "advance_part_limit",
+           "effective_timing", "expected_latency", "part_name", "segment_name"]
 
 
 def segment_name(msn: int) -> str:
@@ -61,6 +61,43 @@ def advance_part_limit(part_target: float) -> int:
     """The Advance Part Limit of RFC 8216bis §6.2.5.2: ``3 / part target`` parts when the
     part target is under one second, else 3."""
     return max(3, math.floor(3 / part_target)) if part_target < 1 else 3
+
+
+def expected_latency(low_latency: bool, part_target: float, target_duration: float, segment: float) -> float:
+    """Rough pod-ingest-to-screen latency (s) a player settles at: LL-HLS (hls.js
+    ``lowLatencyMode``) plays PART-HOLD-BACK (3 parts) behind the newest part, which is
+    itself half a part old on average; classic HLS plays 3 target durations behind the end
+    of the newest complete segment, half a segment old on average."""
+    if low_latency:
+        return 3 * part_target + part_target / 2
+    return 3 * target_duration + segment / 2
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What a camera's frame rate and keyframe interval make of the configured durations
+    (seconds): ``part_target`` (whole frames, at least one), ``segment`` (a whole number of
+    keyframe intervals, at least ``hls_segment_seconds``), ``target_duration`` (integer) and
+    ``expected_latency`` (see :func:`expected_latency`)."""
+
+    part_target: float
+    segment: float
+    target_duration: int
+    expected_latency: float
+
+
+def effective_timing(*, part_seconds: float, segment_seconds: float, frame_interval: float,
+                     keyframe_interval: float, low_latency: bool) -> Timing:
+    """The durations :class:`Packager` will produce for a camera (pure; same rules): parts
+    are whole frames, at least one; a segment ends at the first keyframe once it holds
+    ``segment_seconds`` (less half a frame). Raises ``ValueError`` for intervals <= 0."""
+    if frame_interval <= 0 or keyframe_interval <= 0:
+        raise ValueError("frame and keyframe intervals must be > 0")
+    part = max(frame_interval, math.floor(part_seconds / frame_interval + 1e-6) * frame_interval)
+    n = max(1, math.ceil((segment_seconds - frame_interval / 2) / keyframe_interval - 1e-6))
+    segment = n * keyframe_interval
+    td = max(1, math.ceil(segment_seconds - 1e-6), math.floor(segment + 0.5))
+    return Timing(part, segment, td, expected_latency(low_latency, part, td, segment))
 
 
 def _pdt(ts: float) -> str:

@@ -51,7 +51,7 @@ from pod.backoff import Backoff
 from pod.config import CameraConfig, PodConfig
 from pod.errors import FfmpegError, Fmp4Error
 from pod.fmp4 import BoxSplitter, InitInfo, parse_fragment, parse_init
-from pod.llhls import Packager, SegmentDone
+from pod.llhls import Packager, SegmentDone, expected_latency
 from pod.metrics import FFMPEG_RESTARTS, SEGMENT_AGE, SEGMENTS, WATCHDOG_TRIPS
 from pod.segments import SegmentIndex, SegmentInfo, parse_media_playlist
 from protocol.redact import redact
@@ -148,16 +148,6 @@ def media_sequence(text: str) -> int | None:
     """EXT-X-MEDIA-SEQUENCE of a media playlist (RFC 8216 §4.3.3.2), or None."""
     m = _MEDIA_SEQ.search(text)
     return int(m.group(1)) if m else None
-
-
-def expected_latency(low_latency: bool, part_target: float, target_duration: float, segment: float) -> float:
-    """Rough pod-ingest-to-screen latency (s) a player should settle at: LL-HLS
-    (hls.js ``lowLatencyMode``) plays PART-HOLD-BACK (3 parts) behind the newest part,
-    which is itself half a part old on average; classic HLS plays 3 target durations
-    behind the end of the newest complete segment, half a segment old on average."""
-    if low_latency:
-        return 3 * part_target + part_target / 2
-    return 3 * target_duration + segment / 2
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

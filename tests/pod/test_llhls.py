@@ -158,3 +158,23 @@ def test_a_keyframe_inside_a_segment_starts_an_independent_part():
     feed(p, fps=15, gop=7, frames=10)
     starts = [(p.part(500, i).independent, round(p.part(500, i).duration * 15)) for i in range(4)]
     assert starts == [(True, 3), (False, 3), (False, 1), (True, 3)]
+
+
+@pytest.mark.parametrize("fps,gop,seg,part,expect", [
+    (15, 1.0, 2.0, 0.2, (0.2, 2.0, 2, 0.7)),
+    (15, 4.0, 2.0, 0.2, (0.2, 4.0, 4, 0.7)),  # long GOP: long segments, parts unchanged
+    (25, 1.0, 1.0, 0.25, (0.24, 1.0, 1, 0.84)),
+    (5, 2.0, 2.0, 0.1, (0.2, 2.0, 2, 0.7)),  # never shorter than one frame
+])
+def test_effective_timing_matches_what_the_packager_makes(fps, gop, seg, part, expect):
+    from pod.llhls import effective_timing
+
+    t = effective_timing(part_seconds=part, segment_seconds=seg, frame_interval=1 / fps, keyframe_interval=gop,
+                         low_latency=True)
+    assert (t.part_target, t.segment, t.target_duration, t.expected_latency) == pytest.approx(expect)
+    p = packager(part_target=part, segment_seconds=seg)
+    feed(p, fps=fps, gop=round(gop * fps), frames=round(3 * max(seg, gop) * fps) + 1)
+    assert (p.part_target, p.target_duration) == pytest.approx((t.part_target, t.target_duration))
+    classic = effective_timing(part_seconds=part, segment_seconds=seg, frame_interval=1 / fps, keyframe_interval=gop,
+                               low_latency=False)
+    assert classic.expected_latency == pytest.approx(3 * t.target_duration + t.segment / 2)
