@@ -221,6 +221,9 @@ class Packager:
         self.forced_splits = 0
         self.max_part_seen = 0.0
         self.last_arrival: float | None = None
+        self.ingest_lag = 0.0
+        """How much later than the earliest-arriving frames the newest frame arrived (s): a pod
+        or network that falls behind (CPU load) shows here."""
         self._offsets: collections.deque[float] = collections.deque(maxlen=pdt_window)
         self._durations: collections.deque[float] = collections.deque(maxlen=31)
         self._listed: collections.deque[_Listed] = collections.deque(maxlen=list_size)
@@ -253,6 +256,7 @@ class Packager:
         self.last_arrival = arrival
         if frag.duration > 0:
             self._offsets.append(arrival - frag.end_time)
+            self.ingest_lag = arrival - frag.end_time - self._offset()
             self._durations.append(frag.duration)
             self.frame_duration = sorted(self._durations)[len(self._durations) // 2]
         seg = self._cur

@@ -221,7 +221,8 @@ class CameraStreamer:
         """Effective timing of the current run (seconds): ``part_target_s`` (None without
         parts), ``segment_s`` (mean of the recent segments), ``target_duration_s``,
         ``frame_interval_s``, ``low_latency`` and ``expected_latency_s`` (see
-        :func:`expected_latency`); ``notes`` says where the configured goal cannot be met."""
+        :func:`expected_latency`), ``ingest_lag_s`` (the newest frame's delay past the
+        earliest-arriving ones); ``notes`` says where the configured goal cannot be met."""
         cfg = self.cfg
         live = self.live
         part = live.part_target if live and self.low_latency else None
@@ -241,6 +242,11 @@ class CameraStreamer:
         if part is not None and part > cfg.part_seconds * 1.25:
             out["notes"].append(f"parts are {part:.3f} s, not {cfg.part_seconds:g} s: one frame lasts "
                                 f"{frame or 0:.3f} s at this camera's frame rate")
+        if live is not None:
+            out["ingest_lag_s"] = _r(live.ingest_lag)
+            if part is not None and live.ingest_lag > 2 * part:
+                out["notes"].append(f"frames reach the pod {live.ingest_lag:.1f} s later than they could (CPU load "
+                                    "or network): live view is that much further behind")
         if live is not None and live.forced_splits:
             out["notes"].append(f"{live.forced_splits} segments cut without a keyframe (keyframes too far apart)")
         return out
