@@ -156,3 +156,27 @@ def test_redact_hard_cases(line, secret):
 
 def test_redact_leaves_plain_urls_alone():
     assert redact("rtsp://10.0.0.1:554/stream") == "rtsp://10.0.0.1:554/stream"
+
+
+def test_health_shows_effective_timing_and_where_the_goal_is_out_of_reach(tmp_path):
+    """Issue 14: /health carries the effective part/segment durations and expected latency
+    measured on the live stream, with notes for long GOPs and a pod that falls behind."""
+    from pod.fmp4 import Fragment
+    from pod.llhls import Packager
+
+    c = cfg(tmp_path, hls_segment_seconds=2)
+    s = CameraStreamer(c, c.camera_list()[0])
+    s.live = Packager(first_msn=1, init_name="init_1.mp4", part_target=0.2, segment_seconds=2)
+    s.live.set_init(b"I")
+    f = 1 / 15
+    for i in range(15 * 13):  # keyframes every 4 s; the last frame arrives 1.5 s late
+        frag = Fragment(b"x", decode_time=i * f, duration=f, samples=1, keyframe=i % 60 == 0)
+        for seg in s.live.add_fragment(frag, 100 + (i + 1) * f + (1.5 if i == 15 * 13 - 1 else 0)):
+            s._recent.append(seg)
+    h = s.status()
+    assert h["low_latency"] is True and h["part_target_s"] == 0.2 and h["segment_s"] == 4.0
+    assert h["target_duration_s"] == 4 and h["frame_interval_s"] == 0.067 and h["expected_latency_s"] == 0.7
+    assert h["ingest_lag_s"] == pytest.approx(1.5, abs=0.01)
+    notes = " ".join(h["notes"])
+    assert "segments are 4.0 s, not 2 s" in notes and "keyframe only every 4.0 s" in notes
+    assert "frames reach the pod 1.5 s later" in notes
