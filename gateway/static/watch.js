@@ -21,6 +21,8 @@
   var token = query.get("token") || "";
   var lowLatency = query.get("ll") !== "0"; // ?ll=0: play as a classic HLS player would
   var DRIFT_SECONDS = 1.5; // show "Jump to live" this far past the player's own target
+  var CATCH_UP_FROM = 0.1; // play faster when this far (s) behind the target latency...
+  var MIN_AHEAD = 0.25;    // ...and at least this much (s) is buffered ahead
   window.pbStatus = { state: "starting", errors: [], lowLatency: null, behind: null, latency: null, target: null };
   function setStatus(s, detail) {
     window.pbStatus.state = s;
@@ -42,7 +44,9 @@
       lowLatencyMode: lowLatency,      // parts + blocking reloads when the pod offers them
       // no liveSync* keys: set by hand they override PART-HOLD-BACK; the defaults play classic
       // pods 3 target durations behind, as before
-      maxLiveSyncPlaybackRate: 1.2,    // catch up gently instead of jumping
+      // hls.js speeds up towards its target latency only with more than 1 s buffered ahead,
+      // which an LL-HLS player 0.6 s behind the edge never has: catchUp() below does it
+      maxLiveSyncPlaybackRate: 1,
       backBufferLength: 10,
       manifestLoadingMaxRetry: 6, levelLoadingMaxRetry: 6
     });
@@ -68,12 +72,26 @@
       if (pos !== null && pos !== undefined) video.currentTime = pos;
       video.play().catch(function () {});
     });
+    // Catch up with the target latency (PART-HOLD-BACK, or 3 target durations for classic
+    // pods) by playing a little faster while enough is buffered ahead; never below 1x.
+    function catchUp(target) {
+      var rate = 1;
+      var ahead = 0;
+      var b = video.buffered;
+      for (var i = 0; i < b.length; i++) {
+        if (b.start(i) <= video.currentTime + 0.05 && b.end(i) > video.currentTime) ahead = b.end(i) - video.currentTime;
+      }
+      var over = hls.latency - target;
+      if (over > CATCH_UP_FROM && ahead > MIN_AHEAD) rate = over > 1 ? 1.25 : 1.1;
+      if (video.playbackRate !== rate) video.playbackRate = rate;
+    }
     setInterval(function () {
       var date = hls.playingDate;
       var behind = date ? (Date.now() - date.getTime()) / 1000 : null;
       var target = hls.targetLatency;
       window.pbStatus.latency = hls.latency;
       window.pbStatus.target = target;
+      if (target !== null && !video.paused && !video.seeking) catchUp(target);
       var drifting = !video.paused && target !== null && hls.latency > target + DRIFT_SECONDS;
       showBehind(behind !== null && behind >= 0 ? behind : null, drifting);
     }, 250);

@@ -89,7 +89,8 @@ def test_program_date_time_is_arrival_without_the_jitter():
     # media time 0 arrived (at best) at 2000 + 1 frame after... its own end: PDT = start + offset
     assert done[1].pdt == pytest.approx(2000.0 + 1.0, abs=1e-6)
     segs = parse_media_playlist(p.playlist(low_latency=True))
-    assert segs[1].start == pytest.approx(2001.0, abs=0.001) and segs[1].start - segs[0].end == pytest.approx(0, abs=0.01)
+    assert segs[1].start == pytest.approx(2001.0, abs=0.001)
+    assert segs[1].start - segs[0].end == pytest.approx(0, abs=0.01)
 
 
 def test_part_target_is_whole_frames_and_never_below_one_frame():

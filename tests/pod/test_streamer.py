@@ -105,7 +105,7 @@ def test_backoff_capped_exponential_with_jitter():
     b = Backoff(1.0, 30.0, jitter=0.2, rng=random.Random(1))
     delays = [b.next_delay() for _ in range(8)]
     bases = [1, 2, 4, 8, 16, 30, 30, 30]
-    assert all(0.8 * base <= d <= base for d, base in zip(delays, bases))
+    assert all(0.8 * base <= d <= base for d, base in zip(delays, bases, strict=True))
     b.reset()
     assert b.peek() == 1.0
     with pytest.raises(ValueError):
@@ -113,7 +113,8 @@ def test_backoff_capped_exponential_with_jitter():
 
 
 def test_redact_rtsp_credentials_and_tokens():
-    line = "[rtsp @ 0x1] method DESCRIBE failed: 401 rtsp://admin:hunter2@10.0.0.5:554/s?token=abc&x=1 Bearer eyJabc.def"
+    line = ("[rtsp @ 0x1] method DESCRIBE failed: 401 rtsp://admin:hunter2@10.0.0.5:554/s?token=abc&x=1 "
+            "Bearer eyJabc.def")
     out = redact(line)
     assert "hunter2" not in out and "admin" not in out and "token=***" in out and "abc" not in out
     assert "rtsp://***@10.0.0.5:554/s" in out
@@ -126,7 +127,7 @@ async def test_ffmpeg_failure_logs_redacted_stderr_and_backs_off(tmp_path, caplo
     task = asyncio.create_task(s.run())
     try:
         deadline = time.monotonic() + 30
-        while s.restarts < 2 and time.monotonic() < deadline:
+        while s.restarts < 2 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a counter
             await asyncio.sleep(0.1)
     finally:
         await s.stop()
