@@ -257,7 +257,12 @@ def test_dockerfile_runs_userspace_tailscaled_beside_the_gateway():
     assert cfg.upstream_proxy == "socks5://127.0.0.1:1055"
     assert cfg.discovery == "localapi"
     assert (cfg.host, cfg.port) == ("0.0.0.0", 8080)
-    assert cfg.hlsjs_path == "/opt/platebridge/web/hls.min.js"
+    assert cfg.hlsjs_path is None, "hls.js comes vendored in the wheel (issue 10), not from a separate path"
+    # the wheel is built with hls.js in place (setup.py vendors it) and that wheel is what the image installs
+    build = text[text.index("AS build"):text.index("# ---- runtime")]
+    assert "COPY --from=web /web/node_modules ./gateway/web/node_modules" in build
+    assert "setup.py" in build and re.search(r"pip wheel .*--wheel-dir /wheels \.$", build, re.MULTILINE)
+    assert "pip install --no-cache-dir /wheels/*.whl" in text
 
 
 def test_entrypoint_script_syntax():

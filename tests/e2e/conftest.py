@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -65,6 +66,53 @@ def started(s: Stack, *, plates: list[dict] | None = None, mqtt: bool = False):
         s.stop()
 
 
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Debian's chromium, headless, driven by Debian's chromedriver (selenium)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync",
+                 "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def assert_video_plays(browser, timeout: float = 45) -> None:
+    """The watch page already loaded in ``browser`` plays live video: ``currentTime`` passes
+    1 s within ``timeout`` seconds, then advances by > 1.5 s over 3 s, at the test camera's
+    640×360, unpaused, and the page reports ``playing``."""
+
+    def current_time():
+        return browser.execute_script("return document.getElementById('video').currentTime")
+
+    try:
+        wait_until(lambda: current_time() > 1.0, timeout=timeout, interval=0.5, what="video.currentTime > 1")
+    except TimeoutError:
+        status = browser.execute_script("return window.pbStatus")
+        pytest.fail(f"video did not start; page status: {status}")
+    t1 = current_time()
+    time.sleep(3)
+    t2 = current_time()
+    assert t2 > t1 + 1.5, (t1, t2)
+    state = browser.execute_script(
+        "const v=document.getElementById('video');return [v.videoWidth, v.videoHeight, v.paused, window.pbStatus.state]")
+    assert state[:3] == [640, 360, False]
+    assert state[3] == "playing"
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     """One shared, fully started stack (portal stand-in, camera, pod, gateway)."""
@@ -86,4 +134,4 @@ def viewer(stack):
     return open_session
 
 
-__all__ = ["ffprobe_streams", "make_stack", "pod_metric", "pod_requests_total", "started", "wait_until"]
+__all__ = ["assert_video_plays", "ffprobe_streams", "make_stack", "pod_metric", "pod_requests_total", "started", "wait_until"]
