@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import msgspec
 from litestar import Litestar, Request, Response, get, post
+from litestar.enums import ScopeType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery
 from litestar.types import Receive, Scope, Send
@@ -88,7 +89,7 @@ class GatewayASGI:
         self.litestar, self.proxy = litestar, proxy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/streams/"):
+        if scope["type"] == ScopeType.HTTP and scope["path"].startswith("/streams/"):
             await self.proxy(scope, receive, send)
             return
         await self.litestar(scope, receive, send)

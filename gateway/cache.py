@@ -52,10 +52,10 @@ class Flight:
         self.done = False
         self.error: BaseException | None = None
         self.ready = asyncio.Event()
-        self._waiters: list[asyncio.Future] = []
+        self._waiters: list[asyncio.Future[None]] = []
         self.created = time.monotonic()
         self.etag: str | None = None
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
         self._joined: bytes | None = None
         self.scanned = False  # the gateway recorded the URIs of this playlist
 

@@ -91,9 +91,8 @@ class Upstream:
         if stale is not None and stale.etag and stale.error is None and stale.status == 200:
             headers["if-none-match"] = stale.etag
         # the client's timeouts unless overridden: timeout=None would switch every timeout off
-        timeout = httpx.USE_CLIENT_DEFAULT
-        if read_timeout is not None:
-            timeout = httpx.Timeout(connect=self.client.timeout.connect, read=read_timeout, write=5.0, pool=5.0)
+        timeout = (httpx.USE_CLIENT_DEFAULT if read_timeout is None else
+                   httpx.Timeout(connect=self.client.timeout.connect, read=read_timeout, write=5.0, pool=5.0))
         self.requests += 1
         try:
             req = self.client.build_request("GET", url, headers=headers, timeout=timeout)

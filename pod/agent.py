@@ -24,6 +24,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -165,7 +166,7 @@ class PodAgent:
         streamer = self.streamers.get(camera_id)
         age = streamer.last_segment_age() if streamer else None
         host = self.bind_host or "0.0.0.0"
-        status = "online"
+        status: Literal["online", "degraded"] = "online"
         if self.cfg.enable_streaming and (streamer is None or streamer.state != "running"):
             status = "degraded"
         try:
@@ -265,6 +266,7 @@ class PodAgent:
         self._servers: list = []
         try:
             self._check_dirs()
+            assert self.cfg.outbox_path is not None  # normalised by load_config
             self.outbox = Outbox(self.cfg.outbox_path, self.cfg.outbox_max_items)
             # capped at 10 s: after an outage the backlog starts draining within 10 s even before
             # the next heartbeat proves the portal is back (which drains it at once: retry_now)
