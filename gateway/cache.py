@@ -220,7 +220,8 @@ class PlaylistCache:
         self.max_entries = max_entries
         self.fetches = 0
 
-    def get_or_fetch(self, key: Any, fetch: Callable[[Flight], Awaitable[None]], ttl_of: Callable[[Flight], float]) -> Flight:
+    def get_or_fetch(self, key: Any, fetch: Callable[[Flight], Awaitable[None]],
+                     ttl_of: Callable[[Flight], float]) -> Flight:
         """Return a fresh or in-flight response for ``key``, or start ``fetch``.
 
         ``ttl_of(flight)`` (seconds) is asked once the response is complete.

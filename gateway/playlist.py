@@ -263,7 +263,7 @@ class _Rewriter:
 
         if not playlist:
             lowered = decoded.lower()
-            playlist = lowered.endswith(".m3u8") or lowered.endswith(".m3u")
+            playlist = lowered.endswith((".m3u8", ".m3u"))
         suffix = self.playlist_suffix if playlist else self.segment_suffix
         if has_query:
             if query and not query.endswith("&"):

@@ -57,7 +57,8 @@ class Upstream:
         hit = self._tokens.get((pod_id, camera_id))
         if hit is not None and hit[0] > now:
             return hit[1]
-        header = "Bearer " + mint_pod_token(self.keyring, camera_id=camera_id, pod_id=pod_id, ttl=POD_TOKEN_TTL, now=now)
+        header = "Bearer " + mint_pod_token(self.keyring, camera_id=camera_id, pod_id=pod_id, ttl=POD_TOKEN_TTL,
+                                            now=now)
         self._tokens[(pod_id, camera_id)] = (now + POD_TOKEN_TTL / 2, header)
         return header
 

@@ -84,8 +84,10 @@ async def check_portal(cfg: PodConfig) -> CheckResult:
     except PortalUnavailable as exc:
         return CheckResult("FAIL", "portal", f"{cfg.portal_url} not reachable: {exc}",
                            "check portal_url, DNS and this pod's internet access (is the portal up?)")
-    return CheckResult("PASS", "portal", f"{cfg.portal_url} accepted the key: GET /api/plates → {len(plates.entries)} "
-                       f"plate{'' if len(plates.entries) == 1 else 's'} (config_version {plates.config_version}) in {ms(time.monotonic() - started)}")
+    n = len(plates.entries)
+    return CheckResult("PASS", "portal", f"{cfg.portal_url} accepted the key: GET /api/plates → {n} "
+                       f"plate{'' if n == 1 else 's'} (config_version {plates.config_version}) "
+                       f"in {ms(time.monotonic() - started)}")
 
 
 # ---- MQTT -----------------------------------------------------------------------------

@@ -134,7 +134,8 @@ def create_hls_app(
             if rel == PLAYLIST:
                 return _plain(503, "stream starting", {"Retry-After": "2"}, kind)
             return _plain(404, "not found", kind=kind)
-        etag = '"' + hashlib.blake2b(f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}".encode(), digest_size=8).hexdigest() + '"'
+        etag = '"' + hashlib.blake2b(f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}".encode(),
+                                     digest_size=8).hexdigest() + '"'
         is_playlist = ctype == "application/vnd.apple.mpegurl"
         headers = {
             "ETag": etag,

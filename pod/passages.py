@@ -350,7 +350,7 @@ class PassageTracker:
 
     def _forget(self, now: float) -> None:
         while self._closed:
-            oid, at = next(iter(self._closed.items()))
+            _, at = next(iter(self._closed.items()))
             if now - at < self.remember_for:
                 break
             self._closed.popitem(last=False)

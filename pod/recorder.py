@@ -375,7 +375,7 @@ async def build_clip(hls_dir: Path, selection: Selection, out_path: Path, *, ffm
         _cleanup(out_path)
         raise RecorderError(f"clip {out_path.name} unreadable after remux: {exc}") from None
 
-    used = set(s.name for s in run)
+    used = {s.name for s in run}
     for s in segs:  # good segments cut off by a gap are skipped too
         if s.name not in used and s.name not in skipped:
             skipped[s.name] = "not contiguous with the kept run"

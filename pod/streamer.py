@@ -175,7 +175,8 @@ class CameraStreamer:
         now = time.time() if now is None else now
         horizon = (self.cfg.hls_list_size + (self.cfg.hls_keep_extra_segments or 0) + 2) * self.cfg.hls_segment_seconds
         try:
-            entries = [(e.stat().st_mtime, e.stat().st_size, e) for e in os.scandir(self.dir) if _SEGMENT_FILE.match(e.name)]
+            entries = [(e.stat().st_mtime, e.stat().st_size, e)
+                       for e in os.scandir(self.dir) if _SEGMENT_FILE.match(e.name)]
         except OSError:
             return 0
         current_init = init_name(self.run_id) if self.run_id else None
@@ -290,7 +291,8 @@ class CameraStreamer:
                 newest = segments[-1].sequence if segments else media_sequence(text)
                 if newest is not None and newest != self._last_seq:
                     # segments completed since the last look (the first one of a run counts too)
-                    SEGMENTS.labels(self.cam.camera_id).inc(1 if self._last_seq is None else max(1, newest - self._last_seq))
+                    done = 1 if self._last_seq is None else max(1, newest - self._last_seq)
+                    SEGMENTS.labels(self.cam.camera_id).inc(done)
                     self._last_seq = newest
                 self._last_mtime = mtime
                 self._last_advance = now

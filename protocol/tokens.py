@@ -22,8 +22,8 @@ import hashlib
 import hmac
 import time
 import warnings
-from typing import Any
 from collections.abc import Mapping
+from typing import Any
 
 import jwt
 import msgspec

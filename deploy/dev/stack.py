@@ -77,7 +77,8 @@ def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "co
         except Exception as exc:  # noqa: BLE001 - keep polling
             last_exc = exc
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}"
+                       + (f" (last error: {last_exc})" if last_exc else ""))
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child only calls prctl between fork and exec

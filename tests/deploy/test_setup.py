@@ -108,6 +108,7 @@ def test_probe_names_the_package_of_each_missing_capability(tmp_path, hide, fake
 def test_every_package_a_probe_or_the_camera_names_is_installed_by_setup():
     named = set(re.findall(r'fail "[^"]*" ([a-z0-9.+-]+(?: [a-z0-9.+-]+)*)', PROBE.read_text()))
     named = {pkg for group in named for pkg in group.split()}
-    named |= set(re.findall(r'"(gstreamer1\.0-[a-z-]+|fonts-[a-z-]+)"', CAMERA.read_text())) - {"gstreamer1.0-plugins-bad"}
+    named |= set(re.findall(r'"(gstreamer1\.0-[a-z-]+|fonts-[a-z-]+)"',
+                            CAMERA.read_text())) - {"gstreamer1.0-plugins-bad"}
     assert named, "no package names found: the probe format changed"
     assert named <= apt_packages(), f"probed but not installed by setup: {named - apt_packages()}"

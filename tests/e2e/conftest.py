@@ -31,7 +31,8 @@ def pod_metric(stack: Stack, kind: str, status: str = "200") -> float:
 def pod_requests_total(stack: Stack) -> float:
     """All HLS requests the pod has seen, any kind or status."""
     text = httpx.get(f"http://127.0.0.1:{stack.pod_port}/metrics", timeout=5).text
-    return sum(float(v) for v in re.findall(r"^platebridge_pod_hls_requests_total\{[^}]*\} ([0-9.e+]+)$", text, re.MULTILINE))
+    return sum(float(v) for v in re.findall(r"^platebridge_pod_hls_requests_total\{[^}]*\} ([0-9.e+]+)$", text,
+                                            re.MULTILINE))
 
 
 def ffprobe_streams(path: Path) -> str:
@@ -108,7 +109,8 @@ def assert_video_plays(browser, timeout: float = 45) -> None:
     t2 = current_time()
     assert t2 > t1 + 1.5, (t1, t2)
     state = browser.execute_script(
-        "const v=document.getElementById('video');return [v.videoWidth, v.videoHeight, v.paused, window.pbStatus.state]")
+        "const v=document.getElementById('video');"
+        "return [v.videoWidth, v.videoHeight, v.paused, window.pbStatus.state]")
     assert state[:3] == [640, 360, False]
     assert state[3] == "playing"
 
@@ -134,4 +136,5 @@ def viewer(stack):
     return open_session
 
 
-__all__ = ["assert_video_plays", "ffprobe_streams", "make_stack", "pod_metric", "pod_requests_total", "started", "wait_until"]
+__all__ = ["assert_video_plays", "ffprobe_streams", "make_stack", "pod_metric", "pod_requests_total", "started",
+           "wait_until"]

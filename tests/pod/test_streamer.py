@@ -88,7 +88,8 @@ def test_backoff_capped_exponential_with_jitter():
 
 
 def test_redact_rtsp_credentials_and_tokens():
-    line = "[rtsp @ 0x1] method DESCRIBE failed: 401 rtsp://admin:hunter2@10.0.0.5:554/s?token=abc&x=1 Bearer eyJabc.def"
+    line = ("[rtsp @ 0x1] method DESCRIBE failed: 401 rtsp://admin:hunter2@10.0.0.5:554/s?token=abc&x=1 "
+            "Bearer eyJabc.def")
     out = redact(line)
     assert "hunter2" not in out and "admin" not in out and "token=***" in out and "abc" not in out
     assert "rtsp://***@10.0.0.5:554/s" in out
