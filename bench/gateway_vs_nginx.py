@@ -470,8 +470,8 @@ def parse_servers(text: str) -> list[tuple[str, int]]:
     """``nginx:1,uvicorn:2`` → ``[("nginx", 1), ("uvicorn", 2)]`` (workers default 1). Kinds: nginx,
     uvicorn, granian (both with uvloop), uvicorn-asyncio, granian-asyncio (standard asyncio loop)."""
     out = []
-    for item in text.split(","):
-        item = item.strip()
+    for raw in text.split(","):
+        item = raw.strip()
         if not item:
             continue
         kind, _, n = item.partition(":")
@@ -548,7 +548,7 @@ def warm_gateway(srv: Server, pod_port: int) -> int:
     each segment from the pod once (counted at the pod); returns the rounds it took."""
     before = pod_counts(pod_port)
     paths = [f"/cameras/{CAMERA_ID}/{name}" for name, _ in SEGMENTS.values()]
-    for rounds in range(1, 40 * srv.workers + 1):
+    for rounds in range(1, 40 * srv.workers + 1):  # noqa: B007 - read after the loop
         if http_get(srv.url(PLAYLIST)).status_code != 200:
             raise RuntimeError(f"{srv.label}: playlist not served")
         for label, (name, size) in SEGMENTS.items():
@@ -743,7 +743,7 @@ def summarise(servers: list[Server], cases: list[Case], results: dict, checks: d
             "geo_ratio": geomean(rps_r), "max_p99": max(p99_r, default=float("nan")), "geo_p99": geomean(p99_r),
             "geo_rps": geomean(rps), "rps_met": bool(rps_r) and min(rps_r) >= GOAL_RATIO,
             "p99_met": bool(p99_r) and max(p99_r) <= GOAL_P99, "errors": errors, "check": checks.get(srv.key),
-            "n_both": sum(r >= GOAL_RATIO and q <= GOAL_P99 for r, q in zip(rps_r, p99_r)),
+            "n_both": sum(r >= GOAL_RATIO and q <= GOAL_P99 for r, q in zip(rps_r, p99_r, strict=True)),
             "n_rps_met": sum(r >= GOAL_RATIO for r in rps_r), "n_p99_met": sum(r <= GOAL_P99 for r in p99_r),
             "n_cases": len(rps_r),
         })

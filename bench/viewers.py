@@ -127,8 +127,8 @@ def parse_media_playlist(text: str) -> tuple[int, float | None, str | None, list
     mp = _MAP.search(text)
     segs: list[tuple[int, str]] = []
     expect_uri = False
-    for line in text.splitlines():
-        line = line.strip()
+    for raw in text.splitlines():
+        line = raw.strip()
         if line.startswith("#EXTINF"):
             expect_uri = True
         elif line and not line.startswith("#") and expect_uri:

@@ -7,6 +7,9 @@
 #                      only when pyproject.toml is newer than .venv/.platebridge-installed
 #   3. npm assets    - `npm ci` in gateway/web only when hls.min.js is missing
 #   4. npm test tools - `npm ci` in tests/node (jose, typescript) only when jose or tsc is missing
+#   5. probes        - deploy/probe.sh: every capability (GStreamer elements, ffmpeg muxers,
+#                      mosquitto, chromium, nginx secure_link, …); a missing one fails setup,
+#                      naming the Debian package that provides it
 #
 # Usage (from anywhere): bash deploy/setup.sh
 set -euo pipefail
@@ -23,7 +26,7 @@ APT_PACKAGES=(
   ffmpeg mosquitto python3-gi gir1.2-gst-rtsp-server-1.0
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
   gstreamer1.0-x gstreamer1.0-tools chromium chromium-driver nginx-extras wrk sqlite3
-  python3-venv nodejs npm fonts-dejavu-core ca-certificates
+  python3 python3-venv nodejs npm fonts-dejavu-core ca-certificates
   systemd shellcheck caddy tesseract-ocr
 )
 
@@ -153,5 +156,10 @@ else
   [ -f "$JOSE" ] || die "npm finished but $JOSE is missing"
   say "npm: done"
 fi
+
+# ---------------------------------------------------------------- 5. capability probes
+# Package names are not proof (issue 10): probe what the demo, tests and benchmarks really use.
+bash "$ROOT/deploy/probe.sh" >/dev/null || die "capabilities missing (above) after installing APT_PACKAGES: install each named package (apt-get install <package>); it belongs in APT_PACKAGES"
+say "probes: every capability present"
 
 say "OK"

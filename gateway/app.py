@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import msgspec
 from litestar import Litestar, Request, Response, get, post
+from litestar.enums import ScopeType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery
 from litestar.types import Receive, Scope, Send
@@ -36,7 +37,17 @@ from protocol.tokens import verify_user_token
 
 log = logging.getLogger("platebridge.gateway")
 STATIC = Path(__file__).parent / "static"
-DEFAULT_HLSJS = Path(__file__).parent / "web" / "node_modules" / "hls.js" / "dist" / "hls.min.js"
+#: hls.js as vendored into an installed wheel by the build (setup.py)
+VENDORED_HLSJS = STATIC / "vendor" / "hls.min.js"
+#: hls.js in a source checkout, after ``npm ci --prefix gateway/web`` (deploy/setup.sh)
+SOURCE_HLSJS = Path(__file__).parent / "web" / "node_modules" / "hls.js" / "dist" / "hls.min.js"
+
+
+def default_hlsjs() -> Path:
+    """Where the watch page's hls.js is when ``hlsjs_path`` is not set: the copy vendored
+    into the installed package, else the source checkout's npm copy (which may be missing:
+    ``/assets/hls.min.js`` then answers 503 and ``/readyz`` says so)."""
+    return VENDORED_HLSJS if VENDORED_HLSJS.is_file() else SOURCE_HLSJS
 _WATCH_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; media-src 'self' blob:; "
     "connect-src 'self'; img-src 'self' data:; worker-src 'self' blob:; base-uri 'none'; frame-ancestors 'self'"
@@ -78,7 +89,7 @@ class GatewayASGI:
         self.litestar, self.proxy = litestar, proxy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/streams/"):
+        if scope["type"] == ScopeType.HTTP and scope["path"].startswith("/streams/"):
             await self.proxy(scope, receive, send)
             return
         await self.litestar(scope, receive, send)
@@ -107,7 +118,7 @@ def create_app(
         max_token_ttl=cfg.max_token_ttl, max_session_seconds=cfg.max_session_seconds, grant_ttl=cfg.grant_ttl,
         cache_max_bytes=cfg.cache_max_bytes, segment_max_age=cfg.segment_max_age, access_log_enabled=cfg.access_log,
     )
-    hlsjs = Path(cfg.hlsjs_path) if cfg.hlsjs_path else DEFAULT_HLSJS
+    hlsjs = Path(cfg.hlsjs_path) if cfg.hlsjs_path else default_hlsjs()
 
     @get("/watch/{camera_id:str}", sync_to_thread=False, media_type="text/html", responses={
         401: _html("No or invalid stream token."), 403: _html("Token for another camera."),
@@ -145,7 +156,8 @@ def create_app(
         try:
             data = hlsjs.read_bytes()
         except OSError:
-            return Response(content="hls.js is not installed: run `make setup`\n", status_code=503, media_type="text/plain")
+            return Response(content="hls.js is not installed: run `bash deploy/setup.sh` (source checkout) "
+                            "or set hlsjs_path\n", status_code=503, media_type="text/plain")
         return Response(content=data, media_type="text/javascript", headers={"Cache-Control": "public, max-age=3600"})
 
     @post("/pods/{pod_id:str}/nudge", status_code=202, security=[{"adminBearer": []}], responses={

@@ -52,10 +52,10 @@ class Flight:
         self.done = False
         self.error: BaseException | None = None
         self.ready = asyncio.Event()
-        self._waiters: list[asyncio.Future] = []
+        self._waiters: list[asyncio.Future[None]] = []
         self.created = time.monotonic()
         self.etag: str | None = None
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
         self._joined: bytes | None = None
         self.scanned = False  # the gateway recorded the URIs of this playlist
 
@@ -220,7 +220,8 @@ class PlaylistCache:
         self.max_entries = max_entries
         self.fetches = 0
 
-    def get_or_fetch(self, key: Any, fetch: Callable[[Flight], Awaitable[None]], ttl_of: Callable[[Flight], float]) -> Flight:
+    def get_or_fetch(self, key: Any, fetch: Callable[[Flight], Awaitable[None]],
+                     ttl_of: Callable[[Flight], float]) -> Flight:
         """Return a fresh or in-flight response for ``key``, or start ``fetch``.
 
         ``ttl_of(flight)`` (seconds) is asked once the response is complete.

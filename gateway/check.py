@@ -107,7 +107,7 @@ async def check_pod(upstream: Upstream, pod: PodInfo) -> list[CheckResult]:
     results = [CheckResult("PASS", name, f"{pod.base_url}: GET /health 200 in {latency}: status "
                            f"{body.get('status', '?')}, version {body.get('version', '?')}, {states}")]
     if cams:
-        results.append(await _check_token(upstream, pod, sorted(cams)[0]))
+        results.append(await _check_token(upstream, pod, min(cams)))
     return results
 
 

@@ -26,8 +26,9 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from gateway.config import CONFIG_PATH_ENV, load_config
+from gateway.config import CONFIG_PATH_ENV, GatewayConfig, load_config
 from gateway.errors import ConfigError
 from protocol.logfmt import setup_logging
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run_granian(cfg, host, port, workers, loop)
     import uvicorn
 
-    common = {"host": host, "port": port, "loop": loop, "http": "httptools", "access_log": False,
+    common: dict[str, Any] = {"host": host, "port": port, "loop": loop, "http": "httptools", "access_log": False,
               "log_config": None, "log_level": cfg.log_level.lower(), "proxy_headers": False,
               "limit_concurrency": cfg.limit_concurrency, "timeout_keep_alive": cfg.timeout_keep_alive}
     if workers > 1:
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 FACTORY = "gateway.asgi:create_app_from_env"
 
 
-def _run_granian(cfg, host: str, port: int, workers: int, loop: str) -> int:
+def _run_granian(cfg: GatewayConfig, host: str, port: int, workers: int, loop: str) -> int:
     """Serve with granian (ASGI interface, HTTP/1.1, ``loop`` for the app); returns the exit code."""
     try:
         from granian import Granian

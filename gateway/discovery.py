@@ -77,7 +77,8 @@ def pods_from_devices(devices: Iterable[Any], tag: str, port: int) -> dict[str, 
         ip = pick_tailnet_ipv4(getattr(d, "addresses", None) or [])
         if not is_dns_label(name) or ip is None:
             continue
-        out[name] = PodInfo(pod_id=name, base_url=f"http://{ip}:{port}", online=bool(getattr(d, "connected_to_control", False)))
+        out[name] = PodInfo(pod_id=name, base_url=f"http://{ip}:{port}",
+                            online=bool(getattr(d, "connected_to_control", False)))
     return out
 
 
@@ -189,7 +190,8 @@ class TailscaleAPIDiscovery(Discovery):
             from tailscale import Tailscale
 
             self._client = Tailscale(
-                tailnet=tailnet, api_key=api_key, oauth_client_id=oauth_client_id, oauth_client_secret=oauth_client_secret
+                tailnet=tailnet, api_key=api_key, oauth_client_id=oauth_client_id,
+                oauth_client_secret=oauth_client_secret
             )
             devices = self._client.devices
         self._devices = devices
@@ -197,7 +199,7 @@ class TailscaleAPIDiscovery(Discovery):
     async def fetch(self) -> dict[str, PodInfo]:
         try:
             devices = await self._devices()
-        except Exception as exc:  # the tailscale package raises its own tree plus aiohttp errors
+        except Exception as exc:  # noqa: BLE001 - the tailscale package raises its own tree plus aiohttp errors
             raise DiscoveryError(f"Tailscale API devices failed: {type(exc).__name__}") from None
         return pods_from_devices(devices.values() if isinstance(devices, Mapping) else devices, self.tag, self.port)
 

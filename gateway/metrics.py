@@ -3,9 +3,11 @@
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 REGISTRY = CollectorRegistry()
-REQUESTS = Counter("platebridge_gateway_requests_total", "Requests by route kind and status", ["kind", "status"], registry=REGISTRY)
+REQUESTS = Counter("platebridge_gateway_requests_total", "Requests by route kind and status", ["kind", "status"],
+                   registry=REGISTRY)
 CACHE = Counter("platebridge_gateway_cache_total", "Segment cache lookups", ["result"], registry=REGISTRY)
 UPSTREAM = Counter("platebridge_gateway_upstream_fetches_total", "Fetches from pods", ["kind"], registry=REGISTRY)
 BYTES_OUT = Counter("platebridge_gateway_bytes_out_total", "Body bytes sent to viewers", registry=REGISTRY)
-VIEWERS = Gauge("platebridge_gateway_active_viewers", "Distinct viewer sessions seen in the last 30 s", registry=REGISTRY)
+VIEWERS = Gauge("platebridge_gateway_active_viewers", "Distinct viewer sessions seen in the last 30 s",
+                registry=REGISTRY)
 CACHE_BYTES = Gauge("platebridge_gateway_cache_bytes", "Bytes held by the segment cache", registry=REGISTRY)

@@ -15,6 +15,7 @@ verbatim as well (they are not URIs; players ignore them, RFC 8216 §4.1).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from urllib.parse import quote, unquote_plus
 
 from gateway.errors import ForeignURIError, PlaylistError
@@ -262,7 +263,7 @@ class _Rewriter:
 
         if not playlist:
             lowered = decoded.lower()
-            playlist = lowered.endswith(".m3u8") or lowered.endswith(".m3u")
+            playlist = lowered.endswith((".m3u8", ".m3u"))
         suffix = self.playlist_suffix if playlist else self.segment_suffix
         if has_query:
             if query and not query.endswith("&"):
@@ -375,7 +376,8 @@ def rewrite_playlist(
     return "\n".join(out)
 
 
-def _rewrite_tag(raw: str, offset: int, payload: str, wanted: dict[str, bool], rewrite) -> str:
+def _rewrite_tag(raw: str, offset: int, payload: str, wanted: dict[str, bool],
+                 rewrite: Callable[[str, bool], str]) -> str:
     cr = payload.endswith("\r")
     body = payload[:-1] if cr else payload
     pieces: list[str] = []

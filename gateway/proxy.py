@@ -376,11 +376,13 @@ class StreamProxy:
             raise HTTPError(502, "pod sent an invalid playlist") from None
         seg_grant = self.signer.mint(Grant(grant.user, grant.camera_id, grant.pod_id,
                                            int(min(now + self.grant_ttl, grant.session_exp)), grant.session_exp))
-        pl_grant = self.signer.mint(Grant(grant.user, grant.camera_id, grant.pod_id, grant.session_exp, grant.session_exp))
+        pl_grant = self.signer.mint(Grant(grant.user, grant.camera_id, grant.pod_id, grant.session_exp,
+                                          grant.session_exp))
         scope_url = f"{base_url}/cameras/{grant.camera_id}/"
         issued: set[tuple[str, str]] | None = None if flight.scanned else set()
         try:
-            out = rewrite_playlist(text, upstream_url=scope_url + rel + ("?" + query if query else ""), scope_url=scope_url,
+            out = rewrite_playlist(text, upstream_url=scope_url + rel + ("?" + query if query else ""),
+                                   scope_url=scope_url,
                                    segment_grant=seg_grant, playlist_grant=pl_grant, issued=issued)
         except ForeignURIError:
             log.error("pod %s sent a playlist with a URI outside its camera directory; refused", grant.pod_id)

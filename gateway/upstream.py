@@ -57,7 +57,8 @@ class Upstream:
         hit = self._tokens.get((pod_id, camera_id))
         if hit is not None and hit[0] > now:
             return hit[1]
-        header = "Bearer " + mint_pod_token(self.keyring, camera_id=camera_id, pod_id=pod_id, ttl=POD_TOKEN_TTL, now=now)
+        header = "Bearer " + mint_pod_token(self.keyring, camera_id=camera_id, pod_id=pod_id, ttl=POD_TOKEN_TTL,
+                                            now=now)
         self._tokens[(pod_id, camera_id)] = (now + POD_TOKEN_TTL / 2, header)
         return header
 
@@ -91,9 +92,8 @@ class Upstream:
         if stale is not None and stale.etag and stale.error is None and stale.status == 200:
             headers["if-none-match"] = stale.etag
         # the client's timeouts unless overridden: timeout=None would switch every timeout off
-        timeout = httpx.USE_CLIENT_DEFAULT
-        if read_timeout is not None:
-            timeout = httpx.Timeout(connect=self.client.timeout.connect, read=read_timeout, write=5.0, pool=5.0)
+        timeout = (httpx.USE_CLIENT_DEFAULT if read_timeout is None else
+                   httpx.Timeout(connect=self.client.timeout.connect, read=read_timeout, write=5.0, pool=5.0))
         self.requests += 1
         try:
             req = self.client.build_request("GET", url, headers=headers, timeout=timeout)

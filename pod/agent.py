@@ -24,6 +24,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -107,7 +108,8 @@ class PodAgent:
         out: dict = {"whitelist": {"version": self.store.version, "entries": len(self.store.current)}}
         if self.outbox is not None:
             depth = self.outbox.depth()
-            out["outbox"] = {"depth": depth, "failed": self.outbox.failed(), "oldest_age_s": self.outbox.oldest_age(now),
+            out["outbox"] = {"depth": depth, "failed": self.outbox.failed(),
+                             "oldest_age_s": self.outbox.oldest_age(now),
                              "evicted": getattr(self.outbox, "evicted", 0)}
         if self.listener is not None:
             out["mqtt"] = self.listener.status()
@@ -164,8 +166,8 @@ class PodAgent:
         """The heartbeat body for one camera (``stream_url`` = its tailnet playlist URL)."""
         streamer = self.streamers.get(camera_id)
         age = streamer.last_segment_age() if streamer else None
-        host = self.bind_host or "0.0.0.0"
-        status = "online"
+        host = self.bind_host or "0.0.0.0"  # noqa: S104 - only a placeholder in the heartbeat, never bound
+        status: Literal["online", "degraded"] = "online"
         if self.cfg.enable_streaming and (streamer is None or streamer.state != "running"):
             status = "degraded"
         try:
@@ -194,7 +196,8 @@ class PodAgent:
                 if self.sender is not None and self.outbox is not None and self.outbox.depth():
                     self.sender.retry_now()  # the portal answers again: drain the backlog now
                 if resp.config_version and resp.config_version != self.store.version:
-                    log.info("portal has whitelist %s (we have %r): refreshing", resp.config_version, self.store.version)
+                    log.info("portal has whitelist %s (we have %r): refreshing", resp.config_version,
+                             self.store.version)
                     self.request_whitelist_refresh()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=self.cfg.heartbeat_interval)
@@ -221,7 +224,7 @@ class PodAgent:
                                f"stream_port {port}?)") from None
         server = make_server(app)
         task = asyncio.create_task(server.serve(sockets=sockets))
-        while not server.started and not task.done():
+        while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn offers no started event
             await asyncio.sleep(0.02)
         if task.done():
             task.result()
@@ -265,6 +268,7 @@ class PodAgent:
         self._servers: list = []
         try:
             self._check_dirs()
+            assert self.cfg.outbox_path is not None  # normalised by load_config
             self.outbox = Outbox(self.cfg.outbox_path, self.cfg.outbox_max_items)
             # capped at 10 s: after an outage the backlog starts draining within 10 s even before
             # the next heartbeat proves the portal is back (which drains it at once: retry_now)

@@ -267,7 +267,8 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
     if cfg.mqtt_client_id is None:
         cfg.mqtt_client_id = f"platebridge-{cfg.pod_id}"
     if cfg.mqtt_client_id.strip().lower() == "frigate":
-        raise _fail("$.mqtt_client_id", "must not be 'frigate': two clients with one id knock each other off the broker")
+        raise _fail("$.mqtt_client_id",
+                    "must not be 'frigate': two clients with one id knock each other off the broker")
     if not 1 <= cfg.mqtt_port <= 65535:
         raise _fail("$.mqtt_port", "must be 1-65535")
     if not 0 <= cfg.match_distance <= 2:

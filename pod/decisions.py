@@ -63,16 +63,16 @@ class DecisionEngine:
         outbox: Outbox,
         *,
         on_enqueued: Callable[[], None] = lambda: None,
-        on_decision: Callable[[PassageDecision], None] | None = None,
+        on_decision: Callable[[PassageDecision], object] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg, self.store, self.outbox = cfg, store, outbox
         self.on_enqueued, self.on_decision, self.clock = on_enqueued, on_decision, clock
         cams = cfg.camera_list()
         self.tracker = PassageTracker(
-            cameras={c.frigate_camera: c.camera_id for c in cams},
+            cameras={c.frigate_camera or c.camera_id: c.camera_id for c in cams},
             gate_zones=list(cfg.gate_zones),
-            lpr_only_cameras={c.frigate_camera for c in cams if c.lpr_only},
+            lpr_only_cameras={c.frigate_camera or c.camera_id for c in cams if c.lpr_only},
             judge=self._judge,
             min_confidence=cfg.min_confidence,
             max_decision_wait=cfg.max_decision_wait,

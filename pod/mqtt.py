@@ -76,7 +76,8 @@ class FrigateListener:
         self.messages += 1
         topic = message.topic.value
         suffix = topic[len(self.prefix) + 1:] if topic.startswith(self.prefix + "/") else topic
-        payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else str(message.payload or "").encode()
+        raw = message.payload
+        payload = raw if isinstance(raw, (bytes, bytearray)) else str(raw or "").encode()
         try:
             self.handler(suffix, bytes(payload))
         except Exception:

@@ -261,14 +261,14 @@ class PassageTracker:
         verdict = self._judge(read.plate_raw, read.score)
         dedupe = (msg.camera, verdict.plate)
         recent = self._recent.get(dedupe)
-        in_window = recent is not None and now - recent[1] <= self.passage_window
+        recent_key = recent[0] if recent is not None and now - recent[1] <= self.passage_window else None
         if msg.id in self._closed:
             # the same object is still in front of the camera: (re)open the window
-            self._recent[dedupe] = (recent[0] if in_window else msg.id, now)
+            self._recent[dedupe] = (recent_key or msg.id, now)
             return []
         key = self._alias.get(msg.id)
-        if key is None and in_window:
-            key = recent[0]
+        if key is None and recent_key is not None:
+            key = recent_key
             if key in self._closed:  # same plate, same camera, already decided: same passage
                 self._remember(msg.id, now)
                 self._recent[dedupe] = (key, now)
@@ -350,7 +350,7 @@ class PassageTracker:
 
     def _forget(self, now: float) -> None:
         while self._closed:
-            oid, at = next(iter(self._closed.items()))
+            _, at = next(iter(self._closed.items()))
             if now - at < self.remember_for:
                 break
             self._closed.popitem(last=False)

@@ -38,7 +38,7 @@ _SEPARATORS = frozenset("-.\u00b7\u2022_")  # '-', '.', '·' (middle dot), '•'
 CONFUSABLE_PAIRS: tuple[tuple[str, str], ...] = (
     ("O", "0"), ("I", "1"), ("B", "8"), ("S", "5"), ("Z", "2"), ("G", "6"),
 )
-_FOLD = str.maketrans({letter: digit for letter, digit in CONFUSABLE_PAIRS})
+_FOLD = str.maketrans(dict(CONFUSABLE_PAIRS))
 
 MAX_MATCH_DISTANCE = 2
 
@@ -130,9 +130,7 @@ class _Compiled:
             return False
         if self.starts is not None and now < self.starts:
             return False
-        if self.ends is not None and now >= self.ends:
-            return False
-        return True
+        return self.ends is None or now < self.ends
 
 
 def _compile(entry: PlateEntry) -> _Compiled:

@@ -120,9 +120,9 @@ def parse_program_date_time(value: str) -> float | None:
 
 
 def _attr_uri(attrs: str) -> str | None:
-    for key, val in _ATTR.findall(attrs):
+    for key, raw in _ATTR.findall(attrs):
         if key == "URI":
-            val = val[1:-1] if len(val) >= 2 and val[0] == val[-1] == '"' else val
+            val = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
             return val or None
     return None
 

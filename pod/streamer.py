@@ -282,7 +282,8 @@ class CameraStreamer:
         ``hls_list_size`` segments are never deleted.
         """
         now = time.time() if now is None else now
-        horizon = (self.cfg.hls_list_size + self.cfg.hls_keep_extra_segments + 2) * self.cfg.hls_segment_seconds
+        keep = self.cfg.hls_list_size + (self.cfg.hls_keep_extra_segments or 0) + 2
+        horizon = keep * self.cfg.hls_segment_seconds
         try:
             entries = [(e.stat().st_mtime, e.stat().st_size, e) for e in os.scandir(self.dir)
                        if _SEGMENT_FILE.match(e.name)]

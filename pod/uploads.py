@@ -254,8 +254,10 @@ class UploadQueue:
         with self._tx():
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO uploads (event_id, camera_id, local_path, filename, plate, duration_s, created, "
-                "state, next_attempt, size_bytes, metadata, updated) VALUES (?, ?, ?, ?, ?, ?, ?, 'recorded', ?, ?, ?, ?)",
-                (event_id, camera_id, path, os.path.basename(path), plate, float(duration_s), now, now, size, meta, now),
+                "state, next_attempt, size_bytes, metadata, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'recorded', ?, ?, ?, ?)",
+                (event_id, camera_id, path, os.path.basename(path), plate, float(duration_s), now, now, size,
+                 meta, now),
             )
         return cur.rowcount == 1
 

@@ -17,7 +17,9 @@ _QUERY_SECRET = re.compile(
     r"(?i)([?&;](?:token|pb_grant|access_token|auth|sig|signature|key|apikey|api_key|x-amz-signature)=)[^&\s#\"']*"
 )
 _BEARER = re.compile(r"(?i)\b((?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]+")
-_KEY_VALUE = re.compile(r"(?i)\b((?:password|passwd|secret|api_key|stream_secret|pod_api_key|pb_grant)[\"']?\s*[=:]\s*[\"']?)[^\s&\"',;]+")
+_KEY_VALUE = re.compile(
+    r"(?i)\b((?:password|passwd|secret|api_key|stream_secret|pod_api_key|pb_grant)[\"']?\s*[=:]\s*[\"']?)"
+    r"[^\s&\"',;]+")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 
 

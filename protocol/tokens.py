@@ -23,6 +23,7 @@ import hmac
 import time
 import warnings
 from collections.abc import Mapping
+from typing import Any
 
 import jwt
 import msgspec
@@ -113,7 +114,7 @@ class Keyring:
         return [self._secrets[kid]]
 
 
-def _encode(claims: dict, keyring: Keyring) -> str:
+def _encode(claims: dict[str, Any], keyring: Keyring) -> str:
     kid, secret = keyring.signing_key()
     headers = None if kid == "default" else {"kid": kid}
     with warnings.catch_warnings():
@@ -163,7 +164,7 @@ def mint_pod_token(
     return _encode(claims, keyring)
 
 
-def _decode(token: str, keyring: Keyring, audience: str, leeway: float) -> dict:
+def _decode(token: str, keyring: Keyring, audience: str, leeway: float) -> dict[str, Any]:
     if not isinstance(token, str) or not token or len(token) > 8192:
         raise TokenInvalid("missing or oversized token")
     leeway = min(max(float(leeway), 0.0), MAX_LEEWAY_SECONDS)
@@ -202,7 +203,7 @@ def _decode(token: str, keyring: Keyring, audience: str, leeway: float) -> dict:
     raise last
 
 
-def _check_lifetime(claims: dict, max_ttl: float, leeway: float, now: float | None) -> float:
+def _check_lifetime(claims: dict[str, Any], max_ttl: float, leeway: float, now: float | None) -> float:
     exp = claims.get("exp")
     if isinstance(exp, bool) or not isinstance(exp, (int, float)):
         raise TokenInvalid("exp must be a number")
@@ -217,13 +218,12 @@ def _check_lifetime(claims: dict, max_ttl: float, leeway: float, now: float | No
 ANY_CAMERA = "*"
 
 
-def _ids(claims: dict, *, allow_any_camera: bool = False) -> tuple[str, str]:
+def _ids(claims: dict[str, Any], *, allow_any_camera: bool = False) -> tuple[str, str]:
     camera_id, pod_id = claims.get("camera_id"), claims.get("pod_id")
-    if allow_any_camera and camera_id == ANY_CAMERA:
-        pass
-    elif not is_camera_id(camera_id):
+    if not isinstance(camera_id, str) or not (
+            (allow_any_camera and camera_id == ANY_CAMERA) or is_camera_id(camera_id)):
         raise TokenInvalid("camera_id claim missing or malformed")
-    if not is_dns_label(pod_id):
+    if not isinstance(pod_id, str) or not is_dns_label(pod_id):
         raise TokenInvalid("pod_id claim is not a DNS label")
     return camera_id, pod_id
 

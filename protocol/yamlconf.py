@@ -14,14 +14,14 @@ from typing import Any, TypeVar
 import msgspec
 import yaml
 
-T = TypeVar("T")
+T = TypeVar("T", bound=msgspec.Struct)
 
 MAX_DEPTH = 50
 
 
 class _StrictLoader(yaml.SafeLoader):
-    def construct_mapping(self, node, deep=False):
-        seen = set()
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:

@@ -34,26 +34,33 @@ Once listening it prints exactly one line, ``CAMERA READY rtsp://host:port/path`
 to stdout (``--port 0`` picks a free port and the line shows the real one),
 then serves until SIGTERM/SIGINT and exits 0.  Diagnostics go to stderr.
 Needs Debian packages python3-gi gir1.2-gst-rtsp-server-1.0
-gstreamer1.0-plugins-{base,good,ugly} (and -bad for h265).
+gstreamer1.0-plugins-{base,good,ugly} gstreamer1.0-x fonts-dejavu-core (and -bad for h265);
+``--check`` only checks them (``deploy/probe.sh`` runs it).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
 
 try:
     import gi
-
+except ImportError as exc:  # pragma: no cover - environment problem
+    sys.stderr.write(
+        f"camera: ERROR: cannot import PyGObject ({exc}). Run it with /usr/bin/python3 (not the venv) and "
+        "install Debian package python3-gi (bash deploy/setup.sh).\n"
+    )
+    sys.exit(2)
+try:
     gi.require_version("Gst", "1.0")
     gi.require_version("GstRtspServer", "1.0")
     from gi.repository import GLib, Gst, GstRtspServer
 except (ImportError, ValueError) as exc:  # pragma: no cover - environment problem
     sys.stderr.write(
-        f"camera.py: cannot import GStreamer RTSP server bindings ({exc}).\n"
-        "Run it with /usr/bin/python3 (not the venv) and install python3-gi "
+        f"camera: ERROR: cannot load the GStreamer RTSP server bindings ({exc}): install Debian package "
         "gir1.2-gst-rtsp-server-1.0 (bash deploy/setup.sh).\n"
     )
     sys.exit(2)
@@ -117,6 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--password", default=None, help="password for --user")
     p.add_argument("--codec", choices=sorted(CODECS), default="h264")
     p.add_argument("--no-wallclock", action="store_true", help="do not burn in the millisecond wall clock")
+    p.add_argument("--check", action="store_true",
+                   help="only check that every GStreamer element of the pipeline is installed (exit 0/2)")
     p.add_argument(
         "--pattern",
         default="ball",
@@ -151,23 +160,37 @@ def build_launch(a: argparse.Namespace) -> str:
     )
 
 
+#: GStreamer element -> the Debian package that provides it (bookworm), for every element the
+#: pipeline uses except the codec's own (in CODECS). ``deploy/probe.sh`` runs ``--check``.
+ELEMENTS = {
+    "videotestsrc": "gstreamer1.0-plugins-base",
+    "videoconvert": "gstreamer1.0-plugins-base",
+    "textoverlay": "gstreamer1.0-x",  # the Pango plugin: "GStreamer plugins for X11 and Pango"
+    "timeoverlay": "gstreamer1.0-x",
+}
+FONT = ("/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf", "fonts-dejavu-core")
+
+
+def missing_elements(codec: str) -> list[tuple[str, str]]:
+    """``(element, Debian package)`` for each element the ``codec`` pipeline needs that
+    GStreamer cannot find (``Gst.init`` must have run). Empty when all are there."""
+    enc, _o, _c, pay, pkg = CODECS[codec]
+    needed = {**ELEMENTS, enc: pkg, pay: "gstreamer1.0-plugins-good"}
+    return [(el, p) for el, p in needed.items() if Gst.ElementFactory.find(el) is None]
+
+
 def check_elements(a: argparse.Namespace) -> None:
-    enc, _o, _c, pay, pkg = CODECS[a.codec]
-    needed = {
-        "videotestsrc": "gstreamer1.0-plugins-base",
-        "videoconvert": "gstreamer1.0-plugins-base",
-        "textoverlay": "gstreamer1.0-x",  # the Pango plugin: "GStreamer plugins for X11 and Pango"
-        "timeoverlay": "gstreamer1.0-x",
-        enc: pkg,
-        pay: "gstreamer1.0-plugins-good",
-    }
-    missing = [(el, p) for el, p in needed.items() if Gst.ElementFactory.find(el) is None]
+    """Exit 2 naming each missing element and its Debian package."""
+    missing = missing_elements(a.codec)
     if missing:
         for el, p in missing:
             log(f"ERROR: GStreamer element '{el}' not available (install Debian package {p})")
         if a.codec == "h265":
             log("ERROR: --codec h265 needs x265enc from gstreamer1.0-plugins-bad; use --codec h264")
         sys.exit(2)
+    if not os.path.exists(FONT[0]):
+        log(f"WARNING: {FONT[0]} is missing (install Debian package {FONT[1]}); the clock overlay falls back "
+            "to another font")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
 
     Gst.init(None)
     check_elements(a)
+    if a.check:
+        log(f"check: every GStreamer element of the {a.codec} pipeline is installed")
+        return 0
 
     server = GstRtspServer.RTSPServer()
     server.set_address(a.host)

@@ -48,7 +48,8 @@ class Publisher:
     """A blocking MQTT publisher (paho) for the simulator and tests."""
 
     def __init__(self, host: str, port: int, client_id: str | None = None) -> None:
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"sim-{uuid.uuid4().hex[:8]}")
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id=client_id or f"sim-{uuid.uuid4().hex[:8]}")
         self.client.connect(host, port, keepalive=30)
         self.client.loop_start()
 

@@ -203,7 +203,8 @@ class PortalStandIn:
         """Replace the whitelist and bump ``config_version``; returns the new version."""
         version = str(int(self._kv("config_version") or "0") + 1)
         self.db.execute("BEGIN IMMEDIATE")
-        self._set_kv("plates", json.dumps([msgspec.structs.asdict(e) for e in entries]))  # explicit nulls, like the portal
+        self._set_kv("plates",
+                     json.dumps([msgspec.structs.asdict(e) for e in entries]))  # explicit nulls, like the portal
         self._set_kv("config_version", version)
         self.db.execute("COMMIT")
         return version
@@ -289,7 +290,7 @@ class PortalStandIn:
         ``expires`` (Unix s), ``issued_at`` — never the signature."""
         rows = self.db.execute(
             "SELECT camera_id, filename, file_path, expires, issued FROM upload_urls ORDER BY seq").fetchall()
-        return [dict(zip(("camera_id", "filename", "file_path", "expires", "issued_at"), r)) for r in rows]
+        return [dict(zip(("camera_id", "filename", "file_path", "expires", "issued_at"), r, strict=True)) for r in rows]
 
     def pod_for_camera(self, camera_id: str) -> str | None:
         """pod_id of the last heartbeat for ``camera_id``, else the configured ``pod_id``."""
@@ -387,7 +388,8 @@ def create_app(standin: PortalStandIn) -> Litestar:
             s.db.execute("ROLLBACK")
             raise
         if not row:
-            print(f"PORTAL: detect {req.decision} {_printable(req.plate)} {req.reason} event={_printable(req.event_id)}",
+            print(f"PORTAL: detect {req.decision} {_printable(req.plate)} {req.reason} "
+                  f"event={_printable(req.event_id)}",
                   file=s.out or sys.stdout, flush=True)
         return Response({"success": True, "duplicate": bool(row)})
 
@@ -441,7 +443,8 @@ def create_app(standin: PortalStandIn) -> Litestar:
             return _err(400, f"invalid body: {exc}")
         if not is_camera_id(req.camera_id) or not _FILENAME.match(req.filename) or ".." in req.filename:
             return _err(400, "invalid camera_id or filename")
-        path = f"recordings/{req.camera_id}/{time.strftime('%Y%m%d', time.gmtime())}/{uuid.uuid4().hex[:12]}-{req.filename}"
+        day = time.strftime("%Y%m%d", time.gmtime())
+        path = f"recordings/{req.camera_id}/{day}/{uuid.uuid4().hex[:12]}-{req.filename}"
         now = time.time()
         expires = int(now + s.upload_ttl)
         base = str(request.base_url).rstrip("/")
@@ -482,7 +485,8 @@ def create_app(standin: PortalStandIn) -> Litestar:
         media = "video/mp4" if path.lower().endswith(".mp4") else "application/octet-stream"
         span = _byte_range(request.headers.get("range"), size)
         if span == "unsatisfiable":
-            return Response(b"", status_code=416, media_type=media, headers=headers | {"Content-Range": f"bytes */{size}"})
+            return Response(b"", status_code=416, media_type=media,
+                            headers=headers | {"Content-Range": f"bytes */{size}"})
         first, last = span if span is not None else (0, size - 1)
         data = s.db.execute("SELECT substr(data, ?, ?) FROM uploads WHERE path = ?",
                             (first + 1, last - first + 1, path)).fetchone()[0] if size else b""
@@ -576,7 +580,8 @@ def create_app(standin: PortalStandIn) -> Litestar:
     @get("/__standin/uploads", sync_to_thread=False)
     def admin_uploads() -> dict:
         rows = s.db.execute("SELECT path, size, sha256, content_type, stored FROM uploads ORDER BY stored").fetchall()
-        return {"uploads": [dict(zip(("path", "size", "sha256", "content_type", "stored_at"), r)) for r in rows]}
+        return {"uploads": [dict(zip(("path", "size", "sha256", "content_type", "stored_at"), r, strict=True))
+                            for r in rows]}
 
     @get("/__standin/upload-urls", sync_to_thread=False)
     def admin_upload_urls() -> dict:

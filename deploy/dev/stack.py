@@ -77,7 +77,8 @@ def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "co
         except Exception as exc:  # noqa: BLE001 - keep polling
             last_exc = exc
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}"
+                       + (f" (last error: {last_exc})" if last_exc else ""))
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child only calls prctl between fork and exec
@@ -174,14 +175,15 @@ class Proc:
         return ""
 
 
-def _spawn(name: str, args: list[str], workdir: Path, env: dict | None = None) -> Proc:
-    """Start ``args`` with its output in ``<workdir>/<name>.log``, in a new session (its own
-    process group: Ctrl-C in a terminal reaches only the parent, which stops the stack) and
-    with PR_SET_PDEATHSIG=SIGTERM (:func:`_child_setup`). Call it from the main thread."""
+def _spawn(name: str, args: list[str], workdir: Path, env: dict | None = None, cwd: Path = ROOT) -> Proc:
+    """Start ``args`` in ``cwd`` with its output in ``<workdir>/<name>.log``, in a new session
+    (its own process group: Ctrl-C in a terminal reaches only the parent, which stops the
+    stack) and with PR_SET_PDEATHSIG=SIGTERM (:func:`_child_setup`). Call it from the main
+    thread."""
     log = workdir / f"{name}.log"
     fh = open(log, "ab")  # noqa: SIM115 - owned by the child
     popen = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             env={**os.environ, **(env or {})}, cwd=ROOT, start_new_session=True,
+                             env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
                              preexec_fn=_child_setup(os.getpid()))  # noqa: PLW1509 - only calls prctl
     fh.close()
     return Proc(name, popen, log, pgid=popen.pid)
@@ -211,6 +213,9 @@ class Stack:
     gateway_overrides: dict = field(default_factory=dict)  # merged into gateway.yaml (e.g. cache_max_bytes)
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     procs: dict[str, Proc] = field(default_factory=dict)
+    #: the gateway's console script; another one (e.g. from a venv with the built wheel installed)
+    #: runs with the work directory as its cwd, so nothing is imported from the checkout
+    gateway_bin: Path = VENV_BIN / "platebridge-gateway"
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -382,7 +387,9 @@ class Stack:
         """Start the gateway; wait for ``/healthz``."""
         cfg = self.workdir / "gateway.yaml"
         cfg.write_text(yaml.safe_dump(self.gateway_config()))
-        proc = _spawn("gateway", [str(VENV_BIN / "platebridge-gateway"), "--config", str(cfg)], self.workdir)
+        own = self.gateway_bin == VENV_BIN / "platebridge-gateway"
+        proc = _spawn("gateway", [str(self.gateway_bin), "--config", str(cfg)], self.workdir,
+                      cwd=ROOT if own else self.workdir)
         self.procs["gateway"] = proc
 
         def ready():

@@ -257,7 +257,12 @@ def test_dockerfile_runs_userspace_tailscaled_beside_the_gateway():
     assert cfg.upstream_proxy == "socks5://127.0.0.1:1055"
     assert cfg.discovery == "localapi"
     assert (cfg.host, cfg.port) == ("0.0.0.0", 8080)
-    assert cfg.hlsjs_path == "/opt/platebridge/web/hls.min.js"
+    assert cfg.hlsjs_path is None, "hls.js comes vendored in the wheel (issue 10), not from a separate path"
+    # the wheel is built with hls.js in place (setup.py vendors it) and that wheel is what the image installs
+    build = text[text.index("AS build"):text.index("# ---- runtime")]
+    assert "COPY --from=web /web/node_modules ./gateway/web/node_modules" in build
+    assert "setup.py" in build and re.search(r"pip wheel .*--wheel-dir /wheels \.$", build, re.MULTILINE)
+    assert "pip install --no-cache-dir /wheels/*.whl" in text
 
 
 def test_entrypoint_script_syntax():
@@ -350,7 +355,8 @@ def _session_cmdlines(sid: int) -> list[str]:
 def test_entrypoint_stops_the_gateway_on_sigterm(tmp_path):
     log = tmp_path / "log"
     _stand_ins(tmp_path / "bin", log, gateway_exit=0)
-    (tmp_path / "bin" / "platebridge-gateway").write_text("#!/bin/sh\ntrap 'exit 143' TERM\nwhile :; do sleep 0.1; done\n")
+    (tmp_path / "bin" / "platebridge-gateway").write_text(
+        "#!/bin/sh\ntrap 'exit 143' TERM\nwhile :; do sleep 0.1; done\n")
     env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "TS_STATE_DIR": str(tmp_path / "state"),
            "TS_SOCKET": str(tmp_path / "run" / "ts.sock")}
     p = subprocess.Popen(["bash", str(ENTRYPOINT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -387,7 +393,8 @@ def test_caddyfile_front():
 
 def test_caddyfile_adapts():
     proc = subprocess.run(["caddy", "adapt", "--config", str(CADDYFILE), "--adapter", "caddyfile"],
-                          capture_output=True, text=True, timeout=30, env=dict(os.environ, GATEWAY_DOMAIN="gw.example.com"))
+                          capture_output=True, text=True, timeout=30,
+                          env=dict(os.environ, GATEWAY_DOMAIN="gw.example.com"))
     assert proc.returncode == 0, proc.stderr
     assert '"max_header_bytes":16000' in proc.stdout.replace(" ", "")
     assert "127.0.0.1:8080" in proc.stdout

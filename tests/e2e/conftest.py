@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -30,7 +31,8 @@ def pod_metric(stack: Stack, kind: str, status: str = "200") -> float:
 def pod_requests_total(stack: Stack) -> float:
     """All HLS requests the pod has seen, any kind or status."""
     text = httpx.get(f"http://127.0.0.1:{stack.pod_port}/metrics", timeout=5).text
-    return sum(float(v) for v in re.findall(r"^platebridge_pod_hls_requests_total\{[^}]*\} ([0-9.e+]+)$", text, re.MULTILINE))
+    return sum(float(v) for v in re.findall(r"^platebridge_pod_hls_requests_total\{[^}]*\} ([0-9.e+]+)$", text,
+                                            re.MULTILINE))
 
 
 def ffprobe_streams(path: Path) -> str:
@@ -65,27 +67,6 @@ def started(s: Stack, *, plates: list[dict] | None = None, mqtt: bool = False):
         s.stop()
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory):
-    """One shared, fully started stack (portal stand-in, camera, pod, gateway)."""
-    with started(make_stack(tmp_path_factory.mktemp("stack"), pod_overrides={"heartbeat_interval": 300}),
-                 plates=[{"plate": "TEST123", "enabled": True}]) as s:
-        yield s
-
-
-@pytest.fixture(scope="session")
-def viewer(stack):
-    """A helper that opens a viewing session like a player and returns its granted playlist URL."""
-
-    def open_session(user: str = "viewer") -> str:
-        token = stack.user_token(user_id=user)
-        r = httpx.get(f"{stack.gateway_url}/streams/{stack.camera_id}/index.m3u8?token={token}", timeout=10)
-        assert r.status_code == 302, r.text
-        return f"{stack.gateway_url}/streams/{stack.camera_id}/{r.headers['location']}"
-
-    return open_session
-
-
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
@@ -110,4 +91,50 @@ def browser(tmp_path):
         driver.quit()
 
 
-__all__ = ["ffprobe_streams", "make_stack", "pod_metric", "pod_requests_total", "started", "wait_until"]
+def assert_video_plays(browser, timeout: float = 45) -> None:
+    """The watch page already loaded in ``browser`` plays live video: ``currentTime`` passes
+    1 s within ``timeout`` seconds, then advances by > 1.5 s over 3 s, at the test camera's
+    640×360, unpaused, and the page reports ``playing``."""
+
+    def current_time():
+        return browser.execute_script("return document.getElementById('video').currentTime")
+
+    try:
+        wait_until(lambda: current_time() > 1.0, timeout=timeout, interval=0.5, what="video.currentTime > 1")
+    except TimeoutError:
+        status = browser.execute_script("return window.pbStatus")
+        pytest.fail(f"video did not start; page status: {status}")
+    t1 = current_time()
+    time.sleep(3)
+    t2 = current_time()
+    assert t2 > t1 + 1.5, (t1, t2)
+    state = browser.execute_script(
+        "const v=document.getElementById('video');"
+        "return [v.videoWidth, v.videoHeight, v.paused, window.pbStatus.state]")
+    assert state[:3] == [640, 360, False]
+    assert state[3] == "playing"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """One shared, fully started stack (portal stand-in, camera, pod, gateway)."""
+    with started(make_stack(tmp_path_factory.mktemp("stack"), pod_overrides={"heartbeat_interval": 300}),
+                 plates=[{"plate": "TEST123", "enabled": True}]) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def viewer(stack):
+    """A helper that opens a viewing session like a player and returns its granted playlist URL."""
+
+    def open_session(user: str = "viewer") -> str:
+        token = stack.user_token(user_id=user)
+        r = httpx.get(f"{stack.gateway_url}/streams/{stack.camera_id}/index.m3u8?token={token}", timeout=10)
+        assert r.status_code == 302, r.text
+        return f"{stack.gateway_url}/streams/{stack.camera_id}/{r.headers['location']}"
+
+    return open_session
+
+
+__all__ = ["assert_video_plays", "ffprobe_streams", "make_stack", "pod_metric", "pod_requests_total", "started",
+           "wait_until"]

@@ -29,7 +29,8 @@ WHITELIST = [{"plate": "TEST123", "unit": "4B", "tenant": "Test Tenant", "enable
 SUB_LABEL_CASES = {"B07", "B08"}
 # B07 has no detections list in the case file; the rule it states, applied:
 EXPECTED_EXTRA = {
-    "B07": [{"event_id": "1767225600.700001-sublbl", "plate": "TEST123", "decision": "deny", "reason": "low_confidence"},
+    "B07": [{"event_id": "1767225600.700001-sublbl", "plate": "TEST123", "decision": "deny",
+             "reason": "low_confidence"},
             {"event_id": "1767225700.700002-sublbl", "plate": "TEST123", "decision": "allow"}],
     "B08": [{"event_id": "1767225600.800001-nullsc", "plate": "TEST123", "confidence": None, "decision": "deny",
              "reason": "low_confidence"}],
@@ -69,7 +70,7 @@ def replay(s, case: dict) -> None:
                     time.sleep(1)
                     s.start_mosquitto()
                     t0 = time.monotonic()
-                    wait_until(lambda: s.pod_health()["mqtt"]["connects"] > connects, 15, what="pod resubscribed")
+                    wait_until(lambda n=connects: s.pod_health()["mqtt"]["connects"] > n, 15, what="pod resubscribed")
                     print(f"pod resubscribed {time.monotonic() - t0:.1f}s after the broker came back")
                     pub = Publisher("127.0.0.1", s.mqtt_port)
                 continue

@@ -29,7 +29,7 @@ from tests.e2e.conftest import (
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "dev"))
-from frigate_sim import Publisher
+from frigate_sim import Publisher  # noqa: E402 - found through the sys.path entry above
 
 WHITELIST = [{"plate": "TEST123", "unit": "4B", "tenant": "Test Tenant", "enabled": True}]
 

@@ -1,6 +1,7 @@
 """The pod dies while the gateway is fetching a segment from it: the viewer gets a clean
 502/504 (never a 200 with a cut body, never a 500, never a hang past the upstream read
-timeout; a fetch in flight when the pod dies ends at once with 502), and the same viewer session plays again once the pod is back."""
+timeout; a fetch in flight when the pod dies ends at once with 502), and the same viewer
+session plays again once the pod is back."""
 
 from __future__ import annotations
 

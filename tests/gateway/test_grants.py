@@ -35,7 +35,8 @@ def test_tampered_payload_or_mac_rejected():
     other = s.mint(grant(camera_id="cam2"))
     head, payload, mac = tok.split(".")
     _, payload2, mac2 = other.split(".")
-    for bad in (f"{head}.{payload2}.{mac}", f"{head}.{payload}.{mac2}", tok[:-2] + ("AA" if not tok.endswith("AA") else "BB"),
+    for bad in (f"{head}.{payload2}.{mac}", f"{head}.{payload}.{mac2}",
+                tok[:-2] + ("AA" if not tok.endswith("AA") else "BB"),
                 tok + "x", "v2." + tok[3:], "", "v1.", "v1.abc", "v1.!!!.???"):
         with pytest.raises(GrantError):
             s.verify(bad, camera_id="cam1")

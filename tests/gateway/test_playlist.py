@@ -154,7 +154,8 @@ OWN_ORIGIN = {
         "https://example.com/",
         None,
     ),
-    "apple-llhls-example-parts-preload-hint.m3u8": ("https://example.com/2M/waitForMSN.php", "https://example.com/", None),
+    "apple-llhls-example-parts-preload-hint.m3u8": ("https://example.com/2M/waitForMSN.php", "https://example.com/",
+                                                    None),
 }
 
 
@@ -360,7 +361,8 @@ def test_foreign_uris_refuse_the_whole_playlist(uri: str) -> None:
 
 
 def test_relative_reference_between_directories() -> None:
-    out = rw(pl("#EXTINF:2,", "../b/x.ts", "#EXTINF:2,", "y.ts", "#EXTINF:2,", "/cameras/gate/z.ts"), upstream=f"{SCOPE}a/index.m3u8")
+    out = rw(pl("#EXTINF:2,", "../b/x.ts", "#EXTINF:2,", "y.ts", "#EXTINF:2,", "/cameras/gate/z.ts"),
+             upstream=f"{SCOPE}a/index.m3u8")
     assert uri_lines(out) == [f"../b/x.ts?pb_grant={SEG}", f"y.ts?pb_grant={SEG}", f"../z.ts?pb_grant={SEG}"]
     # and they resolve back through the gateway to the same layout
     base = "https://gw/streams/gate/a/index.m3u8"
@@ -384,7 +386,8 @@ def test_colon_names_get_dot_slash_prefix() -> None:
 
 
 def test_query_merge_byte_for_byte() -> None:
-    out = rw(pl("#EXTINF:2,", "seg.m4s?a=1&b=%20x", "#EXTINF:2,", "s2.m4s?z=%2F&a=2&A=%2f", "#EXTINF:2,", "s3.m4s?", "#EXTINF:2,", "s4.m4s?q&"))
+    out = rw(pl("#EXTINF:2,", "seg.m4s?a=1&b=%20x", "#EXTINF:2,", "s2.m4s?z=%2F&a=2&A=%2f", "#EXTINF:2,", "s3.m4s?",
+                "#EXTINF:2,", "s4.m4s?q&"))
     assert uri_lines(out) == [
         f"seg.m4s?a=1&b=%20x&pb_grant={SEG}",
         f"s2.m4s?z=%2F&a=2&A=%2f&pb_grant={SEG}",
@@ -399,11 +402,13 @@ def test_query_only_reference_resolves_to_the_playlist_itself() -> None:
 
 
 def test_grant_is_percent_encoded() -> None:
-    out = rewrite_playlist(pl("#EXTINF:2,", "a.ts"), upstream_url=f"{SCOPE}i.m3u8", scope_url=SCOPE, segment_grant="a b&c=d", playlist_grant="p")
+    out = rewrite_playlist(pl("#EXTINF:2,", "a.ts"), upstream_url=f"{SCOPE}i.m3u8", scope_url=SCOPE,
+                           segment_grant="a b&c=d", playlist_grant="p")
     assert uri_lines(out) == ["a.ts?pb_grant=a%20b%26c%3Dd"]
 
 
-@pytest.mark.parametrize("uri", ["a.ts?pb_grant=x", "a.ts?x=1&pb_grant=", "a.ts?PB_GRANT=1", "a.ts?pb%5Fgrant=1", "a.ts?x=1;pb_grant=2"])
+@pytest.mark.parametrize("uri", ["a.ts?pb_grant=x", "a.ts?x=1&pb_grant=", "a.ts?PB_GRANT=1", "a.ts?pb%5Fgrant=1",
+                                 "a.ts?x=1;pb_grant=2"])
 def test_existing_grant_refused(uri: str) -> None:
     with pytest.raises(PlaylistError) as info:
         rw(pl("#EXTINF:2,", uri))
@@ -444,7 +449,8 @@ def test_playlist_vs_segment_grant() -> None:
 def test_crlf_preserved() -> None:
     text = pl("#EXT-X-TARGETDURATION:2", '#EXT-X-MAP:URI="init.mp4"', "#EXTINF:2,", "a.ts", "", "# c", end="\r\n")
     assert rw(text) == pl(
-        "#EXT-X-TARGETDURATION:2", f'#EXT-X-MAP:URI="init.mp4?pb_grant={SEG}"', "#EXTINF:2,", f"a.ts?pb_grant={SEG}", "", "# c", end="\r\n"
+        "#EXT-X-TARGETDURATION:2", f'#EXT-X-MAP:URI="init.mp4?pb_grant={SEG}"', "#EXTINF:2,", f"a.ts?pb_grant={SEG}",
+                          "", "# c", end="\r\n"
     )
 
 
@@ -457,7 +463,8 @@ def test_mixed_endings_and_missing_final_newline() -> None:
 
 def test_bom_and_comments_and_unknown_tags_kept() -> None:
     text = "\ufeff#EXTM3U\n#EXT-X-UNKNOWN:FOO=1\n#  comment , URI=\"x\"\n\n#EXTINF:2,title, with comma\na.ts\n"
-    assert rw(text) == f"\ufeff#EXTM3U\n#EXT-X-UNKNOWN:FOO=1\n#  comment , URI=\"x\"\n\n#EXTINF:2,title, with comma\na.ts?pb_grant={SEG}\n"
+    assert rw(text) == (f"\ufeff#EXTM3U\n#EXT-X-UNKNOWN:FOO=1\n#  comment , URI=\"x\"\n\n"
+                        f"#EXTINF:2,title, with comma\na.ts?pb_grant={SEG}\n")
 
 
 @pytest.mark.parametrize(

@@ -62,7 +62,8 @@ def uris(draw, playlist_dir: str):
     elif kind == "root":
         uri, foreign, target = "/cameras/gate/" + path, False, path
     elif kind == "absolute":
-        uri, foreign, target = f"{draw(st.sampled_from(['http', 'HTTP']))}://{POD_HOST}:8000/cameras/gate/{path}", False, path
+        scheme = draw(st.sampled_from(["http", "HTTP"]))
+        uri, foreign, target = f"{scheme}://{POD_HOST}:8000/cameras/gate/{path}", False, path
     elif kind == "network":
         uri, foreign, target = f"//{POD_HOST}:8000/cameras/gate/{path}", False, path
     elif kind == "other-host":
@@ -86,7 +87,8 @@ def uris(draw, playlist_dir: str):
     elif kind == "backslash":
         uri = "..\\" + path
     else:
-        uri = draw(st.sampled_from(["data:video/mp2t;base64,AA", "skd://k1", "file:///etc/passwd", "javascript:alert(1)", "ftp://127.0.0.2:8000/x"]))
+        uri = draw(st.sampled_from(["data:video/mp2t;base64,AA", "skd://k1", "file:///etc/passwd",
+                                    "javascript:alert(1)", "ftp://127.0.0.2:8000/x"]))
     if kind not in ("non-http",):
         q = draw(queries)
         if q is not None:
@@ -103,7 +105,8 @@ quoted_values = st.lists(st.sampled_from(list("abcXYZ09 ,=-.") + ["URI=", "SERVE
 )
 unquoted_values = st.from_regex(r"[A-Z0-9.x@-]{1,8}", fullmatch=True)
 extra_attributes = st.lists(
-    st.tuples(st.sampled_from(["X-A", "NAME", "X-URI-ISH", "BANDWIDTH", "X-SERVER"]), quoted_values | unquoted_values).map(
+    st.tuples(st.sampled_from(["X-A", "NAME", "X-URI-ISH", "BANDWIDTH", "X-SERVER"]),
+              quoted_values | unquoted_values).map(
         lambda kv: f"{kv[0]}={kv[1]}"
     ),
     max_size=3,
@@ -124,7 +127,8 @@ URI_TAGS = [
     ("EXT-X-DATERANGE", "X-ASSET-URI", True),
     ("EXT-X-DATERANGE", "X-ASSET-LIST", None),
 ]
-PLAIN_LINES = ["#EXTINF:2.000,", "#EXT-X-DISCONTINUITY", "# a comment, URI=\"x\"", "", "#EXT-X-KEY:METHOD=NONE", "#EXT-X-UNKNOWN:URI=\"keep\""]
+PLAIN_LINES = ["#EXTINF:2.000,", "#EXT-X-DISCONTINUITY", "# a comment, URI=\"x\"", "", "#EXT-X-KEY:METHOD=NONE",
+               "#EXT-X-UNKNOWN:URI=\"keep\""]
 
 
 @st.composite
@@ -174,7 +178,8 @@ def test_rewrite_properties(case) -> None:
     any_foreign = any(info[1] for info in infos)
     try:
         out = rewrite_playlist(
-            text, upstream_url=SCOPE + playlist_name + "?_HLS_msn=1", scope_url=SCOPE, segment_grant=SEG, playlist_grant=PL
+            text, upstream_url=SCOPE + playlist_name + "?_HLS_msn=1", scope_url=SCOPE, segment_grant=SEG,
+                               playlist_grant=PL
         )
     except ForeignURIError:
         assert any_foreign, f"refused a playlist without foreign URIs: {text!r}"
@@ -209,7 +214,8 @@ def test_safe_relative_path_never_escapes(path: str) -> None:
     assert ".." not in result.split("/")
 
 
-@given(st.lists(st.sampled_from(["..", ".", "/", "\\", "%2e", "%2f", "%252e", "a", "b.ts", "%", "C:"]), max_size=8).map("".join))
+@given(st.lists(st.sampled_from(["..", ".", "/", "\\", "%2e", "%2f", "%252e", "a", "b.ts", "%", "C:"]),
+                max_size=8).map("".join))
 def test_safe_relative_path_never_escapes_dot_heavy(path: str) -> None:
     try:
         result = safe_relative_path(path)

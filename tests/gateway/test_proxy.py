@@ -29,7 +29,8 @@ BAD_TOKENS = {
     "forged": lambda: jwt.encode(forged(), "wrong-secret" * 6, algorithm="HS256"),
     "alg_none": lambda: jwt.encode(forged(), None, algorithm="none"),
     "hs512": lambda: jwt.encode(forged(), SECRET, algorithm="HS512"),
-    "expired": lambda: jwt.encode(forged(iat=int(time.time()) - 900, exp=int(time.time()) - 60), SECRET, algorithm="HS256"),
+    "expired": lambda: jwt.encode(forged(iat=int(time.time()) - 900, exp=int(time.time()) - 60), SECRET,
+                                  algorithm="HS256"),
     "not_yet_valid": lambda: jwt.encode(forged(nbf=int(time.time()) + 600), SECRET, algorithm="HS256"),
     "lifetime_over_max": lambda: jwt.encode(forged(exp=int(time.time()) + 86400 * 7), SECRET, algorithm="HS256"),
     "wrong_aud": lambda: jwt.encode(forged(aud="platebridge-pod"), SECRET, algorithm="HS256"),
@@ -143,7 +144,8 @@ async def test_playlist_headers_no_cache_and_no_pod_validators(client, pod):
 @pytest.mark.parametrize("name,ctype", [("a.ts", "video/mp2t"), ("b.m4s", "video/mp4"), ("init.mp4", "video/mp4"),
                                         ("x.m3u8", "application/vnd.apple.mpegurl")])
 async def test_content_type_by_file_type_not_by_pod(client, pod, name, ctype):
-    pl = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:2,\na.ts\n#EXTINF:2,\nb.m4s\n#EXTINF:2,\nx.m3u8\n"
+    pl = ("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MAP:URI=\"init.mp4\"\n"
+          "#EXTINF:2,\na.ts\n#EXTINF:2,\nb.m4s\n#EXTINF:2,\nx.m3u8\n")
     pod.routes[f"/cameras/{CAM}/index.m3u8"] = httpx.Response(200, text=pl)
     body = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n" if name.endswith("m3u8") else "data"
     pod.routes[f"/cameras/{CAM}/{name}"] = httpx.Response(200, text=body, headers={"content-type": "text/plain"})
@@ -396,7 +398,8 @@ async def test_watch_page_health_ready_metrics(client, pod):
     other = await client.get(f"/watch/{CAM}?token={make_token(camera_id='other')}")
     assert other.status_code == 403
     js = await client.get("/assets/hls.min.js")
-    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript") and len(js.content) > 100_000
+    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+    assert len(js.content) > 100_000
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["pods_known"] == 1
@@ -416,7 +419,8 @@ async def admin_client(pod):
     from gateway.config import parse_config
     from gateway.discovery import StaticDiscovery
 
-    cfg = parse_config({"stream_secret": SECRET, "pods": {POD: "http://127.0.0.2:8000"}, "admin_token": "a" * 32}, env={})
+    cfg = parse_config({"stream_secret": SECRET, "pods": {POD: "http://127.0.0.2:8000"}, "admin_token": "a" * 32},
+                       env={})
     app = create_app(cfg, discovery=StaticDiscovery(cfg.pods), transport=httpx.MockTransport(pod.handler))
     async with AsyncTestClient(app=app) as c:
         yield c

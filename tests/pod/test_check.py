@@ -227,7 +227,8 @@ def test_invalid_config_stops_with_key_path(tmp_path):
                                  "stream_secret": "s" * 40, "stream_bind": "192.168.1.20"}))
     rc, lines = run_check(p)
     assert rc == 2 and len(lines) == 1
-    assert lines[0].startswith("FAIL config: $.stream_bind: 192.168.1.20 is a LAN/public address") and "fix:" in lines[0]
+    assert lines[0].startswith("FAIL config: $.stream_bind: 192.168.1.20 is a LAN/public address")
+    assert "fix:" in lines[0]
 
 
 def test_unusable_dir_fails(stack, tmp_path):

@@ -450,5 +450,5 @@ def test_frigate_style_ids_pass_and_control_characters_are_not_plates():
     assert msg is not None and msg.id == "1767225600.100001-abc123"
     for plate in ("\x1b[31mRED", "TEST\u200b123", "AB\x00C"):
         bad = dict(ok, plate=plate)
-        msg, why = parse_message("tracked_object_update", json.dumps(bad).encode())
+        msg, _ = parse_message("tracked_object_update", json.dumps(bad).encode())
         assert msg is None or msg.read is None, plate

@@ -175,7 +175,7 @@ def test_b07_sub_label_string_vs_list():
 def test_b08_sub_label_null_score():
     """Source: tests/data/frigate/B08_sub_label_null_score.json (0x2142/frigate-notify#102):
     [PLATE, null] parses; unknown confidence is below threshold → deny low_confidence."""
-    case, out, skipped = run_case("B08_sub_label_null_score.json", plate_source="sub_label", expected=[
+    case, _, skipped = run_case("B08_sub_label_null_score.json", plate_source="sub_label", expected=[
         {"event_id": "1767225600.800001-nullsc", "plate": "TEST123", "confidence": None,
          "decision": "deny", "reason": "low_confidence"}])
     assert skipped == []

@@ -17,7 +17,6 @@ from pod.plates import (
 )
 from protocol.messages import PlateEntry
 
-UTC = UTC
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 MIN = 0.75
 

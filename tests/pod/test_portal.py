@@ -356,7 +356,8 @@ def test_cli_serves_and_keeps_the_key_out_of_logs_and_db(tmp_path):
         auth = {"Authorization": f"Bearer {API_KEY}"}
         with httpx.Client(base_url=base, trust_env=False, timeout=5) as h:
             plates_resp = h.get("/api/plates", params={"site": "s", "company_id": "c"}, headers=auth).json()
-            assert plates_resp["entries"] == [{"plate": "CLI1", "unit": None, "tenant": "Bo", "enabled": True, "starts": None, "ends": None}]
+            assert plates_resp["entries"] == [{"plate": "CLI1", "unit": None, "tenant": "Bo", "enabled": True,
+                                               "starts": None, "ends": None}]
             r = h.post("/api/pod/detect", content=msgspec.json.encode(detect("cli-1")),
                        headers=auth | {"Idempotency-Key": "cli-1"})
             assert r.json() == {"success": True, "duplicate": False}

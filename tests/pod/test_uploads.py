@@ -542,7 +542,8 @@ def test_queue_state_survives_reopen_and_transitions_are_guarded(base_clip, tmp_
 
     queue = UploadQueue(db)
     row = queue.get("x")
-    assert (row.state, row.file_path, row.url_expires_at, row.attempts, row.next_attempt) == ("url", "p", 200.0, 1, 75.0)
+    assert (row.state, row.file_path, row.url_expires_at, row.attempts, row.next_attempt) == (
+        "url", "p", 200.0, 1, 75.0)
     assert "deadbeef" not in row.last_error  # errors are stored redacted
     assert "sig=abc" not in repr(row) and "sig=abc" not in str(row)  # the signed URL never shows in a repr
     assert queue.next_due(74.0) is None and queue.next_due(75.0).event_id == "x" and queue.next_wakeup() == 75.0

@@ -234,7 +234,8 @@ def test_the_sentinels_are_reachable_files(sec_stack, figure):
     r = raw_request(s.pod_host, s.pod_port, f"/cameras/{s.camera_id}/{s.sentinels.served.name}".encode(),
                     {"Authorization": f"Bearer {pod_token(s)}"})
     seen = _leaks(s, r.raw)
-    figure("plain sentinel in the camera directory served and detected", len(seen), "leaks", "== 1", seen == ["sentinel"])
+    figure("plain sentinel in the camera directory served and detected", len(seen), "leaks", "== 1",
+           seen == ["sentinel"])
     assert r.status == 200 and seen == ["sentinel"], r.raw[:300]
     # the other camera's sentinel is served to a token for that camera if the pod had it:
     # it does not (unknown camera), which is the 404 the traversal tests must not confuse with success

@@ -25,7 +25,8 @@ def status_body(self_ips: list[str], peers: list[dict]) -> dict:
         "TailscaleIPs": self_ips,
         "Self": {"HostName": "gateway", "DNSName": "gateway.tail0000.ts.net.", "TailscaleIPs": self_ips,
                  "Online": True, "Tags": ["tag:gateway"]},
-        "Peer": {f"nodekey:{i:04x}": {"DNSName": f"{p['HostName']}.tail0000.ts.net.", **p} for i, p in enumerate(peers)},
+        "Peer": {f"nodekey:{i:04x}": {"DNSName": f"{p['HostName']}.tail0000.ts.net.", **p}
+                 for i, p in enumerate(peers)},
     }
 
 
