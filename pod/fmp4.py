@@ -50,7 +50,7 @@ class Box:
     data: bytes
 
 
-def _header(buf: bytes | memoryview, pos: int, end: int) -> tuple[bytes, int, int] | None:
+def _header(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[bytes, int, int] | None:
     """(type, header length, box size) at ``pos``, or None when the header is incomplete."""
     if end - pos < 8:
         return None

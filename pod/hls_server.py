@@ -164,7 +164,7 @@ async def _live_playlist(request: Request, streamer: CameraStreamer) -> Response
 async def _live_part(streamer: CameraStreamer, rel: str) -> Response:
     """A partial segment from memory; a hinted one is held, then streamed (module doc)."""
     m = _PART.match(rel)
-    assert m is not None  # noqa: S101 - matched by the caller
+    assert m is not None
     msn, index = int(m.group(1)), int(m.group(2))
     live = streamer.live
     if not streamer.low_latency or live is None:

@@ -310,7 +310,7 @@ class Packager:
 
     def _close_segment(self) -> SegmentDone:
         seg = self._cur
-        assert seg is not None  # noqa: S101 - only called with a segment in progress
+        assert seg is not None
         self._close_part()
         seg.pdt = seg.media_start + self._offset()
         if self.target_duration is None:

@@ -372,9 +372,10 @@ class CameraStreamer:
         for t in (watchdog, stopper):
             t.cancel()
         await ff.terminate(proc)  # the pump keeps draining stdout meanwhile
-        for t in [reader] + ([pump] if pump else []):
+        drains: list[asyncio.Task[None] | asyncio.Task[str]] = [reader] + ([pump] if pump else [])
+        for drain in drains:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(t, timeout=2)
+                await asyncio.wait_for(drain, timeout=2)
         self._proc = None
         self._notify()
         return reason or f"exited with code {proc.returncode}"

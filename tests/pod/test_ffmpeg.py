@@ -125,7 +125,7 @@ def test_stderr_tail_redacts_and_keeps_the_last_lines():
 @pytest.fixture(scope="module")
 def auth_camera(tmp_path_factory):
     """The GStreamer dev camera with RTSP basic auth; yields its URL *with* credentials."""
-    log = open(tmp_path_factory.mktemp("authcam") / "camera.log", "w+")  # noqa: SIM115 - closed below
+    log = open(tmp_path_factory.mktemp("authcam") / "camera.log", "w+")
     p = subprocess.Popen(["/usr/bin/python3", str(ROOT / "deploy/dev/camera.py"), "--host", "127.0.0.1", "--port", "0",
                           "--path", "/gate", "--user", USER, "--password", PASSWORD],
                          stdout=subprocess.PIPE, stderr=log, text=True)
@@ -161,7 +161,7 @@ async def test_streamer_ffmpeg_plays_an_auth_camera_without_credentials_in_argv(
     task = asyncio.create_task(s.run())
     try:
         deadline = time.monotonic() + 30
-        while s.state != "running" and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a state, no event
+        while s.state != "running" and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert s.state == "running", s.stderr_tail  # authenticated: segments came
         pid = s.status()["pid"]

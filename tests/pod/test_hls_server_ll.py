@@ -65,7 +65,7 @@ async def pod(tmp_path, **over):
     port = free_port()
     server = make_server(app)
     task = asyncio.create_task(server.serve(sockets=[listen_socket(HOST, port)]))
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event
+    while not server.started:
         await asyncio.sleep(0.01)
     token = mint_pod_token(keyring, camera_id="cam1", pod_id="pod-1")
     async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}/cameras/cam1/", timeout=15,

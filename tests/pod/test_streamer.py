@@ -127,7 +127,7 @@ async def test_ffmpeg_failure_logs_redacted_stderr_and_backs_off(tmp_path, caplo
     task = asyncio.create_task(s.run())
     try:
         deadline = time.monotonic() + 30
-        while s.restarts < 2 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a counter
+        while s.restarts < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
     finally:
         await s.stop()
