@@ -189,3 +189,29 @@ async def test_probe_and_direct_capture_keep_credentials_out_of_argv(auth_camera
     with pytest.raises(RuntimeError, match="401") as exc:
         await ff.probe_rtsp("ffprobe", bad, timeout=10)
     assert "nope" not in str(exc.value)
+
+
+@pytest.mark.e2e
+async def test_mpegts_keeps_ffmpegs_own_hls_muxer_and_credentials_out_of_argv(auth_camera, tmp_path):
+    """``hls_segment_type: mpegts`` stays classic HLS written by ffmpeg's HLS muxer (no
+    packager, no parts), with the same credential handling."""
+    cfg = parse_config({"portal_url": "http://127.0.0.1:9", "pod_api_key": "k", "pod_id": "pod-1",
+                        "camera_id": "cam1", "camera_rtsp_url": auth_camera, "stream_secret": "s" * 40,
+                        "stream_bind": "127.0.0.2", "hls_dir": str(tmp_path / "hls"), "hls_segment_seconds": 1,
+                        "hls_segment_type": "mpegts"})[0]
+    s = CameraStreamer(cfg, cfg.camera_list()[0])
+    assert not s.packaged and not s.low_latency
+    task = asyncio.create_task(s.run())
+    try:
+        deadline = time.monotonic() + 30
+        while s.state != "running" and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert s.state == "running", s.stderr_tail
+        argv = cmdline(s.status()["pid"])
+        assert "-f hls" in argv and "-i pipe:0" in argv and PASSWORD not in argv
+        text = s.playlist_path.read_text()
+        assert ".ts" in text and "#EXT-X-PART" not in text and s.live is None
+        assert len(s.index) >= 1  # the clip index still follows the playlist on disk
+    finally:
+        await s.stop()
+        await asyncio.wait_for(task, 10)
