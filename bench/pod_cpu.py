@@ -164,7 +164,7 @@ def table(rows: list[dict], args) -> list[str]:
 def docs_section(rows: list[dict], args, info: dict, load: str, elapsed: float) -> str:
     """The docs/benchmarks.md section."""
     from pod.config import CameraConfig, PodConfig
-    from pod.streamer import ffmpeg_args
+    from pod.streamer import packager_args
 
     s = summary(rows)
     c, t = s["copy"], s["h264"]
@@ -173,7 +173,7 @@ def docs_section(rows: list[dict], args, info: dict, load: str, elapsed: float) 
     cmd = {}
     for mode in ("copy", "h264"):
         cam = CameraConfig(camera_id=CAMERA_ID, rtsp_url="rtsp://camera/gate", transcode=mode)
-        argv = ffmpeg_args(PodConfig(**base, cameras=[cam]), cam, Path("/hls") / CAMERA_ID, 1)
+        argv = packager_args(PodConfig(**base, cameras=[cam]), cam)
         i = argv.index("-map")
         j = argv.index("-f")
         cmd[mode] = " ".join(argv[i + 2:j])
@@ -202,7 +202,8 @@ def docs_section(rows: list[dict], args, info: dict, load: str, elapsed: float) 
          "encodes in hardware.",
          f"* Pod: `platebridge-pod run` (via `deploy/dev/stack.py`, with mosquitto and the portal stand-in; "
          f"`hls_segment_seconds: {SEGMENT_S:g}`, heartbeat every 60 s, no viewers, no MQTT traffic). The ffmpeg "
-         "command is the pod's own (`pod/streamer.py` `ffmpeg_args`): RTSP over TCP → fMP4 HLS with codec "
+         "command is the pod's own (`pod/streamer.py` `packager_args`): RTSP over TCP → fragmented MP4 on a "
+         "pipe, packaged into (LL-)HLS by the pod, with codec "
          f"arguments `{cmd['copy']}` (remux) or `{cmd['h264']}` (`transcode: h264`).",
          f"* CPU: utime + stime from `/proc/<pid>/stat` of the ffmpeg child, the agent process (without its "
          f"children) and the camera process over {args.window:g} s, starting {WARMUP_S:g} s after the pod reported "

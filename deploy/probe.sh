@@ -80,6 +80,7 @@ else
   fail "nginx with secure_link" nginx-extras
 fi
 has wrk || fail "wrk" wrk
+runs tesseract --version || fail "tesseract OCR (bench/latency.py reads the camera clock)" tesseract-ocr
 runs caddy version || fail "caddy" caddy
 has sqlite3 || fail "sqlite3 command" sqlite3
 has shellcheck || fail "shellcheck" shellcheck

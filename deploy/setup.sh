@@ -27,7 +27,7 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
   gstreamer1.0-x gstreamer1.0-tools chromium chromium-driver nginx-extras wrk sqlite3
   python3 python3-venv nodejs npm fonts-dejavu-core ca-certificates
-  systemd shellcheck caddy
+  systemd shellcheck caddy tesseract-ocr
 )
 
 SUDO=()

@@ -17,7 +17,14 @@ Checks, in order:
   ``--mqtt-wait N``, N > 0): subscribe to ``<prefix>/#`` and report what arrives
   within N seconds (Frigate's retained ``<prefix>/available`` counts).
 * ``camera <id>`` — ffprobe the RTSP URL over TCP (codec, resolution, fps);
-  credentials are redacted in every line. ``hevc <id>`` warns about H.265/HEVC.
+  credentials are redacted in every line (and never in ffprobe's argv). ``hevc <id>``
+  warns about H.265/HEVC. ``latency <id>`` reads :data:`TIMING_SAMPLE_SECONDS` of the
+  stream and says what the camera's frame rate and keyframe interval make of
+  ``part_seconds`` and ``hls_segment_seconds``: the effective part and segment durations
+  and the expected live latency; WARN when the keyframes are too far apart for the
+  configured segments or the latency goal (1 s with LL-HLS) is out of reach. The running
+  pod's ``/health`` shows the same figures as measured on the live stream (a Pi under load
+  included).
 * ``tailnet`` — ``stream_bind`` explicit: an address of this machine; ``auto``:
   asks tailscaled once (LocalAPI, then ``tailscale ip -4``) without waiting.
 * ``dir <key>`` — ``state_dir``, ``hls_dir``, ``recordings_dir``: created if
@@ -33,7 +40,7 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
-import json
+import itertools
 import os
 import shutil
 import socket
@@ -44,13 +51,17 @@ from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
+from pod import ffmpeg as ff
 from pod.config import LOOPBACK_V4, PodConfig, load_config
 from pod.errors import ConfigError, PortalRejected, PortalUnavailable
+from pod.llhls import effective_timing
 from protocol.checks import CheckResult, ms, secret_length_result, summary
 from protocol.redact import redact
 
 PORTAL_CHECK_TIMEOUT = 10.0
 MQTT_CONNECT_TIMEOUT = 5.0
+TIMING_SAMPLE_SECONDS = 5.0
+LATENCY_GOAL_S = 1.0  # pod ingest to screen with LL-HLS (issue 14)
 HEVC_ADVICE = ("most browsers cannot play HEVC through hls.js; set transcode: h264 for this camera "
                "(CPU-heavy on a Pi)")
 
@@ -86,8 +97,8 @@ async def check_portal(cfg: PodConfig) -> CheckResult:
                            "check portal_url, DNS and this pod's internet access (is the portal up?)")
     n = len(plates.entries)
     return CheckResult("PASS", "portal", f"{cfg.portal_url} accepted the key: GET /api/plates → {n} "
-                       f"plate{'' if n == 1 else 's'} (config_version {plates.config_version}) "
-                       f"in {ms(time.monotonic() - started)}")
+                       f"plate{'' if n == 1 else 's'} (config_version {plates.config_version}) in "
+                       f"{ms(time.monotonic() - started)}")
 
 
 # ---- MQTT -----------------------------------------------------------------------------
@@ -159,11 +170,8 @@ async def _watch_topics(client, prefix: str, wait: float) -> CheckResult:
 
 
 def ffprobe_path(cfg: PodConfig) -> str:
-    """ffprobe next to the configured ffmpeg binary, else ``ffprobe`` on PATH."""
-    ffmpeg = Path(cfg.ffmpeg_path)
-    if ffmpeg.name == "ffmpeg" and str(ffmpeg.parent) not in ("", "."):
-        return str(ffmpeg.with_name("ffprobe"))
-    return "ffprobe"
+    """ffprobe next to the configured ffmpeg binary (:func:`pod.ffmpeg.ffprobe_path`)."""
+    return ff.ffprobe_path(cfg.ffmpeg_path)
 
 
 def _fps(stream: dict) -> str | None:
@@ -189,38 +197,42 @@ def describe_stream(stream: dict) -> str:
     return text + (f" @ {fps} fps" if fps else "")
 
 
-async def probe_rtsp(ffprobe: str, url: str, timeout: float) -> dict:
-    """ffprobe the first video stream of ``url`` over RTSP/TCP.
+probe_rtsp = ff.probe_rtsp  # moved to pod/ffmpeg.py; kept here for callers of the old name
 
-    Returns the stream object (``codec_name``, ``profile``, ``width``, ``height``,
-    ``avg_frame_rate``, ``r_frame_rate``). Raises ``RuntimeError`` with a redacted
-    reason on failure or after ``timeout`` + 5 seconds.
-    """
-    args = [ffprobe, "-v", "error", "-rtsp_transport", "tcp", "-timeout", str(int(timeout * 1_000_000)),
-            "-select_streams", "v:0", "-show_entries",
-            "stream=codec_name,profile,width,height,avg_frame_rate,r_frame_rate", "-of", "json", url]
-    try:
-        proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    except OSError as exc:
-        raise FileNotFoundError(f"cannot run {ffprobe}: {exc.strerror}") from None
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout + 5)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise RuntimeError(f"no answer within {timeout + 5:g} s") from None
-    lines = [redact(line.strip()) for line in err.decode(errors="replace").splitlines() if line.strip()]
-    if proc.returncode != 0:
-        raise RuntimeError(lines[-1] if lines else f"ffprobe exited with code {proc.returncode}")
-    try:
-        streams = json.loads(out or b"{}").get("streams") or []
-    except ValueError:
-        streams = []
-    if not streams:
-        raise RuntimeError("no video stream in the RTSP session")
-    return streams[0]
+
+def timing_result(cfg: PodConfig, camera_id: str, stream: dict) -> CheckResult:
+    """The ``latency <id>`` line from a probed stream with ``keyframes`` (see the module doc)."""
+    name = f"latency {camera_id}"
+    fps = _fps(stream)
+    keys = sorted(stream.get("keyframes") or [])
+    low_latency = cfg.low_latency and cfg.hls_segment_type == "fmp4"
+    if not fps:
+        return CheckResult("WARN", name, "the camera reports no frame rate: part durations cannot be predicted")
+    frame = 1 / float(fps)
+    if len(keys) < 2:
+        gop = max(TIMING_SAMPLE_SECONDS, cfg.hls_segment_seconds)
+        return CheckResult("WARN", name, f"fewer than 2 keyframes in {TIMING_SAMPLE_SECONDS:g} s: segments will be at "
+                           f"least {gop:g} s and players start late", "set the camera's keyframe (I-frame) interval "
+                           f"to {cfg.hls_segment_seconds:g} s or less")
+    gaps = [b - a for a, b in itertools.pairwise(keys)]
+    gop = sorted(gaps)[len(gaps) // 2]
+    t = effective_timing(part_seconds=cfg.part_seconds, segment_seconds=cfg.hls_segment_seconds,
+                         frame_interval=frame, keyframe_interval=gop, low_latency=low_latency)
+    mode = "LL-HLS" if low_latency else "classic HLS"
+    parts = (f"parts {t.part_target:.3f} s ({round(t.part_target / frame)} frames at {fps} fps), "
+             if low_latency else "")
+    detail = (f"{parts}segments {t.segment:.1f} s (a keyframe every {gop:.2f} s), target duration "
+              f"{t.target_duration} s: expected latency about {t.expected_latency:.1f} s ({mode})")
+    problems = []
+    if t.segment > cfg.hls_segment_seconds * 1.25:
+        problems.append(f"set the camera's keyframe (I-frame) interval to {cfg.hls_segment_seconds:g} s or less")
+    if low_latency and t.expected_latency > LATENCY_GOAL_S:
+        problems.append(f"lower part_seconds (now {cfg.part_seconds:g}) or raise the camera's frame rate")
+    if not low_latency:
+        problems.append("use hls_segment_type: fmp4 with low_latency: true for live view within a second")
+    if problems:
+        return CheckResult("WARN", name, detail, "; ".join(problems))
+    return CheckResult("PASS", name, detail)
 
 
 def _camera_fix(reason: str, index: int) -> str:
@@ -239,13 +251,16 @@ async def check_camera(cfg: PodConfig, index: int) -> list[CheckResult]:
     name = f"camera {cam.camera_id}"
     url = redact(cam.rtsp_url)
     try:
-        stream = await probe_rtsp(ffprobe_path(cfg), cam.rtsp_url, cfg.rtsp_timeout_seconds)
+        stream = await probe_rtsp(ffprobe_path(cfg), cam.rtsp_url, cfg.rtsp_timeout_seconds,
+                                  sample_seconds=TIMING_SAMPLE_SECONDS if cfg.enable_streaming else 0.0)
     except FileNotFoundError as exc:
         return [CheckResult("FAIL", name, str(exc), "install ffmpeg (apt install ffmpeg), or set ffmpeg_path")]
     except RuntimeError as exc:
         reason = str(exc).removeprefix(f"{url}: ")  # ffprobe's own message starts with the URL
         return [CheckResult("FAIL", name, f"{url}: {reason}", _camera_fix(reason, index))]
     results = [CheckResult("PASS", name, f"{url}: {describe_stream(stream)}")]
+    if cfg.enable_streaming:
+        results.append(timing_result(cfg, cam.camera_id, stream))
     codec = (stream.get("codec_name") or "").lower()
     if codec in ("hevc", "h265"):
         if cam.transcode == "h264":

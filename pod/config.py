@@ -96,6 +96,8 @@ class PodConfig(msgspec.Struct, kw_only=True):
     hls_list_size: int = 6
     hls_keep_extra_segments: int | None = None  # kept past the playlist window; default: enough for a clip
     hls_segment_type: SegmentType = "fmp4"
+    low_latency: bool = True  # LL-HLS parts, blocking reloads, preload hints (fmp4 only)
+    part_seconds: float = 0.2  # LL-HLS part target; rounded down to whole frames, never below one frame
     hls_max_bytes: int = 512 * 1024 * 1024  # bound of each camera's HLS buffer on disk
     ffmpeg_path: str = "ffmpeg"
     rtsp_timeout_seconds: float = 10.0
@@ -192,6 +194,10 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
         raise _fail("$.stream_port", "must be 1-65535")
     if not 0.5 <= cfg.hls_segment_seconds <= 10:
         raise _fail("$.hls_segment_seconds", "must be between 0.5 and 10 seconds")
+    if not 0.05 <= cfg.part_seconds <= 1.0 or cfg.part_seconds > cfg.hls_segment_seconds / 2:
+        raise _fail("$.part_seconds", "must be between 0.05 and 1 second, and at most half of hls_segment_seconds")
+    if cfg.low_latency and cfg.hls_segment_type != "fmp4" and "low_latency" in data:
+        raise _fail("$.low_latency", "LL-HLS needs hls_segment_type: fmp4 (set low_latency: false for mpegts)")
     if not 2 <= cfg.hls_list_size <= 60:
         raise _fail("$.hls_list_size", "must be between 2 and 60")
     # clips are cut when the post-roll exists, from pre_roll + recording_duration seconds ago

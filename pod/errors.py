@@ -41,6 +41,16 @@ class PortalRejected(PortalError):
         self.status = status
 
 
+class FfmpegError(PodError):
+    """An ffmpeg/ffprobe child could not be started, or failed in a way its caller cannot
+    read around. ``str(exc)`` says why, with any RTSP credentials redacted."""
+
+
+class Fmp4Error(PodError):
+    """A fragmented MP4 stream (ISO/IEC 14496-12) is malformed: a box header is bad, a
+    box runs past its parent, or a moof holds no fragment of the expected track."""
+
+
 class RecorderError(PodError):
     """A detection clip could not be made: no usable segment in the window, the init
     segment missing, or ffmpeg/ffprobe failed. ``str(exc)`` says why, with any RTSP

@@ -7,6 +7,24 @@ Routes:
   token>`` whose ``camera_id`` matches the path and whose ``pod_id`` is this pod.
   Paths are checked on the raw (still percent-encoded) request path, so encoded
   traversal (``%2e%2e``, ``%2f``) is refused too.
+  When the pod packages (fMP4, :mod:`pod.llhls`), the playlist and the parts come from
+  memory:
+
+  - ``index.m3u8?_HLS_msn=M[&_HLS_part=P]`` is a blocking playlist reload (RFC
+    8216bis-16 §6.2.5.2): answered as soon as the playlist holds segment M (part P of
+    it); **400** when M is more than two segments past the last one, or P more than the
+    Advance Part Limit past the newest part; **503** + ``Retry-After`` when it is not
+    there after 3 × the target duration (§6.2.5.2 lets the server give up; players
+    retry 5xx). ``_HLS_skip`` (delta updates, §6.2.5.1) is ignored: the full playlist
+    is always sent, which the spec allows (the server decides whether to skip) and
+    which keeps one cacheable answer per ``(msn, part)`` for the gateway;
+  - ``part_<msn>_<i>.m4s`` is a partial segment (§4.4.4.9) from memory. A request for
+    a part not produced yet — the EXT-X-PRELOAD-HINT (§4.4.5.3) — is held until the
+    part starts, then streamed as its frames arrive and ended when it is complete; 404
+    when that part will never exist (its segment ended first) or has left memory;
+  - segments and init sections are read from disk.
+
+  Every route checks the gateway→pod token the same way, before anything else.
 * ``GET /health`` — no auth, on both listeners: state per camera and the age of
   the newest segment; no URLs, no secrets.
 * ``GET /metrics`` — Prometheus text format.
@@ -18,15 +36,20 @@ on 4xx, so a camera restart must not look like a missing resource.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
+from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from pod.llhls import Packager, Part
 from pod.metrics import HLS_REQUESTS, REGISTRY
 from pod.streamer import PLAYLIST, CameraStreamer
 from protocol.errors import TokenError
@@ -35,6 +58,9 @@ from protocol.paths import UnsafePath, content_type_for, safe_relative_path
 from protocol.tokens import Keyring, verify_pod_token
 
 VERSION = "0.1.0"
+M3U8 = "application/vnd.apple.mpegurl"
+_PART = re.compile(r"^part_(\d{1,18})_(\d{1,6})\.m4s$")
+_INT = re.compile(r"^\d{1,18}$")
 
 
 def _bearer(request: Request) -> str | None:
@@ -44,6 +70,8 @@ def _bearer(request: Request) -> str | None:
 
 
 def _kind(path: str) -> str:
+    if path.startswith("part_"):
+        return "part"
     if path.endswith(".m3u8"):
         return "playlist"
     if path.endswith(".mp4"):
@@ -54,6 +82,122 @@ def _kind(path: str) -> str:
 def _plain(status: int, text: str, headers: dict[str, str] | None = None, kind: str = "other") -> Response:
     HLS_REQUESTS.labels(kind, str(status)).inc()
     return Response(content=text + "\n", status_code=status, media_type="text/plain", headers=headers or {})
+
+
+def _from_disk(request: Request, streamer: CameraStreamer, rel: str, ctype: str, kind: str) -> Response:
+    base = streamer.dir.resolve()
+    path = (base / rel).resolve()
+    if base not in path.parents:
+        return _plain(400, "bad path", kind=kind)
+    try:
+        st = path.stat()
+        data = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        if rel == PLAYLIST:
+            return _plain(503, "stream starting", {"Retry-After": "2"}, kind)
+        return _plain(404, "not found", kind=kind)
+    tag = hashlib.blake2b(f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}".encode(), digest_size=8).hexdigest()
+    etag = f'"{tag}"'
+    is_playlist = ctype == M3U8
+    headers = {
+        "ETag": etag,
+        "Cache-Control": "no-cache" if is_playlist or rel.endswith(".mp4") else "max-age=300",
+    }
+    if request.headers.get("if-none-match") == etag:
+        HLS_REQUESTS.labels(kind, "304").inc()
+        return Response(content=b"", status_code=304, headers=headers)
+    HLS_REQUESTS.labels(kind, "200").inc()
+    return Response(content=data, media_type=ctype, headers=headers)
+
+
+def _hold_seconds(streamer: CameraStreamer) -> float:
+    """How long a blocking request is held: 3 × the target duration (RFC 8216bis §6.2.5.2)."""
+    live = streamer.live
+    td = (live.target_duration if live else None) or streamer.cfg.hls_segment_seconds
+    return 3.0 * td
+
+
+async def _wait_change(streamer: CameraStreamer, deadline: float) -> bool:
+    """Wait for the streamer's next change; False when ``deadline`` (monotonic) passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return False
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(streamer.changed().wait(), timeout=left)
+    return time.monotonic() < deadline
+
+
+async def _live_playlist(request: Request, streamer: CameraStreamer) -> Response:
+    """The media playlist from the packager, with blocking reloads (see the module doc)."""
+    params = request.query_params
+    msn_raw, part_raw = params.get("_HLS_msn"), params.get("_HLS_part")
+    blocking = streamer.low_latency and msn_raw is not None
+    if streamer.low_latency and part_raw is not None and msn_raw is None:
+        return _plain(400, "_HLS_part needs _HLS_msn", kind="playlist")
+    msn = part = None
+    if blocking:
+        if not _INT.match(msn_raw or "") or (part_raw is not None and not _INT.match(part_raw)):
+            return _plain(400, "_HLS_msn and _HLS_part must be decimal integers", kind="playlist")
+        msn, part = int(msn_raw or 0), None if part_raw is None else int(part_raw)
+    deadline = time.monotonic() + _hold_seconds(streamer)
+    while True:
+        live = streamer.live
+        if live is None or not live.ready:
+            if not blocking or not await _wait_change(streamer, deadline):
+                return _plain(503, "stream starting", {"Retry-After": "2"}, "playlist")
+            continue
+        if msn is not None:
+            verdict = live.reload_state(msn, part)
+            if verdict == "too_far":
+                return _plain(400, "_HLS_msn/_HLS_part too far ahead of the live edge (RFC 8216bis 6.2.5.2)",
+                              kind="playlist")
+            if verdict == "wait":
+                if not await _wait_change(streamer, deadline):
+                    return _plain(503, "requested segment/part not produced in time", {"Retry-After": "1"},
+                                  "playlist")
+                continue
+        text = live.playlist(low_latency=streamer.low_latency)
+        HLS_REQUESTS.labels("playlist", "200").inc()
+        return Response(content=text.encode(), media_type=M3U8, headers={"Cache-Control": "no-cache"})
+
+
+async def _live_part(streamer: CameraStreamer, rel: str) -> Response:
+    """A partial segment from memory; a hinted one is held, then streamed (module doc)."""
+    m = _PART.match(rel)
+    assert m is not None
+    msn, index = int(m.group(1)), int(m.group(2))
+    live = streamer.live
+    if not streamer.low_latency or live is None:
+        return _plain(404, "not found", kind="part")
+    deadline = time.monotonic() + _hold_seconds(streamer)
+    while (p := live.part(msn, index)) is None:
+        if streamer.live is not live or not live.part_possible(msn, index):
+            return _plain(404, "no such part", kind="part")
+        if not await _wait_change(streamer, deadline):
+            return _plain(503, "part not produced in time", {"Retry-After": "1"}, "part")
+    headers = {"Cache-Control": "max-age=300"}
+    HLS_REQUESTS.labels("part", "200").inc()
+    if p.complete:
+        return Response(content=p.data(), media_type="video/mp4", headers=headers)
+    return Stream(_stream_part(streamer, live, p), media_type="video/mp4", headers=headers)
+
+
+async def _stream_part(streamer: CameraStreamer, live: Packager, p: Part) -> AsyncIterator[bytes]:
+    """Yield a part's bytes as its frames arrive, until it is complete; also ends when its
+    run is replaced (ffmpeg restarted) or nothing changed for the hold time (ffmpeg gone)."""
+    sent = 0
+    while True:
+        event = streamer.changed()
+        chunks = p.chunks[sent:]
+        if chunks:
+            sent += len(chunks)
+            yield b"".join(chunks)
+        if p.complete or streamer.live is not live:
+            return
+        try:
+            await asyncio.wait_for(event.wait(), timeout=_hold_seconds(streamer))
+        except TimeoutError:
+            return
 
 
 def create_hls_app(
@@ -95,8 +239,8 @@ def create_hls_app(
     def metrics() -> Response:
         return Response(content=generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    @get("/cameras/{camera_id:str}/{file:path}", sync_to_thread=False)
-    def hls_file(request: Request, camera_id: str, file: str) -> Response:
+    @get("/cameras/{camera_id:str}/{file:path}")
+    async def hls_file(request: Request, camera_id: str, file: str) -> Response:
         kind = _kind(file)
         if not on_tailnet(request):
             return _plain(404, "not found", kind=kind)
@@ -123,29 +267,12 @@ def create_hls_app(
         ctype = content_type_for(rel)
         if ctype is None:
             return _plain(404, "not found", kind=kind)
-        base = streamer.dir.resolve()
-        path = (base / rel).resolve()
-        if base not in path.parents:
-            return _plain(400, "bad path", kind=kind)
-        try:
-            st = path.stat()
-            data = path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        if streamer.packaged:
             if rel == PLAYLIST:
-                return _plain(503, "stream starting", {"Retry-After": "2"}, kind)
-            return _plain(404, "not found", kind=kind)
-        etag = '"' + hashlib.blake2b(f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}".encode(),
-                                     digest_size=8).hexdigest() + '"'
-        is_playlist = ctype == "application/vnd.apple.mpegurl"
-        headers = {
-            "ETag": etag,
-            "Cache-Control": "no-cache" if is_playlist or rel.endswith(".mp4") else "max-age=300",
-        }
-        if request.headers.get("if-none-match") == etag:
-            HLS_REQUESTS.labels(kind, "304").inc()
-            return Response(content=b"", status_code=304, headers=headers)
-        HLS_REQUESTS.labels(kind, "200").inc()
-        return Response(content=data, media_type=ctype, headers=headers)
+                return await _live_playlist(request, streamer)
+            if _PART.match(rel):
+                return await _live_part(streamer, rel)
+        return _from_disk(request, streamer, rel, ctype, kind)
 
     @post("/nudge", status_code=202)
     async def nudge(request: Request) -> Response:

@@ -37,11 +37,9 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import math
 import os
 import re
 import shutil
-import signal
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -49,7 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pod.errors import RecorderError
+from pod import ffmpeg as ff  # "ff": parameters named ffmpeg (the binary) would shadow the module
+from pod.errors import FfmpegError, RecorderError
 from pod.segments import SegmentIndex, SegmentInfo, Selection, contiguous, parse_media_playlist
 from protocol.redact import redact
 
@@ -140,65 +139,28 @@ def refresh_index(index: SegmentIndex, camera_dir: Path) -> int:
 # ---------------------------------------------------------------- processes
 
 
-async def _stop_process(proc: asyncio.subprocess.Process, grace: float) -> None:
-    """SIGTERM (ffmpeg then finishes the file), SIGKILL after ``grace`` seconds."""
-    if proc.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM) if grace > 0 else proc.kill()
-    try:
-        await asyncio.wait_for(proc.wait(), timeout=grace if grace > 0 else 5)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-
-
 async def _run(args: list[str], *, timeout: float, cwd: Path | None = None, capture_stdout: bool = True,
-               grace: float = 0.0) -> tuple[int, str, str]:
-    """Run a process without blocking the loop; ``(returncode, stdout, stderr)``.
-    Raises :class:`RecorderError` when it cannot start; on ``timeout`` it is stopped
-    (see :func:`_stop_process`) and the return code is whatever it exited with."""
+               grace: float = 0.0, stdin: bytes | None = None) -> tuple[int, str, str]:
+    """:func:`pod.ffmpeg.run` as ``(returncode, stdout, stderr)``; raises
+    :class:`RecorderError` when the program cannot start."""
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *args, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE if capture_stdout else asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-    except OSError as exc:
-        raise RecorderError(f"cannot run {Path(args[0]).name}: {exc.strerror or exc}") from None
-    comm = asyncio.ensure_future(proc.communicate())
-    try:
-        out, err = await asyncio.wait_for(asyncio.shield(comm), timeout)
-    except TimeoutError:
-        await _stop_process(proc, grace)
-        out, err = await comm
-    except asyncio.CancelledError:
-        await _stop_process(proc, 0)
-        with contextlib.suppress(Exception):
-            await comm
-        raise
-    return proc.returncode if proc.returncode is not None else -1, (out or b"").decode(errors="replace"), \
-        (err or b"").decode(errors="replace")
+        done = await ff.run(args, timeout=timeout, cwd=cwd, capture_stdout=capture_stdout, grace=grace,
+                                stdin=stdin)
+    except FfmpegError as exc:
+        raise RecorderError(str(exc)) from None
+    return done.returncode, done.stdout, done.stderr
 
 
-def _tail(stderr: str, n: int = 3) -> str:
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    return redact(" | ".join(lines[-n:])) or "(no stderr)"
+_tail = ff.tail_text
 
 
 async def ffprobe_duration(path: Path, *, ffprobe: str = "ffprobe", timeout: float = 60.0) -> float:
-    """Container duration of a media file in seconds (ffprobe ``format=duration``).
+    """Container duration of a media file in seconds (:func:`pod.ffmpeg.ffprobe_duration`).
     Raises :class:`RecorderError` when ffprobe fails or reports no duration."""
-    rc, out, err = await _run([ffprobe, "-v", "error", "-show_entries", "format=duration",
-                               "-of", "default=noprint_wrappers=1:nokey=1", str(path)], timeout=timeout)
     try:
-        d = float(out.strip().splitlines()[0]) if rc == 0 else math.nan
-    except (ValueError, IndexError):
-        d = math.nan
-    if not math.isfinite(d) or d <= 0:
-        raise RecorderError(f"ffprobe found no duration in {Path(path).name}: {_tail(err)}")
-    return d
+        return await ff.ffprobe_duration(path, ffprobe=ffprobe, timeout=timeout)
+    except FfmpegError as exc:
+        raise RecorderError(str(exc)) from None
 
 
 async def _probe_segment(hls_dir: Path, init: str | None, seg: SegmentInfo, ffprobe: str,
@@ -404,12 +366,16 @@ async def capture_direct(rtsp_url: str, seconds: float, out_path: Path, *, ffmpe
     out_path.parent.mkdir(parents=True, exist_ok=True)
     part = out_path.with_name(out_path.name + ".part")
     log.info("clip %s: capturing %.1fs directly from %s", out_path.name, seconds, redact(rtsp_url))
-    args = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-            "-rtsp_transport", "tcp", "-timeout", str(int(rtsp_timeout * 1_000_000)),
-            "-i", rtsp_url, "-t", f"{seconds:g}", "-map", "0:v:0", "-c", "copy",
+    try:
+        source = ff.rtsp_input(rtsp_url, timeout_s=rtsp_timeout)
+    except FfmpegError as exc:
+        raise RecorderError(str(exc)) from None
+    args = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *source.args,
+            "-t", f"{seconds:g}", "-map", "0:v:0", "-c", "copy",
             "-movflags", "+faststart", "-f", "mp4", str(part)]
     try:
-        rc, _, err = await _run(args, timeout=seconds + rtsp_timeout + 30, capture_stdout=False, grace=10)
+        rc, _, err = await _run(args, timeout=seconds + rtsp_timeout + 30, capture_stdout=False, grace=10,
+                                stdin=source.stdin)
         try:
             duration = await ffprobe_duration(part, ffprobe=ffprobe)
         except RecorderError:
@@ -430,15 +396,8 @@ async def capture_direct(rtsp_url: str, seconds: float, out_path: Path, *, ffmpe
 
 
 def _ffprobe_for(cfg: Any) -> str:
-    explicit = getattr(cfg, "ffprobe_path", None)
-    if explicit:
-        return str(explicit)
-    ff = str(getattr(cfg, "ffmpeg_path", "ffmpeg") or "ffmpeg")
-    head, base = os.path.split(ff)
-    if "ffmpeg" in base:
-        i = base.rfind("ffmpeg")
-        return os.path.join(head, base[:i] + "ffprobe" + base[i + len("ffmpeg"):])
-    return "ffprobe"
+    return ff.ffprobe_path(str(getattr(cfg, "ffmpeg_path", "ffmpeg") or "ffmpeg"),
+                                    getattr(cfg, "ffprobe_path", None))
 
 
 class Recorder:

@@ -14,8 +14,9 @@ import time
 
 import httpx
 
+from pod import ffmpeg as ff
 from pod.backoff import Backoff
-from pod.errors import TailnetUnavailable
+from pod.errors import FfmpegError, TailnetUnavailable
 from protocol.ids import pick_tailnet_ipv4
 
 log = logging.getLogger("platebridge.pod.tailnet")
@@ -43,13 +44,12 @@ async def cli_ipv4(timeout: float = 5.0) -> str | None:
     if not exe:
         return None
     try:
-        proc = await asyncio.create_subprocess_exec(
-            exe, "ip", "-4", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-        )
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except (TimeoutError, OSError):
+        done = await ff.run([exe, "ip", "-4"], timeout=timeout)  # killed on timeout, dies with the pod
+    except FfmpegError:
         return None
-    return pick_tailnet_ipv4(out.decode(errors="replace").split())
+    if done.returncode != 0:
+        return None
+    return pick_tailnet_ipv4(done.stdout.split())
 
 
 async def wait_for_tailnet_ipv4(socket_path: str, max_wait: float = 0.0) -> str:

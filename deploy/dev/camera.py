@@ -6,13 +6,19 @@ gate camera in local development, end-to-end tests and benchmarks so the pod
 agent (ffmpeg -> HLS) and the gateway can be exercised without hardware.
 
 It is built on GStreamer's RTSP server (gst-rtsp-server) and serves a live,
-moving ``videotestsrc`` pattern with a wall-clock ``clockoverlay`` (HH:MM:SS;
-GStreamer's clockoverlay uses strftime, which has no milliseconds) and a
-``timeoverlay`` with the stream running time in milliseconds, encoded as
+moving ``videotestsrc`` pattern with the wall clock burned in, in milliseconds
+(``HH:MM:SS.mmm`` UTC, top left: a ``textoverlay`` whose text a buffer probe on its
+video sink pad sets to ``time.time()`` as each raw frame passes — GStreamer's
+``clockoverlay`` uses strftime, which has no milliseconds), and a ``timeoverlay``
+with the stream running time, encoded as
 
 * H.264: ``x264enc tune=zerolatency speed-preset=ultrafast key-int-max=<fps>``
   (a 1 s GOP, so HLS muxers can cut 1-2 s segments) + ``rtph264pay``, or
 * H.265: ``x265enc`` (gstreamer1.0-plugins-bad) + ``rtph265pay``.
+
+The burned-in clock is what ``bench/latency.py`` reads back from screenshots of the
+playing video (tesseract) to measure glass-to-glass latency: the time at which the
+frame was made, against the time it was on screen. ``--no-wallclock`` turns it off.
 
 The media factory is shared, so several clients (ffprobe, restarted ffmpeg)
 can attach at once and the stream keeps working across disconnects.  Optional
@@ -38,6 +44,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 
 try:
     import gi
@@ -59,6 +66,27 @@ except (ImportError, ValueError) as exc:  # pragma: no cover - environment probl
     sys.exit(2)
 
 ROLE = "platebridge"
+WALLCLOCK = "wallclock"  # the textoverlay that shows the wall clock with milliseconds
+
+
+def wallclock_text(now: float) -> str:
+    """``HH:MM:SS.mmm`` (UTC) of Unix time ``now``: what each frame shows."""
+    return time.strftime("%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}"
+
+
+def burn_in_wallclock(_factory, media) -> None:
+    """``media-configure`` handler: a buffer probe on the wall-clock overlay's video pad
+    sets its text to the current time as each frame passes (one pipeline per client)."""
+    overlay = media.get_element().get_by_name(WALLCLOCK)
+    if overlay is None:
+        return
+    pad = overlay.get_static_pad("video_sink")
+
+    def probe(_pad, _info):
+        overlay.set_property("text", wallclock_text(time.time()))
+        return Gst.PadProbeReturn.OK
+
+    pad.add_probe(Gst.PadProbeType.BUFFER, probe)
 
 CODECS = {
     # codec: (encoder, encoder options, caps, payloader, debian package)
@@ -95,6 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--user", default=None, help="enable RTSP basic auth with this user")
     p.add_argument("--password", default=None, help="password for --user")
     p.add_argument("--codec", choices=sorted(CODECS), default="h264")
+    p.add_argument("--no-wallclock", action="store_true", help="do not burn in the millisecond wall clock")
     p.add_argument("--check", action="store_true",
                    help="only check that every GStreamer element of the pipeline is installed (exit 0/2)")
     p.add_argument(
@@ -120,8 +149,8 @@ def build_launch(a: argparse.Namespace) -> str:
         "( "
         f"videotestsrc is-live=true pattern={a.pattern} "
         f"! video/x-raw,format=I420,width={a.width},height={a.height},framerate={a.fps}/1 "
-        '! clockoverlay time-format="%H:%M:%S" halignment=left valignment=top '
-        'font-desc="DejaVu Sans Mono, 18" shaded-background=true '
+        f"! textoverlay name={WALLCLOCK} text=\"\" halignment=left valignment=top "
+        'font-desc="DejaVu Sans Mono Bold, 22" shaded-background=true '
         "! timeoverlay halignment=right valignment=bottom "
         'font-desc="DejaVu Sans Mono, 12" shaded-background=true '
         "! videoconvert ! video/x-raw,format=I420 "
@@ -136,7 +165,7 @@ def build_launch(a: argparse.Namespace) -> str:
 ELEMENTS = {
     "videotestsrc": "gstreamer1.0-plugins-base",
     "videoconvert": "gstreamer1.0-plugins-base",
-    "clockoverlay": "gstreamer1.0-x",  # the Pango plugin: "GStreamer plugins for X11 and Pango"
+    "textoverlay": "gstreamer1.0-x",  # the Pango plugin: "GStreamer plugins for X11 and Pango"
     "timeoverlay": "gstreamer1.0-x",
 }
 FONT = ("/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf", "fonts-dejavu-core")
@@ -201,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     # joins (DTS jumps back), which stalls the pod's ffmpeg whenever someone runs ffprobe
     factory.set_shared(False)
     factory.set_latency(100)
+    if not a.no_wallclock:
+        factory.connect("media-configure", burn_in_wallclock)
 
     if a.user is not None:
         auth = GstRtspServer.RTSPAuth()

@@ -76,7 +76,8 @@ def test_setup_with_the_pango_plugin_gone_fails_naming_gstreamer1_0_x(tmp_path):
     """The very fault of issue 10, through the whole of setup.sh."""
     proc = run(SETUP, gst_without(tmp_path, "libgstpango.so"))
     assert proc.returncode != 0
-    assert "GStreamer element 'clockoverlay' (install Debian package gstreamer1.0-x)" in proc.stderr, proc.stderr
+    # the camera's overlays (the millisecond wall clock is a textoverlay) live in the Pango plugin
+    assert "GStreamer element 'textoverlay' (install Debian package gstreamer1.0-x)" in proc.stderr, proc.stderr
     assert "setup: ERROR: capabilities missing" in proc.stderr
     assert "setup: OK" not in proc.stdout
 
@@ -98,6 +99,8 @@ def test_camera_names_the_right_package(tmp_path):
     (("wrk",), {}, "wrk (install Debian package wrk)"),
     (("caddy",), {}, "caddy (install Debian package caddy)"),
     (("shellcheck",), {}, "shellcheck (install Debian package shellcheck)"),
+    (("tesseract",), {}, "tesseract OCR (bench/latency.py reads the camera clock) (install Debian package "
+                         "tesseract-ocr)"),
 ])
 def test_probe_names_the_package_of_each_missing_capability(tmp_path, hide, fakes, expected):
     proc = run(PROBE, path_without(tmp_path, *hide, fakes=fakes))

@@ -190,6 +190,9 @@ def test_bad_rtsp_urls_fail_camera_with_credentials_redacted(stack, tmp_path):
     w = line(lines, "camera wrong-path")
     assert w.startswith("FAIL camera wrong-path:") and "cameras[1].rtsp_url" in w, w
     assert line(lines, "camera good").startswith("PASS camera good:")
+    # the dev camera: 15 fps, a keyframe every second (read from the stream itself)
+    assert line(lines, "latency good").startswith("PASS latency good: parts 0.200 s (3 frames at 15 fps), segments "
+                                                  "1.0 s (a keyframe every 1.00 s)"), line(lines, "latency good")
 
 
 def test_hevc_source_warns_and_transcode_h264_clears_it(stack, hevc_camera, tmp_path):
@@ -332,3 +335,23 @@ def test_config_schema_command(capsys):
     assert set(pod["required"]) == {"portal_url", "pod_api_key", "pod_id"}
     assert schema["$defs"]["CameraConfig"]["properties"]["transcode"] == {"enum": ["copy", "h264"], "default": "copy"}
     assert msgspec.json.schema(type(_cfg()))["$defs"]["PodConfig"]["properties"].keys() == pod["properties"].keys()
+
+
+def test_latency_line_says_what_the_camera_makes_of_the_configured_durations():
+    """Issue 14: where the goal cannot be reached (4 s GOPs, classic HLS), `pod check` says so
+    with the effective part/segment durations and the expected latency."""
+    from pod.check import timing_result
+
+    good = {"avg_frame_rate": "15/1", "keyframes": [0.0, 1.0, 2.0, 3.0, 4.0]}
+    r = timing_result(_cfg(hls_segment_seconds=2), "cam", good)
+    assert r.status == "PASS" and r.name == "latency cam"
+    assert "parts 0.200 s (3 frames at 15 fps)" in r.detail and "segments 2.0 s" in r.detail
+    assert "expected latency about 0.7 s (LL-HLS)" in r.detail
+    long_gop = {"avg_frame_rate": "15/1", "keyframes": [0.5, 4.5, 8.5]}
+    r = timing_result(_cfg(hls_segment_seconds=2), "cam", long_gop)
+    assert r.status == "WARN" and "segments 4.0 s (a keyframe every 4.00 s)" in r.detail
+    assert "keyframe (I-frame) interval to 2 s or less" in r.fix
+    r = timing_result(_cfg(low_latency=False), "cam", good)
+    assert r.status == "WARN" and "classic HLS" in r.detail and "parts" not in r.detail
+    r = timing_result(_cfg(), "cam", {"avg_frame_rate": "15/1", "keyframes": [0.2]})
+    assert r.status == "WARN" and "fewer than 2 keyframes" in r.detail

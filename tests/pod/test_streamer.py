@@ -13,7 +13,7 @@ import pytest
 
 from pod.backoff import Backoff
 from pod.config import parse_config
-from pod.streamer import CameraStreamer, ffmpeg_args, media_sequence
+from pod.streamer import CameraStreamer, _input, ffmpeg_args, media_sequence, packager_args
 from protocol.redact import redact
 
 
@@ -26,10 +26,12 @@ def cfg(tmp_path, **over):
 
 
 def test_ffmpeg_args_copy_tcp_hls_with_retention(tmp_path):
-    c = cfg(tmp_path, hls_segment_seconds=2, hls_list_size=6, hls_keep_extra_segments=30)
+    c = cfg(tmp_path, hls_segment_seconds=2, hls_list_size=6, hls_keep_extra_segments=30,
+            camera_rtsp_url="rtsp://127.0.0.1:9/stream")
     args = ffmpeg_args(c, c.camera_list()[0], tmp_path / "hls" / "cam1", run=1796000000)
     joined = " ".join(args)
     assert "-rtsp_transport tcp" in joined and "-c copy" in joined and "-f hls" in joined
+    assert "-i rtsp://127.0.0.1:9/stream" in joined
     assert "-hls_time 2" in joined and "-hls_list_size 6" in joined
     assert "delete_segments" not in joined  # the pod's prune() keeps the pre-roll buffer, not ffmpeg
     assert "-hls_segment_type fmp4" in joined and "-hls_fmp4_init_filename init_1796000000.mp4" in joined
@@ -38,6 +40,29 @@ def test_ffmpeg_args_copy_tcp_hls_with_retention(tmp_path):
     ts = cfg(tmp_path, hls_segment_type="mpegts")
     args = ffmpeg_args(ts, ts.camera_list()[0], tmp_path)
     assert "mpegts" in args and args[-2].endswith(".ts") and "-hls_fmp4_init_filename" not in args
+
+
+def test_ffmpeg_args_never_carry_rtsp_credentials(tmp_path):
+    """A camera URL with user:password goes to ffmpeg as an ffconcat script on stdin
+    (pod/ffmpeg.py rtsp_input), so neither argv of the HLS muxer nor the packager's shows it."""
+    c = cfg(tmp_path)  # rtsp://admin:hunter2@127.0.0.1:9/stream
+    cam = c.camera_list()[0]
+    for args in (ffmpeg_args(c, cam, tmp_path, run=1), packager_args(c, cam)):
+        joined = " ".join(args)
+        assert "hunter2" not in joined and "admin" not in joined
+        assert "-f concat -safe 0" in joined and "-i pipe:0" in joined
+    script = _input(c, cam).stdin.decode()
+    assert script.splitlines() == ["ffconcat version 1.0", "file 'rtsp://admin:hunter2@127.0.0.1:9/stream'",
+                                   "option rtsp_transport tcp", f"option timeout {int(c.rtsp_timeout_seconds * 1e6)}"]
+
+
+def test_packager_args_remux_to_fragmented_mp4_on_stdout(tmp_path):
+    c = cfg(tmp_path, camera_rtsp_url="rtsp://127.0.0.1:9/stream")
+    args = packager_args(c, c.camera_list()[0])
+    joined = " ".join(args)
+    assert "-c copy" in joined and "-map 0:v:0" in joined and "-rtsp_transport tcp" in joined
+    assert "-f mp4 -movflags empty_moov+default_base_moof+frag_every_frame -flush_packets 1" in joined
+    assert args[-1] == "pipe:1"
 
 
 def test_media_sequence():
@@ -80,7 +105,7 @@ def test_backoff_capped_exponential_with_jitter():
     b = Backoff(1.0, 30.0, jitter=0.2, rng=random.Random(1))
     delays = [b.next_delay() for _ in range(8)]
     bases = [1, 2, 4, 8, 16, 30, 30, 30]
-    assert all(0.8 * base <= d <= base for d, base in zip(delays, bases))
+    assert all(0.8 * base <= d <= base for d, base in zip(delays, bases, strict=True))
     b.reset()
     assert b.peek() == 1.0
     with pytest.raises(ValueError):
@@ -110,7 +135,10 @@ async def test_ffmpeg_failure_logs_redacted_stderr_and_backs_off(tmp_path, caplo
     assert s.restarts >= 2 and s.state == "stopped"
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "restarting in" in text and "last stderr" in text
-    assert "rtsp://***@127.0.0.1:9/stream: Connection refused" in text  # the stderr line, redacted
+    # the stderr lines, redacted; the URL came through the concat script (pod/ffmpeg.py), and its
+    # per-file options reached the RTSP demuxer: the TCP connect used the 2 s socket timeout
+    assert "Impossible to open 'rtsp://***@127.0.0.1:9/stream'" in text and "Connection refused" in text
+    assert "tcp://127.0.0.1:9?timeout=2000000" in text
     assert "hunter2" not in text
 
 
@@ -129,3 +157,27 @@ def test_redact_hard_cases(line, secret):
 
 def test_redact_leaves_plain_urls_alone():
     assert redact("rtsp://10.0.0.1:554/stream") == "rtsp://10.0.0.1:554/stream"
+
+
+def test_health_shows_effective_timing_and_where_the_goal_is_out_of_reach(tmp_path):
+    """Issue 14: /health carries the effective part/segment durations and expected latency
+    measured on the live stream, with notes for long GOPs and a pod that falls behind."""
+    from pod.fmp4 import Fragment
+    from pod.llhls import Packager
+
+    c = cfg(tmp_path, hls_segment_seconds=2)
+    s = CameraStreamer(c, c.camera_list()[0])
+    s.live = Packager(first_msn=1, init_name="init_1.mp4", part_target=0.2, segment_seconds=2)
+    s.live.set_init(b"I")
+    f = 1 / 15
+    for i in range(15 * 13):  # keyframes every 4 s; the last frame arrives 1.5 s late
+        frag = Fragment(b"x", decode_time=i * f, duration=f, samples=1, keyframe=i % 60 == 0)
+        for seg in s.live.add_fragment(frag, 100 + (i + 1) * f + (1.5 if i == 15 * 13 - 1 else 0)):
+            s._recent.append(seg)
+    h = s.status()
+    assert h["low_latency"] is True and h["part_target_s"] == 0.2 and h["segment_s"] == 4.0
+    assert h["target_duration_s"] == 4 and h["frame_interval_s"] == 0.067 and h["expected_latency_s"] == 0.7
+    assert h["ingest_lag_s"] == pytest.approx(1.5, abs=0.01)
+    notes = " ".join(h["notes"])
+    assert "segments are 4.0 s, not 2 s" in notes and "keyframe only every 4.0 s" in notes
+    assert "frames reach the pod 1.5 s later" in notes
