@@ -82,7 +82,7 @@ class PodAgent:
         self._refresh_now = asyncio.Event()
         self._spare_indexes: dict[str, SegmentIndex] = {}
         self.failure: BaseException | None = None
-        self.store = WhitelistStore(cfg.whitelist_cache)
+        self.store = WhitelistStore(cfg.whitelist_cache, tz=cfg.site_tz())
         self.portal = PortalClient(cfg.portal_url, cfg.pod_api_key, timeout=cfg.portal_timeout,
                                    transport=portal_transport)
         self.outbox: Outbox | None = None

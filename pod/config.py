@@ -14,8 +14,10 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
@@ -55,7 +57,7 @@ class PodConfig(msgspec.Struct, kw_only=True):
     portal_url: str
     pod_api_key: str
     pod_id: str
-    site_id: str = ""
+    site_id: str  # required: the portal refuses detections without it
     company_id: str = ""
     community_id: str | None = None
     pod_name: str | None = None
@@ -103,6 +105,7 @@ class PodConfig(msgspec.Struct, kw_only=True):
     restart_backoff_max: float = 5.0  # a returning camera is picked up within this (issue 6: <= 10 s)
     watchdog_factor: float = 3.0  # restart when the playlist is stale for factor x target duration
     log_level: LogLevel = "INFO"
+    timezone: str | None = None  # the site's IANA zone for plain-date whitelist bounds; default: the system's
 
     # --- plate decisions (MQTT, whitelist, outbox, heartbeat) ---
     mqtt_topic_prefix: str | None = None  # default: from mqtt_topic ("frigate/events" -> "frigate")
@@ -130,6 +133,11 @@ class PodConfig(msgspec.Struct, kw_only=True):
         assert self.cameras is not None  # normalised by load_config
         return self.cameras
 
+    def site_tz(self) -> tzinfo:
+        """The site's time zone: ``timezone`` (IANA name, validated by :func:`parse_config`),
+        else the pod's system zone (:func:`system_timezone`)."""
+        return ZoneInfo(self.timezone) if self.timezone else system_timezone()
+
     def secrets(self) -> dict[str, str]:
         """kid → stream secret (``POD_STREAM_SECRET`` env wins over ``stream_secret``)."""
         out = dict(self.stream_secrets or {})
@@ -137,6 +145,23 @@ class PodConfig(msgspec.Struct, kw_only=True):
         if single:
             out.setdefault("default", single)
         return out
+
+
+def system_timezone() -> tzinfo:
+    """The pod's system time zone, DST rules included: ``$TZ`` when it names an IANA zone,
+    else ``/etc/localtime``, else UTC. (``datetime.now().astimezone().tzinfo`` would be a
+    fixed offset, wrong on the other side of a DST change.)"""
+    name = os.environ.get("TZ", "").lstrip(":")
+    if name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    try:
+        with open("/etc/localtime", "rb") as f:
+            return ZoneInfo.from_file(f, key="localtime")
+    except (OSError, ValueError):
+        return UTC
 
 
 def check_bind_address(value: str) -> str:
@@ -173,6 +198,10 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
     if not isinstance(data, dict):
         raise _fail("$", f"{source} must be a YAML mapping of keys to values")
     warnings: list[str] = []
+    site = data.get("site_id")
+    if site is None or (isinstance(site, str) and not site.strip()):
+        raise _fail("$.site_id", "required: the id of this pod's Site in the portal (the portal refuses "
+                                 "detections without it, and /api/plates is fetched for it)")
     try:
         check_known_keys(data, PodConfig)
         cfg = convert_config(data, PodConfig)
@@ -186,6 +215,12 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
         raise _fail("$.portal_url", "must start with http:// or https://")
     if not cfg.pod_api_key:
         raise _fail("$.pod_api_key", "must not be empty")
+    if cfg.timezone is not None:
+        try:
+            ZoneInfo(cfg.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise _fail("$.timezone", f"unknown IANA time zone {cfg.timezone!r} (e.g. America/New_York, "
+                                      "Europe/Berlin; leave it out for the system's zone)") from None
     if not is_dns_label(cfg.pod_id):
         raise _fail("$.pod_id", "must be a DNS label (a-z, 0-9, '-', 1-63 chars): it is the pod's tailnet host name")
     if not 1 <= cfg.stream_port <= 65535:

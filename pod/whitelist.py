@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, tzinfo
 from pathlib import Path
 
 import msgspec
@@ -90,18 +91,21 @@ class WhitelistStore:
 
     ``cache_path`` (optional) is where :meth:`refresh` saves and
     :meth:`load_from_cache` reads. ``clock`` returns monotonic seconds (for
-    :attr:`last_refresh`). Collisions and invalid entries are logged whenever a
-    whitelist is installed."""
+    :attr:`last_refresh`). ``tz`` is the site's time zone, in which plain-date
+    ``starts``/``ends`` are read (:func:`pod.plates.parse_time_bound`). Collisions and
+    invalid entries are logged whenever a whitelist is installed."""
 
     def __init__(
         self,
         cache_path: str | os.PathLike[str] | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        tz: tzinfo = UTC,
     ):
         self.cache_path = Path(cache_path) if cache_path is not None else None
         self._clock = clock
-        self._current = Whitelist([], "")
+        self.tz = tz
+        self._current = Whitelist([], "", tz=tz)
         self._lock = asyncio.Lock()
         self.last_refresh: float | None = None
         """Monotonic seconds of the last successful portal refresh, or None."""
@@ -117,7 +121,7 @@ class WhitelistStore:
         return self._current.version
 
     def _install(self, resp: PlatesResponse, source: str) -> None:
-        wl = Whitelist(resp.entries, resp.config_version)
+        wl = Whitelist(resp.entries, resp.version, tz=self.tz)
         for key, raws in wl.collisions:
             log.warning("whitelist %s: %d entries normalise to %s: %s", wl.version, len(raws), key, raws)
         for raw, why in wl.invalid:
