@@ -24,18 +24,17 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Literal
 
 import msgspec
 
 from pod.backoff import Backoff
 from pod.config import PodConfig, check_bind_address
 from pod.decisions import DecisionEngine
-from pod.errors import PodError, PortalError
+from pod.errors import PodError
+from pod.heartbeat import HeartbeatLoop, heartbeat_body
 from pod.hls_server import VERSION, create_hls_app
 from pod.metrics import (
     CLIPS_EVICTED,
-    HEARTBEATS,
     OUTBOX_AGE,
     OUTBOX_DEPTH,
     PASSAGES_ACTIVE,
@@ -51,12 +50,11 @@ from pod.server import listen_socket, make_server
 from pod.streamer import CameraStreamer
 from pod.tailnet import wait_for_tailnet_ipv4
 from pod.uploads import Quota, Uploader, UploadQueue, disk_free_for
-from pod.whitelist import WhitelistStore
-from protocol.messages import DetectRequest, HeartbeatRequest, Nudge
+from pod.whitelist import WhitelistRefresher, WhitelistStore
+from protocol.messages import DetectRequest, HeartbeatRequest, HeartbeatResponse, Nudge
 from protocol.tokens import Keyring
 
 log = logging.getLogger("platebridge.pod")
-NUDGE_COALESCE_SECONDS = 1.0  # refresh requests arriving within this window share one portal fetch
 
 
 class PodAgent:
@@ -79,12 +77,16 @@ class PodAgent:
         self.bind_host: str | None = None
         self.started = time.time()
         self._stop = asyncio.Event()
-        self._refresh_now = asyncio.Event()
         self._spare_indexes: dict[str, SegmentIndex] = {}
         self.failure: BaseException | None = None
         self.store = WhitelistStore(cfg.whitelist_cache, tz=cfg.site_tz())
         self.portal = PortalClient(cfg.portal_url, cfg.pod_api_key, timeout=cfg.portal_timeout,
                                    transport=portal_transport)
+        self.refresher = WhitelistRefresher(
+            self.store, lambda: self.portal.get_plates(cfg.site_id, cfg.company_id),
+            interval=cfg.whitelist_refresh_interval)
+        self.heartbeats = HeartbeatLoop([c.camera_id for c in cfg.camera_list()], self.heartbeat, self.portal,
+                                        interval=cfg.heartbeat_interval, on_answer=self._on_heartbeat_answer)
         self.outbox: Outbox | None = None
         self.sender: OutboxSender | None = None
         self.engine: DecisionEngine | None = None
@@ -99,7 +101,7 @@ class PodAgent:
 
     def request_whitelist_refresh(self) -> None:
         """Refresh the whitelist from the portal now (nudge, changed config_version)."""
-        self._refresh_now.set()
+        self.refresher.request()
 
     # ---- health -------------------------------------------------------------------------
     def status(self) -> dict:
@@ -145,62 +147,26 @@ class PodAgent:
     async def _send_detect(self, item: Item) -> None:
         await self.portal.post_detect(msgspec.json.decode(item.body, type=DetectRequest))
 
-    async def _whitelist_loop(self) -> None:
-        fetch = lambda: self.portal.get_plates(self.cfg.site_id, self.cfg.company_id)  # noqa: E731
-        first = True
-        while not self._stop.is_set():
-            if not first:  # coalesce bursts of nudges/heartbeat hints into one fetch
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=NUDGE_COALESCE_SECONDS)
-            first = False
-            self._refresh_now.clear()
-            await self.store.refresh(fetch)
-            waiter = asyncio.create_task(self._refresh_now.wait())
-            stopper = asyncio.create_task(self._stop.wait())
-            await asyncio.wait({waiter, stopper}, timeout=self.cfg.whitelist_refresh_interval,
-                               return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
-
     def heartbeat(self, camera_id: str) -> HeartbeatRequest:
-        """The heartbeat body for one camera (``stream_url`` = its tailnet playlist URL)."""
-        streamer = self.streamers.get(camera_id)
-        age = streamer.last_segment_age() if streamer else None
-        host = self.bind_host or "0.0.0.0"  # noqa: S104 - only a placeholder in the heartbeat, never bound
-        status: Literal["online", "degraded"] = "online"
-        if self.cfg.enable_streaming and (streamer is None or streamer.state != "running"):
-            status = "degraded"
+        """The heartbeat body for one camera (:func:`pod.heartbeat.heartbeat_body`)."""
         try:
-            free = shutil.disk_usage(self.cfg.state_dir).free
+            free: int | None = shutil.disk_usage(self.cfg.state_dir).free
         except OSError:
             free = None
-        return HeartbeatRequest(
-            pod_id=self.cfg.pod_id, camera_id=camera_id,
-            stream_url=f"http://{host}:{self.cfg.stream_port}/cameras/{camera_id}/index.m3u8" if self.bind_host else "",
-            status=status, version=VERSION, uptime_s=round(time.time() - self.started, 1),
-            last_segment_age_s=None if age is None else round(age, 2),
+        return heartbeat_body(
+            pod_id=self.cfg.pod_id, camera_id=camera_id, streaming=self.cfg.enable_streaming,
+            streamer=self.streamers.get(camera_id), bind_host=self.bind_host, stream_port=self.cfg.stream_port,
+            version=VERSION, uptime_s=time.time() - self.started,
             outbox_depth=self.outbox.depth() if self.outbox else None,
-            whitelist_version=self.store.version or None, disk_free_bytes=free,
+            whitelist_version=self.store.version, disk_free_bytes=free,
         )
 
-    async def _heartbeat_loop(self) -> None:
-        while not self._stop.is_set():
-            for cam in self.cfg.camera_list():
-                try:
-                    resp = await self.portal.post_heartbeat(self.heartbeat(cam.camera_id))
-                except PortalError as exc:
-                    HEARTBEATS.labels("failed").inc()
-                    log.warning("heartbeat for %s failed: %s", cam.camera_id, exc)
-                    break
-                HEARTBEATS.labels("ok").inc()
-                if self.sender is not None and self.outbox is not None and self.outbox.depth():
-                    self.sender.retry_now()  # the portal answers again: drain the backlog now
-                if resp.config_version and resp.config_version != self.store.version:
-                    log.info("portal has whitelist %s (we have %r): refreshing", resp.config_version,
-                             self.store.version)
-                    self.request_whitelist_refresh()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=self.cfg.heartbeat_interval)
+    def _on_heartbeat_answer(self, resp: HeartbeatResponse) -> None:
+        if self.sender is not None and self.outbox is not None and self.outbox.depth():
+            self.sender.retry_now()  # the portal answers again: drain the backlog now
+        if resp.config_version and resp.config_version != self.store.version:
+            log.info("portal has whitelist %s (we have %r): refreshing", resp.config_version, self.store.version)
+            self.request_whitelist_refresh()
 
     async def _on_nudge(self, nudge: Nudge) -> None:
         log.info("nudged by the gateway (%s): refreshing the whitelist", nudge.reason)
@@ -299,10 +265,10 @@ class PodAgent:
             )
             tasks.append(await self._serve(app, [("127.0.0.1", self.cfg.stream_port)]))
             tasks += [
-                asyncio.create_task(self._whitelist_loop(), name="whitelist"),
+                asyncio.create_task(self.refresher.run(self._stop), name="whitelist"),
                 asyncio.create_task(self.sender.run(self._stop), name="outbox"),
                 asyncio.create_task(self.engine.run_timer(self._stop), name="decision-timer"),
-                asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                asyncio.create_task(self.heartbeats.run(self._stop), name="heartbeat"),
                 asyncio.create_task(self.uploader.run(self._stop), name="uploads"),
             ]
             if self.cfg.enable_mqtt:

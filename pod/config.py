@@ -113,7 +113,7 @@ class PodConfig(msgspec.Struct, kw_only=True):
     mqtt_keepalive: int = 30
     plate_source: PlateSource = "recognized_license_plate"
     gate_zones: list[str] = []
-    passage_window: float = 15.0
+    passage_window: float = 15.0  # same camera + plate within this many seconds: one passage; 0 = off
     max_decision_wait: float = 5.0
     no_read_timeout: float = 60.0
     match_distance: int = 0
@@ -302,9 +302,11 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
         raise _fail("$.mqtt_port", "must be 1-65535")
     if not 0 <= cfg.match_distance <= 2:
         raise _fail("$.match_distance", "must be 0, 1 or 2")
-    for key in ("passage_window", "max_decision_wait", "no_read_timeout", "portal_timeout"):
+    for key in ("max_decision_wait", "no_read_timeout", "portal_timeout"):
         if not math.isfinite(getattr(cfg, key)) or getattr(cfg, key) <= 0:
             raise _fail(f"$.{key}", "must be a positive number of seconds")
+    if not math.isfinite(cfg.passage_window) or cfg.passage_window < 0:
+        raise _fail("$.passage_window", "must be >= 0 seconds (0: every tracked object is a passage of its own)")
     if not 0 <= cfg.pre_roll <= 60:
         raise _fail("$.pre_roll", "must be between 0 and 60 seconds")
     if cfg.recording_duration > 600:

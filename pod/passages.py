@@ -218,8 +218,8 @@ class PassageTracker:
         verdict = self._judge(msg.read.plate_raw, msg.read.score) if msg.read is not None else None
         plate_key = (camera, verdict.plate) if verdict is not None and verdict.plate else None
         recent = self._recent.get(plate_key) if plate_key is not None else None
-        if recent is not None and now - recent.last > self.passage_window:
-            recent = None
+        if recent is not None and (self.passage_window <= 0 or now - recent.last > self.passage_window):
+            recent = None  # passage_window 0: every tracked object is a passage of its own
         if oid in self._closed:
             if plate_key is not None:  # the same object is still in front of the camera: (re)open the window
                 self._recent[plate_key] = (_Recent(recent.key, now, recent.decision) if recent is not None
@@ -227,9 +227,9 @@ class PassageTracker:
             return out
         key = self._alias.get(oid)
         p = self._active.get(key) if key is not None else None
-        if recent is not None and (p is None or (p.key != recent.key and p.best is None)):
+        if (recent is not None and msg.read is not None and verdict is not None and plate_key is not None
+                and (p is None or (p.key != recent.key and p.best is None))):
             # another object with this plate on this camera within passage_window: the same car
-            assert msg.read is not None and verdict is not None and plate_key is not None
             target = self._active.get(recent.key)
             if target is not None:
                 if p is not None:

@@ -49,12 +49,14 @@ class DetectRequest(msgspec.Struct, omit_defaults=True):
 
 class HeartbeatRequest(msgspec.Struct, omit_defaults=True):
     """``POST /api/pod/heartbeat``, one per camera. ``stream_url`` is the pod's
-    tailnet URL of the camera's HLS media playlist; ages in seconds, sizes in bytes."""
+    tailnet URL of the camera's HLS media playlist; ages in seconds, sizes in bytes.
+    ``status`` has no default, so it is always on the wire: the guide's portal sets
+    ``cameras.status`` from it."""
 
     pod_id: str
     camera_id: str
     stream_url: str
-    status: Literal["online", "degraded", "offline"] = "online"
+    status: Literal["online", "degraded", "offline"]
     version: str | None = None
     uptime_s: float | None = None
     last_segment_age_s: float | None = None

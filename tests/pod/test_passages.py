@@ -492,8 +492,8 @@ def test_lpr_only_reread_of_decided_id_after_window_still_dedupes_new_ids():
 
 def plain(**kw) -> PassageTracker:
     """A pod as the guide configures it: one camera, no zones, nothing marked lpr_only."""
-    args = dict(cameras={"gate_cam": "gate-camera-1"}, gate_zones=[], lpr_only_cameras=set(),
-                judge=make_judge(["TEST123", "ABC987"]), min_confidence=MIN_CONF)
+    args = {"cameras": {"gate_cam": "gate-camera-1"}, "gate_zones": [], "lpr_only_cameras": set(),
+            "judge": make_judge(["TEST123", "ABC987"]), "min_confidence": MIN_CONF}
     args.update(kw)
     return PassageTracker(**args)
 

@@ -70,7 +70,8 @@ def detect(event_id: str, **over) -> DetectRequest:
 
 
 def hb(camera_id="cam1", pod_id="gate-pod-7") -> HeartbeatRequest:
-    return HeartbeatRequest(pod_id=pod_id, camera_id=camera_id, stream_url=f"http://100.64.0.7:8000/{camera_id}/index.m3u8",
+    return HeartbeatRequest(pod_id=pod_id, camera_id=camera_id, status="online",
+                            stream_url=f"http://100.64.0.7:8000/{camera_id}/index.m3u8",
                             outbox_depth=0, whitelist_version="1")
 
 
