@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +40,11 @@ class CameraConfig(msgspec.Struct, forbid_unknown_fields=True):
     LPR camera that publishes only ``tracked_object_update`` lpr messages.
     ``transcode``: ``copy`` (default: the camera's video as it is) or ``h264``
     (re-encode with libx264 — for H.265/HEVC cameras, which most browsers cannot
-    play through hls.js; CPU-heavy on a Raspberry Pi)."""
+    play through hls.js; CPU-heavy on a Raspberry Pi). With ``h264`` only, the
+    guide's low-bandwidth tip (``-b:v 500k``): ``video_bitrate`` caps the video at
+    that many bits/s (an integer, or ``"500k"``/``"1.5M"``; normalised to an integer)
+    and ``max_height`` scales larger pictures down to that many lines (aspect kept,
+    never scaled up)."""
 
     camera_id: str
     rtsp_url: str
@@ -48,6 +53,8 @@ class CameraConfig(msgspec.Struct, forbid_unknown_fields=True):
     position: str | None = None
     lpr_only: bool = False
     transcode: Transcode = "copy"
+    video_bitrate: int | str | None = None  # bits/s; "500k" and "1.5M" accepted
+    max_height: int | None = None  # lines
 
 
 class PodConfig(msgspec.Struct, kw_only=True):
@@ -186,6 +193,25 @@ def check_bind_address(value: str) -> str:
     )
 
 
+MIN_VIDEO_BITRATE = 64_000
+MAX_VIDEO_BITRATE = 50_000_000
+_BITRATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
+
+
+def parse_bitrate(value: int | str) -> int | None:
+    """Bits/s from an integer or ffmpeg-style text (``"500k"`` = 500 000, ``"1.5M"`` =
+    1 500 000); None when it is neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    m = _BITRATE.match(value) if isinstance(value, str) else None
+    if m is None:
+        return None
+    scale = {"": 1, "k": 1_000, "m": 1_000_000}[m.group(2).lower()]
+    return round(float(m.group(1)) * scale)
+
+
 def _fail(path: str, reason: str) -> ConfigError:
     return ConfigError(f"{path}: {reason}")
 
@@ -281,6 +307,20 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
             raise _fail(f"$.cameras[{i}].rtsp_url", "must be an rtsp:// or rtsps:// URL")
         if cam.frigate_camera is None:
             cam.frigate_camera = cam.camera_id
+        if cam.video_bitrate is not None:
+            path = f"$.cameras[{i}].video_bitrate"
+            bps = parse_bitrate(cam.video_bitrate)
+            if bps is None or not MIN_VIDEO_BITRATE <= bps <= MAX_VIDEO_BITRATE:
+                raise _fail(path, f"must be bits/s between {MIN_VIDEO_BITRATE} and {MAX_VIDEO_BITRATE} "
+                                  "(e.g. 500000 or \"500k\")")
+            cam.video_bitrate = bps
+        if cam.max_height is not None and (isinstance(cam.max_height, bool) or not 120 <= cam.max_height <= 4320
+                                           or cam.max_height % 2):
+            raise _fail(f"$.cameras[{i}].max_height", "must be an even number of lines between 120 and 4320")
+        for key in ("video_bitrate", "max_height"):
+            if getattr(cam, key) is not None and cam.transcode != "h264":
+                raise _fail(f"$.cameras[{i}].{key}", "needs transcode: h264 (a copied stream keeps the camera's "
+                                                   "own bitrate and size; or set them on the camera)")
     cfg.cameras = cameras
     if cfg.pod_name is None:
         cfg.pod_name = cfg.pod_id
