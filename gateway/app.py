@@ -32,8 +32,8 @@ from gateway.proxy import StreamProxy
 from gateway.upstream import Upstream
 from protocol.errors import TokenError
 from protocol.ids import is_camera_id, is_dns_label
-from protocol.messages import Nudge
 from protocol.legacy_tokens import is_legacy_token, verify_legacy_token
+from protocol.messages import Nudge
 from protocol.tokens import verify_user_token
 
 log = logging.getLogger("platebridge.gateway")

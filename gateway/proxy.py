@@ -38,9 +38,9 @@ from gateway.playlist import drop_comments_containing, rewrite_playlist, target_
 from gateway.upstream import Upstream
 from protocol.errors import TokenError
 from protocol.ids import is_camera_id
+from protocol.legacy_tokens import is_legacy_token, verify_legacy_token
 from protocol.paths import UnsafePath, content_type_for, safe_relative_path
 from protocol.redact import redact
-from protocol.legacy_tokens import is_legacy_token, verify_legacy_token
 from protocol.tokens import Keyring, verify_user_token
 
 log = logging.getLogger("platebridge.gateway")

@@ -390,7 +390,8 @@ class PortalStandIn:
         key = self._upload_key if kind == "upload" else self._download_key
         return jwt.encode({"url": f"{BUCKET}/{path}", "exp": int(expires)}, key, algorithm="HS256")
 
-    def check_token(self, bucket: str, path: str, token: str | None, kind: Literal["upload", "download"]) -> Response | None:
+    def check_token(self, bucket: str, path: str, token: str | None,
+                    kind: Literal["upload", "download"]) -> Response | None:
         """storage-api's answer refusing ``token`` for ``<bucket>/<path>``, or None when valid."""
         key = self._upload_key if kind == "upload" else self._download_key
         try:

@@ -219,7 +219,8 @@ def test_short_secret_fails(stack, tmp_path, monkeypatch):
 
 def test_invalid_config_stops_with_key_path(tmp_path):
     p = tmp_path / "pod.yaml"
-    p.write_text(yaml.safe_dump({"portal_url": "http://127.0.0.1:9", "pod_api_key": "k", "pod_id": "pod-1", "site_id": "site-1",
+    p.write_text(yaml.safe_dump({"portal_url": "http://127.0.0.1:9", "pod_api_key": "k", "pod_id": "pod-1",
+                                 "site_id": "site-1",
                                  "camera_id": "cam", "camera_rtsp_url": "rtsp://127.0.0.1:9/x",
                                  "stream_secret": "s" * 40, "stream_bind": "192.168.1.20"}))
     rc, lines = run_check(p)
@@ -239,7 +240,8 @@ def test_unusable_dir_fails(stack, tmp_path):
 
 
 def _cfg(**over):
-    d = {"portal_url": "http://127.0.0.1:9", "pod_api_key": "k", "pod_id": "pod-1", "site_id": "site-1", "camera_id": "cam1",
+    d = {"portal_url": "http://127.0.0.1:9", "pod_api_key": "k", "pod_id": "pod-1", "site_id": "site-1",
+         "camera_id": "cam1",
          "camera_rtsp_url": "rtsp://127.0.0.1:9/x", "stream_secret": "s" * 40}
     d.update(over)
     return parse_config(d)[0]

@@ -313,7 +313,8 @@ def test_plain_date_bounds_are_local_not_utc():
     assert m(w, "ABC123", now=datetime(2025, 1, 1, 4, 59, tzinfo=UTC)).reason == "outside_validity"  # 23:59 NY, 31 Dec
 
 
-@pytest.mark.parametrize(("day", "hours"), [("2025-03-09", 23), ("2025-11-02", 25)], ids=["spring_forward", "fall_back"])
+@pytest.mark.parametrize(("day", "hours"), [("2025-03-09", 23), ("2025-11-02", 25)],
+                         ids=["spring_forward", "fall_back"])
 def test_plain_dates_on_dst_changes_cover_the_whole_local_day(day, hours):
     """America/New_York 2025-03-09 has 23 hours, 2025-11-02 has 25: a one-day entry must
     cover exactly that, from local midnight to local midnight."""

@@ -207,7 +207,7 @@ async def test_pod_decisions_open_the_gate_only_when_allowed(portal, capsys):
         await c.post_detect(detect("p-deny", decision="deny", reason="low_confidence"))
         await c.post_detect(detect("p-allow"))  # redelivered: no second opening
     deadline = time.monotonic() + 10
-    while "GATE: opened" not in (out := capsys.readouterr().out):
+    while "GATE: opened" not in capsys.readouterr().out:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.2)
