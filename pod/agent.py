@@ -33,6 +33,7 @@ from pod.decisions import DecisionEngine
 from pod.errors import PodError
 from pod.heartbeat import HeartbeatLoop, heartbeat_body
 from pod.hls_server import VERSION, create_hls_app
+from pod.instance import claim_mqtt_client_id, claim_port, lock_state_dir, release
 from pod.metrics import (
     CLIPS_EVICTED,
     OUTBOX_AGE,
@@ -178,8 +179,8 @@ class PodAgent:
         ip = await wait_for_tailnet_ipv4(self.cfg.tailscale_socket, self.cfg.tailnet_wait_seconds)
         return check_bind_address(ip)
 
-    async def _serve(self, app, addresses: list[tuple[str, int]]) -> asyncio.Task:
-        sockets = []
+    async def _serve(self, app, addresses: list[tuple[str, int]], bound: list | None = None) -> asyncio.Task:
+        sockets = list(bound or [])  # already bound (the local listener: claimed first, pod.instance)
         for host, port in addresses:
             try:
                 sockets.append(listen_socket(host, port))
@@ -232,8 +233,17 @@ class PodAgent:
                 loop.add_signal_handler(sig, self.request_stop)
         tasks: list[asyncio.Task] = []
         self._servers: list = []
+        claims: list = []
         try:
+            # one agent per port, state dir and MQTT client id: a second one fails here, at once,
+            # naming the cameras: list (pod/instance.py); the port before anything else
+            local = claim_port(self.cfg.stream_port)
+            claims.append(local)
             self._check_dirs()
+            claims.append(lock_state_dir(self.cfg.state_dir))
+            if self.cfg.enable_mqtt:
+                claims.append(claim_mqtt_client_id(self.cfg.mqtt_host, self.cfg.mqtt_port,
+                                                   self.cfg.mqtt_client_id or f"platebridge-{self.cfg.pod_id}"))
             assert self.cfg.outbox_path is not None  # normalised by load_config
             self.outbox = Outbox(self.cfg.outbox_path, self.cfg.outbox_max_items)
             # capped at 10 s: after an outage the backlog starts draining within 10 s even before
@@ -263,7 +273,7 @@ class PodAgent:
                 streamers=self.streamers, tailnet_host=lambda: self.bind_host,
                 extra_status=self.status, on_nudge=self._on_nudge,
             )
-            tasks.append(await self._serve(app, [("127.0.0.1", self.cfg.stream_port)]))
+            tasks.append(await self._serve(app, [], bound=[local]))
             tasks += [
                 asyncio.create_task(self.refresher.run(self._stop), name="whitelist"),
                 asyncio.create_task(self.sender.run(self._stop), name="outbox"),
@@ -302,6 +312,7 @@ class PodAgent:
             await self.portal.aclose()
             if self.outbox is not None:
                 self.outbox.close()
+            release(*claims)
             log.info("pod stopped")
         if self.failure is not None:
             raise self.failure
