@@ -304,13 +304,17 @@ class Stack:
         """The pod's /health document (from its 127.0.0.1 listener)."""
         return httpx.get(f"http://127.0.0.1:{self.pod_port}/health", timeout=5).json()
 
-    def start_camera(self, timeout: float = 20.0) -> Proc:
-        """Start the GStreamer RTSP camera and wait for its READY line."""
-        log = self.workdir / "camera.log"
+    def start_camera(self, timeout: float = 20.0, *, name: str = "camera", port: int | None = None,
+                     path: str = "/gate", args: tuple[str, ...] = ()) -> Proc:
+        """Start the GStreamer RTSP camera and wait for its READY line. ``name``, ``port``,
+        ``path`` and extra camera.py ``args`` (e.g. ``--width``) start another camera next
+        to the stack's own (a multi-camera pod): it serves ``rtsp://<camera_host>:<port><path>``."""
+        log = self.workdir / f"{name}.log"
         offset = log.stat().st_size if log.exists() else 0  # a restarted camera appends: wait for its own line
-        proc = _spawn("camera", [SYSTEM_PYTHON, str(ROOT / "deploy/dev/camera.py"), "--host", self.camera_host,
-                                 "--port", str(self.camera_port), "--path", "/gate"], self.workdir)
-        self.procs["camera"] = proc
+        proc = _spawn(name, [SYSTEM_PYTHON, str(ROOT / "deploy/dev/camera.py"), "--host", self.camera_host,
+                             "--port", str(self.camera_port if port is None else port), "--path", path, *args],
+                      self.workdir)
+        self.procs[name] = proc
 
         def ready():
             with open(proc.log, "rb") as fh:
@@ -414,6 +418,7 @@ class Stack:
     def stop(self) -> None:
         """Stop everything, gateway first, camera last (:meth:`Proc.stop`: each process,
         then whatever of its process group it left behind)."""
-        for name in ("gateway", "pod", "camera", "portal", "mosquitto"):
+        order = ["gateway", "pod", "camera", "portal", "mosquitto"]
+        for name in order[:3] + [n for n in self.procs if n not in order] + order[3:]:
             if name in self.procs:
                 self.procs[name].stop()
