@@ -276,16 +276,19 @@ class Stack:
         self.start_mosquitto(timeout)
         return time.monotonic()
 
-    def start_portal(self, plates: list[dict] | None = None, timeout: float = 20.0) -> Proc:
-        """Start the portal STAND-IN (deploy/dev/portal_standin.py) with an initial whitelist."""
+    def start_portal(self, plates: list[dict] | dict | None = None, timeout: float = 20.0) -> Proc:
+        """Start the portal STAND-IN (deploy/dev/portal_standin.py) with an initial whitelist:
+        a list of entries, or a whole ``/api/plates`` answer (``{"config_version": 42,
+        "entries": [...]}``, served as given). It relays ``POST /api/nudge`` through the gateway
+        (the stack's ``admin_token``) and opens its Gatewise stand-in on allowed detections."""
         plates_file = self.workdir / "plates.json"
-        plates_file.write_text(json.dumps({"entries": plates or []}))
+        plates_file.write_text(json.dumps(plates if isinstance(plates, dict) else {"entries": plates or []}))
         proc = _spawn("portal", [str(VENV_BIN / "python"), str(ROOT / "deploy/dev/portal_standin.py"),
                                  "--host", "127.0.0.1", "--port", str(self.portal_port),
                                  "--db", str(self.workdir / "portal.sqlite3"), "--gateway-url", self.gateway_url,
                                  "--plates-file", str(plates_file), "--pod-id", self.pod_id], self.workdir,
                       env={"PORTAL_STANDIN_API_KEY": self.api_key, "PORTAL_STANDIN_STREAM_SECRET": self.secret,
-                           "PYTHONPATH": str(ROOT)})
+                           "PLATEBRIDGE_GATEWAY_ADMIN_TOKEN": self.admin_token, "PYTHONPATH": str(ROOT)})
         self.procs["portal"] = proc
 
         def ready():
@@ -295,6 +298,10 @@ class Stack:
 
         wait_until(ready, timeout, what="portal stand-in")
         return proc
+
+    def gate_openings(self) -> list[dict]:
+        """Gate openings at the portal stand-in's Gatewise stand-in, in order."""
+        return httpx.get(f"{self.portal_url}/gatewise/__standin/openings", timeout=5).json()["openings"]
 
     def detections(self) -> list[dict]:
         """What the portal stand-in has received, in arrival order (with a count per event_id)."""
