@@ -19,7 +19,7 @@ from protocol.tokens import Keyring, mint_user_token, verify_user_token
 
 SECRET = "shared-secret-" + "s" * 40
 RING = Keyring.single(SECRET)
-NOW = float(int(time.time()))  # pyjwt checks exp against the real clock
+NOW = 1_780_000_000.0  # the pure checks take now= explicitly
 IDS = {"user_id": "u-42", "camera_id": "gate-camera-1", "pod_id": "main-gate-pod"}
 GUIDE = (Path(__file__).resolve().parents[1] / "data" / "seed" / "stream_token_claims.txt").read_text()
 
@@ -34,10 +34,11 @@ def test_guide_shaped_token_verifies_to_the_jwt_claims():
     """The claim names come from tests/data/seed/stream_token_claims.txt, verbatim from the guide."""
     names = re.findall(r'"(\w+)":', GUIDE)
     assert names == ["user_id", "camera_id", "pod_id", "exp"]
-    tok = guide_token({**IDS, "exp": int(NOW) + 600})
+    now = float(int(time.time()))  # pyjwt checks exp against the real clock: not the module's NOW
+    tok = guide_token({**IDS, "exp": int(now) + 600})
     assert is_legacy_token(tok)
-    legacy = verify_legacy_token(tok, RING, max_ttl=900, now=NOW)
-    jwt_claims = verify_user_token(mint_user_token(RING, **IDS, ttl=600, now=NOW), RING, max_ttl=900, now=NOW)
+    legacy = verify_legacy_token(tok, RING, max_ttl=900, now=now)
+    jwt_claims = verify_user_token(mint_user_token(RING, **IDS, ttl=600, now=now), RING, max_ttl=900, now=now)
     assert (legacy.user_id, legacy.camera_id, legacy.pod_id, legacy.exp) == (
         jwt_claims.user_id, jwt_claims.camera_id, jwt_claims.pod_id, jwt_claims.exp)
     assert legacy.iat is None  # the format has no issue time
