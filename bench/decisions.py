@@ -130,6 +130,8 @@ class Bench:
             "log_level": "INFO",
             # no camera here (streaming off): a clip per decision would only spawn failing ffmpeg runs
             "record_on_detection": False,
+            # distinct ids with one plate back to back are separate cars here, not one car's ids
+            "passage_window": 0,
         })
         self.http = httpx.Client(timeout=10)
         self.pub: Publisher | None = None

@@ -168,7 +168,7 @@ def docs_section(rows: list[dict], args, info: dict, load: str, elapsed: float) 
 
     s = summary(rows)
     c, t = s["copy"], s["h264"]
-    base = dict(portal_url="http://portal", pod_api_key="k", pod_id="pod", hls_segment_seconds=SEGMENT_S,
+    base = dict(portal_url="http://portal", pod_api_key="k", pod_id="pod", site_id="bench-site", hls_segment_seconds=SEGMENT_S,
                 hls_keep_extra_segments=30)
     cmd = {}
     for mode in ("copy", "h264"):

@@ -32,6 +32,7 @@ from gateway.proxy import StreamProxy
 from gateway.upstream import Upstream
 from protocol.errors import TokenError
 from protocol.ids import is_camera_id, is_dns_label
+from protocol.legacy_tokens import is_legacy_token, verify_legacy_token
 from protocol.messages import Nudge
 from protocol.tokens import verify_user_token
 
@@ -115,7 +116,8 @@ def create_app(
     )
     proxy = StreamProxy(
         keyring=keyring, discovery=discovery, upstream=upstream, allowed_origins=cfg.allowed_origins,
-        max_token_ttl=cfg.max_token_ttl, max_session_seconds=cfg.max_session_seconds, grant_ttl=cfg.grant_ttl,
+        max_token_ttl=cfg.max_token_ttl, accept_legacy_tokens=cfg.accept_legacy_tokens,
+        max_session_seconds=cfg.max_session_seconds, grant_ttl=cfg.grant_ttl,
         cache_max_bytes=cfg.cache_max_bytes, segment_max_age=cfg.segment_max_age, access_log_enabled=cfg.access_log,
     )
     hlsjs = Path(cfg.hlsjs_path) if cfg.hlsjs_path else default_hlsjs()
@@ -133,7 +135,10 @@ def create_app(
             problem = (401, "This link has no stream token. Open the camera from the portal.")
         else:
             try:
-                claims = verify_user_token(token, keyring, max_ttl=cfg.max_token_ttl)
+                if cfg.accept_legacy_tokens and is_legacy_token(token):  # the guide's format (off by default)
+                    claims = verify_legacy_token(token, keyring, max_ttl=cfg.max_token_ttl)
+                else:
+                    claims = verify_user_token(token, keyring, max_ttl=cfg.max_token_ttl)
             except TokenError as exc:
                 problem = (401, f"This stream link is not valid ({exc}). Open the camera from the portal again.")
             else:

@@ -37,6 +37,9 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     public_base_url: str = "http://127.0.0.1:8080"
     allowed_origins: list[str] = []
     max_token_ttl: float = 900.0
+    # also accept the PlateBridge POD connection guide's stream tokens (base64(json).sha256hex;
+    # protocol/legacy_tokens.py) while a portal moves to JWTs; off by default
+    accept_legacy_tokens: bool = False
     max_session_seconds: float = 3600.0
     grant_ttl: float = 120.0
     discovery: DiscoveryMode = "static"

@@ -38,6 +38,7 @@ from gateway.playlist import drop_comments_containing, rewrite_playlist, target_
 from gateway.upstream import Upstream
 from protocol.errors import TokenError
 from protocol.ids import is_camera_id
+from protocol.legacy_tokens import is_legacy_token, verify_legacy_token
 from protocol.paths import UnsafePath, content_type_for, safe_relative_path
 from protocol.redact import redact
 from protocol.tokens import Keyring, verify_user_token
@@ -116,6 +117,7 @@ class StreamProxy:
         upstream: Upstream,
         allowed_origins: list[str],
         max_token_ttl: float = 900.0,
+        accept_legacy_tokens: bool = False,
         max_session_seconds: float = 3600.0,
         grant_ttl: float = 120.0,
         cache_max_bytes: int = 256 * 1024 * 1024,
@@ -128,6 +130,7 @@ class StreamProxy:
         self.upstream = upstream
         self.origins = {o.encode() for o in allowed_origins}
         self.max_token_ttl = max_token_ttl
+        self.accept_legacy_tokens = accept_legacy_tokens
         self.max_session_seconds = max_session_seconds
         self.grant_ttl = grant_ttl
         self.segments = SegmentCache(cache_max_bytes)
@@ -250,7 +253,10 @@ class StreamProxy:
             if not token:
                 raise HTTPError(401, "stream token required", [(b"www-authenticate", b"Bearer")])
             try:
-                claims = verify_user_token(token, self.keyring, max_ttl=self.max_token_ttl, now=now)
+                if self.accept_legacy_tokens and is_legacy_token(token):  # the guide's format (off by default)
+                    claims = verify_legacy_token(token, self.keyring, max_ttl=self.max_token_ttl, now=now)
+                else:
+                    claims = verify_user_token(token, self.keyring, max_ttl=self.max_token_ttl, now=now)
             except TokenError as exc:
                 raise HTTPError(401, f"invalid stream token: {exc}",
                                 [(b"www-authenticate", b'Bearer error="invalid_token"')]) from None

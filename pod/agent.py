@@ -24,18 +24,18 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Literal
 
 import msgspec
 
 from pod.backoff import Backoff
 from pod.config import PodConfig, check_bind_address
 from pod.decisions import DecisionEngine
-from pod.errors import PodError, PortalError
+from pod.errors import PodError
+from pod.heartbeat import HeartbeatLoop, heartbeat_body
 from pod.hls_server import VERSION, create_hls_app
+from pod.instance import claim_mqtt_client_id, claim_port, lock_state_dir, release
 from pod.metrics import (
     CLIPS_EVICTED,
-    HEARTBEATS,
     OUTBOX_AGE,
     OUTBOX_DEPTH,
     PASSAGES_ACTIVE,
@@ -51,12 +51,11 @@ from pod.server import listen_socket, make_server
 from pod.streamer import CameraStreamer
 from pod.tailnet import wait_for_tailnet_ipv4
 from pod.uploads import Quota, Uploader, UploadQueue, disk_free_for
-from pod.whitelist import WhitelistStore
-from protocol.messages import DetectRequest, HeartbeatRequest, Nudge
+from pod.whitelist import WhitelistRefresher, WhitelistStore
+from protocol.messages import DetectRequest, HeartbeatRequest, HeartbeatResponse, Nudge
 from protocol.tokens import Keyring
 
 log = logging.getLogger("platebridge.pod")
-NUDGE_COALESCE_SECONDS = 1.0  # refresh requests arriving within this window share one portal fetch
 
 
 class PodAgent:
@@ -79,12 +78,16 @@ class PodAgent:
         self.bind_host: str | None = None
         self.started = time.time()
         self._stop = asyncio.Event()
-        self._refresh_now = asyncio.Event()
         self._spare_indexes: dict[str, SegmentIndex] = {}
         self.failure: BaseException | None = None
-        self.store = WhitelistStore(cfg.whitelist_cache)
+        self.store = WhitelistStore(cfg.whitelist_cache, tz=cfg.site_tz())
         self.portal = PortalClient(cfg.portal_url, cfg.pod_api_key, timeout=cfg.portal_timeout,
                                    transport=portal_transport)
+        self.refresher = WhitelistRefresher(
+            self.store, lambda: self.portal.get_plates(cfg.site_id, cfg.company_id),
+            interval=cfg.whitelist_refresh_interval)
+        self.heartbeats = HeartbeatLoop([c.camera_id for c in cfg.camera_list()], self.heartbeat, self.portal,
+                                        interval=cfg.heartbeat_interval, on_answer=self._on_heartbeat_answer)
         self.outbox: Outbox | None = None
         self.sender: OutboxSender | None = None
         self.engine: DecisionEngine | None = None
@@ -99,7 +102,7 @@ class PodAgent:
 
     def request_whitelist_refresh(self) -> None:
         """Refresh the whitelist from the portal now (nudge, changed config_version)."""
-        self._refresh_now.set()
+        self.refresher.request()
 
     # ---- health -------------------------------------------------------------------------
     def status(self) -> dict:
@@ -145,62 +148,26 @@ class PodAgent:
     async def _send_detect(self, item: Item) -> None:
         await self.portal.post_detect(msgspec.json.decode(item.body, type=DetectRequest))
 
-    async def _whitelist_loop(self) -> None:
-        fetch = lambda: self.portal.get_plates(self.cfg.site_id, self.cfg.company_id)  # noqa: E731
-        first = True
-        while not self._stop.is_set():
-            if not first:  # coalesce bursts of nudges/heartbeat hints into one fetch
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=NUDGE_COALESCE_SECONDS)
-            first = False
-            self._refresh_now.clear()
-            await self.store.refresh(fetch)
-            waiter = asyncio.create_task(self._refresh_now.wait())
-            stopper = asyncio.create_task(self._stop.wait())
-            await asyncio.wait({waiter, stopper}, timeout=self.cfg.whitelist_refresh_interval,
-                               return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
-
     def heartbeat(self, camera_id: str) -> HeartbeatRequest:
-        """The heartbeat body for one camera (``stream_url`` = its tailnet playlist URL)."""
-        streamer = self.streamers.get(camera_id)
-        age = streamer.last_segment_age() if streamer else None
-        host = self.bind_host or "0.0.0.0"  # noqa: S104 - only a placeholder in the heartbeat, never bound
-        status: Literal["online", "degraded"] = "online"
-        if self.cfg.enable_streaming and (streamer is None or streamer.state != "running"):
-            status = "degraded"
+        """The heartbeat body for one camera (:func:`pod.heartbeat.heartbeat_body`)."""
         try:
-            free = shutil.disk_usage(self.cfg.state_dir).free
+            free: int | None = shutil.disk_usage(self.cfg.state_dir).free
         except OSError:
             free = None
-        return HeartbeatRequest(
-            pod_id=self.cfg.pod_id, camera_id=camera_id,
-            stream_url=f"http://{host}:{self.cfg.stream_port}/cameras/{camera_id}/index.m3u8" if self.bind_host else "",
-            status=status, version=VERSION, uptime_s=round(time.time() - self.started, 1),
-            last_segment_age_s=None if age is None else round(age, 2),
+        return heartbeat_body(
+            pod_id=self.cfg.pod_id, camera_id=camera_id, streaming=self.cfg.enable_streaming,
+            streamer=self.streamers.get(camera_id), bind_host=self.bind_host, stream_port=self.cfg.stream_port,
+            version=VERSION, uptime_s=time.time() - self.started,
             outbox_depth=self.outbox.depth() if self.outbox else None,
-            whitelist_version=self.store.version or None, disk_free_bytes=free,
+            whitelist_version=self.store.version, disk_free_bytes=free,
         )
 
-    async def _heartbeat_loop(self) -> None:
-        while not self._stop.is_set():
-            for cam in self.cfg.camera_list():
-                try:
-                    resp = await self.portal.post_heartbeat(self.heartbeat(cam.camera_id))
-                except PortalError as exc:
-                    HEARTBEATS.labels("failed").inc()
-                    log.warning("heartbeat for %s failed: %s", cam.camera_id, exc)
-                    break
-                HEARTBEATS.labels("ok").inc()
-                if self.sender is not None and self.outbox is not None and self.outbox.depth():
-                    self.sender.retry_now()  # the portal answers again: drain the backlog now
-                if resp.config_version and resp.config_version != self.store.version:
-                    log.info("portal has whitelist %s (we have %r): refreshing", resp.config_version,
-                             self.store.version)
-                    self.request_whitelist_refresh()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=self.cfg.heartbeat_interval)
+    def _on_heartbeat_answer(self, resp: HeartbeatResponse) -> None:
+        if self.sender is not None and self.outbox is not None and self.outbox.depth():
+            self.sender.retry_now()  # the portal answers again: drain the backlog now
+        if resp.config_version and resp.config_version != self.store.version:
+            log.info("portal has whitelist %s (we have %r): refreshing", resp.config_version, self.store.version)
+            self.request_whitelist_refresh()
 
     async def _on_nudge(self, nudge: Nudge) -> None:
         log.info("nudged by the gateway (%s): refreshing the whitelist", nudge.reason)
@@ -212,8 +179,8 @@ class PodAgent:
         ip = await wait_for_tailnet_ipv4(self.cfg.tailscale_socket, self.cfg.tailnet_wait_seconds)
         return check_bind_address(ip)
 
-    async def _serve(self, app, addresses: list[tuple[str, int]]) -> asyncio.Task:
-        sockets = []
+    async def _serve(self, app, addresses: list[tuple[str, int]], bound: list | None = None) -> asyncio.Task:
+        sockets = list(bound or [])  # already bound (the local listener: claimed first, pod.instance)
         for host, port in addresses:
             try:
                 sockets.append(listen_socket(host, port))
@@ -266,8 +233,17 @@ class PodAgent:
                 loop.add_signal_handler(sig, self.request_stop)
         tasks: list[asyncio.Task] = []
         self._servers: list = []
+        claims: list = []
         try:
+            # one agent per port, state dir and MQTT client id: a second one fails here, at once,
+            # naming the cameras: list (pod/instance.py); the port before anything else
+            local = claim_port(self.cfg.stream_port)
+            claims.append(local)
             self._check_dirs()
+            claims.append(lock_state_dir(self.cfg.state_dir))
+            if self.cfg.enable_mqtt:
+                claims.append(claim_mqtt_client_id(self.cfg.mqtt_host, self.cfg.mqtt_port,
+                                                   self.cfg.mqtt_client_id or f"platebridge-{self.cfg.pod_id}"))
             assert self.cfg.outbox_path is not None  # normalised by load_config
             self.outbox = Outbox(self.cfg.outbox_path, self.cfg.outbox_max_items)
             # capped at 10 s: after an outage the backlog starts draining within 10 s even before
@@ -297,12 +273,12 @@ class PodAgent:
                 streamers=self.streamers, tailnet_host=lambda: self.bind_host,
                 extra_status=self.status, on_nudge=self._on_nudge,
             )
-            tasks.append(await self._serve(app, [("127.0.0.1", self.cfg.stream_port)]))
+            tasks.append(await self._serve(app, [], bound=[local]))
             tasks += [
-                asyncio.create_task(self._whitelist_loop(), name="whitelist"),
+                asyncio.create_task(self.refresher.run(self._stop), name="whitelist"),
                 asyncio.create_task(self.sender.run(self._stop), name="outbox"),
                 asyncio.create_task(self.engine.run_timer(self._stop), name="decision-timer"),
-                asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                asyncio.create_task(self.heartbeats.run(self._stop), name="heartbeat"),
                 asyncio.create_task(self.uploader.run(self._stop), name="uploads"),
             ]
             if self.cfg.enable_mqtt:
@@ -336,6 +312,7 @@ class PodAgent:
             await self.portal.aclose()
             if self.outbox is not None:
                 self.outbox.close()
+            release(*claims)
             log.info("pod stopped")
         if self.failure is not None:
             raise self.failure

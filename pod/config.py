@@ -14,8 +14,11 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
@@ -37,7 +40,11 @@ class CameraConfig(msgspec.Struct, forbid_unknown_fields=True):
     LPR camera that publishes only ``tracked_object_update`` lpr messages.
     ``transcode``: ``copy`` (default: the camera's video as it is) or ``h264``
     (re-encode with libx264 — for H.265/HEVC cameras, which most browsers cannot
-    play through hls.js; CPU-heavy on a Raspberry Pi)."""
+    play through hls.js; CPU-heavy on a Raspberry Pi). With ``h264`` only, the
+    guide's low-bandwidth tip (``-b:v 500k``): ``video_bitrate`` caps the video at
+    that many bits/s (an integer, or ``"500k"``/``"1.5M"``; normalised to an integer)
+    and ``max_height`` scales larger pictures down to that many lines (aspect kept,
+    never scaled up)."""
 
     camera_id: str
     rtsp_url: str
@@ -46,6 +53,8 @@ class CameraConfig(msgspec.Struct, forbid_unknown_fields=True):
     position: str | None = None
     lpr_only: bool = False
     transcode: Transcode = "copy"
+    video_bitrate: int | str | None = None  # bits/s; "500k" and "1.5M" accepted
+    max_height: int | None = None  # lines
 
 
 class PodConfig(msgspec.Struct, kw_only=True):
@@ -55,7 +64,7 @@ class PodConfig(msgspec.Struct, kw_only=True):
     portal_url: str
     pod_api_key: str
     pod_id: str
-    site_id: str = ""
+    site_id: str  # required: the portal refuses detections without it
     company_id: str = ""
     community_id: str | None = None
     pod_name: str | None = None
@@ -105,6 +114,7 @@ class PodConfig(msgspec.Struct, kw_only=True):
     restart_backoff_max: float = 5.0  # a returning camera is picked up within this (issue 6: <= 10 s)
     watchdog_factor: float = 3.0  # restart when the playlist is stale for factor x target duration
     log_level: LogLevel = "INFO"
+    timezone: str | None = None  # the site's IANA zone for plain-date whitelist bounds; default: the system's
 
     # --- plate decisions (MQTT, whitelist, outbox, heartbeat) ---
     mqtt_topic_prefix: str | None = None  # default: from mqtt_topic ("frigate/events" -> "frigate")
@@ -112,7 +122,7 @@ class PodConfig(msgspec.Struct, kw_only=True):
     mqtt_keepalive: int = 30
     plate_source: PlateSource = "recognized_license_plate"
     gate_zones: list[str] = []
-    passage_window: float = 15.0
+    passage_window: float = 15.0  # same camera + plate within this many seconds: one passage; 0 = off
     max_decision_wait: float = 5.0
     no_read_timeout: float = 60.0
     match_distance: int = 0
@@ -132,6 +142,11 @@ class PodConfig(msgspec.Struct, kw_only=True):
         assert self.cameras is not None  # normalised by load_config
         return self.cameras
 
+    def site_tz(self) -> tzinfo:
+        """The site's time zone: ``timezone`` (IANA name, validated by :func:`parse_config`),
+        else the pod's system zone (:func:`system_timezone`)."""
+        return ZoneInfo(self.timezone) if self.timezone else system_timezone()
+
     def secrets(self) -> dict[str, str]:
         """kid → stream secret (``POD_STREAM_SECRET`` env wins over ``stream_secret``)."""
         out = dict(self.stream_secrets or {})
@@ -139,6 +154,23 @@ class PodConfig(msgspec.Struct, kw_only=True):
         if single:
             out.setdefault("default", single)
         return out
+
+
+def system_timezone() -> tzinfo:
+    """The pod's system time zone, DST rules included: ``$TZ`` when it names an IANA zone,
+    else ``/etc/localtime``, else UTC. (``datetime.now().astimezone().tzinfo`` would be a
+    fixed offset, wrong on the other side of a DST change.)"""
+    name = os.environ.get("TZ", "").lstrip(":")
+    if name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    try:
+        with open("/etc/localtime", "rb") as f:
+            return ZoneInfo.from_file(f, key="localtime")
+    except (OSError, ValueError):
+        return UTC
 
 
 def check_bind_address(value: str) -> str:
@@ -163,6 +195,25 @@ def check_bind_address(value: str) -> str:
     )
 
 
+MIN_VIDEO_BITRATE = 64_000
+MAX_VIDEO_BITRATE = 50_000_000
+_BITRATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
+
+
+def parse_bitrate(value: int | str) -> int | None:
+    """Bits/s from an integer or ffmpeg-style text (``"500k"`` = 500 000, ``"1.5M"`` =
+    1 500 000); None when it is neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    m = _BITRATE.match(value) if isinstance(value, str) else None
+    if m is None:
+        return None
+    scale = {"": 1, "k": 1_000, "m": 1_000_000}[m.group(2).lower()]
+    return round(float(m.group(1)) * scale)
+
+
 def _fail(path: str, reason: str) -> ConfigError:
     return ConfigError(f"{path}: {reason}")
 
@@ -175,6 +226,10 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
     if not isinstance(data, dict):
         raise _fail("$", f"{source} must be a YAML mapping of keys to values")
     warnings: list[str] = []
+    site = data.get("site_id")
+    if site is None or (isinstance(site, str) and not site.strip()):
+        raise _fail("$.site_id", "required: the id of this pod's Site in the portal (the portal refuses "
+                                 "detections without it, and /api/plates is fetched for it)")
     try:
         check_known_keys(data, PodConfig)
         cfg = convert_config(data, PodConfig)
@@ -188,6 +243,12 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
         raise _fail("$.portal_url", "must start with http:// or https://")
     if not cfg.pod_api_key:
         raise _fail("$.pod_api_key", "must not be empty")
+    if cfg.timezone is not None:
+        try:
+            ZoneInfo(cfg.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise _fail("$.timezone", f"unknown IANA time zone {cfg.timezone!r} (e.g. America/New_York, "
+                                      "Europe/Berlin; leave it out for the system's zone)") from None
     if not is_dns_label(cfg.pod_id):
         raise _fail("$.pod_id", "must be a DNS label (a-z, 0-9, '-', 1-63 chars): it is the pod's tailnet host name")
     if not 1 <= cfg.stream_port <= 65535:
@@ -252,6 +313,20 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
             raise _fail(f"$.cameras[{i}].rtsp_url", "must be an rtsp:// or rtsps:// URL")
         if cam.frigate_camera is None:
             cam.frigate_camera = cam.camera_id
+        if cam.video_bitrate is not None:
+            path = f"$.cameras[{i}].video_bitrate"
+            bps = parse_bitrate(cam.video_bitrate)
+            if bps is None or not MIN_VIDEO_BITRATE <= bps <= MAX_VIDEO_BITRATE:
+                raise _fail(path, f"must be bits/s between {MIN_VIDEO_BITRATE} and {MAX_VIDEO_BITRATE} "
+                                  "(e.g. 500000 or \"500k\")")
+            cam.video_bitrate = bps
+        if cam.max_height is not None and (isinstance(cam.max_height, bool) or not 120 <= cam.max_height <= 4320
+                                           or cam.max_height % 2):
+            raise _fail(f"$.cameras[{i}].max_height", "must be an even number of lines between 120 and 4320")
+        for key in ("video_bitrate", "max_height"):
+            if getattr(cam, key) is not None and cam.transcode != "h264":
+                raise _fail(f"$.cameras[{i}].{key}", "needs transcode: h264 (a copied stream keeps the camera's "
+                                                   "own bitrate and size; or set them on the camera)")
     cfg.cameras = cameras
     if cfg.pod_name is None:
         cfg.pod_name = cfg.pod_id
@@ -273,9 +348,11 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
         raise _fail("$.mqtt_port", "must be 1-65535")
     if not 0 <= cfg.match_distance <= 2:
         raise _fail("$.match_distance", "must be 0, 1 or 2")
-    for key in ("passage_window", "max_decision_wait", "no_read_timeout", "portal_timeout"):
+    for key in ("max_decision_wait", "no_read_timeout", "portal_timeout"):
         if not math.isfinite(getattr(cfg, key)) or getattr(cfg, key) <= 0:
             raise _fail(f"$.{key}", "must be a positive number of seconds")
+    if not math.isfinite(cfg.passage_window) or cfg.passage_window < 0:
+        raise _fail("$.passage_window", "must be >= 0 seconds (0: every tracked object is a passage of its own)")
     if not 0 <= cfg.pre_roll <= 60:
         raise _fail("$.pre_roll", "must be between 0 and 60 seconds")
     if cfg.recording_duration > 600:

@@ -97,6 +97,11 @@ class DecisionEngine:
             log.info("skipped MQTT message on %s: %s", topic_suffix, why)
             return
         MQTT_MESSAGES.labels("parsed").inc()
+        if msg.camera is None and len(self.cfg.camera_list()) > 1:
+            self.skipped += 1
+            log.warning("skipped MQTT message on %s: it names no camera and this pod has %d; a message "
+                        "without 'camera' counts only on a one-camera pod", topic_suffix, len(self.cfg.camera_list()))
+            return
         self._emit(self.tracker.feed(msg, self.clock()))
         self._wakeup.set()  # a new deadline may be earlier than the one the timer sleeps on
 

@@ -51,6 +51,14 @@ class Fmp4Error(PodError):
     box runs past its parent, or a moof holds no fragment of the expected track."""
 
 
+class StorageConflict(PortalRejected):
+    """Storage already holds the object a signed upload URL names: Supabase Storage's
+    ``"The resource already exists"`` (``statusCode`` ``"409"``, error ``Duplicate``),
+    answered as HTTP 409 or, by storage-api's legacy error format, as HTTP 400 with that
+    body. For a clip's own path it means an earlier PUT landed. ``.status`` is the HTTP
+    status as answered (409 or 400)."""
+
+
 class RecorderError(PodError):
     """A detection clip could not be made: no usable segment in the window, the init
     segment missing, or ffmpeg/ffprobe failed. ``str(exc)`` says why, with any RTSP

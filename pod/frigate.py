@@ -18,7 +18,17 @@ configured ``topic_prefix``:
     mode), because Frigate's own LPR writes the *known_plates name* (e.g.
     ``"John's Car"``) there, not the plate.
     ``after.score`` / ``after.top_score`` are the tracked object's detection
-    scores (is this a car?) and are never used as plate confidence.
+    scores (is this a car?) and are not plate confidence — except for an object
+    labelled ``license_plate`` (a plate is the object itself; what the PlateBridge
+    POD connection guide's example publishes, and Frigate's dedicated LPR
+    cameras), whose ``after.score`` is the confidence of a plate read that has
+    none of its own. For such an object a plain-string ``sub_label`` (the guide's
+    ``"sub_label": "ABC123"``) is the plate when ``recognized_license_plate`` is
+    absent; Frigate's own ``[name, score]`` list there stays a known_plates name.
+    ``after.id`` and ``after.camera`` may be missing (the guide's example has
+    neither): a message without an id counts only when it carries a plate read
+    (the passage tracker names it), one without a camera belongs to the pod's
+    only camera.
 
 ``tracked_object_update``
     ``{"type": "lpr", "id", "camera", "plate", "score", "name", "timestamp"}``
@@ -57,6 +67,8 @@ MAX_PLATE_CHARS = 32
 """A plate string longer than this (characters) is not a plausible plate and yields no read."""
 
 PlateSource = Literal["recognized_license_plate", "sub_label"]
+LICENSE_PLATE_LABEL = "license_plate"
+"""Frigate's object label for a plate itself (Frigate+ models, dedicated LPR cameras, the guide)."""
 EventType = Literal["new", "update", "end"]
 
 _EVENT_TYPES: frozenset[str] = frozenset({"new", "update", "end"})
@@ -83,7 +95,9 @@ class ObjectMessage(msgspec.Struct, frozen=True):
     ``kind`` is ``"event"`` (topic ``events``) or ``"lpr"`` (topic
     ``tracked_object_update`` with ``type: "lpr"``); ``event_type`` is the
     event's ``type`` (``None`` for lpr updates); ``id`` is the Frigate
-    tracked-object id; ``camera`` the Frigate camera name; ``label`` the object
+    tracked-object id (``None`` for an event that had none: then ``read`` is
+    set); ``camera`` the Frigate camera name (``None`` when the event named
+    none); ``label`` the object
     label (``"car"``…; ``None`` for lpr updates); zones are Frigate zone names
     (empty for lpr updates); ``read`` the plate read, if any; ``end`` is true
     for ``type: "end"``; ``timestamp`` is ``after.frame_time`` or the lpr
@@ -92,8 +106,8 @@ class ObjectMessage(msgspec.Struct, frozen=True):
 
     kind: Literal["event", "lpr"]
     event_type: EventType | None
-    id: str
-    camera: str
+    id: str | None
+    camera: str | None
     label: str | None
     entered_zones: tuple[str, ...]
     current_zones: tuple[str, ...]
@@ -125,8 +139,9 @@ def parse_message(
     Returns ``(ObjectMessage, None)`` or ``(None, reason)`` for anything that is
     not a usable event/lpr message: other topics, non-JSON, empty or
     oversized (> :data:`MAX_PAYLOAD_BYTES`) payloads, non-object JSON, a
-    missing/null ``after``, an unknown ``type``, a missing ``id``/``camera``,
-    an lpr update without a plate. Never raises.
+    missing/null ``after``, an unknown ``type``, an event with neither ``id``
+    nor a plate read, an unsafe ``id``, an lpr update without ``id``,
+    ``camera`` or plate. Never raises.
     """
     try:
         return _parse(topic_suffix, payload, plate_source)
@@ -174,29 +189,40 @@ def _parse_event(doc: dict[str, Any], plate_source: str) -> Result:
         return None, "event without 'after'"
     if not isinstance(after, dict):
         return None, "event 'after' is not an object"
-    oid = _nonblank(after.get("id"))
-    if oid is None:
-        return None, "event without 'after.id'"
-    if not is_event_id(oid):
+    raw_id = after.get("id")
+    oid = _nonblank(raw_id)
+    if oid is None and raw_id is not None:
+        return None, "event 'after.id' is not a non-blank string"
+    if oid is not None and not is_event_id(oid):
         return None, "event id is not a safe tracked-object id (A-Za-z0-9._:- only, at most 128 chars)"
-    camera = _nonblank(after.get("camera"))
-    if camera is None:
-        return None, "event without 'after.camera'"
+    raw_camera = after.get("camera")
+    camera = _nonblank(raw_camera)
+    if camera is None and raw_camera is not None:
+        return None, "event 'after.camera' is not a non-blank string"
     entered = _zones(after.get("entered_zones"))
     current = _zones(after.get("current_zones"))
     if entered is None or current is None:
         return None, "event zones are not lists"
     label = after.get("label")
+    label = label if isinstance(label, str) else None
+    plate_object = label == LICENSE_PLATE_LABEL
     if plate_source == "sub_label":
         read = _sub_label_read(after.get("sub_label"))
     else:
         read = _recognized_read(after)
+        if read is None and plate_object and isinstance(after.get("sub_label"), str):
+            read = _sub_label_read(after.get("sub_label"))  # the guide's {"sub_label": "ABC123"}
+    if read is not None and read.score is None and plate_object:
+        # a plate object's detection score is the plate's confidence (guide's example: score 0.95)
+        read = msgspec.structs.replace(read, score=_score(after.get("score")))
+    if oid is None and read is None:
+        return None, "event without 'after.id' and without a plate read"
     msg = ObjectMessage(
         kind="event",
         event_type=etype,  # type: ignore[arg-type]
         id=oid,
         camera=camera,
-        label=label if isinstance(label, str) else None,
+        label=label,
         entered_zones=entered,
         current_zones=current,
         read=read,

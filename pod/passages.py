@@ -25,14 +25,27 @@ Decision rules (issue 3 spec, ``pod/passages.py``):
 * with ``gate_zones`` set, only objects whose entered/current zones meet them
   count; reads before the object reaches a gate zone are held, and an object
   that ends without reaching one is dropped silently;
-* dedicated-LPR cameras (``lpr_only_cameras``) send only lpr updates, with a
-  new id for every sighting: the same camera + normalised plate within
-  ``passage_window`` seconds of its last read is one passage (the window
-  slides with each read), keyed by the first lpr id.
+* one car, one decision, across tracked-object ids: the same camera and the
+  same normalised plate within ``passage_window`` seconds of that plate's last
+  read is one passage (the window slides with each read), keyed by its first
+  id. Frigate 0.16+ dedicated LPR cameras send only lpr updates and start a
+  new id whenever the plate was unseen for their ``expire_time`` (about 3 s),
+  so a car waiting at the gate shows up under several ids; a normal camera
+  that loses and re-finds a car does the same. An object with reads of its own
+  is never folded into another passage. After a passage was decided, a new id
+  with that plate in the window adds nothing — unless the passage was denied
+  and the new read allows: then it gets its own passage, and the gate its
+  allow (a deny for a weak read must not lock a waiting resident out);
+* dedicated-LPR cameras (``lpr_only_cameras``) are exempt from the zone filter
+  and their ``events`` messages are ignored;
+* a message without a camera belongs to the only camera, when there is one; a
+  message without an id (the PlateBridge POD connection guide's example) gets
+  ``<now>-noid<hash>`` as its id.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,8 +69,9 @@ Judge = Callable[[str, "float | None"], "Verdict"]
 class PassageDecision(msgspec.Struct, frozen=True):
     """The one decision for a passage.
 
-    ``event_id`` is the idempotency key: the Frigate tracked-object id, or for a
-    dedicated-LPR camera the id of the passage's first lpr update.
+    ``event_id`` is the idempotency key: the Frigate tracked-object id of the
+    passage's first object (several ids of one car on one camera are one
+    passage), or ``<now>-noid<hash>`` for a message that had no id.
     ``frigate_camera`` is Frigate's camera name, ``camera_id`` the pod's.
     ``plate_raw`` is the deciding read as Frigate sent it, ``plate`` its
     normalised form (from the judge's verdict), ``confidence`` its OCR score in
@@ -87,6 +101,16 @@ class _Read:
 
 
 @dataclass
+class _Recent:
+    """The last read of one (Frigate camera, normalised plate): which passage it went to,
+    when (pod clock, Unix s) and that passage's decision once it has one."""
+
+    key: str
+    last: float
+    decision: Decision | None = None
+
+
+@dataclass
 class _Passage:
     key: str
     frigate_camera: str
@@ -98,6 +122,7 @@ class _Passage:
     first_read_at: float | None = None
     best: _Read | None = None
     ids: set[str] = field(default_factory=set)
+    plates: set[tuple[str, str]] = field(default_factory=set)  # (frigate camera, normalised plate) read
 
     def deny_deadline(self, wait: float) -> float | None:
         if self.eligible_at is None or self.first_read_at is None:
@@ -120,7 +145,7 @@ class PassageTracker:
     ``events`` messages are ignored). ``judge(plate_raw, confidence)`` returns a
     ``pod.plates.Verdict``. ``min_confidence`` in [0, 1]. Durations in seconds:
     ``max_decision_wait`` (first read → deny with the best read),
-    ``passage_window`` (lpr-only dedupe), ``no_read_timeout`` (start → deny
+    ``passage_window`` (same camera + plate across ids: one passage), ``no_read_timeout`` (start → deny
     ``no_plate_read``), ``stale_after`` (an undecided object not seen for this
     long and not in a gate zone is forgotten), ``remember_for`` (how long
     decided/closed ids are remembered, at most ``max_remembered`` of them,
@@ -169,9 +194,10 @@ class PassageTracker:
         self.max_active = max_active
         self._active: dict[str, _Passage] = {}  # passage key -> passage
         self._alias: dict[str, str] = {}  # tracked-object id -> passage key (active passages only)
-        self._closed: OrderedDict[str, float] = OrderedDict()  # id -> when closed (decided or dropped)
-        # lpr-only dedupe: (frigate camera, normalised plate) -> (passage key, last read time)
-        self._recent: dict[tuple[str, str], tuple[str, float]] = {}
+        # id -> (when closed, the passage's decision or None when it ended undecided)
+        self._closed: OrderedDict[str, tuple[float, Decision | None]] = OrderedDict()
+        # one car, one decision: (frigate camera, normalised plate) -> its last read
+        self._recent: dict[tuple[str, str], _Recent] = {}
         self.dropped_active = 0
         """Undecided passages dropped because ``max_active`` was reached."""
 
@@ -181,27 +207,61 @@ class PassageTracker:
         """Take one parsed message received at ``now`` (Unix s); return the decisions it
         causes (usually none or one). Due deadlines are processed too, as by :meth:`tick`."""
         out = self.tick(now)
-        camera_id = self._cameras.get(msg.camera)
-        if camera_id is None:
+        camera = self._camera_of(msg)
+        if camera is None:
             return out
-        if msg.camera in self._lpr_only:
-            if msg.kind == "lpr" and msg.read is not None:
-                out.extend(self._feed_lpr_only(msg, msg.read, camera_id, now))
+        camera_id = self._cameras[camera]
+        lpr_only = camera in self._lpr_only
+        if lpr_only and msg.kind != "lpr":
+            return out  # a dedicated LPR camera's events add nothing to its lpr updates
+        oid = msg.id if msg.id is not None else _synthetic_id(camera, msg, now)
+        verdict = self._judge(msg.read.plate_raw, msg.read.score) if msg.read is not None else None
+        plate_key = (camera, verdict.plate) if verdict is not None and verdict.plate else None
+        recent = self._recent.get(plate_key) if plate_key is not None else None
+        if recent is not None and (self.passage_window <= 0 or now - recent.last > self.passage_window):
+            recent = None  # passage_window 0: every tracked object is a passage of its own
+        if oid in self._closed:
+            if plate_key is not None:  # the same object is still in front of the camera: (re)open the window
+                self._recent[plate_key] = (_Recent(recent.key, now, recent.decision) if recent is not None
+                                           else _Recent(oid, now, self._closed[oid][1]))
             return out
-        if msg.id in self._closed:
-            return out
-        p = self._active.get(msg.id)
+        key = self._alias.get(oid)
+        p = self._active.get(key) if key is not None else None
+        if (recent is not None and msg.read is not None and verdict is not None and plate_key is not None
+                and (p is None or (p.key != recent.key and p.best is None))):
+            # another object with this plate on this camera within passage_window: the same car
+            target = self._active.get(recent.key)
+            if target is not None:
+                if p is not None:
+                    self._absorb(target, p)
+                else:
+                    target.ids.add(oid)
+                    self._alias[oid] = target.key
+                p = target
+            elif recent.decision is not None and (recent.decision == "allow"
+                                                  or not self._allows(_Read(msg.read, verdict, now))):
+                if p is not None:
+                    self._close(p, now, decision=recent.decision)
+                else:
+                    self._remember(oid, now, recent.decision)
+                self._recent[plate_key] = _Recent(recent.key, now, recent.decision)
+                return out
+            # else: that passage was denied and this read allows — a passage (and a decision) of its own
         if p is None:
-            p = self._open(msg.id, msg.camera, camera_id, lpr_only=False, now=now)
+            p = self._open(oid, camera, camera_id, lpr_only=lpr_only, now=now)
         p.last_seen = now
-        if p.eligible_at is None and (not self._gate_zones or self._in_gate(msg)):
+        if p.eligible_at is None and (lpr_only or not self._gate_zones or self._in_gate(msg)):
             p.eligible_at = now
         if msg.read is not None:
-            self._add_read(p, msg.read, now)
-        decision = self._maybe_decide(p, now, ended=msg.end)
+            self._add_read(p, msg.read, now, verdict)
+            if plate_key is not None:
+                p.plates.add(plate_key)
+                self._recent[plate_key] = _Recent(p.key, now)
+        ended = msg.end and oid == p.key  # an object folded into another's passage does not end it
+        decision = self._maybe_decide(p, now, ended=ended)
         if decision is not None:
             out.append(decision)
-        elif msg.end and msg.id in self._active:  # ended without reaching a gate zone
+        elif ended and p.key in self._active:  # ended without reaching a gate zone
             self._close(p, now)
         return out
 
@@ -241,6 +301,13 @@ class PassageTracker:
 
     # ---------------------------------------------------------------- helpers
 
+    def _camera_of(self, msg: ObjectMessage) -> str | None:
+        """The configured Frigate camera a message belongs to (None: not one of ours). A
+        message naming no camera belongs to the only camera, when there is exactly one."""
+        if msg.camera is None:
+            return next(iter(self._cameras)) if len(self._cameras) == 1 else None
+        return msg.camera if msg.camera in self._cameras else None
+
     def _in_gate(self, msg: ObjectMessage) -> bool:
         return not self._gate_zones.isdisjoint(msg.entered_zones) or not self._gate_zones.isdisjoint(
             msg.current_zones)
@@ -257,37 +324,14 @@ class PassageTracker:
         self._alias[key] = key
         return p
 
-    def _feed_lpr_only(self, msg: ObjectMessage, read: PlateRead, camera_id: str, now: float) -> list[PassageDecision]:
-        verdict = self._judge(read.plate_raw, read.score)
-        dedupe = (msg.camera, verdict.plate)
-        recent = self._recent.get(dedupe)
-        recent_key = recent[0] if recent is not None and now - recent[1] <= self.passage_window else None
-        if msg.id in self._closed:
-            # the same object is still in front of the camera: (re)open the window
-            self._recent[dedupe] = (recent_key or msg.id, now)
-            return []
-        key = self._alias.get(msg.id)
-        if key is None and recent_key is not None:
-            key = recent_key
-            if key in self._closed:  # same plate, same camera, already decided: same passage
-                self._remember(msg.id, now)
-                self._recent[dedupe] = (key, now)
-                return []
-            if key in self._active:
-                self._active[key].ids.add(msg.id)
-                self._alias[msg.id] = key
-            else:
-                key = None
-        if key is None:
-            p = self._open(msg.id, msg.camera, camera_id, lpr_only=True, now=now)
-            p.eligible_at = now
-        else:
-            p = self._active[key]
-        p.last_seen = now
-        self._recent[dedupe] = (p.key, now)
-        self._add_read(p, read, now, verdict)
-        decision = self._maybe_decide(p, now, ended=False)
-        return [decision] if decision is not None else []
+    def _absorb(self, target: _Passage, p: _Passage) -> None:
+        """Fold passage ``p`` (an object without reads of its own) into ``target``."""
+        del self._active[p.key]
+        for i in p.ids:
+            target.ids.add(i)
+            self._alias[i] = target.key
+        if target.eligible_at is None:
+            target.eligible_at = p.eligible_at
 
     def _add_read(self, p: _Passage, read: PlateRead, now: float, verdict: Any = None) -> None:
         if verdict is None:
@@ -320,7 +364,7 @@ class PassageTracker:
             d = PassageDecision(event_id=p.key, frigate_camera=p.frigate_camera, camera_id=p.camera_id,
                                 plate_raw=None, plate=None, confidence=None, decision="deny",
                                 reason="no_plate_read", near_match=None, detected_at=p.eligible_at)
-            self._close(p, now)
+            self._close(p, now, decision="deny")
             return d
         return None
 
@@ -332,32 +376,53 @@ class PassageTracker:
         d = PassageDecision(event_id=p.key, frigate_camera=p.frigate_camera, camera_id=p.camera_id,
                             plate_raw=r.read.plate_raw, plate=v.plate, confidence=r.read.score,
                             decision=decision, reason=reason, near_match=v.near_match, detected_at=r.at)
-        self._close(p, now)
+        self._close(p, now, decision=decision)
         return d
 
-    def _close(self, p: _Passage, now: float, *, remember: bool = True) -> None:
+    def _close(self, p: _Passage, now: float, *, remember: bool = True, decision: Decision | None = None) -> None:
+        """End passage ``p``. ``remember``: keep its ids (later messages for them are
+        ignored); ``decision``: what it was decided, kept for its plates' window. A passage
+        closed without a decision (dropped, or ended outside the gate zones) leaves no
+        window behind: another object with its plate is a passage of its own."""
         self._active.pop(p.key, None)
         for i in p.ids:
             self._alias.pop(i, None)
             if remember:
-                self._remember(i, now)
+                self._remember(i, now, decision)
+        for plate_key in p.plates:
+            r = self._recent.get(plate_key)
+            if r is None or r.key != p.key:
+                continue
+            if remember and decision is not None:
+                r.decision = decision
+            else:
+                del self._recent[plate_key]
 
-    def _remember(self, oid: str, now: float) -> None:
-        self._closed[oid] = now
+    def _remember(self, oid: str, now: float, decision: Decision | None = None) -> None:
+        self._closed[oid] = (now, decision)
         self._closed.move_to_end(oid)
         while len(self._closed) > self.max_remembered:
             self._closed.popitem(last=False)
 
     def _forget(self, now: float) -> None:
         while self._closed:
-            _, at = next(iter(self._closed.items()))
+            _, (at, _) = next(iter(self._closed.items()))
             if now - at < self.remember_for:
                 break
             self._closed.popitem(last=False)
-        for k, (_, last) in list(self._recent.items()):
-            if now - last > self.passage_window:
+        for k, r in list(self._recent.items()):
+            if now - r.last > self.passage_window:
                 del self._recent[k]
 
 
 def _conf(score: float | None) -> float:
     return -1.0 if score is None else score
+
+
+def _synthetic_id(camera: str, msg: ObjectMessage, now: float) -> str:
+    """An id for a message that had none (the guide's example): ``<now, 6 decimals>-noid`` and
+    6 hex digits of SHA-256 over camera and plate text. A safe tracked-object id
+    (:func:`pod.frigate.is_event_id`); a redelivery in the same microsecond gets the same one."""
+    plate = msg.read.plate_raw if msg.read is not None else ""
+    digest = hashlib.sha256(f"{camera}\0{plate}".encode()).hexdigest()[:6]
+    return f"{now:.6f}-noid{digest}"

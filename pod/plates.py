@@ -12,8 +12,14 @@ default: a gate opening for the wrong car is worse than asking a resident to
 wait for a guard, so a near miss is only *reported* (``Verdict.near_match``) for
 the audit log unless the site explicitly opts in.
 
-Time rule for validity bounds: ``starts``/``ends`` are RFC 3339 date-times; a
-date-time written without an offset is taken as UTC. The window is
+Time rule for validity bounds (:func:`parse_time_bound`): ``starts``/``ends`` are
+RFC 3339 date-times or plain dates. A date-time written without an offset is
+taken as UTC. A plain date is a day of the site's local calendar (the pod's
+``timezone``, an IANA zone): a plain ``starts`` means from 00:00 of that day, a
+plain ``ends`` means through the end of that day (up to 00:00 of the next day),
+both in local time, so ``"2025-01-01"``…``"2026-01-01"`` (as the PlateBridge POD
+connection guide and a Postgres ``date`` column give them) covers both days
+whole, also across DST changes (a day may last 23 or 25 hours). The window is
 ``[starts, ends)``: ``starts`` inclusive, ``ends`` exclusive. A bound that does
 not parse makes the entry invalid (it never allows) — never "always valid".
 """
@@ -24,7 +30,7 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Literal
 
 import msgspec
@@ -42,6 +48,7 @@ _FOLD = str.maketrans(dict(CONFUSABLE_PAIRS))
 
 MAX_MATCH_DISTANCE = 2
 
+_PLAIN_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?$"
 )
@@ -71,17 +78,40 @@ def fold_confusables(plate: str) -> str:
     return plate.translate(_FOLD)
 
 
-def parse_time_bound(text: str) -> datetime:
-    """Parse an RFC 3339 date-time (``2025-01-01T08:00:00Z``, ``…+02:00``,
-    ``2025-01-01 08:00:00+00`` as PostgreSQL prints it) into an aware UTC
-    datetime. A value without an offset is UTC. Raises ``ValueError`` for
-    anything else (date-only values, leap seconds, junk)."""
-    if not isinstance(text, str) or not _RFC3339.match(text.strip()):
-        raise ValueError(f"not an RFC 3339 date-time: {text!r}")
-    dt = datetime.fromisoformat(text.strip().upper())
+def parse_time_bound(text: str, *, tz: tzinfo = UTC, end: bool = False) -> datetime:
+    """Parse one validity bound into an aware UTC datetime.
+
+    ``text`` is an RFC 3339 date-time (``2025-01-01T08:00:00Z``, ``…+02:00``,
+    ``2025-01-01 08:00:00+00`` as PostgreSQL prints it; without an offset it is UTC)
+    or a plain date ``YYYY-MM-DD``. A plain date is a day in ``tz`` (the site's zone):
+    for a ``starts`` bound (``end=False``) the result is the first instant of that
+    day (00:00 local), for an ``ends`` bound (``end=True``) the first instant of the
+    next day, so the exclusive upper bound keeps the whole named day valid. Both are
+    local midnights computed in ``tz`` (never "start + 24 h"), so DST days of 23 or
+    25 hours are covered exactly; where a DST jump skips 00:00 the day starts at
+    the jump. Raises ``ValueError`` for anything else (leap seconds, junk)."""
+    if not isinstance(text, str):
+        raise ValueError(f"not a date or RFC 3339 date-time: {text!r}")
+    value = text.strip()
+    if _PLAIN_DATE.match(value):
+        day = date.fromisoformat(value)
+        if end:
+            day += timedelta(days=1)
+        return local_midnight(day, tz)
+    if not _RFC3339.match(value):
+        raise ValueError(f"not a date or RFC 3339 date-time: {text!r}")
+    dt = datetime.fromisoformat(value.upper())
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.astimezone(UTC)
+
+
+def local_midnight(day: date, tz: tzinfo) -> datetime:
+    """The first instant of ``day`` in zone ``tz``, as an aware UTC datetime.
+
+    With ``fold=0`` a wall time that a DST jump skips takes the offset from before
+    the jump, which lands exactly on the jump: the first instant the day has."""
+    return datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC)
 
 
 def edit_distance(a: str, b: str, limit: int) -> int | None:
@@ -133,7 +163,7 @@ class _Compiled:
         return self.ends is None or now < self.ends
 
 
-def _compile(entry: PlateEntry) -> _Compiled:
+def _compile(entry: PlateEntry, tz: tzinfo) -> _Compiled:
     key = normalize_plate(entry.plate)
     bounds: list[datetime | None] = []
     errors: list[str] = []
@@ -143,7 +173,7 @@ def _compile(entry: PlateEntry) -> _Compiled:
             bounds.append(None)
             continue
         try:
-            bounds.append(parse_time_bound(value))
+            bounds.append(parse_time_bound(value, tz=tz, end=name == "ends"))
         except (ValueError, TypeError, OverflowError):
             bounds.append(None)
             errors.append(f"unparseable {name} {value!r}")
@@ -159,21 +189,24 @@ class Whitelist:
     """An immutable, indexed whitelist.
 
     Built from ``entries`` (``list[PlateEntry]``, the ``/api/plates`` wire form)
-    and the portal's ``version`` (``config_version``). Never raises on entry
+    and the portal's ``version`` (``config_version``); ``tz`` is the site's time zone,
+    in which plain-date ``starts``/``ends`` are read (default UTC). Never raises on entry
     content: problems are reported in :attr:`collisions` (several raw plates
     normalising to the same text) and :attr:`invalid` (``(raw plate, reason)``
     for entries that can never allow: empty plate, unparseable or empty validity
     window). ``len()`` is the number of entries given.
     """
 
-    def __init__(self, entries: list[PlateEntry] | tuple[PlateEntry, ...] = (), version: str = ""):
+    def __init__(self, entries: list[PlateEntry] | tuple[PlateEntry, ...] = (), version: str = "",
+                 tz: tzinfo = UTC):
         self.version: str = version
+        self.tz = tz
         self.entries: list[PlateEntry] = list(entries)
         self._index: dict[str, list[_Compiled]] = {}
         self._by_len: dict[int, list[str]] = {}
         self.invalid: list[tuple[str, str]] = []
         for entry in self.entries:
-            c = _compile(entry)
+            c = _compile(entry, tz)
             if c.error is not None:
                 self.invalid.append((entry.plate, c.error))
             if not c.key:

@@ -29,7 +29,7 @@ import httpx
 import msgspec
 
 from pod.backoff import Backoff
-from pod.errors import PortalError, PortalRejected, PortalUnavailable
+from pod.errors import PortalError, PortalRejected, PortalUnavailable, StorageConflict
 from protocol.messages import (
     DetectRequest,
     HeartbeatRequest,
@@ -41,7 +41,8 @@ from protocol.messages import (
 )
 from protocol.redact import redact
 
-__all__ = ["USER_AGENT", "PortalClient", "PortalError", "PortalRejected", "PortalUnavailable"]
+__all__ = ["USER_AGENT", "PortalClient", "PortalError", "PortalRejected", "PortalUnavailable", "StorageConflict",
+           "is_storage_duplicate"]
 
 log = logging.getLogger("platebridge.pod.portal")
 
@@ -214,8 +215,10 @@ class PortalClient:
         opened — before any request is made; :class:`PortalUnavailable` for
         transport errors, timeouts, 5xx/408/429, or a file that changed size
         while it was being sent; :class:`PortalRejected` for any other non-2xx
-        status (``.status``: e.g. 403 for an expired or tampered signature,
-        409 when the object already exists — the caller decides what that means).
+        status (``.status``: e.g. 400/403 for an expired or tampered signature), and its
+        subclass :class:`StorageConflict` when storage already holds the object (HTTP 409, or
+        Supabase's HTTP 400 whose body says ``"statusCode": "409"``) — the caller decides
+        what that means.
         """
         f = open(path, "rb")  # noqa: SIM115, ASYNC230 - closed in the finally below; reads are chunked
         try:
@@ -289,6 +292,8 @@ class PortalClient:
         msg = f"{what}: HTTP {status}" + (f": {reason}" if reason else "")
         if status >= 500 or status in TRANSIENT_STATUSES:
             raise PortalUnavailable(msg, status=status)
+        if not auth and method in ("PUT", "POST") and is_storage_duplicate(status, resp.content):
+            raise StorageConflict(status, msg)  # a signed storage upload: the object is already there
         raise PortalRejected(status, msg)
 
     def _decode(self, resp: httpx.Response, typ: type[Any], what: str) -> Any:
@@ -297,6 +302,28 @@ class PortalClient:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise PortalUnavailable(f"{what}: unreadable answer ({self._scrub(str(exc))[:_MAX_REASON_CHARS]})",
                                     status=resp.status_code) from None
+
+
+def is_storage_duplicate(status: int, body: bytes) -> bool:
+    """Whether a storage answer to an upload says the object already exists.
+
+    Supabase Storage (storage-api) answers ``{"statusCode": "409", "error": "Duplicate",
+    "message": "The resource already exists"}`` — with HTTP 409, or with HTTP 400 in its
+    legacy error format (supabase/storage#502, supabase/supabase-js#1246). A plain 409
+    (no or another body) counts too. Other 400s (``InvalidSignature``,
+    ``ExpiredSignature``, ``Invalid JWT``) do not."""
+    if status == 409:
+        return True
+    if status != 400 or not body:
+        return False
+    try:
+        doc = msgspec.json.decode(body[:4096])
+    except msgspec.DecodeError:
+        return False
+    if not isinstance(doc, dict):
+        return False
+    code = doc.get("statusCode")
+    return str(code) == "409" or doc.get("error") == "Duplicate"
 
 
 class _FileChanged(Exception):

@@ -136,12 +136,22 @@ TRANSCODE_FPS = 25
 
 
 def _codec_args(cfg: PodConfig, cam: CameraConfig) -> list[str]:
+    """Video codec arguments: ``-c copy``, or libx264 for ``transcode: h264`` with the
+    camera's ``video_bitrate`` (bits/s: ``-b:v``, and ``-maxrate`` with a one-second
+    ``-bufsize`` so the rate holds over any second, not only on average) and ``max_height``
+    (``scale=-2:min(ih,H)``: down only, aspect kept, even width)."""
     if cam.transcode != "h264":
         return ["-c", "copy"]
     gop = max(1, round(TRANSCODE_FPS * cfg.hls_segment_seconds))
     seg = f"{cfg.hls_segment_seconds:g}"
-    return ["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-pix_fmt", "yuv420p",
+    args = ["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-pix_fmt", "yuv420p",
             "-g", str(gop), "-sc_threshold", "0", "-force_key_frames", f"expr:gte(t,n_forced*{seg})"]
+    if cam.video_bitrate is not None:
+        bps = int(cam.video_bitrate)  # normalised to bits/s by pod.config
+        args += ["-b:v", str(bps), "-maxrate", str(bps), "-bufsize", str(bps)]
+    if cam.max_height is not None:
+        args += ["-vf", f"scale=w=-2:h=min(ih\\,{int(cam.max_height)})"]
+    return args
 
 
 def media_sequence(text: str) -> int | None:

@@ -21,9 +21,12 @@ The portal contract (seed portal, :mod:`protocol.messages`):
    ``{upload_url, file_path, expires_in}`` (Supabase's ``signedUrl``/``signed_url``/``path``
    accepted); ``url_expires_at`` = receipt time + ``expires_in`` (absent: unknown).
 2. ``PUT`` the raw bytes (``Content-Type: video/mp4``), streamed from disk
-   (:meth:`pod.portal.PortalClient.upload_file`). 409 means the object already
-   exists: an earlier PUT of this very URL landed but the pod did not record it
-   (crash, lost answer) — Supabase Storage answers so — and counts as uploaded.
+   (:meth:`pod.portal.PortalClient.upload_file`). "The resource already exists"
+   (:class:`pod.errors.StorageConflict`: HTTP 409, or Supabase Storage's HTTP 400 with
+   ``"statusCode": "409"`` in the body) means an earlier PUT of this clip landed but the
+   pod did not record it (crash, lost answer, or a portal whose paths follow the file
+   name, so a fresh URL names the same object): it counts as uploaded, the clip is
+   confirmed and deleted, and no new URL is asked for.
 3. ``POST /api/pod/recordings/confirm {camera_id, file_path, duration_seconds,
    event_type: "plate_detection", plate_number, event_id, file_size_bytes}``.
 4. Delete the local file, only after the confirm answered 2xx.
@@ -66,7 +69,7 @@ from msgspec.structs import replace
 
 from pod.backoff import Backoff
 from pod.db import open_sqlite, transaction
-from pod.errors import PortalRejected, PortalUnavailable
+from pod.errors import PortalRejected, PortalUnavailable, StorageConflict
 from pod.portal import PortalClient
 from protocol.messages import RecordingConfirm, UploadUrlRequest
 from protocol.redact import redact
@@ -77,7 +80,6 @@ STATES = ("recorded", "url", "uploaded", "confirmed", "evicted", "failed")
 ACTIVE_STATES = ("recorded", "url", "uploaded")
 """States the uploader still works on."""
 RETRYABLE_STATUSES = frozenset({408, 429})
-CONFLICT_STATUS = 409
 _MAX_ERROR_CHARS = 500
 
 _SCHEMA = """
@@ -606,13 +608,13 @@ class Uploader:
         t0 = time.monotonic()
         try:
             size = await self.portal.upload_file(row.upload_url, row.local_path, "video/mp4")
+        except StorageConflict as exc:
+            self.conflicts += 1
+            log.info("uploads: %s: storage already holds %s (HTTP %d, \"The resource already exists\"): an "
+                     "earlier PUT landed; counting it as uploaded", row.event_id, row.file_path, exc.status)
+            self._uploaded(row)
+            return
         except PortalRejected as exc:
-            if exc.status == CONFLICT_STATUS:
-                self.conflicts += 1
-                log.info("uploads: %s: storage already holds %s (HTTP 409): an earlier PUT landed; "
-                         "counting it as uploaded", row.event_id, row.file_path)
-                self._uploaded(row)
-                return
             if exc.status in RETRYABLE_STATUSES:
                 raise
             self._refused_put(row, exc)

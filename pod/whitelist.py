@@ -1,5 +1,5 @@
-"""Whitelist cache file and the live whitelist holder (thin I/O around
-:class:`pod.plates.Whitelist`).
+"""Whitelist cache file, the live whitelist holder (thin I/O around
+:class:`pod.plates.Whitelist`) and its periodic refresh (:class:`WhitelistRefresher`).
 
 The cache is the ``GET /api/plates`` answer (:class:`protocol.messages.PlatesResponse`)
 in its JSON wire form, so the pod can start and decide offline. It holds tenant
@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, tzinfo
 from pathlib import Path
 
 import msgspec
@@ -90,18 +91,21 @@ class WhitelistStore:
 
     ``cache_path`` (optional) is where :meth:`refresh` saves and
     :meth:`load_from_cache` reads. ``clock`` returns monotonic seconds (for
-    :attr:`last_refresh`). Collisions and invalid entries are logged whenever a
-    whitelist is installed."""
+    :attr:`last_refresh`). ``tz`` is the site's time zone, in which plain-date
+    ``starts``/``ends`` are read (:func:`pod.plates.parse_time_bound`). Collisions and
+    invalid entries are logged whenever a whitelist is installed."""
 
     def __init__(
         self,
         cache_path: str | os.PathLike[str] | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        tz: tzinfo = UTC,
     ):
         self.cache_path = Path(cache_path) if cache_path is not None else None
         self._clock = clock
-        self._current = Whitelist([], "")
+        self.tz = tz
+        self._current = Whitelist([], "", tz=tz)
         self._lock = asyncio.Lock()
         self.last_refresh: float | None = None
         """Monotonic seconds of the last successful portal refresh, or None."""
@@ -117,7 +121,7 @@ class WhitelistStore:
         return self._current.version
 
     def _install(self, resp: PlatesResponse, source: str) -> None:
-        wl = Whitelist(resp.entries, resp.config_version)
+        wl = Whitelist(resp.entries, resp.version, tz=self.tz)
         for key, raws in wl.collisions:
             log.warning("whitelist %s: %d entries normalise to %s: %s", wl.version, len(raws), key, raws)
         for raw, why in wl.invalid:
@@ -167,3 +171,61 @@ class WhitelistStore:
                 except Exception as exc:  # noqa: BLE001
                     log.warning("whitelist cache %s not saved: %s", self.cache_path, redact(str(exc)))
             return True
+
+
+NUDGE_COALESCE_SECONDS = 1.0
+"""Refresh requests arriving within this window (seconds) share one portal fetch."""
+
+
+class WhitelistRefresher:
+    """Keeps the :class:`WhitelistStore` current: the seed's "POD refreshes whitelist every 5
+    minutes" (``whitelist_refresh_interval``), plus a refresh soon after :meth:`request` (a
+    nudge, or a heartbeat answering another ``config_version``).
+
+    ``fetch()`` returns the portal's :class:`PlatesResponse` (``GET /api/plates``); a failed
+    fetch keeps the whitelist in force (see :meth:`WhitelistStore.refresh`). ``interval`` and
+    ``coalesce`` are seconds: requests arriving within ``coalesce`` of each other share one
+    fetch, so a burst of nudges costs the portal one request. :attr:`fetches` counts the
+    fetches started.
+    """
+
+    def __init__(
+        self,
+        store: WhitelistStore,
+        fetch: Callable[[], Awaitable[PlatesResponse]],
+        *,
+        interval: float,
+        coalesce: float = NUDGE_COALESCE_SECONDS,
+    ) -> None:
+        if not interval > 0:
+            raise ValueError("interval must be > 0 seconds")
+        self.store, self.fetch, self.interval, self.coalesce = store, fetch, interval, coalesce
+        self._now = asyncio.Event()
+        self.fetches = 0
+
+    def request(self) -> None:
+        """Refresh soon (within ``coalesce`` seconds), not only at the next interval."""
+        self._now.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch at once, then at every ``interval`` or :meth:`request`, until ``stop`` is set."""
+        first = True
+        while not stop.is_set():
+            if not first:  # coalesce bursts of nudges/heartbeat hints into one fetch
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=self.coalesce)
+                except TimeoutError:
+                    pass
+                if stop.is_set():
+                    return
+            first = False
+            self._now.clear()
+            self.fetches += 1
+            await self.store.refresh(self.fetch)
+            waiter = asyncio.ensure_future(self._now.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({waiter, stopper}, timeout=self.interval, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                stopper.cancel()

@@ -4,6 +4,10 @@ Field names follow the seed's portal API (``/api/plates``, ``/api/pod/detect``,
 ``/api/pod/heartbeat``, ``/api/pod/recordings/*``, ``/api/pod/stream-token``).
 Times are RFC 3339 UTC strings on the wire; durations are seconds; sizes are
 bytes. Unknown fields from the portal are ignored (forward compatible).
+
+``config_version`` may come as a JSON number (the PlateBridge POD connection
+guide shows ``"config_version": 42``, as a Postgres integer column serialises) or
+as a string; it is compared as text, so ``42`` and ``"42"`` are the same version.
 """
 
 from __future__ import annotations
@@ -45,12 +49,14 @@ class DetectRequest(msgspec.Struct, omit_defaults=True):
 
 class HeartbeatRequest(msgspec.Struct, omit_defaults=True):
     """``POST /api/pod/heartbeat``, one per camera. ``stream_url`` is the pod's
-    tailnet URL of the camera's HLS media playlist; ages in seconds, sizes in bytes."""
+    tailnet URL of the camera's HLS media playlist; ages in seconds, sizes in bytes.
+    ``status`` has no default, so it is always on the wire: the guide's portal sets
+    ``cameras.status`` from it."""
 
     pod_id: str
     camera_id: str
     stream_url: str
-    status: Literal["online", "degraded", "offline"] = "online"
+    status: Literal["online", "degraded", "offline"]
     version: str | None = None
     uptime_s: float | None = None
     last_segment_age_s: float | None = None
@@ -59,16 +65,30 @@ class HeartbeatRequest(msgspec.Struct, omit_defaults=True):
     disk_free_bytes: int | None = None
 
 
+def version_text(value: str | int | None) -> str | None:
+    """A ``config_version`` as text (``42`` → ``"42"``; a string unchanged; None stays None).
+    Versions are compared as text: the guide's portal sends a number, others a string."""
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
+
+
 class HeartbeatResponse(msgspec.Struct, omit_defaults=True):
-    """Heartbeat answer. A ``config_version`` differing from the cached whitelist's
-    makes the pod refresh at once."""
+    """Heartbeat answer. A ``config_version`` (string or number, normalised to text on
+    decode) differing from the cached whitelist's makes the pod refresh at once."""
 
     success: bool = True
-    config_version: str | None = None
+    config_version: str | int | None = None
+
+    def __post_init__(self) -> None:
+        self.config_version = version_text(self.config_version)
 
 
 class PlateEntry(msgspec.Struct, omit_defaults=True):
-    """One whitelist entry. ``starts``/``ends`` are RFC 3339 times or None (open)."""
+    """One whitelist entry. ``starts``/``ends`` are RFC 3339 date-times, plain dates
+    (``"2025-01-01"``, as a Postgres ``date`` column returns them: a plain ``starts`` is
+    from 00:00 and a plain ``ends`` through the end of that day, in the site's local
+    time) or None (open); see :mod:`pod.plates` for the rule."""
 
     plate: str
     unit: str | None = None
@@ -79,10 +99,19 @@ class PlateEntry(msgspec.Struct, omit_defaults=True):
 
 
 class PlatesResponse(msgspec.Struct):
-    """``GET /api/plates?site=<site_id>&company_id=<company_id>``."""
+    """``GET /api/plates?site=<site_id>&company_id=<company_id>``. ``config_version`` is a
+    string or a number on the wire and text after decoding (:func:`version_text`)."""
 
-    config_version: str
+    config_version: str | int
     entries: list[PlateEntry] = []
+
+    def __post_init__(self) -> None:
+        self.config_version = version_text(self.config_version) or ""
+
+    @property
+    def version(self) -> str:
+        """``config_version`` as text."""
+        return str(self.config_version)
 
 
 class UploadUrlRequest(msgspec.Struct):

@@ -6,8 +6,10 @@ the GStreamer test camera, one pod and the gateway. The watch token is minted
 by the portal stand-in's ``POST /api/pod/stream-token``, as the real portal
 would. Prints one ``WATCH URL: …`` line, then publishes two simulated Frigate
 passages (one whitelisted plate, one unknown) and prints each detection as it
-lands at the portal stand-in, then each clip (5 s pre-roll + 10 s) once it is
-uploaded and confirmed, with its playable download URL. Runs until
+lands at the portal stand-in, ``GATE: opened <plate>`` when the portal opens the
+gate through its Gatewise stand-in (allowed plates only), then each clip (5 s
+pre-roll + 10 s) once it is uploaded and confirmed, with its playable download
+URL. Also prints the guide's test ``curl`` for this portal. Runs until
 interrupted (Ctrl-C).
 
 Ports: env ``DEMO_GATEWAY_PORT`` (8080), ``DEMO_POD_PORT`` (8000),
@@ -82,8 +84,13 @@ def main() -> int:
         publisher.passage("XYZ 999")
         print(f"demo: more cars: .venv/bin/python deploy/dev/frigate_sim.py --port {stack.mqtt_port} --plate 'ABC 123'",
               flush=True)
+        print(f"demo: the guide's test detection: curl -X POST {stack.portal_url}/api/pod/detect "
+              f"-H 'Authorization: Bearer <pod_api_key from {stack.workdir / 'pod.yaml'}>' "
+              "-H 'Content-Type: application/json' "
+              """-d '{"site_id":"xxx","plate":"TEST123","camera":"camera-1","pod_name":"main-gate-pod"}'""", flush=True)
         seen: set[str] = set()
         clips: set[str] = set()
+        opened = 0
         while not stopping:
             for name, proc in stack.procs.items():
                 if proc.popen.poll() is not None:
@@ -95,6 +102,10 @@ def main() -> int:
                         seen.add(d["event_id"])
                         print(f"PORTAL: detect {d['decision']} {d.get('plate') or '-'} {d['reason']} "
                               f"event={d['event_id']}", flush=True)
+                openings = stack.gate_openings()  # the portal opens the gate through Gatewise on allow
+                for o in openings[opened:]:
+                    print(f"GATE: opened {o['plate'] or '-'} (gate {o['gate_id']}, event {o['event_id']})", flush=True)
+                opened = len(openings)
                 recs = httpx.get(f"{stack.portal_url}/api/pod/recordings", params={"camera_id": stack.camera_id},
                                  headers={"Authorization": "Bearer demo-user-session"}, timeout=5).json()["recordings"]
                 for rec in recs:

@@ -1,56 +1,92 @@
-"""STAND-IN for the Vercel portal (development and tests only; never shipped).
+"""STAND-IN for the Vercel portal and its Supabase Storage (development and tests only;
+never shipped).
 
-Implements the portal side of the pod contract (:mod:`protocol.messages`) with
-an SQLite audit log:
+Implements the portal side of the pod contract (:mod:`protocol.messages`, the PlateBridge
+POD connection guide) with an SQLite audit log:
 
-* ``GET /api/plates?site=&company_id=`` → ``{config_version, entries}``
-* ``POST /api/pod/detect`` → ``{"success": true, "duplicate": bool}``; dedupes by
-  ``event_id`` and by the ``Idempotency-Key`` header; 400 on a bad body
+* ``GET /api/plates?site=&company_id=`` → ``{config_version, entries}``. ``config_version``
+  keeps the JSON type it was given (the guide's portal sends a number, ``42``); each
+  replacement of the whitelist bumps it (a number stays a number).
+* ``POST /api/pod/detect`` → ``{"success": true, "duplicate": bool, "decision", "event_id"}``.
+  Accepts the guide's minimal body ``{site_id, plate, camera, pod_name}`` (its test
+  ``curl`` works against the demo) as well as the pod's full one. Without ``decision`` the
+  stand-in decides like the guide's portal, from its own whitelist (normalised exact
+  match, enabled, inside ``starts``/``ends``); without ``event_id`` it uses the
+  ``Idempotency-Key`` header or a fresh ``portal-<uuid>``. Dedupes by ``event_id`` and by
+  the ``Idempotency-Key`` header; 400 on a bad body. On a new **allow** it opens the gate
+  through Gatewise (``POST {gatewise_url}/api/v1/gates/{gate_id}/open`` with
+  ``Bearer <GATEWISE_API_KEY>``), by default the Gatewise stand-in served by this same
+  process under ``/gatewise`` (``deploy/dev/gatewise_standin.py``).
 * ``POST /api/pod/heartbeat`` → ``{"success": true, "config_version": …}``
+* ``POST /api/nudge`` ``{"property", "reason"}`` (the guide's manual sync trigger) → bumps
+  ``config_version`` and, with ``--gateway-admin-token``, relays a nudge to every known pod
+  through the gateway (``POST {gateway_url}/pods/{pod_id}/nudge``, option B: pods have no
+  inbound port), so they refresh at once; pods also see the new version in their next
+  heartbeat answer.
 * ``POST /api/pod/stream-token`` ``{camera_id}`` (user session stand-in: any
   non-empty bearer, or exactly ``--user-key`` when given) → a user stream JWT
   (:func:`protocol.tokens.mint_user_token`), ``stream_url`` and ``watch_url`` on
   the gateway
 * ``POST /api/pod/recordings/upload-url`` ``{camera_id, filename}`` →
-  ``{upload_url, file_path, expires_in}``: a signed ``PUT /storage/<path>?expires=&sig=``
-  URL (HMAC-SHA256 over method, path and expiry; lifetime ``--upload-ttl``). The PUT
-  answers 403 for a bad or expired signature and 409 when the object already exists
-  (as Supabase Storage does), so a retried PUT of an upload that already landed is
-  recognisable.
+  ``{upload_url, file_path, expires_in}`` for the object ``file_path`` =
+  ``recordings/<community>/<camera_id>/<filename>`` (the guide's shape; the same filename
+  gives the same path) in the bucket ``camera-recordings``.
 * ``POST /api/pod/recordings/confirm`` (400 unless the file was uploaded; idempotent by
   ``file_path``)
 * ``GET /api/pod/recordings?camera_id=`` (user auth) → ``{recordings: [...]}``, each with
   the confirm body (``duration_seconds``, ``plate_number``, ``event_id`` …) plus
-  ``video_url``: a signed download URL ``GET /storage/<path>?expires=&sig=`` (lifetime
-  ``--download-ttl``) served as ``video/mp4`` with single-range ``Range`` support
-  (RFC 9110 §14), so a browser ``<video>`` can play and seek it.
+  ``video_url``, a signed download URL (lifetime ``--download-ttl``).
+
+Supabase Storage, with its real URL shapes (supabase/storage ``src/http/routes/object/``
+``getSignedUploadURL.ts``, ``uploadSignedObject.ts``, ``getSignedObject.ts``):
+
+* upload: ``PUT`` (or ``POST``) ``/storage/v1/object/upload/sign/<bucket>/<path>?token=<jwt>``,
+  where the token is an HS256 JWT with claims ``url`` = ``<bucket>/<path>`` and ``exp``
+  (lifetime ``--upload-ttl``) → ``200 {"Key": "<bucket>/<path>"}``. A bad token is HTTP 400
+  ``{"statusCode": "400", "error": "Invalid JWT"|"InvalidSignature"|"ExpiredSignature",
+  "message": …}``, as storage-api answers.
+* a second upload of an existing object: ``"The resource already exists"``, answered either
+  as HTTP 409 ``{"statusCode": "409", "error": "Duplicate", …}`` or, as storage-api's legacy
+  error format does (supabase/storage#502, supabase/supabase-js#1246: ``"status": 400``;
+  supabase/supabase-py#1254: ``statusCode 409``), HTTP **400** with that same body. Which
+  one: ``--storage-duplicate 409|400`` or ``POST /__standin/storage {"duplicate": …}``.
+* download: ``GET /storage/v1/object/sign/<bucket>/<path>?token=<jwt>`` served as
+  ``video/mp4`` with single-range ``Range`` support (RFC 9110 §14), so a browser
+  ``<video>`` can play and seek it.
 
 Signing key: random per process unless ``--signing-key`` (or env
 ``PORTAL_STANDIN_SIGNING_KEY``) is given, in which case URLs stay valid across
-restarts. Upload and download signatures differ (the method is signed), so one
+restarts. Upload and download tokens are signed with different keys, so one
 cannot stand in for the other.
 
 The ``/api/pod/*`` and ``/api/plates`` endpoints (except stream-token and the
 recordings list, which take user auth) need ``Authorization: Bearer <pod api key>``;
-401 otherwise. The key itself is never stored or logged.
+401 otherwise. The key itself is never stored or logged. ``/api/nudge`` takes no
+credentials here (the guide shows none); a real portal requires a user session.
 
 Admin endpoints (stand-in only, no auth; bind to loopback):
-``PUT /__standin/plates`` (list of entries or ``{"entries": [...]}``; bumps
-``config_version``), ``POST /__standin/fault {"mode": "ok"|"error500"|"hang",
+``PUT /__standin/plates`` (list of entries, or ``{"entries": [...]}`` optionally with
+``"config_version"``, which is then served as given; otherwise the version is bumped),
+``POST /__standin/fault {"mode": "ok"|"error500"|"hang",
 "count": n|null, "scope": "all"|"api"|"storage"}`` (the next ``n`` requests in scope, or all
 while null, fail; ``api`` = ``/api/*``, ``storage`` = ``/storage/*``, default ``all``),
-``GET /__standin/fault``, ``GET /__standin/detections``, ``GET /__standin/heartbeats``,
+``GET /__standin/fault``, ``POST /__standin/storage {"duplicate": "409"|"400"}``,
+``GET /__standin/detections``, ``GET /__standin/heartbeats``, ``GET /__standin/nudges``,
 ``GET /__standin/uploads`` (stored objects), ``GET /__standin/upload-urls`` (every upload
-URL issued: camera, filename, path, expiry — never the signature).
+URL issued: camera, filename, path, expiry — never the token),
+``GET /gatewise/__standin/openings`` (gate openings).
 
 Prints ``PORTAL: detect <decision> <plate> <reason> event=<id>`` on stdout for
-every new detection.
+every new detection, and the Gatewise stand-in ``GATE: opened <plate> …`` for every opening.
 
 CLI: ``python deploy/dev/portal_standin.py --host 127.0.0.1 --port N --db path
 --api-key K --stream-secret S --gateway-url URL [--plates-file f.json]
 [--pod-id ID] [--user-key K] [--token-ttl S] [--upload-ttl S] [--download-ttl S]
-[--signing-key K]``. ``--api-key``/``--stream-secret``/``--signing-key`` default to
-``$PORTAL_STANDIN_API_KEY``/``$PORTAL_STANDIN_STREAM_SECRET``/``$PORTAL_STANDIN_SIGNING_KEY``
+[--signing-key K] [--storage-duplicate 409|400] [--community NAME]
+[--gatewise-url URL] [--gatewise-api-key K] [--gate-id ID] [--gateway-admin-token T]``.
+``--api-key``/``--stream-secret``/``--signing-key``/``--gatewise-api-key``/``--gateway-admin-token``
+default to ``$PORTAL_STANDIN_API_KEY``/``$PORTAL_STANDIN_STREAM_SECRET``/
+``$PORTAL_STANDIN_SIGNING_KEY``/``$GATEWISE_API_KEY``/``$PLATEBRIDGE_GATEWAY_ADMIN_TOKEN``
 (keeps them out of ``ps``).
 """
 
@@ -69,20 +105,29 @@ import sqlite3
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import httpx
+import jwt
 import msgspec
-from litestar import Litestar, Request, Response, get, post, put
+from litestar import Litestar, Request, Response, get, post, put, route
 from litestar.params import FromPath, FromQuery
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+DEV = Path(__file__).resolve().parent
+if str(DEV) not in sys.path:
+    sys.path.insert(0, str(DEV))
 
+from gatewise_standin import GatewiseStandIn  # noqa: E402
+from gatewise_standin import route_handlers as gatewise_routes  # noqa: E402
+
+from pod.plates import Whitelist  # noqa: E402
 from protocol.ids import is_camera_id, is_dns_label  # noqa: E402
 from protocol.messages import (  # noqa: E402
-    DetectRequest,
     HeartbeatRequest,
     PlateEntry,
     RecordingConfirm,
@@ -110,19 +155,32 @@ CREATE TABLE IF NOT EXISTS recordings (
 CREATE TABLE IF NOT EXISTS upload_urls (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, camera_id TEXT NOT NULL, filename TEXT NOT NULL,
     file_path TEXT NOT NULL, expires INTEGER NOT NULL, issued REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS nudges (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL, config_version TEXT NOT NULL,
+    relayed TEXT NOT NULL, received REAL NOT NULL);
 """
 _FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_REQUIRED_DETECT = ("site_id", "plate", "camera", "camera_id", "event_id", "detected_at")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 UPLOAD_TTL = 600.0
 DOWNLOAD_TTL = 3600.0
 FAULT_SCOPES = ("all", "api", "storage")
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 HANG_SECONDS = 600.0
+BUCKET = "camera-recordings"
+"""The Supabase Storage bucket the guide creates ("Create bucket: camera-recordings (Private)")."""
+STORAGE_OBJECT = "/storage/v1/object"
+DuplicateAnswer = Literal["409", "400"]
+MAX_FIELD_CHARS = 256
 
 
 def _err(status: int, message: str) -> Response:
     return Response({"success": False, "error": message}, status_code=status)
+
+
+def _storage_err(http_status: int, status_code: str, error: str, message: str) -> Response:
+    """A storage-api error body (``{"statusCode": "<code as a string>", "error", "message"}``)."""
+    return Response({"statusCode": status_code, "error": error, "message": message}, status_code=http_status)
 
 
 def _printable(value: object) -> str:
@@ -131,13 +189,36 @@ def _printable(value: object) -> str:
     return "".join(c if c.isprintable() and not c.isspace() else "?" for c in str(value))[:80] or "-"
 
 
+class DetectBody(msgspec.Struct, forbid_unknown_fields=False):
+    """What ``POST /api/pod/detect`` accepts: the guide's four fields, the pod's others optional."""
+
+    site_id: str
+    plate: str | None
+    camera: str
+    pod_name: str
+    camera_id: str | None = None
+    event_id: str | None = None
+    decision: Literal["allow", "deny"] | None = None
+    reason: str | None = None
+    detected_at: str | None = None
+    confidence: float | None = None
+    plate_raw: str | None = None
+    near_match: str | None = None
+
+
 class PortalStandIn:
     """State of the stand-in: the SQLite audit log at ``db_path`` (mode 0600), the pod
     ``api_key`` (compared in constant time, never stored), the stream keyring,
     the gateway base URL and the fault switch. ``plates`` seeds the whitelist when
-    the database has none. ``upload_ttl`` / ``download_ttl`` are the signed upload /
-    download URL lifetimes in seconds. ``signing_key`` (any non-empty string) makes the
-    URL signatures stable across restarts; without it a random key is drawn per process."""
+    the database has none (``config_version`` given: served as given). ``upload_ttl`` /
+    ``download_ttl`` are the signed upload / download URL lifetimes in seconds.
+    ``signing_key`` (any non-empty string) makes the storage tokens stable across restarts;
+    without it a random key is drawn per process. ``storage_duplicate`` is how storage answers
+    a second upload of an object (``"409"``, or ``"400"`` as storage-api's legacy errors do).
+    ``community`` is the middle of the storage paths. ``gatewise`` is the Gatewise stand-in
+    served with this app, ``gatewise_url`` where allowed detections open ``gate_id``
+    (None: this process's own ``/gatewise``), ``gatewise_api_key`` the key sent to it.
+    ``gateway_admin_token`` enables the nudge relay through the gateway."""
 
     def __init__(
         self,
@@ -152,11 +233,22 @@ class PortalStandIn:
         upload_ttl: float = UPLOAD_TTL,
         download_ttl: float = DOWNLOAD_TTL,
         signing_key: str | None = None,
-        plates: list[PlateEntry] | None = None,
+        plates: list[PlateEntry] | list[dict] | None = None,
+        config_version: str | int | None = None,
+        storage_duplicate: DuplicateAnswer = "409",
+        community: str = "dev-community",
+        gatewise_url: str | None = None,
+        gatewise_api_key: str | None = None,
+        gate_id: str = "main-gate",
+        gateway_admin_token: str | None = None,
         out=None,
     ) -> None:
         if not api_key:
             raise ValueError("api_key must not be empty")
+        if storage_duplicate not in ("409", "400"):
+            raise ValueError("storage_duplicate must be '409' or '400'")
+        if not _NAME.match(community) or not _NAME.match(gate_id):
+            raise ValueError("community and gate_id must be 1-64 chars of A-Za-z0-9._-")
         self._api_key = api_key.encode()
         self._user_key = user_key.encode() if user_key else None
         self.keyring = Keyring.single(stream_secret)
@@ -165,14 +257,24 @@ class PortalStandIn:
         self.token_ttl = token_ttl
         self.upload_ttl = upload_ttl
         self.download_ttl = download_ttl
-        self._sign_key = (hashlib.sha256(b"platebridge-standin-signing\0" + signing_key.encode()).digest()
-                          if signing_key else secrets.token_bytes(32))
+        root = (hashlib.sha256(b"platebridge-standin-signing\0" + signing_key.encode()).digest()
+                if signing_key else secrets.token_bytes(32))
+        self._upload_key = hmac.new(root, b"storage-upload", hashlib.sha256).digest()
+        self._download_key = hmac.new(root, b"storage-download", hashlib.sha256).digest()
+        self.storage_duplicate: DuplicateAnswer = storage_duplicate
+        self.community = community
+        self.gatewise_api_key = gatewise_api_key or secrets.token_urlsafe(24)
+        self.gatewise = GatewiseStandIn(self.gatewise_api_key, out=out)
+        self.gatewise_url = gatewise_url.rstrip("/") if gatewise_url else None
+        self.gate_id = gate_id
+        self.gateway_admin_token = gateway_admin_token
         self.out = out  # None: sys.stdout at print time
         self.fault_mode = "ok"
         self.fault_scope = "all"
         self.fault_remaining: int | None = None
         self.faults_served = 0
         self._fault_changed = asyncio.Event()
+        self._background: set[asyncio.Task] = set()
         path = Path(db_path)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
@@ -180,10 +282,8 @@ class PortalStandIn:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(_SCHEMA)
-        if self._kv("config_version") is None:
-            self.set_plates(plates or [])
-        elif plates is not None:
-            self.set_plates(plates)
+        if self._kv("config_version") is None or plates is not None or config_version is not None:
+            self.set_plates(plates if plates is not None else self.plates(), version=config_version)
 
     # --- state ---
 
@@ -195,23 +295,44 @@ class PortalStandIn:
         self.db.execute("INSERT INTO kv (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", (key, value))
 
     @property
-    def config_version(self) -> str:
-        """The whitelist version (a decimal counter, bumped by every replacement)."""
-        return self._kv("config_version") or "0"
+    def config_version(self) -> str | int:
+        """The whitelist version as served: a number or a string, as it was set (default: a
+        counter starting at ``"1"``)."""
+        raw = self._kv("config_version")
+        return "0" if raw is None else json.loads(raw)
 
-    def set_plates(self, entries: list[PlateEntry]) -> str:
-        """Replace the whitelist and bump ``config_version``; returns the new version."""
-        version = str(int(self._kv("config_version") or "0") + 1)
+    def set_plates(self, entries: list[PlateEntry] | list[dict], version: str | int | None = None) -> str | int:
+        """Replace the whitelist; ``version`` is served as given, else ``config_version`` is
+        bumped (a number stays a number, a numeric string a numeric string). Returns it."""
+        if version is None:
+            prev = self.config_version if self._kv("config_version") is not None else None
+            if isinstance(prev, int):
+                version = prev + 1
+            elif isinstance(prev, str) and prev.isdigit():
+                version = str(int(prev) + 1)
+            else:
+                version = "1" if prev is None else f"{prev}.1"
+        # every column with explicit nulls, like the portal's rows; extra keys kept as given
+        raw = [msgspec.structs.asdict(e) if isinstance(e, PlateEntry)
+               else {**msgspec.structs.asdict(msgspec.convert(e, PlateEntry)), **e} for e in entries]
         self.db.execute("BEGIN IMMEDIATE")
-        self._set_kv("plates",
-                     json.dumps([msgspec.structs.asdict(e) for e in entries]))  # explicit nulls, like the portal
-        self._set_kv("config_version", version)
+        self._set_kv("plates", json.dumps(raw))
+        self._set_kv("config_version", json.dumps(version))
         self.db.execute("COMMIT")
         return version
+
+    def bump_version(self) -> str | int:
+        """Bump ``config_version`` without changing the entries (a nudge); returns it."""
+        return self.set_plates(self.plates())
 
     def plates(self) -> list[dict]:
         """The whitelist entries in wire form."""
         return json.loads(self._kv("plates") or "[]")
+
+    def whitelist(self) -> Whitelist:
+        """The whitelist as the portal would judge a plate with it (UTC site time)."""
+        entries = msgspec.convert(self.plates(), list[PlateEntry])
+        return Whitelist(entries, str(self.config_version))
 
     def authorized_pod(self, request: Request) -> bool:
         """True when the request carries ``Bearer <pod api key>``."""
@@ -260,37 +381,47 @@ class PortalStandIn:
             return _err(503, "stand-in hang released")
         return _err(500, "stand-in fault: error500")
 
-    def sign(self, path: str, expires: int, method: str = "PUT") -> str:
-        """HMAC-SHA256 (hex) of ``method`` (``PUT`` upload, ``GET`` download), storage ``path``
-        and Unix ``expires`` with the signing key."""
-        return hmac.new(self._sign_key, f"{method}\n{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+    # --- storage (Supabase Storage stand-in) ---
 
-    def check_signature(self, path: str, query: Any, method: str) -> str | None:
-        """Why the signed storage URL (``path``, query ``expires``/``sig``) is refused for
-        ``method``, or None when it is valid and unexpired."""
+    def storage_token(self, path: str, expires: int, kind: Literal["upload", "download"] = "upload") -> str:
+        """The signed-URL token for object ``path`` of the bucket: an HS256 JWT with claims
+        ``url`` = ``<bucket>/<path>`` and ``exp`` (Unix s), as storage-api signs them; upload
+        and download tokens use different keys. Deterministic for equal arguments."""
+        key = self._upload_key if kind == "upload" else self._download_key
+        return jwt.encode({"url": f"{BUCKET}/{path}", "exp": int(expires)}, key, algorithm="HS256")
+
+    def check_token(self, bucket: str, path: str, token: str | None,
+                    kind: Literal["upload", "download"]) -> Response | None:
+        """storage-api's answer refusing ``token`` for ``<bucket>/<path>``, or None when valid."""
+        key = self._upload_key if kind == "upload" else self._download_key
         try:
-            expires = int(query.get("expires", ""))
-        except ValueError:
-            return "invalid signature"
-        sig = query.get("sig", "")
-        if not sig or not hmac.compare_digest(sig, self.sign(path, expires, method)):
-            return "invalid signature"
-        if expires < time.time():
-            return "signed URL expired"
+            claims = jwt.decode(token or "", key, algorithms=["HS256"], options={"require": ["exp", "url"]})
+        except jwt.ExpiredSignatureError:
+            return _storage_err(400, "400", "ExpiredSignature", "The signature has expired")
+        except jwt.PyJWTError as exc:
+            return _storage_err(400, "400", "Invalid JWT", type(exc).__name__)
+        if claims.get("url") != f"{bucket}/{path}":
+            return _storage_err(400, "400", "InvalidSignature", "The url do not match the signature")
         return None
+
+    def upload_url(self, base: str, path: str, expires: int) -> str:
+        """Signed upload URL (``PUT``) for object ``path`` under ``base`` (the stand-in's own URL)."""
+        return f"{base}{STORAGE_OBJECT}/upload/sign/{BUCKET}/{path}?token={self.storage_token(path, expires)}"
 
     def download_url(self, base: str, path: str, *, now: float | None = None) -> str:
         """Signed ``GET`` URL for stored object ``path`` under ``base`` (the stand-in's own
         URL), valid ``download_ttl`` seconds from ``now``."""
         expires = int((time.time() if now is None else now) + self.download_ttl)
-        return f"{base}/storage/{path}?expires={expires}&sig={self.sign(path, expires, 'GET')}"
+        return f"{base}{STORAGE_OBJECT}/sign/{BUCKET}/{path}?token={self.storage_token(path, expires, 'download')}"
 
     def upload_urls(self) -> list[dict]:
         """Every upload URL issued, in order: ``camera_id``, ``filename``, ``file_path``,
-        ``expires`` (Unix s), ``issued_at`` — never the signature."""
+        ``expires`` (Unix s), ``issued_at`` — never the token."""
         rows = self.db.execute(
             "SELECT camera_id, filename, file_path, expires, issued FROM upload_urls ORDER BY seq").fetchall()
         return [dict(zip(("camera_id", "filename", "file_path", "expires", "issued_at"), r, strict=True)) for r in rows]
+
+    # --- pods ---
 
     def pod_for_camera(self, camera_id: str) -> str | None:
         """pod_id of the last heartbeat for ``camera_id``, else the configured ``pod_id``."""
@@ -298,6 +429,13 @@ class PortalStandIn:
             "SELECT pod_id FROM heartbeats WHERE camera_id = ? ORDER BY seq DESC LIMIT 1", (camera_id,)
         ).fetchone()
         return row[0] if row else self.pod_id
+
+    def known_pods(self) -> list[str]:
+        """Every pod that sent a heartbeat, plus the configured ``pod_id``; sorted."""
+        pods = {r[0] for r in self.db.execute("SELECT DISTINCT pod_id FROM heartbeats")}
+        if self.pod_id:
+            pods.add(self.pod_id)
+        return sorted(pods)
 
     def detections(self) -> list[dict]:
         """Detections in arrival order: every field sent, plus ``count`` (deliveries of
@@ -310,6 +448,57 @@ class PortalStandIn:
         """Heartbeats in arrival order, each with ``received_at`` (Unix s)."""
         rows = self.db.execute("SELECT body, received FROM heartbeats ORDER BY seq").fetchall()
         return [{**json.loads(b), "received_at": r} for b, r in rows]
+
+    def nudges(self) -> list[dict]:
+        """``POST /api/nudge`` calls in order: the body, the new ``config_version`` and the
+        pods the nudge was relayed to (with the gateway's status)."""
+        rows = self.db.execute("SELECT body, config_version, relayed, received FROM nudges ORDER BY seq").fetchall()
+        return [{"body": json.loads(b), "config_version": json.loads(v), "relayed": json.loads(r), "received_at": t}
+                for b, v, r, t in rows]
+
+    def spawn(self, coro) -> None:
+        """Run ``coro`` in the background (kept referenced until done)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def open_gate(self, base: str, body: dict) -> None:
+        """Open the gate through Gatewise for an allowed detection (``body``: the stored
+        detection). This is where the portal calls Gatewise; a failure is logged, never
+        turned into a detect error (the detection is already recorded)."""
+        url = f"{self.gatewise_url or base + '/gatewise'}/api/v1/gates/{self.gate_id}/open"
+        payload = {k: body.get(k) for k in ("plate", "site_id", "camera", "event_id", "reason")}
+        try:
+            async with httpx.AsyncClient(timeout=5, trust_env=False) as c:
+                r = await c.post(url, json=payload, headers={"Authorization": f"Bearer {self.gatewise_api_key}"})
+            if r.status_code >= 300:
+                log.warning("gatewise: open %s for event %s answered HTTP %d", self.gate_id,
+                            _printable(body.get("event_id")), r.status_code)
+        except httpx.HTTPError as exc:
+            log.warning("gatewise: open %s failed: %s", self.gate_id, type(exc).__name__)
+
+    async def relay_nudge(self, reason: str, version: str | int) -> list[dict]:
+        """Nudge every known pod through the gateway (``POST /pods/{pod_id}/nudge``); returns
+        ``[{pod_id, status}]`` (status 0: unreachable). No-op without an admin token."""
+        if not self.gateway_admin_token:
+            return []
+        out = []
+        async with httpx.AsyncClient(timeout=5, trust_env=False) as c:
+            for pod in self.known_pods():
+                try:
+                    r = await c.post(f"{self.gateway_url}/pods/{pod}/nudge",
+                                     json={"reason": reason[:64], "config_version": str(version)[:128]},
+                                     headers={"Authorization": f"Bearer {self.gateway_admin_token}"})
+                    out.append({"pod_id": pod, "status": r.status_code})
+                except httpx.HTTPError:
+                    out.append({"pod_id": pod, "status": 0})
+        return out
+
+    async def aclose(self) -> None:
+        """Wait (briefly) for background calls, then close the database."""
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=5)
+        self.close()
 
     def close(self) -> None:
         """Close the database."""
@@ -335,6 +524,35 @@ class _BadBody(Exception):
     pass
 
 
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _detect_record(s: PortalStandIn, req: DetectBody, idem: str | None) -> dict | str:
+    """The detection row to store for a detect body, or why it is refused (400)."""
+    missing = [f for f in ("site_id", "camera", "pod_name") if not getattr(req, f).strip()]
+    no_read = req.plate is None and req.reason == "no_plate_read"
+    if not no_read and not (req.plate or "").strip():
+        missing.append("plate")
+    if req.decision is not None and not (req.event_id or "").strip():
+        missing.append("event_id")  # the pod's own body always carries its idempotency key
+    if missing:
+        return f"empty {', '.join(missing)}"
+    if req.confidence is not None and not 0.0 <= req.confidence <= 1.0:
+        return "confidence must be 0..1"
+    if any(isinstance(v, str) and len(v) > MAX_FIELD_CHARS for v in msgspec.structs.astuple(req)):
+        return "a field is too long"
+    body = {k: v for k, v in msgspec.structs.asdict(req).items() if v is not None or k == "plate"}
+    body["event_id"] = req.event_id or idem or f"portal-{uuid.uuid4().hex}"
+    if req.decision is None:  # the guide's minimal body: decide like the guide's portal would
+        verdict = s.whitelist().match(req.plate or "", 1.0, now=datetime.now(UTC), min_confidence=0.0)
+        body.update(decision=verdict.decision, reason=verdict.reason, decided_by="portal")
+    else:
+        body["decided_by"] = "pod"
+    body.setdefault("detected_at", _utc_now())
+    return body
+
+
 def create_app(standin: PortalStandIn) -> Litestar:
     """The stand-in's Litestar app around ``standin`` (state and audit log)."""
     s = standin
@@ -357,23 +575,20 @@ def create_app(standin: PortalStandIn) -> Litestar:
         if not s.authorized_pod(request):
             return _err(401, "unauthorized")
         try:
-            req: DetectRequest = await _decode(request, DetectRequest)
+            req: DetectBody = await _decode(request, DetectBody)
         except _BadBody as exc:
             return _err(400, f"invalid body: {exc}")
-        missing = [f for f in _REQUIRED_DETECT if not (getattr(req, f) or "").strip()]
-        if req.plate is None and req.reason == "no_plate_read":  # no read: plate is null
-            missing.remove("plate")
-        if missing:
-            return _err(400, f"invalid body: empty {', '.join(missing)}")
-        if req.confidence is not None and not 0.0 <= req.confidence <= 1.0:
-            return _err(400, "invalid body: confidence must be 0..1")
         idem = request.headers.get("idempotency-key") or None
+        record = _detect_record(s, req, idem)
+        if isinstance(record, str):
+            return _err(400, f"invalid body: {record}")
+        event_id = record["event_id"]
         now = time.time()
         s.db.execute("BEGIN IMMEDIATE")
         try:
             row = s.db.execute(
-                "SELECT seq FROM detections WHERE event_id = ? OR (? IS NOT NULL AND idempotency_key = ?)",
-                (req.event_id, idem, idem),
+                "SELECT seq, body FROM detections WHERE event_id = ? OR (? IS NOT NULL AND idempotency_key = ?)",
+                (event_id, idem, idem),
             ).fetchone()
             if row:
                 s.db.execute("UPDATE detections SET count = count + 1, last_received = ? WHERE seq = ?", (now, row[0]))
@@ -381,17 +596,21 @@ def create_app(standin: PortalStandIn) -> Litestar:
                 s.db.execute(
                     "INSERT INTO detections (event_id, idempotency_key, body, received, last_received) "
                     "VALUES (?, ?, ?, ?, ?)",
-                    (req.event_id, idem, msgspec.json.encode(req).decode(), now, now),
+                    (event_id, idem, json.dumps(record), now, now),
                 )
             s.db.execute("COMMIT")
         except BaseException:
             s.db.execute("ROLLBACK")
             raise
-        if not row:
-            print(f"PORTAL: detect {req.decision} {_printable(req.plate)} {req.reason} "
-                  f"event={_printable(req.event_id)}",
-                  file=s.out or sys.stdout, flush=True)
-        return Response({"success": True, "duplicate": bool(row)})
+        if row:
+            stored = json.loads(row[1])
+            return Response({"success": True, "duplicate": True, "event_id": stored["event_id"],
+                             "decision": stored["decision"]})
+        print(f"PORTAL: detect {record['decision']} {_printable(record.get('plate'))} {record['reason']} "
+              f"event={_printable(event_id)}", file=s.out or sys.stdout, flush=True)
+        if record["decision"] == "allow":  # step 6 of the guide: "Opens gate via Gatewise if allowed"
+            s.spawn(s.open_gate(str(request.base_url).rstrip("/"), record))
+        return Response({"success": True, "duplicate": False, "event_id": event_id, "decision": record["decision"]})
 
     @post("/api/pod/heartbeat", status_code=200)
     async def heartbeat(request: Request) -> Response:
@@ -406,6 +625,21 @@ def create_app(standin: PortalStandIn) -> Litestar:
         s.db.execute("INSERT INTO heartbeats (pod_id, camera_id, body, received) VALUES (?, ?, ?, ?)",
                      (req.pod_id, req.camera_id, msgspec.json.encode(req).decode(), time.time()))
         return Response({"success": True, "config_version": s.config_version})
+
+    @post("/api/nudge", status_code=200)
+    async def nudge(request: Request) -> Response:
+        try:
+            raw = msgspec.json.decode(await request.body() or b"{}")
+        except msgspec.DecodeError as exc:
+            return _err(400, f"invalid body: {exc}")
+        if not isinstance(raw, dict) or any(not isinstance(raw.get(k, ""), str) or len(raw.get(k, "")) > 256
+                                            for k in ("property", "reason")):
+            return _err(400, "invalid body: property and reason are optional strings (<= 256 chars)")
+        version = s.bump_version()
+        relayed = await s.relay_nudge(raw.get("reason") or "whitelist_changed", version)
+        s.db.execute("INSERT INTO nudges (body, config_version, relayed, received) VALUES (?, ?, ?, ?)",
+                     (json.dumps(raw), json.dumps(version), json.dumps(relayed), time.time()))
+        return Response({"success": True, "config_version": version, "relayed": relayed})
 
     @post("/api/pod/stream-token", status_code=200)
     async def stream_token(request: Request) -> Response:
@@ -443,43 +677,45 @@ def create_app(standin: PortalStandIn) -> Litestar:
             return _err(400, f"invalid body: {exc}")
         if not is_camera_id(req.camera_id) or not _FILENAME.match(req.filename) or ".." in req.filename:
             return _err(400, "invalid camera_id or filename")
-        day = time.strftime("%Y%m%d", time.gmtime())
-        path = f"recordings/{req.camera_id}/{day}/{uuid.uuid4().hex[:12]}-{req.filename}"
+        path = f"recordings/{s.community}/{req.camera_id}/{req.filename}"
         now = time.time()
         expires = int(now + s.upload_ttl)
         base = str(request.base_url).rstrip("/")
         s.db.execute("INSERT INTO upload_urls (camera_id, filename, file_path, expires, issued) VALUES (?, ?, ?, ?, ?)",
                      (req.camera_id, req.filename, path, expires, now))
-        return Response({
-            "upload_url": f"{base}/storage/{path}?expires={expires}&sig={s.sign(path, expires)}",
-            "file_path": path,
-            "expires_in": s.upload_ttl,
-        })
+        return Response({"upload_url": s.upload_url(base, path, expires), "file_path": path,
+                         "expires_in": s.upload_ttl})
 
-    @put("/storage/{path:path}", status_code=200, request_max_body_size=MAX_UPLOAD_BYTES)
-    async def storage_put(request: Request, path: FromPath[str]) -> Response:
+    @route(f"{STORAGE_OBJECT}/upload/sign/{{bucket:str}}/{{path:path}}", http_method=["PUT", "POST"],
+           status_code=200, request_max_body_size=MAX_UPLOAD_BYTES)
+    async def storage_put(request: Request, bucket: FromPath[str], path: FromPath[str],
+                          token: FromQuery[str | None] = None) -> Response:
         path = path.lstrip("/")
-        refused = s.check_signature(path, request.query_params, "PUT")
-        if refused:
-            return _err(403, refused)
+        refused = s.check_token(bucket, path, token, "upload")
+        if refused is not None:
+            return refused
+        if bucket != BUCKET:
+            return _storage_err(404, "404", "Bucket not found", "Bucket not found")
         data = await request.body()
         if s.db.execute("SELECT 1 FROM uploads WHERE path = ?", (path,)).fetchone():
-            return _err(409, "object already exists")
+            status = 409 if s.storage_duplicate == "409" else 400
+            return _storage_err(status, "409", "Duplicate", "The resource already exists")
         s.db.execute(
             "INSERT INTO uploads (path, data, size, sha256, content_type, stored) VALUES (?, ?, ?, ?, ?, ?)",
             (path, data, len(data), hashlib.sha256(data).hexdigest(), request.headers.get("content-type"), time.time()),
         )
-        return Response({"Key": path, "size": len(data)})
+        return Response({"Key": f"{bucket}/{path}"})
 
-    @get("/storage/{path:path}")
-    async def storage_get(request: Request, path: FromPath[str]) -> Response:
+    @get(f"{STORAGE_OBJECT}/sign/{{bucket:str}}/{{path:path}}")
+    async def storage_get(request: Request, bucket: FromPath[str], path: FromPath[str],
+                          token: FromQuery[str | None] = None) -> Response:
         path = path.lstrip("/")
-        refused = s.check_signature(path, request.query_params, "GET")
-        if refused:
-            return _err(403, refused)
+        refused = s.check_token(bucket, path, token, "download")
+        if refused is not None:
+            return refused
         row = s.db.execute("SELECT size FROM uploads WHERE path = ?", (path,)).fetchone()
-        if row is None:
-            return _err(404, "no such object")
+        if row is None or bucket != BUCKET:
+            return _storage_err(404, "404", "not_found", "Object not found")
         size = row[0]
         headers = {"Accept-Ranges": "bytes", "X-Content-Type-Options": "nosniff", "Cache-Control": "private"}
         media = "video/mp4" if path.lower().endswith(".mp4") else "application/octet-stream"
@@ -541,10 +777,14 @@ def create_app(standin: PortalStandIn) -> Litestar:
     async def admin_plates(request: Request) -> Response:
         try:
             raw = msgspec.json.decode(await request.body())
-            entries = msgspec.convert(raw["entries"] if isinstance(raw, dict) else raw, list[PlateEntry])
+            entries = raw["entries"] if isinstance(raw, dict) else raw
+            msgspec.convert(entries, list[PlateEntry])  # validate; stored as given
+            version = raw.get("config_version") if isinstance(raw, dict) else None
+            if version is not None and (isinstance(version, bool) or not isinstance(version, (str, int))):
+                raise TypeError("config_version must be a string or an integer")
         except (msgspec.DecodeError, msgspec.ValidationError, KeyError, TypeError) as exc:
             return _err(400, f"invalid plates: {exc}")
-        version = s.set_plates(entries)
+        version = s.set_plates(entries, version=version)
         return Response({"config_version": version, "count": len(entries)})
 
     @post("/__standin/fault", status_code=200)
@@ -560,6 +800,18 @@ def create_app(standin: PortalStandIn) -> Litestar:
             return _err(400, "scope must be all|api|storage")
         s.set_fault(mode, count, scope)
         return Response(fault_state())
+
+    @post("/__standin/storage", status_code=200)
+    async def admin_storage(request: Request) -> Response:
+        try:
+            raw = msgspec.json.decode(await request.body())
+            duplicate = raw.get("duplicate")
+        except (msgspec.DecodeError, AttributeError) as exc:
+            return _err(400, f"invalid body: {exc}")
+        if duplicate not in ("409", "400"):
+            return _err(400, 'duplicate must be "409" or "400"')
+        s.storage_duplicate = duplicate
+        return Response({"duplicate": s.storage_duplicate})
 
     def fault_state() -> dict:
         return {"mode": s.fault_mode, "count": s.fault_remaining, "scope": s.fault_scope,
@@ -577,6 +829,10 @@ def create_app(standin: PortalStandIn) -> Litestar:
     def admin_heartbeats() -> dict:
         return {"heartbeats": s.heartbeats()}
 
+    @get("/__standin/nudges", sync_to_thread=False)
+    def admin_nudges() -> dict:
+        return {"nudges": s.nudges()}
+
     @get("/__standin/uploads", sync_to_thread=False)
     def admin_uploads() -> dict:
         rows = s.db.execute("SELECT path, size, sha256, content_type, stored FROM uploads ORDER BY stored").fetchall()
@@ -588,9 +844,9 @@ def create_app(standin: PortalStandIn) -> Litestar:
         return {"upload_urls": s.upload_urls()}
 
     return Litestar(
-        [plates, detect, heartbeat, stream_token, upload_url, storage_put, storage_get, confirm, recordings,
-         admin_plates, admin_fault, admin_fault_get, admin_detections, admin_heartbeats, admin_uploads,
-         admin_upload_urls],
+        [plates, detect, heartbeat, nudge, stream_token, upload_url, storage_put, storage_get, confirm, recordings,
+         admin_plates, admin_fault, admin_fault_get, admin_storage, admin_detections, admin_heartbeats,
+         admin_nudges, admin_uploads, admin_upload_urls, *gatewise_routes(s.gatewise)],
         before_request=before,
         openapi_config=None,
     )
@@ -621,12 +877,19 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     return first, min(last, size - 1)
 
 
-def load_plates_file(path: str | os.PathLike[str]) -> list[PlateEntry]:
-    """Read a plates file: a JSON list of entries or ``{"entries": [...]}``.
-    Raises ``ValueError`` on unreadable content."""
+def load_plates_file(path: str | os.PathLike[str]) -> tuple[list[dict], str | int | None]:
+    """Read a plates file: a JSON list of entries, ``{"entries": [...]}``, or a whole
+    ``/api/plates`` answer with ``config_version`` (e.g. the guide's example, served as
+    given). Returns ``(entries as given, config_version or None)``. Raises ``ValueError`` on
+    unreadable content."""
     try:
         raw = msgspec.json.decode(Path(path).read_bytes())
-        return msgspec.convert(raw["entries"] if isinstance(raw, dict) else raw, list[PlateEntry])
+        entries = raw["entries"] if isinstance(raw, dict) else raw
+        msgspec.convert(entries, list[PlateEntry])
+        version = raw.get("config_version") if isinstance(raw, dict) else None
+        if version is not None and (isinstance(version, bool) or not isinstance(version, (str, int))):
+            raise TypeError("config_version must be a string or an integer")
+        return entries, version
     except (OSError, msgspec.DecodeError, msgspec.ValidationError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: {exc}") from None
 
@@ -642,7 +905,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--api-key", default=os.environ.get("PORTAL_STANDIN_API_KEY"), help="pod API key")
     ap.add_argument("--stream-secret", default=os.environ.get("PORTAL_STANDIN_STREAM_SECRET"))
     ap.add_argument("--gateway-url", required=True, help="base URL of the gateway for stream_url/watch_url")
-    ap.add_argument("--plates-file", help="initial whitelist (JSON list or {entries: [...]})")
+    ap.add_argument("--plates-file", help="initial whitelist (JSON list, {entries: [...]} or a whole "
+                                          "/api/plates answer with config_version)")
     ap.add_argument("--pod-id", help="pod_id for stream tokens of cameras without a heartbeat")
     ap.add_argument("--user-key", help="accept only this bearer as a user session (default: any)")
     ap.add_argument("--token-ttl", type=float, default=600.0, help="stream token lifetime, seconds")
@@ -650,6 +914,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--download-ttl", type=float, default=DOWNLOAD_TTL, help="signed download URL lifetime, seconds")
     ap.add_argument("--signing-key", default=os.environ.get("PORTAL_STANDIN_SIGNING_KEY"),
                     help="storage URL signing key (stable URLs across restarts; default: random per run)")
+    ap.add_argument("--storage-duplicate", choices=("409", "400"), default="409",
+                    help="storage's answer to a second upload of an object: HTTP 409, or HTTP 400 with "
+                         'statusCode "409" in the body (storage-api\'s legacy errors)')
+    ap.add_argument("--community", default="dev-community", help="middle of the storage paths")
+    ap.add_argument("--gatewise-url", help="Gatewise API base URL (default: this process's /gatewise stand-in)")
+    ap.add_argument("--gatewise-api-key", default=os.environ.get("GATEWISE_API_KEY"),
+                    help="GATEWISE_API_KEY (default: random, shared with the built-in stand-in)")
+    ap.add_argument("--gate-id", default="main-gate", help="the Gatewise gate opened on allow")
+    ap.add_argument("--gateway-admin-token", default=os.environ.get("PLATEBRIDGE_GATEWAY_ADMIN_TOKEN"),
+                    help="the gateway's admin_token: /api/nudge relays to pods through the gateway")
     args = ap.parse_args(argv)
     if args.upload_ttl <= 0 or args.download_ttl <= 0:
         ap.error("--upload-ttl and --download-ttl must be > 0 seconds")
@@ -658,17 +932,23 @@ def main(argv: list[str] | None = None) -> int:
     from protocol.logfmt import setup_logging
 
     setup_logging("INFO")
+    plates, version = None, None
     try:
-        plates = load_plates_file(args.plates_file) if args.plates_file else None
+        if args.plates_file:
+            plates, version = load_plates_file(args.plates_file)
+        standin = PortalStandIn(db_path=args.db, api_key=args.api_key, stream_secret=args.stream_secret,
+                                gateway_url=args.gateway_url, pod_id=args.pod_id, user_key=args.user_key,
+                                token_ttl=args.token_ttl, upload_ttl=args.upload_ttl,
+                                download_ttl=args.download_ttl, signing_key=args.signing_key, plates=plates,
+                                config_version=version, storage_duplicate=args.storage_duplicate,
+                                community=args.community, gatewise_url=args.gatewise_url,
+                                gatewise_api_key=args.gatewise_api_key, gate_id=args.gate_id,
+                                gateway_admin_token=args.gateway_admin_token)
     except ValueError as exc:
         ap.error(str(exc))
-    standin = PortalStandIn(db_path=args.db, api_key=args.api_key, stream_secret=args.stream_secret,
-                            gateway_url=args.gateway_url, pod_id=args.pod_id, user_key=args.user_key,
-                            token_ttl=args.token_ttl, upload_ttl=args.upload_ttl, download_ttl=args.download_ttl,
-                            signing_key=args.signing_key, plates=plates)
     print(f"PORTAL: stand-in listening on http://{args.host}:{args.port} config_version={standin.config_version}",
           flush=True)
-    # access_log off: signed storage URLs carry their signature in the query string
+    # access_log off: signed storage URLs carry their token in the query string
     uvicorn.run(create_app(standin), host=args.host, port=args.port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=2)
     standin.close()

@@ -276,16 +276,19 @@ class Stack:
         self.start_mosquitto(timeout)
         return time.monotonic()
 
-    def start_portal(self, plates: list[dict] | None = None, timeout: float = 20.0) -> Proc:
-        """Start the portal STAND-IN (deploy/dev/portal_standin.py) with an initial whitelist."""
+    def start_portal(self, plates: list[dict] | dict | None = None, timeout: float = 20.0) -> Proc:
+        """Start the portal STAND-IN (deploy/dev/portal_standin.py) with an initial whitelist:
+        a list of entries, or a whole ``/api/plates`` answer (``{"config_version": 42,
+        "entries": [...]}``, served as given). It relays ``POST /api/nudge`` through the gateway
+        (the stack's ``admin_token``) and opens its Gatewise stand-in on allowed detections."""
         plates_file = self.workdir / "plates.json"
-        plates_file.write_text(json.dumps({"entries": plates or []}))
+        plates_file.write_text(json.dumps(plates if isinstance(plates, dict) else {"entries": plates or []}))
         proc = _spawn("portal", [str(VENV_BIN / "python"), str(ROOT / "deploy/dev/portal_standin.py"),
                                  "--host", "127.0.0.1", "--port", str(self.portal_port),
                                  "--db", str(self.workdir / "portal.sqlite3"), "--gateway-url", self.gateway_url,
                                  "--plates-file", str(plates_file), "--pod-id", self.pod_id], self.workdir,
                       env={"PORTAL_STANDIN_API_KEY": self.api_key, "PORTAL_STANDIN_STREAM_SECRET": self.secret,
-                           "PYTHONPATH": str(ROOT)})
+                           "PLATEBRIDGE_GATEWAY_ADMIN_TOKEN": self.admin_token, "PYTHONPATH": str(ROOT)})
         self.procs["portal"] = proc
 
         def ready():
@@ -296,6 +299,10 @@ class Stack:
         wait_until(ready, timeout, what="portal stand-in")
         return proc
 
+    def gate_openings(self) -> list[dict]:
+        """Gate openings at the portal stand-in's Gatewise stand-in, in order."""
+        return httpx.get(f"{self.portal_url}/gatewise/__standin/openings", timeout=5).json()["openings"]
+
     def detections(self) -> list[dict]:
         """What the portal stand-in has received, in arrival order (with a count per event_id)."""
         return httpx.get(f"{self.portal_url}/__standin/detections", timeout=5).json()["detections"]
@@ -304,13 +311,17 @@ class Stack:
         """The pod's /health document (from its 127.0.0.1 listener)."""
         return httpx.get(f"http://127.0.0.1:{self.pod_port}/health", timeout=5).json()
 
-    def start_camera(self, timeout: float = 20.0) -> Proc:
-        """Start the GStreamer RTSP camera and wait for its READY line."""
-        log = self.workdir / "camera.log"
+    def start_camera(self, timeout: float = 20.0, *, name: str = "camera", port: int | None = None,
+                     path: str = "/gate", args: tuple[str, ...] = ()) -> Proc:
+        """Start the GStreamer RTSP camera and wait for its READY line. ``name``, ``port``,
+        ``path`` and extra camera.py ``args`` (e.g. ``--width``) start another camera next
+        to the stack's own (a multi-camera pod): it serves ``rtsp://<camera_host>:<port><path>``."""
+        log = self.workdir / f"{name}.log"
         offset = log.stat().st_size if log.exists() else 0  # a restarted camera appends: wait for its own line
-        proc = _spawn("camera", [SYSTEM_PYTHON, str(ROOT / "deploy/dev/camera.py"), "--host", self.camera_host,
-                                 "--port", str(self.camera_port), "--path", "/gate"], self.workdir)
-        self.procs["camera"] = proc
+        proc = _spawn(name, [SYSTEM_PYTHON, str(ROOT / "deploy/dev/camera.py"), "--host", self.camera_host,
+                             "--port", str(self.camera_port if port is None else port), "--path", path, *args],
+                      self.workdir)
+        self.procs[name] = proc
 
         def ready():
             with open(proc.log, "rb") as fh:
@@ -414,6 +425,7 @@ class Stack:
     def stop(self) -> None:
         """Stop everything, gateway first, camera last (:meth:`Proc.stop`: each process,
         then whatever of its process group it left behind)."""
-        for name in ("gateway", "pod", "camera", "portal", "mosquitto"):
+        order = ["gateway", "pod", "camera", "portal", "mosquitto"]
+        for name in order[:3] + [n for n in self.procs if n not in order] + order[3:]:
             if name in self.procs:
                 self.procs[name].stop()

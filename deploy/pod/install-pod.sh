@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # PlateBridge pod installer (Debian 12 / Raspberry Pi OS bookworm). Idempotent: safe to re-run.
 #
-# Run as root from a checkout of the repository (git clone or release tarball):
+# Run as root, from a checkout of the repository (git clone or release tarball) or as a lone
+# copy fetched from the portal (the PlateBridge POD connection guide's flow) with the agent's
+# wheel or package index given as --source:
+#   curl -o install-pod.sh https://your-portal.vercel.app/install-pod.sh; chmod +x install-pod.sh
+#   sudo ./install-pod.sh --source https://your-portal.vercel.app/platebridge-0.1.0-py3-none-any.whl
 #   sudo deploy/pod/install-pod.sh                       # prompts for what it needs
 #   sudo PLATEBRIDGE_POD_API_KEY=… POD_STREAM_SECRET=… TS_AUTHKEY=… \
 #        deploy/pod/install-pod.sh --portal-url https://portal.example.com --pod-id main-gate-pod …
@@ -10,7 +14,8 @@
 # Steps (each one skipped when already done):
 #   1. apt: ffmpeg python3.11 python3-venv (+ curl ca-certificates when tailscale is installed)
 #   2. system user/group `platebridge` (no login, no home)
-#   3. venv /opt/platebridge/venv with this project (pip install of --source: repo dir or wheel)
+#   3. venv /opt/platebridge/venv with the agent (pip install of --source: a wheel URL, a package
+#      index URL, a wheel file or a repository directory; default: the checkout this script is in)
 #   4. dirs /var/lib/platebridge (0750), …/hls (0750), …/recordings (0700), owned by platebridge
 #   5. /etc/platebridge/config.yaml, mode 0600, owned by platebridge (never overwritten
 #      without --force-config; the old one is then kept as config.yaml.bak-<time>, 0600)
@@ -37,7 +42,10 @@ FORCE_CONFIG=0
 NO_START=0
 ALLOW_WEAK_SECRET=0
 ASSUME_YES=0
-SOURCE="${PLATEBRIDGE_SOURCE:-}"
+# A portal that serves this script may set its wheel (or index) URL here, so the guide's
+# `curl -o install-pod.sh …; sudo ./install-pod.sh` needs no --source.
+DEFAULT_SOURCE=""
+SOURCE="${PLATEBRIDGE_SOURCE:-$DEFAULT_SOURCE}"
 
 PORTAL_URL="${PLATEBRIDGE_PORTAL_URL:-}"
 POD_API_KEY="${PLATEBRIDGE_POD_API_KEY:-}"
@@ -84,8 +92,11 @@ Config values (flag, or env variable, or asked interactively when stdin is a ter
   --tailscale-auth-key K    TS_AUTHKEY                   tag:pod auth key for `tailscale up` (secret)
 
 Install options:
-  --source PATH             repo directory or wheel to pip install (PLATEBRIDGE_SOURCE;
-                            default: the checkout this script is in)
+  --source URL|PATH         what to pip install (PLATEBRIDGE_SOURCE): a wheel URL
+                            (https://…/platebridge-0.1.0-py3-none-any.whl), a package index
+                            URL (https://…/simple/: pip install --index-url URL platebridge),
+                            a wheel file or a repository directory; default: the checkout this
+                            script is in (a lone copy of this script needs --source)
   --skip-tailscale-install  do not install tailscale (it must already be there to join)
   --skip-tailscale-up       do not run `tailscale up`
   --force-config            rewrite an existing config.yaml (the old one is kept as a .bak)
@@ -96,8 +107,8 @@ Install options:
 Testing options:
   --dry-run                 print every action (secrets redacted) and change nothing
   --root DIR                prefix every path with DIR (for tests and image building)
-  --no-system               only write files under --root (dirs, config, unit): no apt, user,
-                            venv, tailscale or systemctl
+  --no-system               only write files under --root (dirs, config, unit, and the venv
+                            when --source is given): no apt, user, tailscale or systemctl
   -h, --help                this help
 
 Exit codes: 0 ok, 1 a step failed, 2 bad usage or an invalid value.
@@ -220,6 +231,84 @@ write_file() {
   say "wrote $dest ($mode${owner:+, $owner}): $what"
 }
 
+# unit_text: the systemd unit — deploy/pod/platebridge-pod.service next to this script in a
+# checkout, else this copy of it (a lone install-pod.sh; tests/deploy keeps the two identical).
+unit_text() {
+  if [ -f "$UNIT_SRC" ]; then cat "$UNIT_SRC"; else embedded_unit; fi
+}
+embedded_unit() {
+  cat <<'PLATEBRIDGE_UNIT'
+# PlateBridge pod agent — installed by deploy/pod/install-pod.sh to
+# /etc/systemd/system/platebridge-pod.service. Logs: journalctl -u platebridge-pod -f
+#
+# The agent serves HLS only on the pod's tailnet address, so it starts after
+# tailscaled (stream_bind: auto waits for the tailnet IP; plate decisions run
+# meanwhile). ffmpeg children live in the unit's cgroup and die with it.
+# Local changes: `systemctl edit platebridge-pod` (a drop-in), not this file;
+# a recordings_dir/hls_dir/state_dir outside /var/lib/platebridge needs its own
+# ReadWritePaths= in that drop-in.
+
+[Unit]
+Description=PlateBridge pod agent (gate camera, plate decisions, tailnet HLS)
+Documentation=file:///opt/platebridge/README.md
+Wants=network-online.target tailscaled.service
+After=network-online.target tailscaled.service
+StartLimitIntervalSec=0
+
+[Service]
+Type=exec
+User=platebridge
+Group=platebridge
+ExecStart=/opt/platebridge/venv/bin/platebridge-pod run --config /etc/platebridge/config.yaml
+Environment=PYTHONUNBUFFERED=1
+Restart=always
+RestartSec=5s
+# SIGTERM to the whole cgroup (agent + ffmpeg); 143 = terminated by SIGTERM, a clean stop.
+KillMode=control-group
+TimeoutStopSec=20s
+SuccessExitStatus=143
+StandardOutput=journal
+StandardError=journal
+SyslogIdentifier=platebridge-pod
+
+# --- state: whitelist cache, outbox, HLS window, clips (all under /var/lib/platebridge)
+StateDirectory=platebridge
+StateDirectoryMode=0750
+ReadWritePaths=/var/lib/platebridge
+UMask=0077
+
+# --- hardening (systemd-analyze security platebridge-pod)
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+NoNewPrivileges=yes
+CapabilityBoundingSet=
+AmbientCapabilities=
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+RemoveIPC=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged
+SystemCallErrorNumber=EPERM
+# No MemoryDenyWriteExecute=: ffmpeg's codec libraries may need it off when `transcode: h264` is used.
+
+[Install]
+WantedBy=multi-user.target
+PLATEBRIDGE_UNIT
+}
+
 pkg_installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]; }
 interactive() { [ "$ASSUME_YES" -eq 0 ] && [ -t 0 ]; }
 
@@ -330,6 +419,40 @@ if [ -n "$TS_AUTH_KEY" ] && has_control_chars "$TS_AUTH_KEY"; then
   invalid "--tailscale-auth-key" "must not contain control characters or newlines"
 fi
 
+# ------------------------------------------------------------------ what to install (checked before any change)
+SOURCE_GIVEN=0
+[ -n "$SOURCE" ] && SOURCE_GIVEN=1
+SOURCE_KIND=""
+if [ -z "$SOURCE" ] && [ -f "$SCRIPT_DIR/../../pyproject.toml" ]; then
+  SOURCE="$(cd "$SCRIPT_DIR/../.." && pwd)"  # this script sits in a checkout: install that
+fi
+INSTALL_VENV=1
+[ "$NO_SYSTEM" -eq 1 ] && [ "$SOURCE_GIVEN" -eq 0 ] && INSTALL_VENV=0
+if [ "$INSTALL_VENV" -eq 1 ]; then
+  case "$SOURCE" in
+    "")
+      usage_error "nothing to install: this script is not in a PlateBridge checkout, so give --source with the agent's wheel URL or package index URL (or PLATEBRIDGE_SOURCE)" ;;
+    http://*|https://*)
+      has_control_chars "$SOURCE" && invalid "--source" "must not contain control characters or newlines"
+      [[ "$SOURCE" =~ ^https?://[^[:space:]/]+[^[:space:]]*$ ]] || invalid "--source" "is not a URL"
+      case "${SOURCE%%[?#]*}" in
+        *.whl) SOURCE_KIND="wheel URL" ;;
+        *) SOURCE_KIND="package index" ;;
+      esac
+      # an index or wheel URL may carry credentials (https://user:token@host/…): never print them
+      if [[ "$SOURCE" =~ ^https?://([^/@]+)@ ]]; then SECRETS+=("${BASH_REMATCH[1]}"); fi ;;
+    *)
+      if [ -d "$SOURCE" ]; then
+        [ -f "$SOURCE/pyproject.toml" ] || usage_error "--source $SOURCE: no pyproject.toml (give a wheel, a URL or the repository directory)"
+        SOURCE_KIND="repository"
+      elif [[ "$SOURCE" == *.whl ]] && [ -f "$SOURCE" ]; then
+        SOURCE_KIND="wheel file"
+      else
+        usage_error "--source $SOURCE: not a wheel URL, package index URL, wheel file or repository directory"
+      fi ;;
+  esac
+fi
+
 [ "$DRY_RUN" -eq 1 ] && say "dry run: nothing will be changed${ROOT:+ (root $ROOT)}"
 
 # ------------------------------------------------------------------ 1. apt
@@ -363,24 +486,26 @@ else
 fi
 
 # ------------------------------------------------------------------ 3. venv + project
-if [ "$NO_SYSTEM" -eq 1 ]; then
-  say "venv: skipped (--no-system)"
+if [ "$INSTALL_VENV" -eq 0 ]; then
+  say "venv: skipped (--no-system without --source)"
 else
-  if [ -z "$SOURCE" ]; then
-    SOURCE="$(cd "$SCRIPT_DIR/../.." && pwd)"
-  fi
-  if [ -d "$SOURCE" ]; then
-    [ -f "$SOURCE/pyproject.toml" ] || die "--source $SOURCE: no pyproject.toml (give the repository directory or a wheel)"
-  elif [[ "$SOURCE" != *.whl ]] || [ ! -f "$SOURCE" ]; then
-    die "--source $SOURCE: not a repository directory or a .whl file"
-  fi
+  say "venv: installing the agent from the $SOURCE_KIND $(redact_text "$SOURCE")"
   make_dir "$OPT_DIR" 0755
   if [ -x "$(r "$VENV_DIR/bin/python")" ]; then
     say "venv: $(r "$VENV_DIR") exists"
   else
     run python3.11 -m venv "$(r "$VENV_DIR")"
   fi
-  run "$(r "$VENV_DIR/bin/python")" -m pip install --quiet --disable-pip-version-check --upgrade "$SOURCE"
+  PIP=("$(r "$VENV_DIR/bin/python")" -m pip install --quiet --disable-pip-version-check --upgrade)
+  if [ "$SOURCE_KIND" = "package index" ]; then
+    # --index-url, not --extra-index-url: "platebridge" must come from this index, never from PyPI
+    run "${PIP[@]}" --index-url "$SOURCE" platebridge
+  else
+    run "${PIP[@]}" "$SOURCE"
+  fi
+  if [ "$DRY_RUN" -eq 0 ] && [ ! -x "$(r "$VENV_DIR/bin/platebridge-pod")" ]; then
+    die "pip installed no platebridge-pod into $(r "$VENV_DIR") (is $(redact_text "$SOURCE") the PlateBridge agent?)"
+  fi
 fi
 
 # ------------------------------------------------------------------ 4. dirs
@@ -508,14 +633,14 @@ else
 fi
 
 # ------------------------------------------------------------------ 8. systemd unit
-[ -f "$UNIT_SRC" ] || die "unit file $UNIT_SRC not found (run this script from the repository checkout)"
 unit_dest="$(r "$UNIT_PATH")"
-if [ -f "$unit_dest" ] && cmp -s "$UNIT_SRC" "$unit_dest"; then
+if [ -f "$UNIT_SRC" ]; then unit_from="$UNIT_SRC"; else unit_from="the copy inside $PROG"; fi
+if [ -f "$unit_dest" ] && unit_text | cmp -s - "$unit_dest"; then
   say "unit: $unit_dest up to date"
   UNIT_CHANGED=0
 else
   make_dir "$(dirname "$UNIT_PATH")" 0755
-  write_file "$UNIT_PATH" 0644 "" "systemd unit (from $UNIT_SRC)" <"$UNIT_SRC"
+  unit_text | write_file "$UNIT_PATH" 0644 "" "systemd unit (from $unit_from)"
   UNIT_CHANGED=1
 fi
 if [ "$NO_SYSTEM" -eq 1 ]; then

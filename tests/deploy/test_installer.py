@@ -2,15 +2,19 @@
 secrets redacted; --no-system writes the config (0600), dirs and unit under --root;
 re-runs keep the config unless --force-config; bad values exit 2.
 
-A real run needs root, apt, systemd and tailscale, so it is not run here.
+A real run needs root, apt, systemd and tailscale, so it is not run here. A lone copy of the
+script (the guide's curl flow) installs the agent from a wheel served on loopback.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import stat
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -335,3 +339,174 @@ def test_dry_run_on_an_installed_root_reports_the_kept_config(tmp_path):
     assert "--hostname=main-gate-pod" in proc.stdout
     assert (config.read_bytes(), config.stat().st_mtime_ns) == before
     assert_no_secrets(proc)
+
+
+# ---------------------------------------------------------------- a lone copy (the guide's flow)
+# The guide: `curl -o install-pod.sh https://your-portal.vercel.app/install-pod.sh; sudo ./install-pod.sh`.
+# The script then sits alone in a directory, with no checkout around it: it installs the agent
+# from a wheel URL or a package index (--source), here served by python -m http.server on a
+# loopback address, from a wheel built from this checkout in the test.
+
+def test_the_embedded_unit_is_the_unit_file():
+    """A lone install-pod.sh carries its own copy of platebridge-pod.service: the two never drift."""
+    text = INSTALLER.read_text()
+    embedded = text.split("cat <<'PLATEBRIDGE_UNIT'\n", 1)[1].split("\nPLATEBRIDGE_UNIT\n", 1)[0] + "\n"
+    assert embedded == UNIT.read_text()
+
+
+def lone_copy(tmp_path: Path) -> Path:
+    d = tmp_path / "home-pi"
+    d.mkdir()
+    script = d / "install-pod.sh"
+    shutil.copy2(INSTALLER, script)
+    assert sorted(p.name for p in d.iterdir()) == ["install-pod.sh"]
+    return script
+
+
+def run_lone(script: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600):
+    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, env=env or _env(), cwd=script.parent)
+
+
+def test_lone_copy_without_source_says_what_to_give_and_changes_nothing(tmp_path):
+    script = lone_copy(tmp_path)
+    root = tmp_path / "root"
+    proc = run_lone(script, "--dry-run", "--root", str(root), "--skip-tailscale-install", *_flags())
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "not in a PlateBridge checkout" in proc.stderr and "--source" in proc.stderr
+    assert not root.exists()
+    # --no-system without --source writes config, dirs and the (embedded) unit, and no venv
+    proc = run_lone(script, "--no-system", "--root", str(root), *_flags())
+    assert proc.returncode == 0, proc.stderr
+    assert "venv: skipped" in proc.stdout and not (root / "opt").exists()
+    unit = root / "etc/systemd/system/platebridge-pod.service"
+    assert unit.read_bytes() == UNIT.read_bytes() and "the copy inside install-pod.sh" in proc.stdout
+    assert_no_secrets(proc)
+
+
+@pytest.mark.parametrize(("source", "kind"), [
+    ("https://portal.example/dl/platebridge-0.1.0-py3-none-any.whl", "wheel URL"),
+    ("https://pkgs.example/simple/", "package index"),
+    ("https://deploy:SeCrEtToKeN@pkgs.example/simple/", "package index"),
+])
+def test_lone_copy_dry_run_plans_the_pip_install_of_the_source(tmp_path, source, kind):
+    script = lone_copy(tmp_path)
+    proc = run_lone(script, "--dry-run", "--root", str(tmp_path / "r"), "--skip-tailscale-install", "--source",
+                    source, *_flags())
+    assert proc.returncode == 0, proc.stderr
+    assert f"installing the agent from the {kind}" in proc.stdout
+    pip = [ln for ln in proc.stdout.splitlines() if "-m pip install" in ln]
+    assert len(pip) == 1
+    if kind == "package index":
+        assert "--index-url" in pip[0] and pip[0].endswith(" platebridge")
+    assert "SeCrEtToKeN" not in proc.stdout + proc.stderr
+    assert_no_secrets(proc)
+
+
+@pytest.mark.parametrize("bad", ["ftp://x/y.whl", "/nonexistent/platebridge.whl", "https://a b/x.whl"])
+def test_bad_source_exits_2_before_any_change(tmp_path, bad):
+    script = lone_copy(tmp_path)
+    root = tmp_path / "root"
+    proc = run_lone(script, "--no-system", "--root", str(root), "--source", bad, *_flags())
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "--source" in proc.stderr and not root.exists()
+
+
+@pytest.fixture(scope="module")
+def served_wheel(tmp_path_factory):
+    """A wheel of this checkout, built here (tests/e2e/test_wheel_install.py's way), served by
+    ``python -m http.server`` on a loopback address other than 127.0.0.1, both as a plain file and
+    in a PEP 503 simple index. Yields ``(wheel URL, index URL)``."""
+    from tests.e2e.test_wheel_install import build_wheel, clean_source
+
+    out = tmp_path_factory.mktemp("dist")
+    proc = build_wheel(clean_source(tmp_path_factory.mktemp("src")), out)
+    assert proc.returncode == 0, proc.stderr
+    [whl] = out.glob("platebridge-*.whl")
+    www = tmp_path_factory.mktemp("www")
+    (www / "dl").mkdir()
+    shutil.copy2(whl, www / "dl" / whl.name)
+    (www / "simple" / "platebridge").mkdir(parents=True)
+    shutil.copy2(whl, www / "simple" / "platebridge" / whl.name)
+    host = "127.0.0.31"
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", host, "--directory", str(www)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection((host, port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "http.server did not start"
+                time.sleep(0.05)
+        yield f"http://{host}:{port}/dl/{whl.name}", f"http://{host}:{port}/simple/"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def seeded_venv(root: Path, deps: Path) -> Path:
+    """The venv install-pod.sh would create, made here with the project's dependencies already
+    visible (a .pth to ``deps``: this checkout's .venv packages without platebridge itself), so
+    the test needs no PyPI: only the agent comes from the served wheel. The installer then finds
+    the venv ("venv: … exists") and pip installs into it."""
+    venv = root / "opt/platebridge/venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    [site] = (venv / "lib").glob("python3*/site-packages")
+    (site / "zz_platebridge_deps.pth").write_text(f"{deps}\n")
+    return venv
+
+
+@pytest.fixture(scope="module")
+def deps_dir(tmp_path_factory) -> Path:
+    """Symlinks to every package of this checkout's .venv except platebridge (its editable
+    install would make pip think the agent is already there)."""
+    import sysconfig
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    out = tmp_path_factory.mktemp("deps")
+    for entry in site.iterdir():
+        if entry.name.lower().startswith(("platebridge", "__editable__")) or entry.suffix == ".pth":
+            continue
+        (out / entry.name).symlink_to(entry)
+    return out
+
+
+@pytest.mark.parametrize("how", ["wheel_url", "index_url", "default_source"])
+def test_lone_copy_installs_the_agent_from_a_served_wheel(tmp_path, served_wheel, deps_dir, how):
+    wheel_url, index_url = served_wheel
+    script = lone_copy(tmp_path)
+    root = tmp_path / "root"
+    venv = seeded_venv(root, deps_dir)
+    env = _env()
+    args = ["--no-system", "--root", str(root), *_flags()]
+    if how == "wheel_url":
+        args += ["--source", wheel_url]
+        env["PIP_NO_INDEX"] = "1"  # nothing but the served wheel: no PyPI
+    elif how == "index_url":
+        args += ["--source", index_url]
+    else:  # a portal serving the script baked its wheel URL in: the guide's bare `sudo ./install-pod.sh`
+        script.write_text(script.read_text().replace('DEFAULT_SOURCE=""', f'DEFAULT_SOURCE="{wheel_url}"', 1))
+        env["PIP_NO_INDEX"] = "1"
+    proc = run_lone(script, *args, env=env)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert_no_secrets(proc)
+    pod = venv / "bin" / "platebridge-pod"
+    assert pod.is_file()
+    # the installed agent is the wheel's (not this checkout's) and it runs: it validates the config
+    # the installer wrote and reports the schema of it
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import pod; print(pod.__file__)"],
+                           capture_output=True, text=True, cwd=tmp_path, check=True).stdout.strip()
+    assert where.startswith(str(venv)), where
+    schema = subprocess.run([str(pod), "config-schema"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert schema.returncode == 0 and '"site_id"' in schema.stdout, schema.stderr
+    cfg = root / "etc/platebridge/config.yaml"
+    check = subprocess.run([str(venv / "bin" / "python"), "-c",
+                            "import sys; from pod.config import load_config; c, _ = load_config(sys.argv[1]); "
+                            "print(c.pod_id, c.site_id)", str(cfg)], capture_output=True, text=True, cwd=tmp_path)
+    assert check.stdout.split() == ["main-gate-pod", "site-uuid-1"], check.stderr
+    assert (root / "etc/systemd/system/platebridge-pod.service").read_bytes() == UNIT.read_bytes()

@@ -183,7 +183,7 @@ def test_pod_unit():
     # the pod's default state, HLS and recordings dirs are all inside it
     from pod.config import PodConfig
 
-    defaults = PodConfig(portal_url="https://p.example", pod_api_key="k", pod_id="p")
+    defaults = PodConfig(portal_url="https://p.example", pod_api_key="k", pod_id="p", site_id="s")
     for field in ("state_dir", "hls_dir", "recordings_dir"):
         default = getattr(defaults, field)
         assert default == "/var/lib/platebridge" or default.startswith("/var/lib/platebridge/"), (field, default)

@@ -39,7 +39,11 @@ EXPECTED_EXTRA = {
 
 @contextlib.contextmanager
 def decision_stack(tmp_path, plates=WHITELIST, **overrides):
+    # passage_window 0: the replays compress hours between cars into fractions of a second, and the
+    # tests publish back-to-back cars with one plate; those are separate cars here (a real car's ids
+    # within passage_window are one passage: test_dedicated_lpr_camera_one_car_one_decision)
     s = make_stack(tmp_path, streaming=False, pod_overrides={"max_decision_wait": 1.5, "no_read_timeout": 10,
+                                                            "passage_window": 0,
                                                             **overrides})
     try:
         s.start_mosquitto()
@@ -190,3 +194,35 @@ def test_heartbeat_carries_stream_url_and_config_version_triggers_refresh(tmp_pa
         httpx.put(f"{s.portal_url}/__standin/plates", json={"entries": WHITELIST + [{"plate": "NEW1"}]})
         wait_until(lambda: s.pod_health()["whitelist"]["version"] != v0, 10, what="refresh after config_version change")
         assert s.pod_health()["whitelist"]["entries"] == 2
+
+
+def test_dedicated_lpr_camera_one_car_one_decision(tmp_path):
+    """Issue 11, point 10, through mosquitto and the pod process: a Frigate 0.16+ dedicated LPR
+    camera publishes only tracked_object_update lpr messages and starts a new id whenever the
+    plate was unseen for its expire_time; the camera is NOT marked lpr_only (the guide's user
+    would not know to). A car waiting at the gate under five ids is one allow; the same plate
+    after the window (here 3 s, compressed from the default 15 s) is a new passage."""
+    with decision_stack(tmp_path, passage_window=3.0) as s:
+        pub = Publisher("127.0.0.1", s.mqtt_port)
+        try:
+            def lpr(i: int, plate: str = "TEST 123") -> str:
+                eid = f"{time.time():.6f}-lpr{i:03d}"
+                pub.publish("frigate/tracked_object_update", {
+                    "type": "lpr", "id": eid, "camera": s.frigate_camera, "plate": plate, "score": 0.93,
+                    "name": None, "timestamp": time.time()})
+                return eid
+
+            first = lpr(0)
+            for i in range(1, 5):
+                time.sleep(0.8)  # expire_time passed: Frigate starts a new id for the same plate
+                lpr(i)
+            wait_until(lambda: s.detections(), 15, what="the first decision")
+            time.sleep(2.0)  # any second decision for the waiting car would have arrived by now
+            assert [(d["event_id"], d["decision"], d["plate"]) for d in s.detections()] == [
+                (first, "allow", "TEST123")]
+            time.sleep(3.5)  # the car has left: longer than passage_window without that plate
+            again = lpr(99)
+            wait_until(lambda: len(s.detections()) == 2, 15, what="the next passage of the plate")
+            assert s.detections()[1]["event_id"] == again
+        finally:
+            pub.close()

@@ -1,7 +1,8 @@
 """README command 1, as a user runs it: the demo prints the WATCH URL, the simulated
-Frigate passages land at the portal stand-in as an allow and a deny, each gets a
-clip listed by the stand-in, the URL serves the watch page, and Ctrl-C stops
-everything."""
+Frigate passages land at the portal stand-in as an allow and a deny, the allowed one opens
+the gate (``GATE: opened DEMO123``, the portal's Gatewise call), each gets a clip listed by
+the stand-in, the URL serves the watch page, the guide's test ``curl`` works against it,
+and Ctrl-C stops everything."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +43,19 @@ def test_demo_prints_watch_url_and_decisions_and_stops_cleanly():
         assert re.match(r"^http://127\.0\.0\.1:\d+/watch/gate-camera-1\?token=[\w.-]+$", url), url
         assert re.search(r"PORTAL: detect allow DEMO123 whitelisted", text), text
         assert re.search(r"PORTAL: detect deny XYZ999 not_whitelisted", text), text
+        assert re.search(r"^GATE: opened DEMO123 ", text, re.MULTILINE), text
+        assert "GATE: opened XYZ999" not in text  # a denied car never opens the gate
+        # the guide's test detection (its "Verification" curl) against the demo's portal
+        [printed] = [line for line in lines if line.startswith("demo: the guide's test detection: curl ")]
+        portal = re.search(r"curl -X POST (http://127\.0\.0\.1:\d+)/api/pod/detect", printed).group(1)
+        key = yaml.safe_load((ROOT / "var/demo/pod.yaml").read_text())["pod_api_key"]
+        body = (ROOT / "tests/data/seed/detect_curl_test.json").read_text().strip()
+        assert body in printed
+        curl = subprocess.run(["curl", "-sS", "-X", "POST", f"{portal}/api/pod/detect",
+                               "-H", f"Authorization: Bearer {key}", "-H", "Content-Type: application/json",
+                               "-d", body, "-w", "\n%{http_code}"], capture_output=True, text=True, timeout=30)
+        answer, status = curl.stdout.rsplit("\n", 1)
+        assert status == "200" and '"success":true' in answer.replace(" ", ""), curl.stdout + curl.stderr
         page = httpx.get(url, timeout=10)
         assert page.status_code == 200 and "hls.min.js" in page.text
         clips = [line.split("CLIP URL: ", 1)[1] for line in lines if line.startswith("PORTAL: recording")]

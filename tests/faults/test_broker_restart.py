@@ -18,7 +18,8 @@ def test_broker_restart_pod_resubscribed_and_deciding_within_5s(tmp_path, figure
     one passage every 0.2 s; the figure is the time from broker-ready until the portal
     stand-in has the pod's decision for one of them, i.e. the pod reconnected, resubscribed,
     received a new event and acted on it."""
-    s = make_stack(tmp_path, streaming=False, pod_overrides={"max_decision_wait": 1.0})
+    # passage_window 0: the cars published back to back with one plate are separate cars here
+    s = make_stack(tmp_path, streaming=False, pod_overrides={"max_decision_wait": 1.0, "passage_window": 0})
     try:
         s.start_mosquitto()
         s.start_portal(WHITELIST)

@@ -35,7 +35,9 @@ from tests.faults.conftest import (
 QUOTA = 10 * 1024**2  # recordings_max_bytes: the smallest the pod accepts
 FREE_FLOOR = 256 * 1024  # recordings_min_free_bytes
 FILLER = ".filler"
+# passage_window 0: back-to-back simulated cars with one plate are separate cars here
 POD_OVERRIDES = {"pre_roll": 1.0, "recording_duration": 2.0, "max_decision_wait": 1.0, "no_read_timeout": 10,
+                 "passage_window": 0,
                  "recordings_max_bytes": QUOTA, "recordings_min_free_bytes": FREE_FLOOR}
 
 # disk full

@@ -57,8 +57,9 @@ def test_portal_down_10_minutes_and_pod_sigkill_every_detection_arrives_exactly_
     "duplicated" counts deliveries beyond the first per event_id, which the stand-in
     records even though it dedupes) and seconds from the portal being up to the outbox
     drained (<= 10 s, the sender's backoff cap)."""
-    s = make_stack(tmp_path, streaming=False, pod_overrides={
-        "max_decision_wait": 1.0, "no_read_timeout": 10, "heartbeat_interval": HEARTBEAT, "portal_timeout": 2})
+    s = make_stack(tmp_path, streaming=False, pod_overrides={  # passage_window 0: back-to-back cars, one plate
+        "passage_window": 0, "max_decision_wait": 1.0, "no_read_timeout": 10, "heartbeat_interval": HEARTBEAT,
+        "portal_timeout": 2})
     outbox = Path(s.pod_config()["state_dir"]) / "outbox.sqlite3"
     try:
         s.start_mosquitto()

@@ -223,6 +223,7 @@ def test_short_secret_fails(stack, tmp_path, monkeypatch):
 def test_invalid_config_stops_with_key_path(tmp_path):
     p = tmp_path / "pod.yaml"
     p.write_text(yaml.safe_dump({"portal_url": "http://127.0.0.1:9", "pod_api_key": "k", "pod_id": "pod-1",
+                                 "site_id": "site-1",
                                  "camera_id": "cam", "camera_rtsp_url": "rtsp://127.0.0.1:9/x",
                                  "stream_secret": "s" * 40, "stream_bind": "192.168.1.20"}))
     rc, lines = run_check(p)
@@ -242,7 +243,8 @@ def test_unusable_dir_fails(stack, tmp_path):
 
 
 def _cfg(**over):
-    d = {"portal_url": "http://127.0.0.1:9", "pod_api_key": "k", "pod_id": "pod-1", "camera_id": "cam1",
+    d = {"portal_url": "http://127.0.0.1:9", "pod_api_key": "k", "pod_id": "pod-1", "site_id": "site-1",
+         "camera_id": "cam1",
          "camera_rtsp_url": "rtsp://127.0.0.1:9/x", "stream_secret": "s" * 40}
     d.update(over)
     return parse_config(d)[0]
@@ -332,7 +334,7 @@ def test_config_schema_command(capsys):
     schema = json.loads(capsys.readouterr().out)
     pod = schema["$defs"]["PodConfig"]
     assert schema["$ref"] == "#/$defs/PodConfig" and pod["additionalProperties"] is False
-    assert set(pod["required"]) == {"portal_url", "pod_api_key", "pod_id"}
+    assert set(pod["required"]) == {"portal_url", "pod_api_key", "pod_id", "site_id"}
     assert schema["$defs"]["CameraConfig"]["properties"]["transcode"] == {"enum": ["copy", "h264"], "default": "copy"}
     assert msgspec.json.schema(type(_cfg()))["$defs"]["PodConfig"]["properties"].keys() == pod["properties"].keys()
 

@@ -1,4 +1,5 @@
-"""Pod config: the seed's file loads unchanged; bad values name the key path; exit code 2."""
+"""Pod config: the guide's config.yaml loads unchanged; the original agent's loads once it names
+its site; bad values name the key path; exit code 2."""
 
 import os
 import subprocess
@@ -12,18 +13,74 @@ from pod.config import check_bind_address, load_config, parse_config
 from pod.errors import BindRefused, ConfigError
 
 DATA = Path(__file__).resolve().parents[1] / "data"
+SEED = DATA / "seed"
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def base(**over):
-    d = yaml.safe_load((DATA / "seed_config.yaml").read_text())
+    d = yaml.safe_load((SEED / "original_agent_config.yaml").read_text())
+    d["site_id"] = "site-1"
     d.update(over)
     return d
 
 
-def test_seed_config_loads_unchanged(monkeypatch):
+def test_guide_config_loads_unchanged(monkeypatch):
+    """tests/data/seed/guide_config.yaml: the POD connection guide's config.yaml, verbatim."""
     monkeypatch.delenv("POD_STREAM_SECRET", raising=False)
-    cfg, warnings = load_config(DATA / "seed_config.yaml")
+    monkeypatch.setenv("TZ", "America/New_York")
+    cfg, warnings = load_config(SEED / "guide_config.yaml")
+    [cam] = cfg.camera_list()
+    assert (cam.camera_id, cam.rtsp_url, cam.frigate_camera) == (
+        "camera-uuid", "rtsp://192.168.1.100:554/stream", "camera-uuid")
+    assert (cfg.site_id, cfg.company_id, cfg.pod_id, cfg.pod_name) == (
+        "site-uuid", "company-uuid", "main-gate-pod", "main-gate-pod")
+    assert (cfg.min_confidence, cfg.whitelist_refresh_interval, cfg.heartbeat_interval) == (0.75, 300, 60)
+    assert cfg.recordings_dir == "/tmp/recordings" and cfg.enable_streaming and cfg.enable_mqtt
+    assert warnings == ["$.stream_secret: secret 'default' is shorter than 32 bytes; use a longer random secret"]
+    assert str(cfg.site_tz()) == "America/New_York"  # no timezone key: the system's zone
+
+
+def test_site_id_is_required_with_a_clear_error(monkeypatch):
+    """Issue 11: without site_id the portal refuses every detection and the outbox parks them all;
+    the original agent's config.example.yaml has none, so it must fail at load, naming the key."""
+    monkeypatch.delenv("POD_STREAM_SECRET", raising=False)
+    with pytest.raises(ConfigError) as ei:
+        load_config(SEED / "original_agent_config.yaml")
+    assert str(ei.value).startswith("$.site_id: required") and "Site" in str(ei.value)
+    for blank in ("", "  "):
+        with pytest.raises(ConfigError, match=r"^\$\.site_id: required"):
+            parse_config(base(site_id=blank))
+    d = base()
+    del d["site_id"]
+    r = _run_cli_config(d)
+    assert r.returncode == 2 and "$.site_id: required" in r.stderr
+
+
+def test_timezone_key(monkeypatch):
+    assert str(parse_config(base(timezone="Europe/Berlin"))[0].site_tz()) == "Europe/Berlin"
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    assert str(parse_config(base())[0].site_tz()) == "Asia/Kolkata"
+    monkeypatch.setenv("TZ", "Not/AZone")
+    assert parse_config(base())[0].site_tz() is not None  # falls back to /etc/localtime or UTC
+    for bad in ("Mars/Olympus_Mons", "../../etc/passwd", "America", ""):
+        with pytest.raises(ConfigError, match=r"^\$\.timezone: unknown IANA time zone"):
+            parse_config(base(timezone=bad))
+
+
+def _run_cli_config(d):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        f = Path(tmp) / "config.yaml"
+        f.write_text(yaml.safe_dump(d))
+        return _run_cli(["run", "--config", str(f)], Path(tmp))
+
+
+def test_original_agent_config_loads_once_it_names_its_site(monkeypatch, tmp_path):
+    monkeypatch.delenv("POD_STREAM_SECRET", raising=False)
+    f = tmp_path / "config.yaml"
+    f.write_text((SEED / "original_agent_config.yaml").read_text() + '\nsite_id: "site-1"\n')
+    cfg, warnings = load_config(f)
     [cam] = cfg.camera_list()
     assert (cam.camera_id, cam.rtsp_url, cam.frigate_camera) == (
         "gate-camera-1", "rtsp://192.168.1.100:554/stream", "gate-camera-1")
@@ -139,7 +196,7 @@ def test_adversarial_values_are_refused_with_the_key(over, path):
 
 def test_duplicate_keys_refused(tmp_path):
     f = tmp_path / "config.yaml"
-    f.write_text((DATA / "seed_config.yaml").read_text() + "\nstream_port: 9000\n")
+    f.write_text((SEED / "original_agent_config.yaml").read_text() + "\nstream_port: 9000\n")
     with pytest.raises(ConfigError, match="duplicate key 'stream_port'"):
         load_config(f)
 

@@ -289,9 +289,12 @@ def test_b22_malformed_messages_are_skipped_with_reason():
     ("events", b'{"type": "update", "after": null}', "without 'after'"),
     ("events", b'{"type": "update", "after": [1]}', "not an object"),
     ("events", b'{"type": "update", "after": {"camera": "c"}}', "after.id"),
+    ("events", b'{"type": "new", "after": {"camera": "c", "label": "license_plate", "score": 0.9}}', "after.id"),
+    ("events", b'{"type": "new", "after": {"id": null, "label": "car", "sub_label": "ABC123"}}', "after.id"),
     ("events", b'{"type": "update", "after": {"id": "", "camera": "c"}}', "after.id"),
     ("events", b'{"type": "update", "after": {"id": 5, "camera": "c"}}', "after.id"),
-    ("events", b'{"type": "update", "after": {"id": "x"}}', "after.camera"),
+    ("events", b'{"type": "update", "after": {"id": "x", "camera": ""}}', "after.camera"),
+    ("events", b'{"type": "update", "after": {"id": "x", "camera": 7}}', "after.camera"),
     ("events", b'{"type": "update", "after": {"id": "x", "camera": "c", "entered_zones": "gate"}}', "zones"),
     ("events", b'{"after": {"id": "x", "camera": "c"}}', "type"),
     ("events", b'{"type": 1, "after": {"id": "x", "camera": "c"}}', "type"),
@@ -452,3 +455,53 @@ def test_frigate_style_ids_pass_and_control_characters_are_not_plates():
         bad = dict(ok, plate=plate)
         msg, _ = parse_message("tracked_object_update", json.dumps(bad).encode())
         assert msg is None or msg.read is None, plate
+
+
+# ------------------------------------------------------------------ the guide's example (issue 11)
+
+GUIDE_EVENT = (Path(__file__).resolve().parents[1] / "data" / "seed" / "mqtt_event.json").read_bytes()
+
+
+def test_guides_example_is_a_plate_read_with_after_score_as_confidence():
+    """tests/data/seed/mqtt_event.json, verbatim from the PlateBridge POD connection guide:
+    {"type": "new", "after": {"label": "license_plate", "sub_label": "ABC123", "score": 0.95}}.
+    A license_plate object's plain-string sub_label is its plate, its score the plate's
+    confidence; it names neither id nor camera."""
+    for source in ("recognized_license_plate", "sub_label"):
+        msg, reason = parse_message("events", GUIDE_EVENT, plate_source=source)
+        assert reason is None, reason
+        assert (msg.kind, msg.event_type, msg.id, msg.camera, msg.label) == ("event", "new", None, None,
+                                                                             "license_plate")
+        assert msg.read == PlateRead("ABC123", 0.95, "sub_label")
+
+
+@pytest.mark.parametrize(("after", "want"), [
+    # a plate object's own score fills in a plate without confidence ...
+    ({"label": "license_plate", "recognized_license_plate": "ABC123", "score": 0.8}, ("ABC123", 0.8)),
+    ({"label": "license_plate", "recognized_license_plate": ["ABC123", None], "score": 0.8}, ("ABC123", 0.8)),
+    # ... but never overrides the plate's own confidence
+    ({"label": "license_plate", "recognized_license_plate": ["ABC123", 0.6], "score": 0.99}, ("ABC123", 0.6)),
+    ({"label": "license_plate", "recognized_license_plate": "ABC123", "recognized_license_plate_score": 0.5,
+      "score": 0.99}, ("ABC123", 0.5)),
+    # recognized_license_plate wins over the sub_label
+    ({"label": "license_plate", "recognized_license_plate": "XYZ9", "sub_label": "ABC123", "score": 0.9},
+     ("XYZ9", 0.9)),
+    # a car's score is the car's, not the plate's; a car's sub_label is a known_plates name
+    ({"label": "car", "recognized_license_plate": "ABC123", "score": 0.99}, ("ABC123", None)),
+    ({"label": "car", "sub_label": "ABC123", "score": 0.99}, None),
+    # Frigate's own [name, score] list on a plate object stays a name
+    ({"label": "license_plate", "sub_label": ["John's Car", 0.9], "score": 0.9}, None),
+    # a score outside [0, 1] is no confidence
+    ({"label": "license_plate", "sub_label": "ABC123", "score": 95}, ("ABC123", None)),
+])
+def test_license_plate_object_score_rule(after, want):
+    doc = {"type": "update", "after": {"id": "1767225600.1-abc", "camera": "gate_cam", **after}}
+    msg, reason = parse_message("events", json.dumps(doc).encode())
+    assert reason is None, reason
+    got = None if msg.read is None else (msg.read.plate_raw, msg.read.score)
+    assert got == want
+
+
+def test_event_without_camera_parses_with_camera_none():
+    msg, reason = parse_message("events", b'{"type": "update", "after": {"id": "x", "label": "car"}}')
+    assert reason is None and msg.camera is None and msg.id == "x"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pod.frigate import ObjectMessage, PlateRead, parse_message
+from pod.frigate import ObjectMessage, PlateRead, is_event_id, parse_message
 from pod.passages import PassageDecision, PassageTracker
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "frigate"
@@ -445,14 +445,14 @@ def test_lenient_judge_never_allows_weak_read():
 
 
 def test_remembered_ids_are_bounded_in_count_and_time():
-    tr = tracker()
+    tr = tracker(passage_window=0.001)  # 10 ms apart: separate cars, not one car under many ids
     for i in range(10_050):
         assert len(tr.feed(ev(f"id{i}", plate="TEST123", score=0.9), i * 0.01)) == 1
     assert tr.remembered() == 10_000  # default bound
     assert tr.active() == 0
     # the newest are remembered, the oldest were let go
     assert tr.feed(ev("id10049", plate="TEST123", score=0.9), 200) == []
-    assert len(tr.feed(ev("id0", plate="TEST123", score=0.9), 200)) == 1
+    assert len(tr.feed(ev("id0", plate="TEST123", score=0.9), 201)) == 1
 
     small = tracker(max_remembered=50)
     for i in range(200):
@@ -483,3 +483,120 @@ def test_lpr_only_reread_of_decided_id_after_window_still_dedupes_new_ids():
     assert len(tr.feed(lpr("a", "TEST123", 0.9), 0)) == 1
     assert tr.feed(lpr("a", "TEST123", 0.9), 40) == []  # same tracked object, long after
     assert tr.feed(lpr("b", "TEST123", 0.9), 45) == []  # a new id 5 s after that read: same passage
+
+
+# ------------------------------------------------------------------ one car, one decision (issue 11)
+# Frigate 0.16+ dedicated LPR cameras publish only tracked_object_update lpr messages and start a
+# new id when the plate has been unseen for their expire_time (3 s by default), so a car waiting
+# at the gate arrives under several ids. The guide's user never marks such a camera lpr_only.
+
+def plain(**kw) -> PassageTracker:
+    """A pod as the guide configures it: one camera, no zones, nothing marked lpr_only."""
+    args = {"cameras": {"gate_cam": "gate-camera-1"}, "gate_zones": [], "lpr_only_cameras": set(),
+            "judge": make_judge(["TEST123", "ABC987"]), "min_confidence": MIN_CONF}
+    args.update(kw)
+    return PassageTracker(**args)
+
+
+def test_dedicated_lpr_camera_new_ids_for_a_waiting_car_are_one_allow_without_lpr_only():
+    tr = plain()
+    out = []
+    for i, t in enumerate([0.0, 0.5, 4.0, 4.5, 8.0, 12.0, 16.0, 20.0, 24.0]):  # a new id every ~4 s, 24 s in all
+        out += tr.feed(lpr(f"1767225600.{i}-lpr{i}", "TEST 123", 0.9, camera="gate_cam"), t)
+    out += tr.tick(30)
+    assert summary(out) == [("1767225600.0-lpr0", "allow", "whitelisted", "TEST123")]
+    # the car leaves; the same plate 16 s after its last read is a new passage
+    assert summary(tr.feed(lpr("1767225700.0-back", "TEST123", 0.9, camera="gate_cam"), 40)) == [
+        ("1767225700.0-back", "allow", "whitelisted", "TEST123")]
+
+
+def test_retracked_car_on_a_normal_camera_is_one_passage():
+    tr = plain()
+    assert len(tr.feed(ev("car-a", "new", plate="TEST123", score=0.9, zones=()), 0)) == 1
+    assert tr.feed(ev("car-a", "end", zones=()), 2) == []
+    # Frigate lost and re-found the car: a new id, the same plate, 3 s later
+    assert tr.feed(ev("car-b", "new", zones=()), 5) == []
+    assert tr.feed(ev("car-b", plate="TEST-123", score=0.95, zones=()), 5.5) == []
+    assert tr.feed(ev("car-b", "end", zones=()), 9) == []
+    assert tr.tick(1000) == [] and tr.active() == 0
+
+
+def test_same_plate_on_another_camera_is_another_passage():
+    tr = plain(cameras={"gate_cam": "gate-camera-1", "exit_cam": "exit-camera-1"})
+    assert len(tr.feed(lpr("a", "TEST123", 0.9, camera="gate_cam"), 0)) == 1
+    assert len(tr.feed(lpr("b", "TEST123", 0.9, camera="exit_cam"), 1)) == 1
+
+
+def test_a_denied_waiting_car_is_allowed_by_a_better_read_under_a_new_id():
+    """A deny for a weak read must not lock a resident out while the window slides."""
+    tr = plain()
+    assert tr.feed(lpr("a", "TEST123", 0.5, camera="gate_cam"), 0) == []
+    assert summary(tr.tick(5)) == [("a", "deny", "low_confidence", "TEST123")]
+    assert tr.feed(lpr("b", "TEST123", 0.6, camera="gate_cam"), 6) == []  # still weak: no second deny
+    assert summary(tr.feed(lpr("c", "TEST123", 0.9, camera="gate_cam"), 7)) == [("c", "allow", "whitelisted",
+                                                                                  "TEST123")]
+    assert tr.feed(lpr("d", "TEST123", 0.95, camera="gate_cam"), 8) == []  # allowed: nothing more
+    assert tr.tick(100) == []
+
+
+def test_a_weak_read_under_a_new_id_joins_the_undecided_passage():
+    tr = tracker()
+    assert tr.feed(ev("a", "new", plate="TEST123", score=0.5), 0) == []
+    assert tr.feed(ev("b", "new"), 1) == []  # a second object, no read yet
+    assert tr.feed(ev("b", plate="TEST123", score=0.6), 2) == []  # folded into "a"
+    assert tr.feed(ev("b", "end"), 3) == []  # the folded object's end does not decide "a"
+    assert summary(tr.tick(5)) == [("a", "deny", "low_confidence", "TEST123")]
+    assert tr.active() == 0 and tr.tick(1000) == []
+
+
+def test_an_object_with_reads_of_its_own_is_not_folded_in():
+    """Folding is for objects the passage explains; one that read another plate first decides
+    on its own reads (documented in pod/passages.py)."""
+    tr = plain()
+    assert tr.feed(ev("a", "new", plate="ABC987", score=0.5, zones=()), 0) == []
+    assert summary(tr.feed(ev("b", "new", plate="TEST123", score=0.9, zones=()), 1)) == [
+        ("b", "allow", "whitelisted", "TEST123")]
+    assert summary(tr.feed(ev("a", plate="TEST123", score=0.9, zones=()), 2)) == [
+        ("a", "allow", "whitelisted", "TEST123")]
+    assert tr.tick(100) == []
+
+
+def test_an_object_that_left_without_reaching_the_gate_leaves_no_window():
+    tr = tracker()
+    assert tr.feed(ev("y", "new", plate="TEST123", score=0.9, zones=("yard",)), 0) == []
+    assert tr.feed(ev("y", "end", zones=("yard",)), 1) == []
+    assert len(tr.feed(ev("g", "new", plate="TEST123", score=0.9), 2)) == 1
+
+
+def test_message_without_camera_belongs_to_the_only_camera():
+    msg, _ = parse_message("events", json.dumps(
+        {"type": "new", "after": {"id": "x1", "label": "car", "recognized_license_plate": ["TEST123", 0.9]}}).encode())
+    assert msg.camera is None
+    d = plain().feed(msg, 0)
+    assert [(x.camera_id, x.frigate_camera) for x in d] == [("gate-camera-1", "gate_cam")]
+    two = plain(cameras={"gate_cam": "gate-camera-1", "exit_cam": "exit-camera-1"})
+    assert two.feed(msg, 0) == [] and two.active() == 0  # which camera? not ours to guess
+
+
+GUIDE_EVENT = (Path(__file__).resolve().parents[1] / "data" / "seed" / "mqtt_event.json").read_bytes()
+
+
+def test_the_guides_mqtt_example_allows_whitelisted_abc123():
+    """tests/data/seed/mqtt_event.json verbatim: no id, no camera, a license_plate object with
+    sub_label "ABC123" and score 0.95, min_confidence 0.75 (the guide's config)."""
+    tr = plain(judge=make_judge(["ABC123"]))
+    msg, reason = parse_message("events", GUIDE_EVENT)
+    assert reason is None
+    [d] = tr.feed(msg, 1767225600.25)
+    assert (d.decision, d.reason, d.plate, d.confidence, d.camera_id) == (
+        "allow", "whitelisted", "ABC123", 0.95, "gate-camera-1")
+    assert d.event_id.startswith("1767225600.250000-noid") and is_event_id(d.event_id)
+    # the same message again (a QoS 1 redelivery, a guide-style agent repeating it): one car, one decision
+    assert tr.feed(msg, 1767225601.0) == []
+    # below min_confidence it is a low_confidence deny, not an allow
+    low = json.loads(GUIDE_EVENT)
+    low["after"]["score"] = 0.5
+    msg, _ = parse_message("events", json.dumps(low).encode())
+    tr2 = plain(judge=make_judge(["ABC123"]))
+    assert tr2.feed(msg, 0) == []
+    assert [(x.decision, x.reason) for x in tr2.tick(10)] == [("deny", "low_confidence")]

@@ -1,6 +1,7 @@
 """pod.plates: normalisation, whitelist matching rules, validity windows, near matches."""
 
 from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import example, given, settings
@@ -236,8 +237,9 @@ def test_naive_now_is_utc():
     assert m(w, "A1", now=T_END.replace(tzinfo=None)).reason == "outside_validity"
 
 
-@pytest.mark.parametrize("bad", ["tomorrow", "", "2026-13-01T00:00:00Z", "2026-01-01", "2026-01-01T25:00:00Z",
-                                 "2026-01-01T00:00:00+99:99", "1767225600"])
+@pytest.mark.parametrize("bad", ["tomorrow", "", "2026-13-01T00:00:00Z", "2026-13-01", "2026-02-30",
+                                 "2026-01-01T25:00:00Z", "2026-01-01T00:00:00+99:99", "1767225600", "2026-1-1",
+                                 "2026-01-01Z"])
 @pytest.mark.parametrize("field", ["starts", "ends"])
 def test_unparseable_bound_is_invalid_never_always_valid(bad, field):
     e = PlateEntry(plate="ABC123", **{field: bad})
@@ -266,8 +268,96 @@ def test_parse_time_bound():
     assert parse_time_bound("2026-01-01t08:00:00z") == T_START
     assert parse_time_bound("2026-01-01 08:00:00+00") == T_START  # PostgreSQL text form
     assert parse_time_bound("2026-01-01T08:00:00.123Z").tzinfo == UTC
-    with pytest.raises(ValueError):
-        parse_time_bound("2026-01-01")
+    # a plain date: 00:00 of that day (starts) or of the next day (ends, exclusive), in the zone given
+    assert parse_time_bound("2026-01-01") == datetime(2026, 1, 1, tzinfo=UTC)
+    assert parse_time_bound("2026-01-01", end=True) == datetime(2026, 1, 2, tzinfo=UTC)
+    ny = ZoneInfo("America/New_York")
+    assert parse_time_bound("2026-01-01", tz=ny) == datetime(2026, 1, 1, 5, tzinfo=UTC)  # EST, -05:00
+    assert parse_time_bound("2026-07-01", tz=ny) == datetime(2026, 7, 1, 4, tzinfo=UTC)  # EDT, -04:00
+
+
+# --------------------------------------------------------------------------- plain dates (site time)
+# The guide's /api/plates example (tests/data/seed/plates_response.json) has date-only bounds,
+# as a Postgres `date` column returns them: starts "2025-01-01", ends "2026-01-01".
+
+NY = ZoneInfo("America/New_York")
+
+
+def dated(starts="2025-01-01", ends="2026-01-01", tz=UTC):
+    return Whitelist([PlateEntry(plate="ABC123", starts=starts, ends=ends)], "42", tz=tz)
+
+
+def at(tz, *args, fold=0):
+    return datetime(*args, tzinfo=tz, fold=fold).astimezone(UTC)
+
+
+@pytest.mark.parametrize("tz", [UTC, NY, ZoneInfo("Asia/Kolkata"), ZoneInfo("Pacific/Chatham")],
+                         ids=["UTC", "New_York", "Kolkata", "Chatham"])
+def test_plain_dates_cover_both_named_days_whole_in_site_time(tz):
+    w = dated(tz=tz)
+    assert w.invalid == []
+    reason = lambda now: m(w, "ABC123", now=now).reason  # noqa: E731
+    assert reason(at(tz, 2024, 12, 31, 23, 59, 59, 999999)) == "outside_validity"  # just before starts
+    assert reason(at(tz, 2025, 1, 1)) == "whitelisted"  # starts at local midnight
+    assert reason(at(tz, 2025, 6, 15, 12)) == "whitelisted"
+    assert reason(at(tz, 2026, 1, 1, 23, 59, 59, 999999)) == "whitelisted"  # the whole ends day counts
+    assert reason(at(tz, 2026, 1, 2)) == "outside_validity"  # local midnight after it: over
+
+
+def test_plain_date_bounds_are_local_not_utc():
+    """In New York the day 2026-01-01 ends at 05:00 UTC on the 2nd: a UTC reading would cut
+    the evening of the 1st off (and allow the early hours of the 2nd, New York time)."""
+    w = dated(tz=NY)
+    assert m(w, "ABC123", now=datetime(2026, 1, 2, 4, 59, tzinfo=UTC)).reason == "whitelisted"  # 23:59 in NY
+    assert m(w, "ABC123", now=datetime(2026, 1, 2, 5, 0, tzinfo=UTC)).reason == "outside_validity"
+    assert m(w, "ABC123", now=datetime(2025, 1, 1, 4, 59, tzinfo=UTC)).reason == "outside_validity"  # 23:59 NY, 31 Dec
+
+
+@pytest.mark.parametrize(("day", "hours"), [("2025-03-09", 23), ("2025-11-02", 25)],
+                         ids=["spring_forward", "fall_back"])
+def test_plain_dates_on_dst_changes_cover_the_whole_local_day(day, hours):
+    """America/New_York 2025-03-09 has 23 hours, 2025-11-02 has 25: a one-day entry must
+    cover exactly that, from local midnight to local midnight."""
+    w = dated(starts=day, ends=day, tz=NY)
+    y, mo, d = map(int, day.split("-"))
+    first = at(NY, y, mo, d)
+    assert m(w, "ABC123", now=first - timedelta(microseconds=1)).reason == "outside_validity"
+    assert m(w, "ABC123", now=first).reason == "whitelisted"
+    last = first + timedelta(hours=hours) - timedelta(microseconds=1)
+    assert m(w, "ABC123", now=last).reason == "whitelisted"
+    assert m(w, "ABC123", now=last + timedelta(microseconds=1)).reason == "outside_validity"
+    assert (last + timedelta(microseconds=1)).astimezone(NY).replace(tzinfo=None) == datetime(y, mo, d + 1)
+    if hours == 25:  # the repeated hour (01:00-02:00 twice) is inside, both times
+        assert m(w, "ABC123", now=at(NY, y, mo, d, 1, 30, fold=1)).reason == "whitelisted"
+
+
+def test_midnight_skipped_by_dst_starts_at_the_jump():
+    """America/Santiago jumped from 24:00 on 2024-09-07 to 01:00 on 2024-09-08: the day
+    has no 00:00, so a plain starts date begins at the jump (04:00 UTC)."""
+    santiago = ZoneInfo("America/Santiago")
+    assert parse_time_bound("2024-09-08", tz=santiago) == datetime(2024, 9, 8, 4, tzinfo=UTC)
+    assert parse_time_bound("2024-09-07", tz=santiago, end=True) == datetime(2024, 9, 8, 4, tzinfo=UTC)
+
+
+def test_ends_today_is_valid_all_day_and_not_tomorrow():
+    now_local = datetime(2026, 12, 4, 18, 30, tzinfo=NY)
+    w = dated(starts="2026-12-01", ends=now_local.date().isoformat(), tz=NY)
+    assert m(w, "ABC123", now=now_local.astimezone(UTC)).reason == "whitelisted"
+    assert m(w, "ABC123", now=at(NY, 2026, 12, 4, 23, 59, 59)).reason == "whitelisted"
+    assert m(w, "ABC123", now=at(NY, 2026, 12, 5)).reason == "outside_validity"
+
+
+def test_plain_dates_mix_with_date_times():
+    w = Whitelist([PlateEntry(plate="ABC123", starts="2025-01-01T12:00:00Z", ends="2025-01-02")], "v", tz=NY)
+    assert m(w, "ABC123", now=datetime(2025, 1, 1, 11, 59, tzinfo=UTC)).reason == "outside_validity"
+    assert m(w, "ABC123", now=datetime(2025, 1, 3, 4, 59, tzinfo=UTC)).reason == "whitelisted"
+    assert m(w, "ABC123", now=datetime(2025, 1, 3, 5, 0, tzinfo=UTC)).reason == "outside_validity"
+
+
+def test_same_plain_date_for_starts_and_ends_is_one_day_not_empty():
+    w = dated(starts="2025-05-05", ends="2025-05-05")
+    assert w.invalid == []
+    assert m(w, "ABC123", now=datetime(2025, 5, 5, 23, tzinfo=UTC)).reason == "whitelisted"
 
 
 # --------------------------------------------------------------------------- near matches

@@ -3,6 +3,7 @@ served by uvicorn on 127.0.0.1:<free port>; plus the stand-in's own CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import subprocess
@@ -69,7 +70,8 @@ def detect(event_id: str, **over) -> DetectRequest:
 
 
 def hb(camera_id="cam1", pod_id="gate-pod-7") -> HeartbeatRequest:
-    return HeartbeatRequest(pod_id=pod_id, camera_id=camera_id, stream_url=f"http://100.64.0.7:8000/{camera_id}/index.m3u8",
+    return HeartbeatRequest(pod_id=pod_id, camera_id=camera_id, status="online",
+                            stream_url=f"http://100.64.0.7:8000/{camera_id}/index.m3u8",
                             outbox_depth=0, whitelist_version="1")
 
 
@@ -150,6 +152,91 @@ async def test_standin_dedupes_by_idempotency_header_and_rejects_bad_bodies(port
         with pytest.raises(PortalRejected):  # a null plate is only fine without a read
             await pc.post_detect(detect("np", plate=None))
     assert ei.value.status == 400
+
+
+SEED = Path(__file__).resolve().parents[1] / "data" / "seed"
+
+
+async def test_standin_accepts_the_guides_minimal_detect_body_and_opens_the_gate_on_allow(portal, capsys):
+    """The guide's test curl (tests/data/seed/detect_curl_test.json) and its step-5 body
+    (detect_request.json) carry only site_id, plate, camera, pod_name: the stand-in takes
+    them, decides from its own whitelist as the guide's portal does, and opens the gate
+    through the Gatewise stand-in only for an allowed plate."""
+    auth = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    curl_body = (SEED / "detect_curl_test.json").read_bytes()
+    step5 = (SEED / "detect_request.json").read_bytes()
+    async with httpx.AsyncClient(base_url=portal.url, trust_env=False) as h:
+        r = await h.post("/api/pod/detect", content=curl_body, headers=auth)
+        assert r.status_code == 200, r.text
+        assert r.json()["decision"] == "deny" and r.json()["event_id"].startswith("portal-")  # TEST123: not listed
+        r = await h.post("/api/pod/detect", content=step5, headers=auth | {"Idempotency-Key": "guide-step5"})
+        assert r.status_code == 200 and r.json() == {"success": True, "duplicate": False, "event_id": "guide-step5",
+                                                     "decision": "allow"}  # ABC123 is on the whitelist
+        again = await h.post("/api/pod/detect", content=step5, headers=auth | {"Idempotency-Key": "guide-step5"})
+        assert again.json()["duplicate"] is True
+        assert (await h.post("/api/pod/detect", content=curl_body)).status_code == 401
+        for missing in ("site_id", "camera", "pod_name", "plate"):
+            body = msgspec.json.decode(curl_body)
+            body[missing] = ""
+            assert (await h.post("/api/pod/detect", json=body, headers=auth)).status_code == 400, missing
+
+        async def openings():
+            return (await h.get("/gatewise/__standin/openings")).json()["openings"]
+
+        deadline = time.monotonic() + 10
+        while not await openings():
+            assert time.monotonic() < deadline, "the gate was never opened"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)  # a second (wrong) opening would land by now
+        assert [(o["gate_id"], o["plate"], o["event_id"], o["site_id"]) for o in await openings()] == [
+            ("main-gate", "ABC123", "guide-step5", "xxx")]
+        # Gatewise refuses callers without its key
+        assert (await h.post("/gatewise/api/v1/gates/main-gate/open", json={})).status_code == 401
+    dets = (await portal.admin("GET", "/__standin/detections")).json()["detections"]
+    assert [(d["plate"], d["decision"], d["reason"], d["decided_by"], d["count"]) for d in dets] == [
+        ("TEST123", "deny", "not_whitelisted", "portal", 1), ("ABC123", "allow", "whitelisted", "portal", 2)]
+    out = capsys.readouterr().out
+    assert "PORTAL: detect allow ABC123 whitelisted event=guide-step5" in out
+    assert "GATE: opened ABC123 gate=main-gate event=guide-step5" in out
+    assert out.count("GATE: opened") == 1
+
+
+async def test_pod_decisions_open_the_gate_only_when_allowed(portal, capsys):
+    async with client(portal) as c:
+        await c.post_detect(detect("p-allow"))
+        await c.post_detect(detect("p-deny", decision="deny", reason="low_confidence"))
+        await c.post_detect(detect("p-allow"))  # redelivered: no second opening
+    deadline = time.monotonic() + 10
+    while "GATE: opened" not in capsys.readouterr().out:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    assert [o["event_id"] for o in portal.state.gatewise.openings] == ["p-allow"]
+
+
+async def test_standin_serves_a_numeric_config_version_as_given_and_nudge_bumps_it(tmp_path):
+    """The guide's /api/plates answer (tests/data/seed/plates_response.json) has
+    "config_version": 42, a number; the stand-in serves it as such, heartbeats answer it, and
+    the guide's POST /api/nudge (nudge_request.json) bumps it, staying a number."""
+    raw = msgspec.json.decode((SEED / "plates_response.json").read_bytes())
+    s = Served(tmp_path, config_version=raw["config_version"])
+    s.state.set_plates(raw["entries"], version=raw["config_version"])
+    await s.start()
+    try:
+        async with client(s) as c:
+            got = await c.get_plates("site", "company")
+            assert got.config_version == "42" and [e.plate for e in got.entries] == ["ABC123"]
+            assert (await c.post_heartbeat(hb())).config_version == "42"
+        wire = (await s.request("GET", "/api/plates", headers={"Authorization": f"Bearer {API_KEY}"})).json()
+        assert wire == raw  # verbatim, number and all
+        r = await s.request("POST", "/api/nudge", content=(SEED / "nudge_request.json").read_bytes())
+        assert r.status_code == 200 and r.json()["config_version"] == 43
+        wire = (await s.request("GET", "/api/plates", headers={"Authorization": f"Bearer {API_KEY}"})).json()
+        assert wire["config_version"] == 43 and wire["entries"] == raw["entries"]
+        [n] = (await s.request("GET", "/__standin/nudges")).json()["nudges"]
+        assert n["body"] == {"property": "main-gate", "reason": "Added new plate"} and n["relayed"] == []
+    finally:
+        await s.stop()
 
 
 async def test_error500_is_unavailable_and_get_plates_retries_until_fault_clears(portal):
@@ -255,18 +342,19 @@ async def test_upload_url_put_confirm_and_list(portal):
     async with client(portal) as c:
         up = await c.request_upload_url(UploadUrlRequest(camera_id="cam1", filename="evt-1.mp4"))
         url, path = up.url(), up.path_or_none()
-        assert url.startswith(portal.url + "/storage/") and path.startswith("recordings/cam1/")
+        # Supabase Storage's shape, the guide's bucket and path (recordings/<community>/<camera>/<file>)
+        assert path == "recordings/dev-community/cam1/evt-1.mp4"
+        assert url.startswith(f"{portal.url}/storage/v1/object/upload/sign/camera-recordings/{path}?token=")
 
-        # tampered signature, tampered path, expired (validly signed) URL: all refused
-        with pytest.raises(PortalRejected) as ei:
-            await c.upload(_with_query(url, sig="0" * 64), video)
-        assert ei.value.status == 403
-        with pytest.raises(PortalRejected):
-            await c.upload(url.replace("evt-1.mp4", "evt-2.mp4"), video)
-        expired = int(time.time()) - 10
-        with pytest.raises(PortalRejected) as ei:
-            await c.upload(_with_query(url, expires=str(expired), sig=portal.state.sign(path, expired)), video)
-        assert ei.value.status == 403
+        # tampered token, another object's path, expired (validly signed) token: all refused
+        # with storage-api's HTTP 400 and its error names
+        for bad, error in ((_with_query(url, token="e30.e30.AAAA"), "Invalid JWT"),
+                           (url.replace("evt-1.mp4", "evt-2.mp4"), "InvalidSignature"),
+                           (_with_query(url, token=portal.state.storage_token(path, int(time.time()) - 10)),
+                            "ExpiredSignature")):
+            with pytest.raises(PortalRejected) as ei:
+                await c.upload(bad, video)
+            assert ei.value.status == 400 and error in str(ei.value), str(ei.value)
         uploads = (await portal.admin("GET", "/__standin/uploads")).json()["uploads"]
         assert uploads == []
         # confirming before the upload is refused
@@ -360,7 +448,7 @@ def test_cli_serves_and_keeps_the_key_out_of_logs_and_db(tmp_path):
                                                "starts": None, "ends": None}]
             r = h.post("/api/pod/detect", content=msgspec.json.encode(detect("cli-1")),
                        headers=auth | {"Idempotency-Key": "cli-1"})
-            assert r.json() == {"success": True, "duplicate": False}
+            assert r.json() == {"success": True, "duplicate": False, "event_id": "cli-1", "decision": "allow"}
             h.get("/api/plates", headers={"Authorization": "Bearer nope"})
             h.post("/api/pod/detect", content=b"{", headers=auth)
         deadline = time.monotonic() + 5

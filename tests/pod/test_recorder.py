@@ -94,7 +94,8 @@ def index_of(d: Path) -> SegmentIndex:
 
 
 def pod_cfg(tmp_path: Path, **over):
-    base = {"portal_url": "http://127.0.0.1:9", "pod_api_key": "k", "pod_id": "pod-1", "camera_id": "cam1",
+    base = {"portal_url": "http://127.0.0.1:9", "pod_api_key": "k", "pod_id": "pod-1", "site_id": "site-1",
+            "camera_id": "cam1",
             "camera_rtsp_url": "rtsp://admin:hunter2@127.0.0.1:9/stream", "stream_secret": "s" * 40,
             "stream_bind": "127.0.0.2", "hls_dir": str(tmp_path / "hls"),
             "recordings_dir": str(tmp_path / "rec"), "hls_segment_seconds": 1, "recording_duration": 3}

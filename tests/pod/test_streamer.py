@@ -18,7 +18,8 @@ from protocol.redact import redact
 
 
 def cfg(tmp_path, **over):
-    d = {"portal_url": "http://127.0.0.1:9", "pod_api_key": "k", "pod_id": "pod-1", "camera_id": "cam1",
+    d = {"portal_url": "http://127.0.0.1:9", "pod_api_key": "k", "pod_id": "pod-1", "site_id": "site-1",
+         "camera_id": "cam1",
          "camera_rtsp_url": "rtsp://admin:hunter2@127.0.0.1:9/stream", "stream_secret": "s" * 40,
          "stream_bind": "127.0.0.2", "hls_dir": str(tmp_path / "hls")}
     d.update(over)

@@ -1,7 +1,9 @@
 """Clip uploads (pod/uploads.py, PortalClient.upload_file) against the REAL portal stand-in
 (deploy/dev/portal_standin.py) served by uvicorn on 127.0.0.1, with small real MP4s made
-by ffmpeg. The stand-in's storage answers like Supabase Storage: 403 for an expired or bad
-signature, 409 for an object that already exists."""
+by ffmpeg. The stand-in's storage answers like Supabase Storage (signed upload URLs
+``/storage/v1/object/upload/sign/camera-recordings/<path>?token=<jwt>``): HTTP 400 for an
+expired or bad token, "The resource already exists" for an object that is already there —
+as HTTP 409 or, like storage-api's legacy error format, HTTP 400 with ``"statusCode": "409"``."""
 
 from __future__ import annotations
 
@@ -18,10 +20,11 @@ import time
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 
 from pod.backoff import Backoff
-from pod.errors import PortalRejected, PortalUnavailable
+from pod.errors import PortalRejected, PortalUnavailable, StorageConflict
 from pod.portal import UPLOAD_CHUNK_BYTES, PortalClient
 from pod.uploads import Quota, Upload, Uploader, UploadQueue
 from protocol.messages import UploadUrlRequest
@@ -210,12 +213,14 @@ async def test_full_flow_listed_with_playable_video_url_and_never_repeated(porta
         assert tail.status_code == 206 and tail.content == original[-10:]
         beyond = await h.get(rec["video_url"], headers={"Range": f"bytes={len(original)}-"})
         assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(original)}"
-        tampered = rec["video_url"][:-4] + ("0000" if not rec["video_url"].endswith("0000") else "1111")
-        assert (await h.get(tampered)).status_code == 403
-        # an upload signature does not work for downloads (and vice versa)
-        put_sig_url = rec["video_url"].split("&sig=")[0] + "&sig=" + portal.state.sign(
-            rec["file_path"], int(rec["video_url"].split("expires=")[1].split("&")[0]), "PUT")
-        assert (await h.get(put_sig_url)).status_code == 403
+        assert "/storage/v1/object/sign/camera-recordings/recordings/" in rec["video_url"]
+        tampered = rec["video_url"][:-4] + ("AAAA" if not rec["video_url"].endswith("AAAA") else "BBBB")
+        assert (await h.get(tampered)).status_code == 400
+        # an upload token does not work for downloads (and vice versa)
+        put_token_url = rec["video_url"].split("?token=")[0] + "?token=" + portal.state.storage_token(
+            rec["file_path"], int(time.time()) + 60, "upload")
+        r = await h.get(put_token_url)
+        assert r.status_code == 400 and r.json()["error"] == "Invalid JWT"
     assert await ffprobe_duration(rec["video_url"]) == pytest.approx(duration, abs=0.2)
 
     # a restarted pod never uploads a confirmed clip again
@@ -232,9 +237,9 @@ async def test_full_flow_listed_with_playable_video_url_and_never_repeated(porta
     queue2.close()
 
     logs = pod_logs.text
-    put_sig = portal.state.sign(urls[0]["file_path"], urls[0]["expires"])
+    put_token = portal.state.storage_token(urls[0]["file_path"], urls[0]["expires"])
     assert f"uploads: evt-1: recording {row.file_path} confirmed" in logs
-    assert put_sig not in logs and "sig=" not in logs and "expires=" not in logs and API_KEY not in logs
+    assert put_token not in logs and "token=" not in logs and API_KEY not in logs
 
 
 async def test_local_file_deleted_only_after_confirm(portal, base_clip, tmp_path):
@@ -334,9 +339,10 @@ async def test_expired_url_is_requested_again(base_clip, tmp_path):
         await portal.stop()
 
 
-async def test_put_refused_403_gets_a_fresh_url(base_clip, tmp_path, pod_logs):
+async def test_put_refused_expired_signature_gets_a_fresh_url(base_clip, tmp_path, pod_logs):
     """Storage refuses the PUT (signature expired without the pod knowing the expiry, as with
-    Supabase's signed upload URLs, which carry no expires_in): back to 'recorded', new URL."""
+    Supabase's signed upload URLs, which carry no expires_in; storage-api answers HTTP 400
+    "ExpiredSignature"): back to 'recorded', new URL."""
     portal = await Served(tmp_path / "portal.db", upload_ttl=1).start()
     clip = clip_copy(base_clip, tmp_path / "rec", "c1.mp4")
     outbox = tmp_path / "outbox.sqlite3"
@@ -351,12 +357,12 @@ async def test_put_refused_403_gets_a_fresh_url(base_clip, tmp_path, pod_logs):
             await asyncio.sleep(1.3)  # the signature expires at the stand-in
             await up.step(queue.get("e-403"))
             row = queue.get("e-403")
-            assert row.state == "recorded" and row.upload_url is None and "403" in row.last_error
+            assert row.state == "recorded" and row.upload_url is None and "ExpiredSignature" in row.last_error
             assert row.next_attempt <= time.time()  # the first refusal asks again at once
             await run_until_state(queue, up, "e-403", "confirmed")
         assert len(await portal.upload_urls()) == 2 and queue.get("e-403").url_requests == 2
         assert len(await portal.uploads()) == 1 and len(await portal.recordings()) == 1
-        assert "HTTP 403" in pod_logs.text and "sig=" not in pod_logs.text
+        assert "HTTP 400" in pod_logs.text and "token=" not in pod_logs.text
     finally:
         queue.close()
         await portal.stop()
@@ -377,7 +383,7 @@ async def test_storage_refusing_every_url_parks_the_clip(base_clip, tmp_path):
                     break
                 if row.state == "url":  # tamper every signature the portal hands out
                     with sqlite3.connect(outbox) as db:
-                        db.execute("UPDATE uploads SET upload_url = replace(upload_url, 'sig=', 'sig=00') "
+                        db.execute("UPDATE uploads SET upload_url = replace(upload_url, 'token=', 'token=00') "
                                    "WHERE event_id = 'e-bad'")
                 await up.step(queue.get("e-bad"))
         row = queue.get("e-bad")
@@ -394,7 +400,12 @@ class _Crash(BaseException):
     """Stands in for the pod dying (power loss) at an exact point."""
 
 
-async def test_409_on_a_retried_put_counts_as_uploaded(portal, base_clip, tmp_path, pod_logs):
+@pytest.mark.parametrize("duplicate", ["409", "400"])
+async def test_duplicate_on_a_retried_put_counts_as_uploaded(base_clip, tmp_path, pod_logs, duplicate):
+    """The PUT landed but the pod died before recording it; the retried PUT of the same URL
+    meets "The resource already exists" — HTTP 409, or HTTP 400 with statusCode "409" as
+    Supabase's storage-api also answers (issue 11). Both mean: uploaded. Confirm, delete."""
+    portal = await Served(tmp_path / "portal.db", storage_duplicate=duplicate).start()
     clip = clip_copy(base_clip, tmp_path / "rec", "c1.mp4")
     outbox = tmp_path / "outbox.sqlite3"
     queue = UploadQueue(outbox)
@@ -404,24 +415,81 @@ async def test_409_on_a_retried_put_counts_as_uploaded(portal, base_clip, tmp_pa
         raise _Crash
 
     queue.mark_uploaded = crash  # the PUT lands at storage, then the pod dies before recording it
-    async with client(portal) as pc:
-        r = Running(Uploader(queue, pc, fast_backoff()))
-        with pytest.raises(_Crash):
-            await asyncio.wait_for(r.task, 20)
-    queue.close()
-    assert len(await portal.uploads()) == 1 and await portal.recordings() == []
+    try:
+        async with client(portal) as pc:
+            r = Running(Uploader(queue, pc, fast_backoff()))
+            with pytest.raises(_Crash):
+                await asyncio.wait_for(r.task, 20)
+        queue.close()
+        assert len(await portal.uploads()) == 1 and await portal.recordings() == []
 
-    queue = UploadQueue(outbox)  # the pod restarts
-    assert queue.get("e-409").state == "url"
-    async with client(portal) as pc:
-        up = Uploader(queue, pc, fast_backoff())
-        await run_until_state(queue, up, "e-409", "confirmed")
-    assert up.conflicts == 1 and up.uploaded == 1 and up.url_requests == 0
-    assert len(await portal.uploads()) == 1 and len(await portal.upload_urls()) == 1
-    assert [r["event_id"] for r in await portal.recordings()] == ["e-409"]
-    assert not clip.exists()
-    assert "HTTP 409" in pod_logs.text
-    queue.close()
+        queue = UploadQueue(outbox)  # the pod restarts
+        assert queue.get("e-409").state == "url"
+        async with client(portal) as pc:
+            up = Uploader(queue, pc, fast_backoff())
+            await run_until_state(queue, up, "e-409", "confirmed")
+        assert up.conflicts == 1 and up.uploaded == 1 and up.url_requests == 0 and up.retried == 0
+        assert len(await portal.uploads()) == 1 and len(await portal.upload_urls()) == 1
+        assert [r["event_id"] for r in await portal.recordings()] == ["e-409"]
+        assert not clip.exists() and queue.get("e-409").on_disk is False
+        assert f"HTTP {duplicate}" in pod_logs.text and "already exists" in pod_logs.text
+    finally:
+        queue.close()
+        await portal.stop()
+
+
+@pytest.mark.parametrize("duplicate", ["409", "400"])
+async def test_duplicate_under_a_fresh_url_confirms_without_asking_again(base_clip, tmp_path, duplicate):
+    """The guide's portal names the object after the file (recordings/<community>/<camera>/<file>),
+    so a fresh URL for a clip whose first PUT landed names the same object: the PUT under it
+    meets the duplicate answer. The pod asks for exactly one new URL (the old one expired),
+    then confirms and cleans up — it never loops asking for URLs."""
+    portal = await Served(tmp_path / "portal.db", storage_duplicate=duplicate).start()
+    clip = clip_copy(base_clip, tmp_path / "rec", "c1.mp4")
+    outbox = tmp_path / "outbox.sqlite3"
+    queue = UploadQueue(outbox)
+    queue.add("e-dup", CAM, clip, "ABC123", 2.0)
+    try:
+        async with client(portal) as pc:
+            up = Uploader(queue, pc, fast_backoff())
+            await up.step(queue.get("e-dup"))  # URL #1
+            row = queue.get("e-dup")
+            async with httpx.AsyncClient(trust_env=False) as h:  # an earlier attempt's bytes landed
+                assert (await h.put(row.upload_url, content=clip.read_bytes())).status_code == 200
+            with sqlite3.connect(outbox) as db:  # ... and URL #1 expired before the pod retried
+                db.execute("UPDATE uploads SET url_expires_at = 1, attempts = 1 WHERE event_id = 'e-dup'")
+            await run_until_state(queue, up, "e-dup", "confirmed")
+        assert up.url_requests == 2 and up.conflicts == 1 and up.failed == 0
+        urls = await portal.upload_urls()
+        assert len(urls) == 2 and urls[0]["file_path"] == urls[1]["file_path"]
+        assert [r["event_id"] for r in await portal.recordings()] == ["e-dup"]
+        assert not clip.exists()
+    finally:
+        queue.close()
+        await portal.stop()
+
+
+@pytest.mark.parametrize(("status", "body", "duplicate"), [
+    (409, b"", True),
+    (409, b'{"statusCode":"409","error":"Duplicate","message":"The resource already exists"}', True),
+    (400, b'{"statusCode":"409","error":"Duplicate","message":"The resource already exists"}', True),
+    (400, b'{"statusCode":409,"error":"Duplicate","message":"The resource already exists"}', True),
+    (400, b'{"statusCode":"400","error":"ExpiredSignature","message":"The signature has expired"}', False),
+    (400, b'{"statusCode":"400","error":"InvalidSignature","message":"The url do not match the signature"}', False),
+    (400, b"<html>bad request</html>", False),
+    (400, b"[409]", False),
+    (403, b'{"statusCode":"409"}', False),
+])
+async def test_storage_duplicate_answers_are_told_apart(tmp_path, status, body, duplicate):
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, content=body)
+
+    f = tmp_path / "c.mp4"
+    f.write_bytes(b"x" * 10)
+    async with PortalClient("http://portal.invalid", API_KEY, transport=httpx.MockTransport(handler)) as c:
+        with pytest.raises(PortalRejected) as ei:
+            await c.upload_file("https://storage.example/storage/v1/object/upload/sign/b/o.mp4?token=t", f)
+    assert isinstance(ei.value, StorageConflict) is duplicate and ei.value.status == status
 
 
 async def test_refused_upload_url_parks_the_clip_and_keeps_the_file(portal, base_clip, tmp_path):
@@ -695,15 +763,15 @@ async def test_standin_fault_scope_and_signing_key(tmp_path):
         state = (await s.post("/__standin/fault", {"mode": "ok"})).json()
         assert state["scope"] == "all" and state["faults_served"] == 1
         urls = await s.upload_urls()
-        assert [u["filename"] for u in urls] == ["a.mp4"] and "sig" not in str(urls)
-        sig = s.state.sign("recordings/x.mp4", 123)
+        assert [u["filename"] for u in urls] == ["a.mp4"] and "token" not in str(urls)
+        sig = s.state.storage_token("recordings/x.mp4", 123)
     finally:
         await s.stop()
     same = PortalStandIn(db_path=tmp_path / "p.db", api_key=API_KEY, stream_secret=SECRET, gateway_url="http://g",
                          signing_key="k1")
     other = PortalStandIn(db_path=tmp_path / "q.db", api_key=API_KEY, stream_secret=SECRET, gateway_url="http://g")
     try:
-        assert same.sign("recordings/x.mp4", 123) == sig != other.sign("recordings/x.mp4", 123)
+        assert same.storage_token("recordings/x.mp4", 123) == sig != other.storage_token("recordings/x.mp4", 123)
     finally:
         same.close()
         other.close()
@@ -735,12 +803,13 @@ def test_standin_cli_upload_ttl_and_signing_key_from_env(tmp_path):
                        headers={"Authorization": f"Bearer {API_KEY}"}, trust_env=False, timeout=5)
         body = r.json()
         assert r.status_code == 200 and body["expires_in"] == 2
-        expires = int(body["upload_url"].split("expires=")[1].split("&")[0])
+        token = body["upload_url"].split("?token=")[1]
+        expires = jwt.decode(token, options={"verify_signature": False})["exp"]
         assert abs(expires - (time.time() + 2)) < 3
         same = PortalStandIn(db_path=tmp_path / "other.db", api_key=API_KEY, stream_secret=SECRET,
                              gateway_url="http://g", signing_key="cli-signing-key")
-        try:  # the env key signed it: another process with that key produces the same signature
-            assert body["upload_url"].endswith("&sig=" + same.sign(body["file_path"], expires))
+        try:  # the env key signed it: another process with that key produces the same token
+            assert token == same.storage_token(body["file_path"], expires)
         finally:
             same.close()
     finally:

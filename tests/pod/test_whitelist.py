@@ -91,7 +91,8 @@ def test_missing_cache_is_none_without_warning(tmp_path, caplog):
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"{", b"not json", b"[]", b"null", b'{"entries": []}', b'{"config_version": 5}',
+    [b"", b"{", b"not json", b"[]", b"null", b'{"entries": []}', b'{"config_version": true}',
+     b'{"config_version": 4.2}',
      b'{"config_version": "v", "entries": [{"unit": "1"}]}', b"\xff\xfe\x00garbage"],
 )
 def test_corrupt_cache_is_none_with_warning(tmp_path, caplog, content):

@@ -45,10 +45,12 @@ from frigate_sim import Publisher  # noqa: E402
 PRE, POST = 2.0, 3.0
 
 
-def storage_signature(signing_key: str, method: str, path: str, expires: int) -> str:
-    """The stand-in's storage URL signature (deploy/dev/portal_standin.py ``sign``)."""
-    key = hashlib.sha256(b"platebridge-standin-signing\0" + signing_key.encode()).digest()
-    return hmac.new(key, f"{method}\n{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+def storage_token(signing_key: str, path: str, expires: int) -> str:
+    """The stand-in's signed upload URL token (deploy/dev/portal_standin.py ``storage_token``:
+    an HS256 JWT ``{url: camera-recordings/<path>, exp}`` under a key derived from the signing key)."""
+    root = hashlib.sha256(b"platebridge-standin-signing\0" + signing_key.encode()).digest()
+    key = hmac.new(root, b"storage-upload", hashlib.sha256).digest()
+    return jwt.encode({"url": f"camera-recordings/{path}", "exp": int(expires)}, key, algorithm="HS256")
 
 
 FRAGMENT = 12  # characters: 64**12 base64url or 16**12 hex values, never met by chance
@@ -214,17 +216,20 @@ def test_no_secret_in_any_log_after_a_full_run(full_stack, figure):
     assert rec["event_id"] == event_id
     download = httpx.get(rec["video_url"], timeout=30)
     assert download.status_code == 200 and download.headers["content-type"] == "video/mp4"
-    found["download URL signature"] = parse_qs(urlsplit(rec["video_url"]).query)["sig"][0]
+    download_token = parse_qs(urlsplit(rec["video_url"]).query)["token"][0]
+    found["download URL token"] = download_token
+    found["download URL token signature"] = download_token.rsplit(".", 1)[1]
     issued = httpx.get(f"{s.portal_url}/__standin/upload-urls", timeout=5).json()["upload_urls"]
     assert issued
     for i, u in enumerate(issued):
-        sig = storage_signature(s.signing_key, "PUT", u["file_path"], int(u["expires"]))
-        # proof that the recomputed signature is the real one: the stand-in checks it before
-        # answering 409 (object exists); a wrong one would be 403
-        probe = httpx.put(f"{s.portal_url}/storage/{u['file_path']}", params={"expires": u["expires"], "sig": sig},
-                          content=b"x", timeout=10)
+        token = storage_token(s.signing_key, u["file_path"], int(u["expires"]))
+        # proof that the recomputed token is the real one: the stand-in checks it before
+        # answering 409 (object exists); a wrong one would be a 400
+        probe = httpx.put(f"{s.portal_url}/storage/v1/object/upload/sign/camera-recordings/{u['file_path']}",
+                          params={"token": token}, content=b"x", timeout=10)
         assert probe.status_code == 409, (probe.status_code, probe.text)
-        found[f"upload URL signature {i}"] = sig
+        found[f"upload URL token {i}"] = token
+        found[f"upload URL token {i} signature"] = token.rsplit(".", 1)[1]
     ended = time.time()
 
     # --- every secret string of the run --------------------------------------------------------
