@@ -154,7 +154,7 @@ def recording_wrapper(tmp_path: Path, real: str) -> tuple[Path, Path]:
 
 @pytest.mark.e2e
 async def test_streamer_ffmpeg_plays_an_auth_camera_without_credentials_in_argv(auth_camera, tmp_path):
-    cfg = parse_config({"portal_url": "http://127.0.0.1:9", "pod_api_key": "k", "pod_id": "pod-1",
+    cfg = parse_config({"portal_url": "http://127.0.0.1:9", "pod_api_key": "k", "site_id": "site-1", "pod_id": "pod-1",
                         "camera_id": "cam1", "camera_rtsp_url": auth_camera, "stream_secret": "s" * 40,
                         "stream_bind": "127.0.0.2", "hls_dir": str(tmp_path / "hls"), "hls_segment_seconds": 1})[0]
     s = CameraStreamer(cfg, cfg.camera_list()[0])
@@ -195,7 +195,7 @@ async def test_probe_and_direct_capture_keep_credentials_out_of_argv(auth_camera
 async def test_mpegts_keeps_ffmpegs_own_hls_muxer_and_credentials_out_of_argv(auth_camera, tmp_path):
     """``hls_segment_type: mpegts`` stays classic HLS written by ffmpeg's HLS muxer (no
     packager, no parts), with the same credential handling."""
-    cfg = parse_config({"portal_url": "http://127.0.0.1:9", "pod_api_key": "k", "pod_id": "pod-1",
+    cfg = parse_config({"portal_url": "http://127.0.0.1:9", "pod_api_key": "k", "site_id": "site-1", "pod_id": "pod-1",
                         "camera_id": "cam1", "camera_rtsp_url": auth_camera, "stream_secret": "s" * 40,
                         "stream_bind": "127.0.0.2", "hls_dir": str(tmp_path / "hls"), "hls_segment_seconds": 1,
                         "hls_segment_type": "mpegts"})[0]
