@@ -230,11 +230,11 @@ class Stack:
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.signing_key = SigningKey.generate(self.signing_kid)
+        self.gateway_key = SigningKey.generate(self.signing_kid)
         self.signing_key_file.touch(mode=0o600)
         self.signing_key_file.chmod(0o600)
-        self.signing_key_file.write_bytes(self.signing_key.private_pem())
-        self.public_key_file.write_text(self.signing_key.public_pem())
+        self.signing_key_file.write_bytes(self.gateway_key.private_pem())
+        self.public_key_file.write_text(self.gateway_key.public_pem())
         self.camera_port = free_port(self.camera_host, self.camera_port)
         self.pod_port = free_port(self.pod_host, self.pod_port, also=("127.0.0.1",))  # /health listens there too
         self.gateway_port = free_port(self.gateway_host, self.gateway_port)
@@ -253,7 +253,7 @@ class Stack:
 
     def pod_signer(self) -> SigningKey | Keyring:
         """What the gateway signs gateway→pod tokens with (tests mint pod tokens with it)."""
-        return Keyring.single(self.secret) if self.legacy else self.signing_key
+        return Keyring.single(self.secret) if self.legacy else self.gateway_key
 
     @property
     def rtsp_url(self) -> str:
