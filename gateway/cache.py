@@ -7,13 +7,13 @@ shared buffer as bytes arrive (nothing waits for the whole segment). When a
 viewers cause exactly one pod fetch per segment.
 
 Memory: every body byte the gateway holds for a pod — flights still in progress,
-cached segments and cached playlists alike — is charged to one
-:class:`ByteBudget` (``cache_max_bytes``). When a chunk would overflow it, the
-least recently used *complete* entries are evicted; if bodies in flight alone
-fill the budget, the flight that asked for more fails with
+cached segments and cached playlists, and bodies that left the cache while a
+viewer is still being sent them — is charged to one :class:`ByteBudget`
+(``cache_max_bytes``). A flight's bytes are given back when it is complete, in no
+cache and no viewer reads it any more. When a chunk would overflow the budget, the
+least recently used complete entries are evicted; if bodies in flight and in
+viewers' hands alone fill it, the flight that asked for more fails with
 :class:`~gateway.errors.Overloaded` (→ 503) instead of growing the process.
-Bytes of a dropped flight that a slow viewer is still sending are no longer
-counted (the viewer's connection holds them; the per-kind body caps bound each).
 
 Segments are immutable (the pod never reuses a segment name). Init segments
 are not: ffmpeg rewrites ``init.mp4`` under the same name on restart, so
@@ -24,10 +24,12 @@ than ``revalidate_after`` seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from gateway.errors import Overloaded
@@ -87,6 +89,7 @@ class Flight:
         "_joined",
         "_waiters",
         "budget",
+        "cached",
         "charged",
         "chunks",
         "counted",
@@ -95,6 +98,7 @@ class Flight:
         "error",
         "etag",
         "headers",
+        "readers",
         "ready",
         "size",
         "status",
@@ -117,6 +121,8 @@ class Flight:
         self._joined: bytes | None = None
         self.budget = budget
         self.charged = 0
+        self.cached = False  # held by a cache (its bytes stay charged)
+        self.readers = 0  # viewers being sent this body (its bytes stay charged)
         self.counted = False  # its size is in SegmentCache.size_bytes
         self.verdict: BaseException | bool | None = None
 
@@ -143,18 +149,42 @@ class Flight:
             self.size += len(chunk)
             self._wake()
 
-    def release(self) -> None:
-        """Stop counting this flight's bytes against the budget (it left every cache)."""
-        if self.budget is not None and self.charged:
-            self.budget.release(self.charged)
-            self.charged = 0
+    def release(self) -> int:
+        """Give this flight's bytes back to the budget once nothing holds them (complete, in no
+        cache, no reader); returns the bytes given back (0 while still held)."""
+        if not self.done or self.cached or self.readers:
+            return 0
+        self.chunks, self._joined = [], None  # nobody can read it any more: free the body now, not at a GC
+        if self.budget is None or not self.charged:
+            return 0
+        freed, self.charged = self.charged, 0
+        self.budget.release(freed)
+        return freed
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Keep this flight's bytes charged while a viewer is sent them outside :meth:`body`."""
+        self.readers += 1
+        try:
+            yield
+        finally:
+            self.readers -= 1
+            self.release()
+
+    def uncache(self) -> int:
+        """A cache let go of this flight; returns the bytes given back (see :meth:`release`)."""
+        self.cached = False
+        return self.release()
 
     def finish(self, error: BaseException | None = None) -> None:
         """Mark complete (or broken with ``error``); wakes everyone."""
+        if error is not None:  # its traceback's frames hold this flight: a cycle only the GC would break
+            error.__traceback__ = error.__context__ = error.__cause__ = None
         self.error = error
         self.done = True
         self.ready.set()
         self._wake()
+        self.release()
 
     async def _changed(self) -> None:
         fut = asyncio.get_running_loop().create_future()
@@ -162,22 +192,28 @@ class Flight:
         await fut
 
     async def body(self, start: int = 0) -> AsyncIterator[bytes]:
-        """Yield the body from byte ``start`` on, as it arrives. Raises the transfer error, if any."""
+        """Yield the body from byte ``start`` on, as it arrives. Raises the transfer error, if any.
+        While the iteration runs, the flight's bytes stay charged to the budget."""
         i = 0
         offset = 0
-        while True:
-            while i < len(self.chunks):
-                chunk = self.chunks[i]
-                i += 1
-                end = offset + len(chunk)
-                if end > start:
-                    yield chunk if offset >= start else chunk[start - offset:]
-                offset = end
-            if self.done:
-                if self.error is not None:
-                    raise self.error
-                return
-            await self._changed()
+        self.readers += 1
+        try:
+            while True:
+                while i < len(self.chunks):
+                    chunk = self.chunks[i]
+                    i += 1
+                    end = offset + len(chunk)
+                    if end > start:
+                        yield chunk if offset >= start else chunk[start - offset:]
+                    offset = end
+                if self.done:
+                    if self.error is not None:
+                        raise _fresh(self.error)
+                    return
+                await self._changed()
+        finally:
+            self.readers -= 1
+            self.release()
 
     def complete_body(self) -> bytes:
         """The whole body of a flight that finished without error (joined once, then reused)."""
@@ -191,8 +227,14 @@ class Flight:
         while not self.done:
             await self._changed()
         if self.error is not None:
-            raise self.error
+            raise _fresh(self.error)
         return self.complete_body()
+
+
+def _fresh(error: BaseException) -> BaseException:
+    """A copy of a flight's stored error to raise: raising the stored one would tie the raiser's
+    frames (and their flight) to it through its traceback."""
+    return copy.copy(error)
 
 
 Fetcher = Callable[[Flight, "Flight | None"], Awaitable[None]]
@@ -267,21 +309,22 @@ class SegmentCache:
                 flight.finish(RuntimeError("fetch ended without finishing"))
             self._settle(key, flight)
 
-    def _drop(self, key: Any) -> None:
+    def _drop(self, key: Any) -> int:
         old = self._entries.pop(key)
         if old.counted:
             self._bytes -= old.size
             old.counted = False
-        old.release()
+        return old.uncache()
 
     def _put(self, key: Any, flight: Flight) -> None:
         if key in self._entries:
             self._drop(key)  # the stale entry being revalidated: the new flight copies it on 304
+        flight.cached = True
         self._entries[key] = flight
 
     def _settle(self, key: Any, flight: Flight) -> None:
         if self._entries.get(key) is not flight:
-            flight.release()
+            flight.uncache()
             return
         if not _kept(flight) or flight.size > self.max_bytes // 4:
             self._drop(key)
@@ -295,8 +338,7 @@ class SegmentCache:
         for k in [k for k, f in self._entries.items() if f.counted]:
             if freed >= needed:
                 break
-            freed += self._entries[k].charged
-            self._drop(k)
+            freed += self._drop(k)
         return freed
 
 
@@ -326,9 +368,9 @@ class PlaylistCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _remove(self, key: Any) -> None:
+    def _remove(self, key: Any) -> int:
         _, flight = self._entries.pop(key)
-        flight.release()
+        return flight.uncache()
 
     def get_or_fetch(self, key: Any, fetch: Callable[[Flight], Awaitable[None]],
                      ttl_of: Callable[[Flight], float]) -> Flight:
@@ -344,6 +386,7 @@ class PlaylistCache:
                 return flight
             self._remove(key)
         flight = Flight(self.budget)
+        flight.cached = True
         self.fetches += 1
         self._entries[key] = (float("inf"), flight)
         self._entries.move_to_end(key)
@@ -373,7 +416,7 @@ class PlaylistCache:
                     else:
                         self._remove(key)
                 else:
-                    flight.release()
+                    flight.uncache()
 
         flight.task = asyncio.create_task(run())
         return flight
@@ -392,6 +435,5 @@ class PlaylistCache:
         for k in done:
             if freed >= needed:
                 break
-            freed += self._entries[k][1].charged
-            self._remove(k)
+            freed += self._remove(k)
         return freed

@@ -124,6 +124,12 @@ async def check_pod(upstream: Upstream, pod: PodInfo) -> list[CheckResult]:
     if r.status_code == 401:
         return [CheckResult("FAIL", name, f"{pod.base_url}: reachable in {latency}, but the pod refused the "
                             f"gateway's token on GET /health ({_reason(r)})", _TOKEN_FIX)]
+    other = re.search(r"this is pod ([a-z0-9-]{1,63})", r.text) if r.status_code == 403 else None
+    if other:
+        return [CheckResult("FAIL", name, f"{pod.base_url}: reachable in {latency}, but it is pod "
+                            f"{other.group(1)!r}, not {pod.pod_id!r}",
+                            "fix the pod map / the pod's name (pod_id must equal the first label of its "
+                            "MagicDNS name)")]
     if not isinstance(body, dict):
         return [CheckResult("WARN", name, f"{pod.base_url}: reachable in {latency}, but GET /health answered "
                             f"HTTP {r.status_code} without a pod health document",

@@ -138,10 +138,22 @@ class StreamProxy:
         cors = self.cors.headers(scope)
         status = 500
         kind = "other"
+        sent_status = 0
+
+        async def tracked(message: dict[str, object]) -> None:
+            nonlocal sent_status
+            if message["type"] == "http.response.start":
+                sent_status = int(message["status"])  # type: ignore[call-overload]
+            await send(message)
+
         try:
-            status, kind = await self._handle(scope, send, cors)
+            status, kind = await self._handle(scope, tracked, cors)
         except GatewayError as exc:
-            status = await send_error(send, exc, cors, head=scope["method"] == "HEAD")
+            if sent_status:  # the pod's body broke off mid-stream: the viewer's connection is closed unfinished
+                status = sent_status
+                log.warning("%s %s cut short: %s", scope["method"], scope["path"], exc)
+            else:
+                status = await send_error(send, exc, cors, head=scope["method"] == "HEAD")
         finally:
             counter = self._req_counters.get((kind, status))
             if counter is None:
@@ -363,7 +375,8 @@ class StreamProxy:
             return await self._range(send, flight, pod_id, rng, headers, head)
         if flight.done and flight.error is None:
             body = flight.complete_body()
-            await send_body(send, 200, body, headers, head=head)
+            with flight.held():  # a slow viewer's socket buffer holds the body: keep it charged
+                await send_body(send, 200, body, headers, head=head)
             BYTES_OUT.inc(0 if head else len(body))
             return 200
         length = flight.headers.get("content-length")

@@ -14,7 +14,8 @@ Bounds, so that one slow, broken or hostile pod costs only its own viewers:
 * one overall ``deadline`` per fetch (queueing, connect, headers and body), not
   only a per-read timeout, so a pod trickling one byte a second is cut off;
 * a body cap per kind (``playlist``, ``segment``, ``init``), enforced from
-  ``Content-Length`` before reading and again while reading.
+  ``Content-Length`` before reading and again while reading;
+* sockets that read only what is asked for (:mod:`gateway.netstream`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import httpx
 
 from gateway.cache import Flight
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamTooLarge
+from gateway.netstream import bounded_transport
 from protocol.tokens import ANY_CAMERA, Keyring, SigningKey, mint_pod_token
 
 log = logging.getLogger("platebridge.gateway.upstream")
@@ -66,11 +68,10 @@ class Upstream:
         self.deadline = deadline
         self.pod_connections = pod_connections
         self.caps = {**DEFAULT_CAPS, **(caps or {})}
+        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=64)
         self.client = httpx.AsyncClient(
-            proxy=proxy if transport is None else None,
-            transport=transport,
+            transport=transport or bounded_transport(limits=limits, proxy=proxy),
             timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=5.0, pool=deadline),
-            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=64),
             follow_redirects=False,
             trust_env=False,
         )

@@ -116,7 +116,9 @@ def create_hls_app(
             claims = verify_pod_token(token, token_keys, max_skew=max_clock_skew)
         except TokenError as exc:
             return refuse(str(exc), kind)
-        if claims.pod_id != pod_id or (camera_id is not None and claims.camera_id != camera_id):
+        if claims.pod_id != pod_id:  # pod ids are tailnet names, not secrets: say which pod this is
+            return _plain(403, f"token is for pod {claims.pod_id}; this is pod {pod_id}", kind=kind)
+        if camera_id is not None and claims.camera_id != camera_id:
             return _plain(403, "token is for another camera or pod", kind=kind)
         return None
 
