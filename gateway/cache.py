@@ -224,11 +224,12 @@ class Flight:
 
     async def read_all(self) -> bytes:
         """Wait for completion and return the whole body. Raises the transfer error."""
-        while not self.done:
-            await self._changed()
-        if self.error is not None:
-            raise _fresh(self.error)
-        return self.complete_body()
+        with self.held():
+            while not self.done:
+                await self._changed()
+            if self.error is not None:
+                raise _fresh(self.error)
+            return self.complete_body()
 
 
 def _fresh(error: BaseException) -> BaseException:
@@ -292,6 +293,8 @@ class SegmentCache:
         self.misses += 1
         self.fetches += 1
         flight = Flight(self.budget)
+        if stale is not None:
+            stale.readers += 1  # the revalidating fetch reads it on 304: keep its body past _put
         self._put(key, flight)
         flight.task = asyncio.create_task(self._run(key, flight, fetch, stale))
         return flight
@@ -307,6 +310,9 @@ class SegmentCache:
         finally:
             if not flight.done:
                 flight.finish(RuntimeError("fetch ended without finishing"))
+            if stale is not None:
+                stale.readers -= 1
+                stale.release()
             self._settle(key, flight)
 
     def _drop(self, key: Any) -> int:

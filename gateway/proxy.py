@@ -50,7 +50,7 @@ from gateway.errors import (
 )
 from gateway.grants import GRANT_PARAM, Grant, Kind
 from gateway.metrics import BYTES_OUT, CACHE, CACHE_BYTES, REQUESTS, UPSTREAM, VIEWERS
-from gateway.playlist import drop_comments_containing, rewrite_playlist, target_duration
+from gateway.playlist import drop_comments_containing, part_target, rewrite_playlist, target_duration
 from gateway.responses import PREFLIGHT, Cors, Headers, parse_range, send_body, send_error, send_start
 from gateway.session import ROOT_PLAYLIST, SessionGuard, _header
 from gateway.upstream import Upstream
@@ -287,6 +287,7 @@ class StreamProxy:
             raise PlaylistError("pod sent an invalid playlist (not UTF-8)") from None
         try:
             target_duration(text)
+            part_target(text)
             out = rewrite_playlist(text, upstream_url=self._scope_url(base_url, camera_id) + rel
                                    + ("?" + query if query else ""), scope_url=self._scope_url(base_url, camera_id),
                                    segment_grant="g", playlist_grant="g")
@@ -325,6 +326,13 @@ class StreamProxy:
             return max(0.2, min((td or 2.0) / 2, 5.0))
 
         flight = self.playlists.get_or_fetch(key, fetch, ttl_of)
+        with flight.held():  # held from here: a response dropped from the cache keeps its body for us
+            return await self._serve_playlist(scope, send, cors, flight, key, grant, camera_id, base_url, rel,
+                                              query, now)
+
+    async def _serve_playlist(self, scope, send, cors: Headers, flight: Flight, key: tuple[str, str, str, str],
+                              grant: Grant, camera_id: str, base_url: str, rel: str, query: str, now: float) -> int:
+        pod_id = grant.pod_id
         body = await self._complete_body(flight, pod_id)
         if flight.verdict is None:
             try:
@@ -365,6 +373,11 @@ class StreamProxy:
         before = self.segments.misses
         flight = self.segments.get_or_fetch(key, fetch, revalidate=is_init)
         (self._cache_miss if self.segments.misses != before else self._cache_hit).inc()
+        with flight.held():  # held from here: a body that leaves the cache stays readable (and charged) for us
+            return await self._serve_segment(scope, send, cors, flight, pod_id, ctype, is_init)
+
+    async def _serve_segment(self, scope, send, cors: Headers, flight: Flight, pod_id: str, ctype: str,
+                             is_init: bool) -> int:
         await flight.ready.wait()
         self._raise_for(flight, pod_id)
         headers = [(b"content-type", ctype.encode()), (b"accept-ranges", b"bytes"),
@@ -375,8 +388,7 @@ class StreamProxy:
             return await self._range(send, flight, pod_id, rng, headers, head)
         if flight.done and flight.error is None:
             body = flight.complete_body()
-            with flight.held():  # a slow viewer's socket buffer holds the body: keep it charged
-                await send_body(send, 200, body, headers, head=head)
+            await send_body(send, 200, body, headers, head=head)
             BYTES_OUT.inc(0 if head else len(body))
             return 200
         length = flight.headers.get("content-length")
