@@ -290,3 +290,26 @@ def test_pod_check_names_the_layout(tmp_path, layout):
                    for x in lines), lines
     else:
         assert lines[0].startswith("PASS keys:") and not any(x.startswith("WARN") for x in lines), lines
+
+
+@pytest.mark.e2e
+def test_the_guides_single_secret_still_plays_end_to_end_and_warns(tmp_path, figure):
+    """Legacy: portal, gateway and pod on one stream_secret (the connection guide's config.yaml)
+    still play, and pod and gateway both say what that costs (the pod once, at start)."""
+    from tests.security.conftest import make_stack, started
+
+    with started(make_stack(tmp_path, legacy=True, pod_overrides={"heartbeat_interval": 300})) as s:
+        assert "stream_secret" in s.pod_config() and "gateway_public_keys" not in s.pod_config()
+        r = httpx.get(f"{s.gateway_url}/streams/{s.camera_id}/index.m3u8", params={"token": s.user_token()},
+                      timeout=10)
+        assert r.status_code == 302
+        base = f"{s.gateway_url}/streams/{s.camera_id}/"
+        playlist = httpx.get(base + r.headers["location"], timeout=10)
+        assert playlist.status_code == 200, playlist.text
+        segment = [u for u in playlist.text.splitlines() if u and not u.startswith("#")][-1]
+        assert httpx.get(base + segment, timeout=10).status_code == 200
+        pod_log, gw_log = (s.workdir / "pod.log").read_text(), (s.workdir / "gateway.log").read_text()
+    warned = pod_log.count("legacy key layout: this pod verifies gateway tokens with the shared stream_secret")
+    figure("legacy warnings in the pod's log after start", warned, "lines", "== 1", warned == 1)
+    assert warned == 1 and "gateway_public_keys" in pod_log
+    assert "legacy key layout" in gw_log and "pod_signing_key_file" in gw_log
