@@ -981,15 +981,12 @@ def analysis(servers: list[Server], cases: list[Case], results: dict, summary: l
             parts.append(f"{s['server'].label}: {sum(f) / len(f):.1f} pod fetches per new segment, {refused} of "
                          f"{sum(split.values())} split-connection segment requests refused")
         out.append(
-            "* Several workers: each worker process has its own segment cache and its own record of the URIs its "
-            "playlists handed out. Measured here: " + "; ".join(parts) + ". Single-flight holds only within a "
-            "worker, so a new segment costs up to one pod fetch per worker; and a segment request that reaches a "
-            "worker which has not served that viewer's playlist is answered 404 (\"not in a current playlist\"), "
-            "which happens whenever a player's playlist and segment requests travel on different connections "
-            "(browsers spread requests over up to 6 connections per host). So several workers are not usable "
-            "as they are, whatever their throughput: they would need the issued-URI record and the cache shared "
-            "between workers (e.g. segment URIs whose grant names the file, so no record is needed, and one "
-            "fetching process or a shared tmpfs cache directory) — a design change, not a switch.")
+            "* Several workers: grants are bound to their URI and verified with the key alone, so any worker "
+            "accepts any viewer's request (with `grant_secret` or `pod_signing_key_file` configured: every worker "
+            "then has the same grant key); but each worker process has its own segment cache. Measured here: "
+            + "; ".join(parts) + ". Single-flight holds only within a worker, so a new segment costs up to one pod "
+            "fetch per worker. Several workers need the cache shared between them (one fetching process or a "
+            "shared tmpfs cache directory) — issue 15.")
     out.append(
         "* Quick wins tried for the 125 KB case: none kept. `gc.freeze()` (the collector hardly runs: about 10 "
         "young-generation collections per ~10,000 requests), granian's HTTP/1 buffer size and its runtime options "
