@@ -277,10 +277,9 @@ class StreamProxy:
         return body
 
     # ---- playlists ---------------------------------------------------------
-    def _check_playlist(self, flight: Flight, body: bytes, pod_id: str, camera_id: str, base_url: str, rel: str,
-                        query: str) -> str:
-        """Decode and check a playlist once per upstream response (cached on the flight as its
-        verdict). Raises :class:`PlaylistError` with the reason (the caller logs it)."""
+    def _check_playlist(self, body: bytes, pod_id: str, camera_id: str, base_url: str, rel: str, query: str) -> str:
+        """Decode and check a playlist once per upstream response (the caller keeps the verdict on
+        the flight). Raises :class:`PlaylistError` with the reason (the caller logs it)."""
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
@@ -336,7 +335,7 @@ class StreamProxy:
         body = await self._complete_body(flight, pod_id)
         if flight.verdict is None:
             try:
-                self._check_playlist(flight, body, pod_id, camera_id, base_url, rel, query)
+                self._check_playlist(body, pod_id, camera_id, base_url, rel, query)
                 flight.verdict = True
             except PlaylistError as exc:
                 flight.verdict = exc
