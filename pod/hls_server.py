@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pod.metrics import HLS_REQUESTS, REGISTRY
@@ -141,7 +142,7 @@ def create_hls_app(
         return Response(content=generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     @get("/cameras/{camera_id:str}/{file:path}", sync_to_thread=False)
-    def hls_file(request: Request, camera_id: str, file: str) -> Response:
+    def hls_file(request: Request, camera_id: FromPath[str], file: FromPath[str]) -> Response:
         kind = _kind(file)
         if not on_tailnet(request):
             return _plain(404, "not found", kind=kind)
