@@ -62,6 +62,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -124,7 +125,7 @@ def serve_pod(directory: str, port: int) -> None:
 
     streamers = {cam: SimpleNamespace(dir=Path(directory) / cam, status=lambda: {"state": "running"})
                  for cam in (CAMERA_ID, FRESH_CAM, SPLIT_CAM)}
-    app = create_hls_app(pod_id=POD_ID, keyring=Keyring.single(os.environ["PB_BENCH_SECRET"]),
+    app = create_hls_app(pod_id=POD_ID, token_keys=[Keyring.single(os.environ["PB_BENCH_SECRET"])],
                          streamers=streamers, tailnet_host=POD_HOST)
     uvicorn.run(CountingApp(app), host=POD_HOST, port=port, loop="uvloop", http="httptools", access_log=False,
                 log_config=None, log_level="warning")
@@ -429,7 +430,8 @@ class Server:
     port: int = 0
     popen: subprocess.Popen | None = None
     nginx: Nginx | None = None
-    grants: dict[str, str] = field(default_factory=dict)
+    signer: Any = None  # gateway.grants.GrantSigner with the gateway's grant_secret
+    grants: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -460,7 +462,19 @@ class Server:
         """URL of ``name`` in ``camera`` through this server (grant or secure link included)."""
         if self.nginx is not None:
             return self.nginx.url(name)
-        return f"http://{HOST}:{self.port}/streams/{camera}/{name}?pb_grant={self.grants[camera]}"
+        return f"http://{HOST}:{self.port}/streams/{camera}/{name}?pb_grant={self.grant(camera, name)}"
+
+    def grant(self, camera: str, name: str) -> str:
+        """The grant for exactly ``camera``/``name`` (grants are bound to their URI), minted once."""
+        key = (camera, name)
+        if key not in self.grants:
+            from gateway.grants import Grant
+
+            now = int(time.time())
+            kind = "playlist" if name.split("?")[0].endswith(".m3u8") else "media"
+            self.grants[key] = self.signer.mint(Grant(kind, POD_ID, now + 3600, now + 3600, b"bench-00"),
+                                                camera_id=camera, path=name)
+        return self.grants[key]
 
 
 KINDS = ("nginx", "uvicorn", "uvicorn-asyncio", "granian", "granian-asyncio")
@@ -967,15 +981,12 @@ def analysis(servers: list[Server], cases: list[Case], results: dict, summary: l
             parts.append(f"{s['server'].label}: {sum(f) / len(f):.1f} pod fetches per new segment, {refused} of "
                          f"{sum(split.values())} split-connection segment requests refused")
         out.append(
-            "* Several workers: each worker process has its own segment cache and its own record of the URIs its "
-            "playlists handed out. Measured here: " + "; ".join(parts) + ". Single-flight holds only within a "
-            "worker, so a new segment costs up to one pod fetch per worker; and a segment request that reaches a "
-            "worker which has not served that viewer's playlist is answered 404 (\"not in a current playlist\"), "
-            "which happens whenever a player's playlist and segment requests travel on different connections "
-            "(browsers spread requests over up to 6 connections per host). So several workers are not usable "
-            "as they are, whatever their throughput: they would need the issued-URI record and the cache shared "
-            "between workers (e.g. segment URIs whose grant names the file, so no record is needed, and one "
-            "fetching process or a shared tmpfs cache directory) — a design change, not a switch.")
+            "* Several workers: grants are bound to their URI and verified with the key alone, so any worker "
+            "accepts any viewer's request (with `grant_secret` or `pod_signing_key_file` configured: every worker "
+            "then has the same grant key); but each worker process has its own segment cache. Measured here: "
+            + "; ".join(parts) + ". Single-flight holds only within a worker, so a new segment costs up to one pod "
+            "fetch per worker. Several workers need the cache shared between them (one fetching process or a "
+            "shared tmpfs cache directory) — issue 15.")
     out.append(
         "* Quick wins tried for the 125 KB case: none kept. `gc.freeze()` (the collector hardly runs: about 10 "
         "young-generation collections per ~10,000 requests), granian's HTTP/1 buffer size and its runtime options "
@@ -1074,7 +1085,7 @@ def write_docs(servers: list[Server], cases: list[Case], results: dict, summary:
         "only the one under load is busy); runs are interleaved across servers and the order is reversed on "
         "every other repeat.",
         "* Playlist rows: the gateway fetches the pod playlist at most once per half target duration (per worker) "
-        "and rewrites it per viewer (two fresh grants per response); nginx proxies the playlist uncached, so its "
+        "and rewrites it per viewer (a fresh grant per URI); nginx proxies the playlist uncached, so its "
         "number is bounded by the pod's Python server. Not part of the goals.", "",
         *analysis(servers, cases, results, summary, controls), "",
         "### Where the time goes (gateway, py-spy)", "",
@@ -1161,8 +1172,7 @@ def main() -> int:
     if nofile < 4 * max(conns) + 256:
         print(f"warning: ulimit -n is {nofile}; {max(conns)} connections need more", file=sys.stderr)
 
-    from gateway.grants import Grant, GrantSigner
-    from protocol.tokens import Keyring
+    from gateway.grants import GrantSigner
 
     tmp = Path(tempfile.mkdtemp(prefix="pb-bench-"))
     procs = Procs(tmp)
@@ -1180,20 +1190,25 @@ def main() -> int:
         pod_port = free_port(POD_HOST)
         pod = procs.spawn("pod", [sys.executable, str(Path(__file__).resolve()), "--serve-pod", str(pod_dir),
                                   str(pod_port)], env=child_env(PB_BENCH_SECRET=secret))
-        wait_until(lambda: http_get(f"http://{POD_HOST}:{pod_port}/health").status_code == 200, 20, 0.1, "pod")
+        from protocol.tokens import Keyring, mint_pod_token
+
+        def pod_up() -> bool:  # /health on the pod's tailnet listener wants a gateway→pod token
+            token = mint_pod_token(Keyring.single(secret), camera_id="*", pod_id=POD_ID)
+            return http_get(f"http://{POD_HOST}:{pod_port}/health",
+                            headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+        wait_until(pod_up, 20, 0.1, "pod")
 
         # 2. servers (all at once; each idles while another is measured)
         cfg = tmp / "gateway.yaml"
+        grant_secret = secrets.token_urlsafe(32)
         cfg.write_text(
-            f"stream_secret: {secret}\n"
+            f"stream_secret: {secret}\ngrant_secret: {grant_secret}\n"
             f"discovery: static\npods:\n  {POD_ID}: http://{POD_HOST}:{pod_port}\n"
             f"host: {HOST}\nport: 8080\npublic_base_url: http://{HOST}:8080\n"
             "access_log: false\nlog_level: WARNING\n")
         cfg.chmod(0o600)
-        now = int(time.time())
-        signer = GrantSigner(Keyring.single(secret))
-        grants = {cam: signer.mint(Grant("bench-user", cam, POD_ID, now + 3600, now + 3600))
-                  for cam in (CAMERA_ID, FRESH_CAM, SPLIT_CAM)}
+        signer = GrantSigner([grant_secret.encode()])
         for srv in servers:
             if srv.is_nginx:
                 name = f"nginx-{srv.workers}w"
@@ -1201,7 +1216,7 @@ def main() -> int:
                 srv.nginx = Nginx(procs, tmp / name, name, srv.port, pod_port, secret, srv.workers)
                 srv.popen = srv.nginx.start()
             else:
-                srv.grants = grants
+                srv.signer = signer
                 start_gateway(procs, srv, cfg)
         print(f"servers up: {', '.join(f'{s.label} :{s.port}' for s in servers)}", flush=True)
 

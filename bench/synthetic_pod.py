@@ -193,8 +193,13 @@ class SyntheticSetup:
                                  str(self.workdir / "hls"), "--host", POD_HOST, "--port", str(self.pod_port),
                                  "--cameras", str(len(self.cameras)), "--target", f"{self.target:g}",
                                  "--segment-bytes", str(self.segment_bytes), "--pod-id", POD_ID], env=env)
-        wait_for(lambda: self._alive("pod") and self.http.get(f"{self.pod_url}/health").status_code == 200, 20,
-                 what="pod")
+        from protocol.tokens import Keyring, mint_pod_token
+
+        def health() -> int:  # the pod's tailnet listener wants a gateway→pod token for /health
+            token = mint_pod_token(Keyring.single(self.secret), camera_id="*", pod_id=POD_ID)
+            return self.http.get(f"{self.pod_url}/health", headers={"Authorization": f"Bearer {token}"}).status_code
+
+        wait_for(lambda: self._alive("pod") and health() == 200, 20, what="pod")
         cfg = self.workdir / "gateway.yaml"
         cfg.write_text(f"stream_secret: {self.secret}\ndiscovery: static\npods:\n  {POD_ID}: {self.pod_url}\n"
                        f"host: {GW_HOST}\nport: {self.gw_port}\npublic_base_url: {self.gateway_url}\n"
@@ -265,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     writer = LiveWriter([base / cid for cid in ids], a.target, a.segment_bytes, a.list_size)
     writer.prefill()
     streamers = {cid: SimpleNamespace(dir=base / cid, status=lambda: {"state": "running"}) for cid in ids}
-    app = create_hls_app(pod_id=a.pod_id, keyring=Keyring.single(os.environ["PB_BENCH_SECRET"]),
+    app = create_hls_app(pod_id=a.pod_id, token_keys=[Keyring.single(os.environ["PB_BENCH_SECRET"])],
                          streamers=streamers, tailnet_host=a.host)
     writer.start()
     uvicorn.run(Counting(app, writer), host=a.host, port=a.port, loop="uvloop", http="httptools", access_log=False,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import html
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -25,16 +26,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.config import GatewayConfig
 from gateway.discovery import Discovery, make_discovery
-from gateway.errors import DiscoveryError, UpstreamError, UpstreamTimeout
+from gateway.errors import (
+    CredentialsMissing,
+    DiscoveryError,
+    TokenRejected,
+    UpstreamError,
+    WrongCamera,
+    status_of,
+)
+from gateway.grants import GrantSigner
 from gateway.metrics import REGISTRY
 from gateway.openapi import openapi_config
 from gateway.proxy import StreamProxy
+from gateway.session import SessionGuard, UserTokenVerifier, legacy_token_verifier
 from gateway.upstream import Upstream
-from protocol.errors import TokenError
 from protocol.ids import is_camera_id, is_dns_label
-from protocol.legacy_tokens import is_legacy_token, verify_legacy_token
 from protocol.messages import Nudge
-from protocol.tokens import verify_user_token
+from protocol.tokens import bearer_token
 
 log = logging.getLogger("platebridge.gateway")
 STATIC = Path(__file__).parent / "static"
@@ -101,23 +109,35 @@ def create_app(
     *,
     discovery: Discovery | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    extra_verifiers: Sequence[UserTokenVerifier] = (),
 ) -> GatewayASGI:
     """Build the gateway app from config.
 
     ``discovery`` and ``transport`` replace the configured discovery backend
     and the upstream HTTP transport (tests and benchmarks use them to count
-    pod requests). The shared upstream client is closed on shutdown.
+    pod requests). ``extra_verifiers`` are user-token verifiers tried after the
+    JWT one (:class:`gateway.session.SessionGuard`). The shared upstream client is
+    closed on shutdown.
     """
-    keyring = cfg.keyring()
+    for warning in cfg.legacy_warnings():
+        log.warning("legacy key layout: %s", warning)
+    for where in cfg.weak_secrets():
+        log.warning("secret %s is shorter than 32 bytes; use a long random secret (openssl rand -base64 48)", where)
     discovery = discovery or make_discovery(cfg)
     upstream = Upstream(
-        keyring, connect_timeout=cfg.upstream_connect_timeout, read_timeout=cfg.upstream_read_timeout,
+        cfg.pod_signer(), connect_timeout=cfg.upstream_connect_timeout, read_timeout=cfg.upstream_read_timeout,
+        deadline=cfg.upstream_deadline, pod_connections=cfg.upstream_pod_connections, caps=cfg.body_caps(),
         proxy=cfg.upstream_proxy, transport=transport,
     )
+    verifiers = list(extra_verifiers)
+    if cfg.accept_legacy_tokens:  # the connection guide's token format (off by default)
+        verifiers.append(legacy_token_verifier(cfg.user_keyring(), cfg.max_token_ttl))
+    guard = SessionGuard(
+        user_keys=cfg.user_keyring(), grants=GrantSigner(cfg.grant_keys()), max_token_ttl=cfg.max_token_ttl,
+        max_session_seconds=cfg.max_session_seconds, grant_ttl=cfg.grant_ttl, extra_verifiers=verifiers,
+    )
     proxy = StreamProxy(
-        keyring=keyring, discovery=discovery, upstream=upstream, allowed_origins=cfg.allowed_origins,
-        max_token_ttl=cfg.max_token_ttl, accept_legacy_tokens=cfg.accept_legacy_tokens,
-        max_session_seconds=cfg.max_session_seconds, grant_ttl=cfg.grant_ttl,
+        guard=guard, discovery=discovery, upstream=upstream, allowed_origins=cfg.allowed_origins,
         cache_max_bytes=cfg.cache_max_bytes, segment_max_age=cfg.segment_max_age, access_log_enabled=cfg.access_log,
     )
     hlsjs = Path(cfg.hlsjs_path) if cfg.hlsjs_path else default_hlsjs()
@@ -131,19 +151,16 @@ def create_app(
         problem = None
         if not is_camera_id(camera_id):
             problem = (404, "Unknown camera.")
-        elif not token:
-            problem = (401, "This link has no stream token. Open the camera from the portal.")
         else:
             try:
-                if cfg.accept_legacy_tokens and is_legacy_token(token):  # the guide's format (off by default)
-                    claims = verify_legacy_token(token, keyring, max_ttl=cfg.max_token_ttl)
-                else:
-                    claims = verify_user_token(token, keyring, max_ttl=cfg.max_token_ttl)
-            except TokenError as exc:
-                problem = (401, f"This stream link is not valid ({exc}). Open the camera from the portal again.")
-            else:
-                if claims.camera_id != camera_id:
-                    problem = (403, "This stream link is for another camera.")
+                guard.verify_user(token, camera_id)
+            except CredentialsMissing:
+                problem = (401, "This link has no stream token. Open the camera from the portal.")
+            except WrongCamera:
+                problem = (403, "This stream link is for another camera.")
+            except TokenRejected as exc:
+                reason = str(exc).removeprefix("invalid stream token: ")
+                problem = (401, f"This stream link is not valid ({reason}). Open the camera from the portal again.")
         if problem:
             page = f"<!doctype html><meta charset=utf-8><title>PlateBridge</title><p>{html.escape(problem[1])}</p>"
             return Response(content=page, status_code=problem[0], media_type="text/html", headers=headers)
@@ -175,8 +192,8 @@ def create_app(
         """Relay a whitelist nudge from the portal to a pod over the tailnet."""
         if not cfg.admin_token:
             return Response(content={"error": "nudge relay disabled: set admin_token"}, status_code=404)
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), cfg.admin_token.encode()):
+        presented = bearer_token(request.headers.get("authorization"))
+        if presented is None or not hmac.compare_digest(presented.encode(), cfg.admin_token.encode()):
             return Response(content={"error": "admin token required"}, status_code=401,
                             headers={"WWW-Authenticate": "Bearer"})
         if not is_dns_label(pod_id):
@@ -189,12 +206,9 @@ def create_app(
         try:
             base_url = await discovery.resolve(pod_id)
             status = await upstream.nudge(base_url, pod_id, msgspec.json.encode(msg))
-        except DiscoveryError as exc:
-            return Response(content={"error": f"pod unavailable: {exc}"}, status_code=503)
-        except UpstreamTimeout:
-            return Response(content={"error": "pod timed out"}, status_code=504)
-        except UpstreamError:
-            return Response(content={"error": "pod unreachable"}, status_code=502)
+        except (DiscoveryError, UpstreamError) as exc:
+            prefix = "pod unavailable: " if isinstance(exc, DiscoveryError) else ""
+            return Response(content={"error": f"{prefix}{exc}"}, status_code=status_of(exc))
         if 200 <= status < 300:
             return Response(content={"relayed": True, "pod_id": pod_id}, status_code=202)
         log.error("pod %s refused a nudge with HTTP %d", pod_id, status)

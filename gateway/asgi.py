@@ -10,7 +10,7 @@
 The config file is named by env ``PLATEBRIDGE_GATEWAY_CONFIG`` (optional: the
 usual ``PLATEBRIDGE_GATEWAY_<KEY>`` / ``POD_STREAM_SECRET`` overrides alone may
 configure the gateway). Each worker process builds its own app, so each has its
-own segment cache, playlist cache and record of issued URIs (see
+own segment cache and playlist cache (see
 ``docs/benchmarks.md`` for what that costs with several workers).
 """
 

@@ -1,10 +1,19 @@
-"""Single-flight caches for segments and playlists (no sockets here).
+"""Single-flight caches for segments and playlists, under one byte budget (no sockets here).
 
 :class:`Flight` is one upstream fetch shared by every viewer who asks while it
 runs: the body is appended chunk by chunk and each reader streams from the
 shared buffer as bytes arrive (nothing waits for the whole segment). When a
-200 finishes, the flight stays in :class:`SegmentCache`, an LRU bounded in
-bytes, so N concurrent viewers cause exactly one pod fetch per segment.
+200 finishes, the flight stays in :class:`SegmentCache`, an LRU, so N concurrent
+viewers cause exactly one pod fetch per segment.
+
+Memory: every body byte the gateway holds for a pod — flights still in progress,
+cached segments and cached playlists, and bodies that left the cache while a
+viewer is still being sent them — is charged to one :class:`ByteBudget`
+(``cache_max_bytes``). A flight's bytes are given back when it is complete, in no
+cache and no viewer reads it any more. When a chunk would overflow the budget, the
+least recently used complete entries are evicted; if bodies in flight and in
+viewers' hands alone fill it, the flight that asked for more fails with
+:class:`~gateway.errors.Overloaded` (→ 503) instead of growing the process.
 
 Segments are immutable (the pod never reuses a segment name). Init segments
 are not: ffmpeg rewrites ``init.mp4`` under the same name on restart, so
@@ -15,10 +24,56 @@ than ``revalidate_after`` seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
+import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
+
+from gateway.errors import Overloaded
+
+log = logging.getLogger("platebridge.gateway.cache")
+
+
+class ByteBudget:
+    """Bytes of upstream bodies held by the gateway, bounded by ``limit``.
+
+    Caches register an evictor (``evict(needed_bytes) -> freed_bytes``) that drops
+    complete entries, least recently used first.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self.refused = 0
+        self._evictors: list[Callable[[int], int]] = []
+
+    def add_evictor(self, evict: Callable[[int], int]) -> None:
+        """Register a cache's evictor."""
+        self._evictors.append(evict)
+
+    def charge(self, n: int) -> bool:
+        """Account ``n`` more bytes; evicts if needed. False (nothing charged) when even
+        after evicting every complete entry the bytes would not fit."""
+        self.used += n
+        if self.used > self.limit:
+            for evict in self._evictors:
+                evict(self.used - self.limit)
+                if self.used <= self.limit:
+                    break
+        if self.used > self.limit:
+            self.used -= n
+            self.refused += 1
+            return False
+        self.peak = max(self.peak, self.used)
+        return True
+
+    def release(self, n: int) -> None:
+        """Give back ``n`` bytes."""
+        self.used -= n
 
 
 class Flight:
@@ -26,25 +81,32 @@ class Flight:
 
     ``status``/``headers`` are set once the upstream answered (``ready``);
     ``chunks`` grow until ``done``; ``error`` is set if the transfer broke.
+    With a ``budget``, every appended byte is charged to it until :meth:`release`.
+    ``verdict``: what the proxy concluded about a playlist body (None: not looked at yet).
     """
 
     __slots__ = (
         "_joined",
         "_waiters",
+        "budget",
+        "cached",
+        "charged",
         "chunks",
+        "counted",
         "created",
         "done",
         "error",
         "etag",
         "headers",
+        "readers",
         "ready",
-        "scanned",
         "size",
         "status",
         "task",
+        "verdict",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, budget: ByteBudget | None = None) -> None:
         self.status = 0
         self.headers: dict[str, str] = {}
         self.chunks: list[bytes] = []
@@ -57,7 +119,12 @@ class Flight:
         self.etag: str | None = None
         self.task: asyncio.Task[None] | None = None
         self._joined: bytes | None = None
-        self.scanned = False  # the gateway recorded the URIs of this playlist
+        self.budget = budget
+        self.charged = 0
+        self.cached = False  # held by a cache (its bytes stay charged)
+        self.readers = 0  # viewers being sent this body (its bytes stay charged)
+        self.counted = False  # its size is in SegmentCache.size_bytes
+        self.verdict: BaseException | bool | None = None
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -72,36 +139,81 @@ class Flight:
         self.ready.set()
 
     def append(self, chunk: bytes) -> None:
-        """Add body bytes and wake readers."""
+        """Add body bytes and wake readers. Raises :class:`Overloaded` when the budget refuses them."""
         if chunk:
+            if self.budget is not None:
+                if not self.budget.charge(len(chunk)):
+                    raise Overloaded("gateway memory budget (cache_max_bytes) is full of bodies in flight")
+                self.charged += len(chunk)
             self.chunks.append(chunk)
             self.size += len(chunk)
             self._wake()
 
+    def release(self) -> int:
+        """Give this flight's bytes back to the budget once nothing holds them (complete, in no
+        cache, no reader); returns the bytes given back (0 while still held)."""
+        if not self.done or self.cached or self.readers:
+            return 0
+        self.chunks, self._joined = [], None  # nobody can read it any more: free the body now, not at a GC
+        if self.budget is None or not self.charged:
+            return 0
+        freed, self.charged = self.charged, 0
+        self.budget.release(freed)
+        return freed
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Keep this flight's bytes charged while a viewer is sent them outside :meth:`body`."""
+        self.readers += 1
+        try:
+            yield
+        finally:
+            self.readers -= 1
+            self.release()
+
+    def uncache(self) -> int:
+        """A cache let go of this flight; returns the bytes given back (see :meth:`release`)."""
+        self.cached = False
+        return self.release()
+
     def finish(self, error: BaseException | None = None) -> None:
         """Mark complete (or broken with ``error``); wakes everyone."""
+        if error is not None:  # its traceback's frames hold this flight: a cycle only the GC would break
+            error.__traceback__ = error.__context__ = error.__cause__ = None
         self.error = error
         self.done = True
         self.ready.set()
         self._wake()
+        self.release()
 
     async def _changed(self) -> None:
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         await fut
 
-    async def body(self) -> AsyncIterator[bytes]:
-        """Yield the body from the start as it arrives. Raises the transfer error, if any."""
+    async def body(self, start: int = 0) -> AsyncIterator[bytes]:
+        """Yield the body from byte ``start`` on, as it arrives. Raises the transfer error, if any.
+        While the iteration runs, the flight's bytes stay charged to the budget."""
         i = 0
-        while True:
-            while i < len(self.chunks):
-                yield self.chunks[i]
-                i += 1
-            if self.done:
-                if self.error is not None:
-                    raise self.error
-                return
-            await self._changed()
+        offset = 0
+        self.readers += 1
+        try:
+            while True:
+                while i < len(self.chunks):
+                    chunk = self.chunks[i]
+                    i += 1
+                    end = offset + len(chunk)
+                    if end > start:
+                        yield chunk if offset >= start else chunk[start - offset:]
+                    offset = end
+                if self.done:
+                    if self.error is not None:
+                        raise _fresh(self.error)
+                    return
+                await self._changed()
+        finally:
+            self.readers -= 1
+            self.release()
 
     def complete_body(self) -> bytes:
         """The whole body of a flight that finished without error (joined once, then reused)."""
@@ -112,26 +224,40 @@ class Flight:
 
     async def read_all(self) -> bytes:
         """Wait for completion and return the whole body. Raises the transfer error."""
-        while not self.done:
-            await self._changed()
-        if self.error is not None:
-            raise self.error
-        return self.complete_body()
+        with self.held():
+            while not self.done:
+                await self._changed()
+            if self.error is not None:
+                raise _fresh(self.error)
+            return self.complete_body()
+
+
+def _fresh(error: BaseException) -> BaseException:
+    """A copy of a flight's stored error to raise: raising the stored one would tie the raiser's
+    frames (and their flight) to it through its traceback."""
+    return copy.copy(error)
 
 
 Fetcher = Callable[[Flight, "Flight | None"], Awaitable[None]]
 
 
+def _kept(flight: Flight) -> bool:
+    return flight.done and flight.error is None and flight.status == 200
+
+
 class SegmentCache:
-    """Single-flight LRU of :class:`Flight` objects bounded by ``max_bytes`` of body.
+    """Single-flight LRU of :class:`Flight` objects; bodies are charged to ``budget``
+    (a :class:`ByteBudget`, or an int limit for a private one).
 
     Only complete 200 responses stay cached; errors and non-200s are shared by
     the requests that overlapped them, then dropped. Entries bigger than a
     quarter of the budget are streamed but not kept.
     """
 
-    def __init__(self, max_bytes: int, *, revalidate_after: float = 1.0) -> None:
-        self.max_bytes = max_bytes
+    def __init__(self, budget: ByteBudget | int, *, revalidate_after: float = 1.0) -> None:
+        self.budget = budget if isinstance(budget, ByteBudget) else ByteBudget(budget)
+        self.budget.add_evictor(self._evict)
+        self.max_bytes = self.budget.limit
         self.revalidate_after = revalidate_after
         self._entries: OrderedDict[Any, Flight] = OrderedDict()
         self._bytes = 0
@@ -166,7 +292,9 @@ class SegmentCache:
             stale = entry
         self.misses += 1
         self.fetches += 1
-        flight = Flight()
+        flight = Flight(self.budget)
+        if stale is not None:
+            stale.readers += 1  # the revalidating fetch reads it on 304: keep its body past _put
         self._put(key, flight)
         flight.task = asyncio.create_task(self._run(key, flight, fetch, stale))
         return flight
@@ -182,43 +310,73 @@ class SegmentCache:
         finally:
             if not flight.done:
                 flight.finish(RuntimeError("fetch ended without finishing"))
+            if stale is not None:
+                stale.readers -= 1
+                stale.release()
             self._settle(key, flight)
 
-    def _put(self, key: Any, flight: Flight) -> None:
-        old = self._entries.pop(key, None)
-        if old is not None and old.done and old.error is None and old.status == 200:
+    def _drop(self, key: Any) -> int:
+        old = self._entries.pop(key)
+        if old.counted:
             self._bytes -= old.size
+            old.counted = False
+        return old.uncache()
+
+    def _put(self, key: Any, flight: Flight) -> None:
+        if key in self._entries:
+            self._drop(key)  # the stale entry being revalidated: the new flight copies it on 304
+        flight.cached = True
         self._entries[key] = flight
 
     def _settle(self, key: Any, flight: Flight) -> None:
         if self._entries.get(key) is not flight:
+            flight.uncache()
             return
-        if flight.error is not None or flight.status != 200 or flight.size > self.max_bytes // 4:
-            del self._entries[key]
+        if not _kept(flight) or flight.size > self.max_bytes // 4:
+            self._drop(key)
             return
         self._bytes += flight.size
-        while self._bytes > self.max_bytes and self._entries:
-            k, old = next(iter(self._entries.items()))
-            if old is flight:
+        flight.counted = True
+
+    def _evict(self, needed: int) -> int:
+        """Drop complete entries, least recently used first, until ``needed`` bytes are freed."""
+        freed = 0
+        for k in [k for k, f in self._entries.items() if f.counted]:
+            if freed >= needed:
                 break
-            del self._entries[k]
-            if old.done and old.error is None and old.status == 200:
-                self._bytes -= old.size
+            freed += self._drop(k)
+        return freed
 
 
 class PlaylistCache:
     """Shares live playlist fetches: at most one upstream fetch per key per ``ttl``.
 
-    ``ttl`` is chosen per response by the caller (half the target duration, RFC
-    8216 §6.3.4 reload interval); keys include the full upstream query, so
-    LL-HLS blocking requests (``_HLS_msn``/``_HLS_part``) never share a response
-    with another media sequence.
+    ``ttl`` is chosen per response by ``ttl_of`` (half the target duration, RFC 8216
+    §6.3.4 reload interval); keys include the full upstream query, so LL-HLS
+    blocking requests (``_HLS_msn``/``_HLS_part``) never share a response with
+    another media sequence. A response is never kept past its ttl, whatever its body:
+    if ``ttl_of`` raises, the response is not cached (logged), and
+    :meth:`invalidate` drops one the caller found malformed, so the next request
+    fetches again. A fetch still running after ``max_inflight`` seconds no longer
+    holds its key. Bodies are charged to ``budget``.
     """
 
-    def __init__(self, max_entries: int = 4096) -> None:
+    def __init__(self, max_entries: int = 4096, *, budget: ByteBudget | None = None,
+                 max_inflight: float = 60.0) -> None:
         self._entries: OrderedDict[Any, tuple[float, Flight]] = OrderedDict()
         self.max_entries = max_entries
+        self.max_inflight = max_inflight
+        self.budget = budget
+        if budget is not None:
+            budget.add_evictor(self._evict)
         self.fetches = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _remove(self, key: Any) -> int:
+        _, flight = self._entries.pop(key)
+        return flight.uncache()
 
     def get_or_fetch(self, key: Any, fetch: Callable[[Flight], Awaitable[None]],
                      ttl_of: Callable[[Flight], float]) -> Flight:
@@ -230,14 +388,16 @@ class PlaylistCache:
         item = self._entries.get(key)
         if item is not None:
             expires, flight = item
-            if not flight.done or now < expires:
+            if (not flight.done and now - flight.created < self.max_inflight) or (flight.done and now < expires):
                 return flight
-        flight = Flight()
+            self._remove(key)
+        flight = Flight(self.budget)
+        flight.cached = True
         self.fetches += 1
         self._entries[key] = (float("inf"), flight)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+            self._remove(next(iter(self._entries)))
 
         async def run() -> None:
             try:
@@ -248,12 +408,38 @@ class PlaylistCache:
             finally:
                 if not flight.done:
                     flight.finish(RuntimeError("fetch ended without finishing"))
+                ttl = 0.0
+                if flight.error is None and flight.status == 200:
+                    try:
+                        ttl = float(ttl_of(flight))
+                    except Exception as exc:  # noqa: BLE001 - a bad body must never pin the entry
+                        log.warning("playlist %s not cached: %s", key[2] if isinstance(key, tuple) and len(key) > 2
+                                    else key, exc)
+                        ttl = 0.0
                 if self._entries.get(key, (0, None))[1] is flight:
-                    ttl = ttl_of(flight) if flight.error is None and flight.status == 200 else 0.0
                     if ttl > 0:
                         self._entries[key] = (time.monotonic() + ttl, flight)
                     else:
-                        del self._entries[key]
+                        self._remove(key)
+                else:
+                    flight.uncache()
 
         flight.task = asyncio.create_task(run())
         return flight
+
+    def invalidate(self, key: Any, flight: Flight) -> None:
+        """Drop ``key`` if it still holds ``flight`` (a body the caller found unusable)."""
+        item = self._entries.get(key)
+        if item is not None and item[1] is flight:
+            self._remove(key)
+
+    def _evict(self, needed: int) -> int:
+        freed = 0
+        now = time.monotonic()
+        done = [k for k, (_, f) in self._entries.items() if f.done]
+        done.sort(key=lambda k: self._entries[k][0] > now)  # expired ones first, then LRU order
+        for k in done:
+            if freed >= needed:
+                break
+            freed += self._remove(k)
+        return freed

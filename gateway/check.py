@@ -7,24 +7,30 @@ Lines are ``PASS <name>: <detail>``, ``WARN <name>: <detail> — fix: <how>`` or
 check failed, 2 when the config is invalid (then nothing else is checked).
 
 * ``config`` — file + ``PLATEBRIDGE_GATEWAY_*`` env, same rules as the server.
-* ``secret`` — every stream secret is at least 32 bytes (never printed).
+* ``secret`` — every HMAC secret (user-token, grant, legacy stream secret) is at
+  least 32 bytes (never printed); ``keys`` — the key layout: WARN for each role
+  still on the legacy shared ``stream_secret``, WARN when the signing key file is
+  readable by group or others.
 * ``discovery`` — asks the configured backend once (static map, tailscaled
-  LocalAPI or the Tailscale API) and lists the pods it sees with their online state.
+  LocalAPI or the Tailscale API) and lists the pods it sees with their online state
+  and tailnet name; FAIL when two devices claim one pod_id (neither is routed).
 * ``pod <id>`` — a test fetch of ``GET <pod>/health`` over the tailnet with the
-  gateway's own upstream client (same ``upstream_proxy`` and timeouts). The pod
-  serves ``/health`` on its tailnet listener as well as on 127.0.0.1 (no auth, no
-  secrets): 200 with the pod's own ``pod_id`` is a pass and reports latency and
-  camera states; any other HTTP answer still proves the pod is reachable (WARN);
-  a connect error or timeout is a FAIL.
-* ``pod <id> token`` — one authenticated ``GET /cameras/<camera>/index.m3u8`` with
-  a gateway→pod token, for a camera the pod's ``/health`` lists: 200/503 mean the
-  pod accepted the token (shared secret matches); 401 means the secrets differ;
-  404 means the address is not the pod's tailnet listener.
+  gateway's own upstream client and a pod-wide gateway→pod token (the pod's tailnet
+  listener wants one): 200 with the pod's own ``pod_id`` is a pass and reports
+  latency and camera states; 401 means the pod refused the token (key or clock);
+  any other HTTP answer still proves the pod is reachable (WARN); a connect error
+  or timeout is a FAIL.
+* ``pod <id> token`` — one authenticated ``GET /cameras/<camera>/index.m3u8`` for a
+  camera the pod's ``/health`` lists: 200/503 mean the pod accepted the token; 401
+  means it did not (its ``gateway_public_keys`` lack this gateway's key, or clock
+  skew); 404 means the address is not the pod's tailnet listener.
 Offline pods (per discovery) are listed but not fetched.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -33,15 +39,26 @@ import httpx
 
 from gateway.config import GatewayConfig, load_config
 from gateway.discovery import Discovery, PodInfo, make_discovery
-from gateway.errors import ConfigError, DiscoveryError
+from gateway.errors import ConfigError, DiscoveryError, UpstreamError, UpstreamTimeout
 from gateway.upstream import Upstream
 from protocol.checks import CheckResult, ms, secret_length_result, summary
-from protocol.tokens import mint_pod_token
 
 
 def check_secret(cfg: GatewayConfig) -> list[CheckResult]:
-    """Every stream secret must be ≥ 32 bytes."""
-    return [secret_length_result(f"kid {kid!r}", secret) for kid, secret in sorted(cfg.secrets().items())]
+    """Every HMAC secret must be ≥ 32 bytes; the key layout is reported (legacy roles WARN)."""
+    results = [secret_length_result(where, secret) for where, secret in sorted(cfg.named_secrets())]
+    for warning in cfg.legacy_warnings():
+        results.append(CheckResult("WARN", "keys", warning.split(". Set ")[0],
+                                   "set " + warning.split(". Set ", 1)[1] if ". Set " in warning else None))
+    if cfg.pod_signing_key_file:
+        mode = os.stat(cfg.pod_signing_key_file).st_mode & 0o077
+        if mode:
+            results.append(CheckResult("WARN", "keys", f"{cfg.pod_signing_key_file} is readable by group or others",
+                                       f"chmod 600 {cfg.pod_signing_key_file}"))
+        else:
+            results.append(CheckResult("PASS", "keys", f"gateway→pod tokens signed with Ed25519 key "
+                                       f"{cfg.pod_signing_key_id!r} ({cfg.pod_signing_key_file}, mode 0600)"))
+    return results
 
 
 _DISCOVERY_FIX = {
@@ -52,20 +69,30 @@ _DISCOVERY_FIX = {
 
 
 async def check_discovery(cfg: GatewayConfig, discovery: Discovery) -> tuple[list[CheckResult], dict[str, PodInfo]]:
-    """Ask the backend once; one line for the backend, pods listed with their online state."""
+    """Ask the backend once; one line for the backend, pods listed with their online state, and a
+    FAIL line per pod_id that two devices claim."""
     try:
-        pods = await discovery.fetch()
+        found = await discovery.directory()
     except DiscoveryError as exc:
         return [CheckResult("FAIL", "discovery", f"{cfg.discovery}: {exc}", _DISCOVERY_FIX[cfg.discovery])], {}
+    pods = found.pods
+    results = [CheckResult("FAIL", "discovery", f"{cfg.discovery}: pod_id {pod_id} is claimed by {len(nodes)} "
+                           f"devices ({', '.join(nodes)}); the gateway routes to none of them",
+                           "remove the device that is not the pod from the tailnet (or its tag:pod), or rename one")
+               for pod_id, nodes in sorted(found.conflicts.items())]
     if not pods:
+        if results:
+            return results, {}
         where = "no pods configured" if cfg.discovery == "static" else f"no peers tagged {cfg.pod_tag}"
         fix = _DISCOVERY_FIX["static"] if cfg.discovery == "static" else (
             f"join pods with `tailscale up --advertise-tags={cfg.pod_tag} --hostname=<pod_id>`, or check pod_tag")
         return [CheckResult("WARN", "discovery", f"{cfg.discovery}: {where}", fix)], {}
     listing = ", ".join(f"{p.pod_id} ({'online' if p.online else 'offline'}) {p.base_url}"
+                        + (f" [{p.node}]" if p.node else "")
                         for p in sorted(pods.values(), key=lambda p: p.pod_id))
     n = len(pods)
-    return [CheckResult("PASS", "discovery", f"{cfg.discovery}: {n} pod{'' if n == 1 else 's'}: {listing}")], pods
+    return [CheckResult("PASS", "discovery", f"{cfg.discovery}: {n} pod{'' if n == 1 else 's'}: {listing}"),
+            *results], pods
 
 
 _UNREACHABLE_FIX = ("is the pod running (systemctl status platebridge-pod) and on the tailnet? the tailnet policy must "
@@ -82,18 +109,27 @@ async def check_pod(upstream: Upstream, pod: PodInfo) -> list[CheckResult]:
     port = httpx.URL(pod.base_url).port or 80
     started = time.monotonic()
     try:
-        r = await upstream.client.get(pod.base_url.rstrip("/") + "/health", headers={"accept": "application/json"})
-    except httpx.TimeoutException:
+        r = await upstream.get(pod.base_url, "/health", pod.pod_id)
+    except UpstreamTimeout:
         return [CheckResult("FAIL", name, f"{pod.base_url}: timed out after {ms(time.monotonic() - started)}",
                             _UNREACHABLE_FIX.format(port=port))]
-    except httpx.HTTPError as exc:
-        return [CheckResult("FAIL", name, f"{pod.base_url}: cannot connect ({type(exc).__name__}: {exc})",
+    except UpstreamError as exc:
+        return [CheckResult("FAIL", name, f"{pod.base_url}: cannot connect ({exc})",
                             _UNREACHABLE_FIX.format(port=port))]
     latency = ms(time.monotonic() - started)
     try:
         body = r.json() if r.status_code == 200 else None
     except ValueError:
         body = None
+    if r.status_code == 401:
+        return [CheckResult("FAIL", name, f"{pod.base_url}: reachable in {latency}, but the pod refused the "
+                            f"gateway's token on GET /health ({_reason(r)})", _TOKEN_FIX)]
+    other = re.search(r"this is pod ([a-z0-9-]{1,63})", r.text) if r.status_code == 403 else None
+    if other:
+        return [CheckResult("FAIL", name, f"{pod.base_url}: reachable in {latency}, but it is pod "
+                            f"{other.group(1)!r}, not {pod.pod_id!r}",
+                            "fix the pod map / the pod's name (pod_id must equal the first label of its "
+                            "MagicDNS name)")]
     if not isinstance(body, dict):
         return [CheckResult("WARN", name, f"{pod.base_url}: reachable in {latency}, but GET /health answered "
                             f"HTTP {r.status_code} without a pod health document",
@@ -101,7 +137,8 @@ async def check_pod(upstream: Upstream, pod: PodInfo) -> list[CheckResult]:
     if body.get("pod_id") != pod.pod_id:
         return [CheckResult("FAIL", name, f"{pod.base_url}: reachable in {latency}, but it is pod "
                             f"{body.get('pod_id')!r}, not {pod.pod_id!r}",
-                            "fix the pod map / the pod's hostname (pod_id must equal its tailnet host name)")]
+                            "fix the pod map / the pod's name (pod_id must equal the first label of its "
+                            "MagicDNS name)")]
     cams = body.get("cameras") or {}
     states = ", ".join(f"{cid} {c.get('state', '?')}" for cid, c in sorted(cams.items())) or "no cameras"
     results = [CheckResult("PASS", name, f"{pod.base_url}: GET /health 200 in {latency}: status "
@@ -114,25 +151,33 @@ async def check_pod(upstream: Upstream, pod: PodInfo) -> list[CheckResult]:
 async def _check_token(upstream: Upstream, pod: PodInfo, camera_id: str) -> CheckResult:
     name = f"pod {pod.pod_id} token"
     url = Upstream.url(pod.base_url, camera_id, "index.m3u8", "")
-    token = mint_pod_token(upstream.keyring, camera_id=camera_id, pod_id=pod.pod_id, ttl=30)
     try:
-        r = await upstream.client.get(url, headers={"authorization": f"Bearer {token}"})
+        r = await upstream.client.get(url, headers={"authorization": upstream.auth_header(pod.pod_id, camera_id)})
     except httpx.HTTPError as exc:
         return CheckResult("FAIL", name, f"GET /cameras/{camera_id}/index.m3u8 failed ({type(exc).__name__})",
                            "the pod answered /health but not this request: check the pod's log")
     where = f"GET /cameras/{camera_id}/index.m3u8 → {r.status_code}"
     if r.status_code == 200:
-        return CheckResult("PASS", name, f"{where}: the pod accepted the gateway's token (shared secret matches)")
+        return CheckResult("PASS", name, f"{where}: the pod accepted the gateway's token")
     if r.status_code == 503:
         return CheckResult("PASS", name, f"{where}: token accepted; camera {camera_id} is (re)starting")
     if r.status_code == 401:
-        return CheckResult("FAIL", name, f"{where}: the pod refused the gateway's token",
-                           "stream_secret (POD_STREAM_SECRET) must be the same on the gateway and the pod; with "
-                           "stream_secrets, the pod must know the gateway's primary kid")
+        return CheckResult("FAIL", name, f"{where}: the pod refused the gateway's token ({_reason(r)})", _TOKEN_FIX)
     if r.status_code == 404:
         return CheckResult("FAIL", name, f"{where}: this address serves no HLS",
                            "point the pod map at the pod's tailnet address (its stream_bind), not 127.0.0.1")
     return CheckResult("WARN", name, f"{where}: unexpected answer", "check the pod's log")
+
+
+# advice text, not a secret (ruff S105 looks at the name)
+_TOKEN_FIX = ("give the pod this gateway's public key under its kid (gateway_public_keys; "  # noqa: S105
+              "openssl pkey -in <pod_signing_key_file> -pubout), or, legacy, the same stream_secret on both; "
+              "if the reason says clock skew, sync the clocks (timedatectl)")
+
+
+def _reason(r: httpx.Response) -> str:
+    m = re.search(r'error_description="([^"]{0,200})"', r.headers.get("www-authenticate", ""))
+    return m.group(1) if m else r.text.strip()[:200] or "no reason given"
 
 
 async def run_checks(cfg: GatewayConfig, *, emit: Callable[[CheckResult], None] | None = None,
@@ -149,8 +194,9 @@ async def run_checks(cfg: GatewayConfig, *, emit: Callable[[CheckResult], None] 
 
     add(check_secret(cfg))
     discovery = discovery or make_discovery(cfg)
-    upstream = Upstream(cfg.keyring(), connect_timeout=cfg.upstream_connect_timeout,
-                        read_timeout=cfg.upstream_read_timeout, proxy=cfg.upstream_proxy, transport=transport)
+    upstream = Upstream(cfg.pod_signer(), connect_timeout=cfg.upstream_connect_timeout,
+                        read_timeout=cfg.upstream_read_timeout, deadline=min(cfg.upstream_deadline, 10.0),
+                        proxy=cfg.upstream_proxy, transport=transport)
     try:
         lines, pods = await check_discovery(cfg, discovery)
         add(lines)

@@ -13,7 +13,7 @@ passed, 1 a check failed, 2 bad config.
 The default server is uvicorn (uvloop + httptools) with one process, the app
 built here; ``loop: asyncio`` swaps uvloop for the standard event loop.
 ``server: granian`` (needs the ``bench`` extra's ``granian``) and ``--workers`` > 1
-(benchmarks only: viewer sessions break across workers) start workers that each build the app from
+(benchmarks only: each worker has its own cache) start workers that each build the app from
 :func:`gateway.asgi.create_app_from_env`, the config path passed in env
 ``PLATEBRIDGE_GATEWAY_CONFIG``; each worker then has its own caches (see
 ``docs/benchmarks.md`` before raising ``workers``).
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, help="listen port (overrides config)")
     p.add_argument("--server", choices=("uvicorn", "granian"), help="HTTP server (overrides config `server`)")
     p.add_argument("--workers", type=int, default=1,
-                   help="worker processes, for benchmarks only: each has its own cache and issued-URI record, "
-                        "so a viewer's segment requests 404 on workers that did not serve its playlist")
+                   help="worker processes, for benchmarks only: each has its own cache (grants are stateless, "
+                        "but without grant_secret or pod_signing_key_file each worker has its own grant key)")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), help="event loop (overrides config `loop`)")
     args = p.parse_args(argv)
     try:
@@ -62,13 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     loop = args.loop or cfg.loop
     host, port = args.host or cfg.host, args.port or cfg.port
     setup_logging(cfg.log_level)
-    for kid in cfg.weak_secrets():
-        logging.getLogger("platebridge.gateway").warning(
-            "stream secret %r is shorter than 32 bytes; use a long random secret (e.g. openssl rand -base64 48)", kid)
     if workers > 1:
         logging.getLogger("platebridge.gateway").warning(
-            "%d workers: each has its own segment cache (up to %d pod fetches per segment) and its own record "
-            "of issued playlist URIs", workers, workers)
+            "%d workers: each has its own segment cache (up to %d pod fetches per segment)", workers, workers)
     if server == "granian" or workers > 1:
         # workers import the app by name and load the same config (file + the inherited env)
         if args.config:

@@ -2,14 +2,27 @@
 
 Every key may be overridden by ``PLATEBRIDGE_GATEWAY_<KEY>`` (upper-case); the
 value is parsed as YAML, so lists/maps work (``PLATEBRIDGE_GATEWAY_PODS='{gate-1:
-http://100.64.0.7:8000}'``). ``POD_STREAM_SECRET`` sets ``stream_secret``, as on
-the portal and the pods. Errors name the key path and the reason.
+http://100.64.0.7:8000}'``). Errors name the key path and the reason.
+
+Keys by role (each rotates with ``kid``; see docs/portal-integration.md):
+
+* ``user_token_secret(s)`` — HS256 secret(s) of user stream tokens, shared with the
+  portal only;
+* ``pod_signing_key_file`` + ``pod_signing_key_id`` — the gateway's Ed25519 private key
+  (PEM) that signs gateway→pod tokens; pods hold only its public key;
+* ``grant_secret(s)`` — the grant MAC key, gateway-only; by default derived (HKDF)
+  from the signing key.
+
+Legacy: ``stream_secret`` (env ``POD_STREAM_SECRET``), the connection guide's one
+secret shared by portal, gateway and every pod, still works for whichever role has
+no key of its own, with a warning at start (:meth:`GatewayConfig.legacy_warnings`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -19,18 +32,29 @@ import msgspec
 
 from gateway.errors import ConfigError
 from protocol.ids import is_dns_label
-from protocol.tokens import Keyring
+from protocol.tokens import Keyring, SigningKey
 from protocol.yamlconf import ConfigValueError, check_known_keys, convert_config, load_yaml
 
 DiscoveryMode = Literal["static", "localapi", "tailscale_api"]
 ENV_PREFIX = "PLATEBRIDGE_GATEWAY_"
 #: names the config file for :func:`gateway.asgi.create_app_from_env`; not a config key
 CONFIG_PATH_ENV = "PLATEBRIDGE_GATEWAY_CONFIG"
+_KID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 
 
 class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """All gateway settings. Durations are seconds, sizes bytes."""
 
+    # keys by role
+    user_token_secret: str | None = None  # kid "default"
+    user_token_secrets: dict[str, str] | None = None  # kid -> secret, for rotation
+    user_token_secret_primary: str | None = None
+    pod_signing_key_file: str | None = None  # Ed25519 private key, PEM (openssl genpkey -algorithm ed25519)
+    pod_signing_key_id: str = "default"  # the kid pods know its public key by
+    grant_secret: str | None = None  # default: HKDF of the signing key
+    grant_secrets: dict[str, str] | None = None
+    grant_secret_primary: str | None = None
+    # legacy: the connection guide's one shared secret (portal, gateway and every pod)
     stream_secret: str | None = None
     stream_secrets: dict[str, str] | None = None  # kid -> secret, for rotation
     stream_secret_primary: str | None = None
@@ -55,6 +79,11 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     upstream_proxy: str | None = None
     upstream_connect_timeout: float = 2.0
     upstream_read_timeout: float = 10.0
+    upstream_deadline: float = 20.0  # whole fetch: queue, connect, headers and body
+    upstream_pod_connections: int = 8  # concurrent requests per pod
+    upstream_max_playlist_bytes: int = 2 * 1024 * 1024
+    upstream_max_segment_bytes: int = 32 * 1024 * 1024
+    upstream_max_init_bytes: int = 1024 * 1024
     cache_max_bytes: int = 256 * 1024 * 1024
     segment_max_age: int = 60  # browser cache of segments; >= playlist window
     host: str = "127.0.0.1"
@@ -65,27 +94,101 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     limit_concurrency: int = 4096  # connections + tasks; beyond it uvicorn answers 503
     timeout_keep_alive: int = 15  # portal service key for POST /pods/{pod_id}/nudge
     # HTTP server: uvicorn (uvloop + httptools) or granian (ASGI); see docs/benchmarks.md. One
-    # process only: the segment cache and the record of issued URIs live in it (the CLI's
-    # --workers exists for benchmarks and breaks viewer sessions).
+    # process: the segment cache lives in it (the CLI's --workers exists for benchmarks).
     server: Literal["uvicorn", "granian"] = "uvicorn"
     loop: Literal["uvloop", "asyncio"] = "uvloop"  # the event loop that runs the app
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    def body_caps(self) -> dict[str, int]:
+        """Body cap per kind in bytes (each at most ``cache_max_bytes``)."""
+        return {"playlist": min(self.upstream_max_playlist_bytes, self.cache_max_bytes),
+                "segment": min(self.upstream_max_segment_bytes, self.cache_max_bytes),
+                "init": min(self.upstream_max_init_bytes, self.cache_max_bytes)}
+
     def secrets(self) -> dict[str, str]:
-        """kid → stream secret (``stream_secret`` is kid ``"default"``)."""
-        secrets = dict(self.stream_secrets or {})
-        if self.stream_secret:
-            secrets.setdefault("default", self.stream_secret)
-        return secrets
+        """kid → legacy stream secret (``stream_secret`` is kid ``"default"``)."""
+        return _ring(self.stream_secrets, self.stream_secret)
+
+    def user_secrets(self) -> dict[str, str]:
+        """kid → user-token secret: ``user_token_secret(s)``, else the legacy stream secrets."""
+        return _ring(self.user_token_secrets, self.user_token_secret) or self.secrets()
+
+    def named_secrets(self) -> list[tuple[str, str]]:
+        """``(where, secret)`` for every configured HMAC secret (checks; never printed)."""
+        users = _ring(self.user_token_secrets, self.user_token_secret)
+        out = [(f"user_token_secrets.{k}", v) for k, v in users.items()]
+        out += [(f"grant_secrets.{k}", v) for k, v in _ring(self.grant_secrets, self.grant_secret).items()]
+        out += [(f"stream_secrets.{k}", v) for k, v in self.secrets().items()]
+        return out
 
     def weak_secrets(self) -> list[str]:
-        """Key ids whose secret is shorter than 32 bytes (reported at startup)."""
-        return [kid for kid, s in self.secrets().items() if len(s.encode()) < 32]
+        """Where a secret is shorter than 32 bytes (reported at startup)."""
+        return [where for where, s in self.named_secrets() if len(s.encode()) < 32]
+
+    def user_keyring(self) -> Keyring:
+        """The user-token :class:`Keyring` (HS256)."""
+        if _ring(self.user_token_secrets, self.user_token_secret):
+            secrets = _ring(self.user_token_secrets, self.user_token_secret)
+            return Keyring(secrets, self.user_token_secret_primary or next(iter(secrets)))
+        return self.keyring()
 
     def keyring(self) -> Keyring:
-        """The stream :class:`Keyring` (primary = ``stream_secret_primary`` or the single secret)."""
+        """The legacy stream :class:`Keyring` (primary = ``stream_secret_primary`` or the single secret)."""
         secrets = self.secrets()
         return Keyring(secrets, self.stream_secret_primary or next(iter(secrets)))
+
+    def pod_signer(self) -> SigningKey | Keyring:
+        """What signs gateway→pod tokens: the Ed25519 key of ``pod_signing_key_file``, else (legacy)
+        the stream-secret keyring. Raises :class:`ConfigError` for an unreadable or wrong key file."""
+        if not self.pod_signing_key_file:
+            return self.keyring()
+        path = Path(self.pod_signing_key_file)
+        try:
+            pem = path.read_bytes()
+        except OSError as exc:
+            raise _fail("$.pod_signing_key_file", f"cannot read {path}: {exc.strerror}") from None
+        try:
+            return SigningKey(pem, self.pod_signing_key_id)
+        except ValueError as exc:
+            raise _fail("$.pod_signing_key_file", f"{path}: {exc}") from None
+
+    def grant_keys(self) -> list[bytes]:
+        """Grant MAC keys, the signing one first: ``grant_secret(s)``; else HKDF of the signing key;
+        else (legacy, no gateway-only key configured) one random key for this process."""
+        ring = _ring(self.grant_secrets, self.grant_secret)
+        if ring:
+            primary = self.grant_secret_primary or next(iter(ring))
+            return [ring[primary].encode()] + [v.encode() for k, v in ring.items() if k != primary]
+        signer = self.pod_signer()
+        if isinstance(signer, SigningKey):
+            return [signer.derive(GRANT_KEY_INFO)]
+        return [os.urandom(32)]
+
+    def legacy_warnings(self) -> list[str]:
+        """One line per role that falls back to the shared legacy ``stream_secret``."""
+        out = []
+        if not _ring(self.user_token_secrets, self.user_token_secret):
+            out.append("user stream tokens are verified with the legacy stream_secret, which every pod also "
+                       "holds: a stolen pod can mint tokens for every camera. Set user_token_secret (shared with "
+                       "the portal only)")
+        if not self.pod_signing_key_file:
+            out.append("gateway→pod tokens are signed with the legacy stream_secret (HS256): any pod can mint "
+                       "tokens for every other pod. Set pod_signing_key_file (Ed25519) and give pods its public key "
+                       "(gateway_public_keys)")
+            if not _ring(self.grant_secrets, self.grant_secret):
+                out.append("no gateway-only grant key (grant_secret or pod_signing_key_file): grants use a random "
+                           "key of this process, so viewing sessions end when the gateway restarts")
+        return out
+
+
+GRANT_KEY_INFO = b"platebridge grant key v2"
+
+
+def _ring(many: dict[str, str] | None, single: str | None) -> dict[str, str]:
+    ring = dict(many or {})
+    if single:
+        ring.setdefault("default", single)
+    return ring
 
 
 def _fail(path: str, reason: str) -> ConfigError:
@@ -129,12 +232,28 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
         cfg = convert_config(data, GatewayConfig)
     except ConfigValueError as exc:
         raise _fail(exc.path, exc.reason) from None
-    if not cfg.stream_secret and not cfg.stream_secrets:
-        raise _fail("$.stream_secret", "required (or set env POD_STREAM_SECRET)")
-    try:
-        cfg.keyring()
-    except ValueError as exc:
-        raise _fail("$.stream_secret_primary", str(exc)) from None
+    if not cfg.user_secrets():
+        raise _fail("$.user_token_secret", "required: the HS256 secret the portal signs user stream tokens with "
+                    "(or, legacy, stream_secret / env POD_STREAM_SECRET)")
+    if not cfg.pod_signing_key_file and not cfg.secrets():
+        raise _fail("$.pod_signing_key_file", "required: the gateway's Ed25519 private key for gateway→pod tokens "
+                    "(openssl genpkey -algorithm ed25519 -out gateway-pod-signing.pem)")
+    for key, many, single, primary in (
+            ("user_token_secret", cfg.user_token_secrets, cfg.user_token_secret, cfg.user_token_secret_primary),
+            ("grant_secret", cfg.grant_secrets, cfg.grant_secret, cfg.grant_secret_primary),
+            ("stream_secret", cfg.stream_secrets, cfg.stream_secret, cfg.stream_secret_primary)):
+        ring = _ring(many, single)
+        for kid, secret in ring.items():
+            if not secret:
+                raise _fail(f"$.{key}s.{kid}", "must not be empty")
+        if primary is not None and primary not in ring:
+            raise _fail(f"$.{key}_primary", f"{primary!r} is not a key id of {key}s")
+    for kid, secret in _ring(cfg.grant_secrets, cfg.grant_secret).items():
+        if len(secret.encode()) < 16:
+            raise _fail(f"$.grant_secrets.{kid}", "must be at least 16 bytes (32 random bytes recommended)")
+    if not cfg.pod_signing_key_id or not _KID.match(cfg.pod_signing_key_id):
+        raise _fail("$.pod_signing_key_id", "must be 1-64 characters of A-Za-z0-9._-")
+    cfg.pod_signer()  # the key file loads and is an Ed25519 private key
     _check_base_url("$.public_base_url", cfg.public_base_url)
     for i, origin in enumerate(cfg.allowed_origins):
         try:
@@ -156,9 +275,14 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
     if not cfg.pod_tag.startswith("tag:"):
         raise _fail("$.pod_tag", "must look like tag:pod")
     for key in ("max_token_ttl", "max_session_seconds", "grant_ttl", "discovery_refresh_seconds",
-                "upstream_connect_timeout", "upstream_read_timeout"):
+                "upstream_connect_timeout", "upstream_read_timeout", "upstream_deadline"):
         if getattr(cfg, key) <= 0:
             raise _fail(f"$.{key}", "must be > 0 seconds")
+    if not 1 <= cfg.upstream_pod_connections <= 256:
+        raise _fail("$.upstream_pod_connections", "must be 1-256 concurrent requests per pod")
+    for key in ("upstream_max_playlist_bytes", "upstream_max_segment_bytes", "upstream_max_init_bytes"):
+        if getattr(cfg, key) < 1024:
+            raise _fail(f"$.{key}", "must be at least 1024 bytes (a body is also never bigger than cache_max_bytes)")
     for key in ("port", "pod_port"):
         if not 1 <= getattr(cfg, key) <= 65535:
             raise _fail(f"$.{key}", "must be 1-65535")

@@ -4,12 +4,20 @@ Three backends, one interface (:class:`Discovery`):
 
 * ``static`` — a config map ``pod_id → http://host:port``.
 * ``localapi`` — tailscaled's LocalAPI ``GET /localapi/v0/status`` over its unix
-  socket; peers whose ``Tags`` contain ``pod_tag`` and whose ``HostName`` equals
-  the pod_id; upstream is their 100.x IPv4 on ``pod_port``; ``Online`` is the
-  online state.
+  socket; peers whose ``Tags`` contain ``pod_tag``; upstream is their 100.x IPv4 on
+  ``pod_port``; ``Online`` is the online state.
 * ``tailscale_api`` — the Tailscale API (``GET /api/v2/tailnet/{tailnet}/devices``)
-  via the ``tailscale`` package; filter on ``tags``, match ``hostname``,
-  ``connected_to_control`` is "online".
+  via the ``tailscale`` package; filter on ``tags``, ``connected_to_control`` is "online".
+
+**Identity.** A pod is identified by the name the tailnet gives it, its MagicDNS
+name (``DNSName`` / the device ``name``, e.g. ``main-gate-pod.tail1234.ts.net``),
+which the control plane keeps unique; its ``pod_id`` is that name's first label.
+The self-reported ``HostName`` is never used: a second device calling itself
+``main-gate-pod`` is given ``main-gate-pod-1`` by MagicDNS and takes nothing over.
+Should two devices still map to one ``pod_id`` (e.g. a node shared in from another
+tailnet), that id is a **conflict**: the gateway routes to neither
+(:class:`~gateway.errors.PodConflict`, 503), logs it, counts it in
+``platebridge_gateway_discovery_conflicts`` and ``gateway check`` FAILs.
 
 Results are cached for ``refresh`` seconds and refreshed single-flight; if a
 refresh fails the last good map is kept (up to 10 refresh periods). The parsing
@@ -27,59 +35,95 @@ from typing import Any
 import httpx
 import msgspec
 
-from gateway.errors import DiscoveryError, PodOffline, PodUnknown
+from gateway.errors import DiscoveryError, PodConflict, PodOffline, PodUnknown
+from gateway.metrics import DISCOVERY_CONFLICTS
 from protocol.ids import is_dns_label, pick_tailnet_ipv4
 
 log = logging.getLogger("platebridge.gateway.discovery")
 
 
 class PodInfo(msgspec.Struct, frozen=True):
-    """Where a pod is: ``base_url`` like ``http://100.64.0.7:8000`` and whether it is online."""
+    """Where a pod is: ``base_url`` like ``http://100.64.0.7:8000``, whether it is online, and
+    ``node``, the tailnet's unique name of the device (MagicDNS FQDN; empty for static pods)."""
 
     pod_id: str
     base_url: str
     online: bool = True
+    node: str = ""
 
 
-def pods_from_localapi_status(status: Mapping[str, Any], tag: str, port: int) -> dict[str, PodInfo]:
-    """Pure: pods from a LocalAPI ``/localapi/v0/status`` body (``Peer`` map of PeerStatus)."""
-    out: dict[str, PodInfo] = {}
+class Directory(msgspec.Struct, frozen=True):
+    """One discovery answer: routable ``pods`` and ``conflicts`` (pod_id → the devices claiming it)."""
+
+    pods: dict[str, PodInfo]
+    conflicts: dict[str, list[str]] = {}
+
+
+def pod_id_of(fqdn: str) -> str | None:
+    """The pod_id of a MagicDNS name (its first label, lower-case), or None if it is not a DNS label."""
+    label = fqdn.strip().rstrip(".").split(".", 1)[0].lower()
+    return label if is_dns_label(label) else None
+
+
+def build_directory(claims: Iterable[PodInfo]) -> Directory:
+    """Pure: a :class:`Directory` from per-device claims; a pod_id claimed by two devices goes
+    to ``conflicts`` and is not routable."""
+    seen: dict[str, list[PodInfo]] = {}
+    for c in claims:
+        seen.setdefault(c.pod_id, []).append(c)
+    pods = {k: v[0] for k, v in seen.items() if len(v) == 1}
+    conflicts = {k: sorted(c.node or c.base_url for c in v) for k, v in seen.items() if len(v) > 1}
+    return Directory(pods, conflicts)
+
+
+def claims_from_localapi_status(status: Mapping[str, Any], tag: str, port: int) -> list[PodInfo]:
+    """Pure: one claim per tagged peer of a LocalAPI ``/localapi/v0/status`` body (``Peer`` map of
+    PeerStatus, keyed by node key), identified by its ``DNSName``."""
+    out: list[PodInfo] = []
     peers = status.get("Peer") or {}
     if not isinstance(peers, Mapping):
         return out
-    for peer in peers.values():
+    for node_key, peer in peers.items():
         if not isinstance(peer, Mapping):
             continue
         tags = peer.get("Tags") or []
         if not isinstance(tags, list) or tag not in tags:
             continue
-        name = str(peer.get("HostName") or "").lower()
-        if not is_dns_label(name):
-            dns = str(peer.get("DNSName") or "")
-            name = dns.split(".", 1)[0].lower()
+        fqdn = str(peer.get("DNSName") or "").rstrip(".").lower()
+        pod_id = pod_id_of(fqdn)
         ip = pick_tailnet_ipv4(peer.get("TailscaleIPs") or [])
-        if not is_dns_label(name) or ip is None:
+        if pod_id is None or ip is None:
             continue
-        out[name] = PodInfo(pod_id=name, base_url=f"http://{ip}:{port}", online=bool(peer.get("Online")))
+        out.append(PodInfo(pod_id=pod_id, base_url=f"http://{ip}:{port}", online=bool(peer.get("Online")),
+                           node=fqdn or str(node_key)))
     return out
 
 
-def pods_from_devices(devices: Iterable[Any], tag: str, port: int) -> dict[str, PodInfo]:
-    """Pure: pods from Tailscale API devices (objects with ``hostname``, ``name``,
+def claims_from_devices(devices: Iterable[Any], tag: str, port: int) -> list[PodInfo]:
+    """Pure: one claim per tagged Tailscale API device (objects with ``name`` (the MagicDNS FQDN),
     ``tags``, ``addresses``, ``connected_to_control``, as in the ``tailscale`` package)."""
-    out: dict[str, PodInfo] = {}
+    out: list[PodInfo] = []
     for d in devices:
         if tag not in (getattr(d, "tags", None) or []):
             continue
-        name = str(getattr(d, "hostname", "") or "").lower()
-        if not is_dns_label(name):
-            name = str(getattr(d, "name", "") or "").split(".", 1)[0].lower()
+        fqdn = str(getattr(d, "name", "") or "").rstrip(".").lower()
+        pod_id = pod_id_of(fqdn)
         ip = pick_tailnet_ipv4(getattr(d, "addresses", None) or [])
-        if not is_dns_label(name) or ip is None:
+        if pod_id is None or ip is None:
             continue
-        out[name] = PodInfo(pod_id=name, base_url=f"http://{ip}:{port}",
-                            online=bool(getattr(d, "connected_to_control", False)))
+        out.append(PodInfo(pod_id=pod_id, base_url=f"http://{ip}:{port}",
+                           online=bool(getattr(d, "connected_to_control", False)), node=fqdn))
     return out
+
+
+def pods_from_localapi_status(status: Mapping[str, Any], tag: str, port: int) -> dict[str, PodInfo]:
+    """Pure: the routable pods of a LocalAPI status body (conflicting ids left out)."""
+    return build_directory(claims_from_localapi_status(status, tag, port)).pods
+
+
+def pods_from_devices(devices: Iterable[Any], tag: str, port: int) -> dict[str, PodInfo]:
+    """Pure: the routable pods of a Tailscale API device list (conflicting ids left out)."""
+    return build_directory(claims_from_devices(devices, tag, port)).pods
 
 
 class Discovery:
@@ -92,22 +136,37 @@ class Discovery:
     def __init__(self, refresh: float = 30.0) -> None:
         self.refresh = refresh
         self._pods: dict[str, PodInfo] = {}
+        self.conflicts: dict[str, list[str]] = {}
         self._fetched_at = float("-inf")
         self._inflight: asyncio.Task | None = None
 
-    async def fetch(self) -> dict[str, PodInfo]:  # pragma: no cover - abstract
+    async def fetch(self) -> Directory | dict[str, PodInfo]:  # pragma: no cover - abstract
         """Query the backend once; raises :class:`DiscoveryError` on failure."""
         raise NotImplementedError
 
+    async def directory(self) -> Directory:
+        """Query the backend once (no cache): pods and conflicts. Raises :class:`DiscoveryError`."""
+        found = await self.fetch()
+        return found if isinstance(found, Directory) else Directory(found)
+
     async def _refresh(self) -> None:
         try:
-            pods = await self.fetch()
+            found = await self.directory()
         except DiscoveryError as exc:
             log.warning("discovery refresh failed: %s", exc)
             if time.monotonic() - self._fetched_at > 10 * self.refresh:
                 self._pods = {}
             return
-        self._pods, self._fetched_at = pods, time.monotonic()
+        self._set_conflicts(found.conflicts)
+        self._pods, self._fetched_at = found.pods, time.monotonic()
+
+    def _set_conflicts(self, conflicts: dict[str, list[str]]) -> None:
+        for pod_id, nodes in conflicts.items():
+            if self.conflicts.get(pod_id) != nodes:
+                log.error("discovery: pod_id %s is claimed by %d tailnet devices (%s); routing to none of them "
+                          "until one is removed or renamed", pod_id, len(nodes), ", ".join(nodes))
+        self.conflicts = dict(conflicts)
+        DISCOVERY_CONFLICTS.set(len(self.conflicts))
 
     async def pods(self) -> dict[str, PodInfo]:
         """The current map, refreshed (single-flight) when older than ``refresh``."""
@@ -118,10 +177,12 @@ class Discovery:
         return self._pods
 
     async def resolve(self, pod_id: str) -> str:
-        """Base URL for ``pod_id``. Raises PodUnknown, PodOffline."""
+        """Base URL for ``pod_id``. Raises PodUnknown, PodOffline, PodConflict."""
         if not is_dns_label(pod_id):
             raise PodUnknown("pod_id is not a DNS label")
         info = (await self.pods()).get(pod_id)
+        if pod_id in self.conflicts:
+            raise PodConflict(f"pod {pod_id} is claimed by more than one tailnet device")
         if info is None:
             raise PodUnknown(f"pod {pod_id} is not on the tailnet")
         if not info.online:
@@ -152,7 +213,7 @@ class LocalAPIDiscovery(Discovery):
         self.tag, self.port = tag, port
         self._client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=socket_path), timeout=3.0)
 
-    async def fetch(self) -> dict[str, PodInfo]:
+    async def fetch(self) -> Directory:
         try:
             r = await self._client.get("http://local-tailscaled.sock/localapi/v0/status")
             r.raise_for_status()
@@ -161,7 +222,7 @@ class LocalAPIDiscovery(Discovery):
             raise DiscoveryError(f"LocalAPI status failed: {type(exc).__name__}") from None
         if not isinstance(data, dict):
             raise DiscoveryError("LocalAPI status is not an object")
-        return pods_from_localapi_status(data, self.tag, self.port)
+        return build_directory(claims_from_localapi_status(data, self.tag, self.port))
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -196,12 +257,13 @@ class TailscaleAPIDiscovery(Discovery):
             devices = self._client.devices
         self._devices = devices
 
-    async def fetch(self) -> dict[str, PodInfo]:
+    async def fetch(self) -> Directory:
         try:
             devices = await self._devices()
         except Exception as exc:  # noqa: BLE001 - the tailscale package raises its own tree plus aiohttp errors
             raise DiscoveryError(f"Tailscale API devices failed: {type(exc).__name__}") from None
-        return pods_from_devices(devices.values() if isinstance(devices, Mapping) else devices, self.tag, self.port)
+        found = devices.values() if isinstance(devices, Mapping) else devices
+        return build_directory(claims_from_devices(found, self.tag, self.port))
 
     async def aclose(self) -> None:
         if self._client is not None:

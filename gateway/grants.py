@@ -1,19 +1,36 @@
-"""Grants: short-lived HMAC capabilities the gateway writes into every playlist URI.
+"""Grants: short, stateless capabilities the gateway writes into every playlist URI.
 
 A user JWT only gates the start of a viewing session. Every playlist response
 re-mints grants, so a viewer who keeps reloading never holds an expired URI,
 and players that cannot send headers (Safari/AVPlayer) still authenticate
-every segment request through the query string.
+every request through the query string (``pb_grant=``).
 
-Wire form (URL-safe, no padding)::
+Each grant is **bound to one URI**: its kind, camera, path and upstream query
+are under the MAC, so a grant opens exactly the URI it was written into and
+nothing else. Any process that holds the grant key can verify it; the gateway
+keeps no record of what it handed out.
 
-    v1.<base64url(msgspec-JSON [user, camera_id, pod_id, exp, session_exp])>.<base64url(mac)>
+Kinds (RFC 8216 terms):
 
-``mac`` = first 16 bytes of HMAC-SHA256(key, ``b"pbg1." + payload``), key derived
-from the stream secret (:meth:`protocol.tokens.Keyring.derive`), compared in
-constant time. ``exp`` bounds the grant; ``session_exp`` bounds the whole
-viewing session (``max_session_seconds``) and is carried unchanged into every
-re-minted grant. Times are Unix seconds.
+* ``playlist`` — a media or multivariant playlist (``.m3u8``); lives until the
+  session ends (``session_exp``), because players reload the same URI.
+* ``media`` — a segment, init segment (EXT-X-MAP), partial segment or key;
+  lives ``grant_ttl`` seconds (each playlist reload hands out fresh ones).
+
+A media grant is refused on a playlist (it would re-mint a whole session).
+
+Wire form: unpadded base64url of ``body || mac`` (about 60 characters)::
+
+    body = version (1 byte, 2) | kind (1: 0 playlist, 1 media) | exp (uint32 BE, Unix s)
+           | session_exp (uint32 BE) | sid (8 random bytes) | len(pod_id) (1) | pod_id (ASCII)
+    mac  = HMAC-SHA256(key, "pbg2" | body | lp(camera_id) | lp(path) | lp(query))[:16]
+
+``lp(x)`` is a 2-byte big-endian length followed by the UTF-8 bytes; ``path`` is the
+decoded path below ``/streams/<camera_id>/`` and ``query`` the upstream query
+without ``pb_grant`` and without a trailing ``&``. The key is gateway-only
+(``grant_secrets``, or HKDF of the gateway's signing key), never derived from
+anything a pod or the portal holds. Verification tries every configured key
+(primary first) and compares MACs in constant time.
 """
 
 from __future__ import annotations
@@ -23,84 +40,105 @@ import binascii
 import hashlib
 import hmac
 import re
-import time
+import secrets
+import struct
+from collections.abc import Sequence
+from typing import Literal
 
 import msgspec
 
 from gateway.errors import GrantError
-from protocol.tokens import Keyring
+from protocol.ids import is_dns_label
 
 GRANT_PARAM = "pb_grant"
-_PREFIX = "v1."
-_MAC_LABEL = b"pbg1."
+Kind = Literal["playlist", "media"]
+_KINDS: tuple[Kind, Kind] = ("playlist", "media")
+_VERSION = 2
+_LABEL = b"pbg2"
+_HEAD = struct.Struct(">BBII8sB")  # version, kind, exp, session_exp, sid, len(pod_id)
 _MAC_BYTES = 16
-_MAX_LEN = 1024
-_CANONICAL = re.compile(r"^v1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{22}\Z")  # 16-byte MAC, unpadded base64url
+_CANONICAL = re.compile(r"^[A-Za-z0-9_-]{40,160}\Z")
 
 
-class Grant(msgspec.Struct, array_like=True, frozen=True):
-    """Decoded grant. ``exp``/``session_exp`` are Unix seconds (int)."""
+class Grant(msgspec.Struct, frozen=True):
+    """Decoded grant: ``kind``, the pod that serves the camera, ``exp`` and ``session_exp``
+    (Unix seconds, int) and ``sid`` (the viewing session's random id, 8 bytes)."""
 
-    user: str
-    camera_id: str
+    kind: Kind
     pod_id: str
     exp: int
     session_exp: int
+    sid: bytes
 
 
-_enc = msgspec.json.Encoder()
-_dec = msgspec.json.Decoder(Grant)
+def new_session_id() -> bytes:
+    """A random 8-byte viewing-session id."""
+    return secrets.token_bytes(8)
 
 
 def _b64e(b: bytes) -> str:
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode("ascii")
 
 
-def _b64d(s: str) -> bytes:
-    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+def _lp(text: str) -> bytes:
+    data = text.encode("utf-8", "surrogatepass")
+    return struct.pack(">H", min(len(data), 0xFFFF)) + data
 
 
 class GrantSigner:
-    """Mints and verifies grants. Built from the stream :class:`Keyring`, so grants
-    rotate with the secret; verification tries every derived key (primary first)."""
+    """Mints and verifies path-bound grants.
 
-    def __init__(self, keyring: Keyring) -> None:
-        self._keys = keyring.derive(b"platebridge-grant-key-v1")
+    ``keys``: grant keys (bytes, ≥ 16), the first one signs; all of them verify, so a
+    key rotates by adding the new one first and dropping the old one after the longest
+    session (``max_session_seconds``). Raises ``ValueError`` for no or short keys.
+    """
 
-    def _mac(self, key: bytes, payload: bytes) -> bytes:
-        return hmac.new(key, _MAC_LABEL + payload, hashlib.sha256).digest()[:_MAC_BYTES]
+    def __init__(self, keys: Sequence[bytes]) -> None:
+        if not keys or any(len(k) < 16 for k in keys):
+            raise ValueError("grant keys: at least one, each at least 16 bytes")
+        self._keys = [bytes(k) for k in keys]
 
-    def mint(self, grant: Grant) -> str:
-        """Serialise and sign ``grant``; returns the URL-safe string (< 300 bytes typical)."""
-        payload = _enc.encode(grant)
-        return _PREFIX + _b64e(payload) + "." + _b64e(self._mac(self._keys[0], payload))
+    def _mac(self, key: bytes, body: bytes, camera_id: str, path: str, query: str) -> bytes:
+        msg = b"".join((_LABEL, body, _lp(camera_id), _lp(path), _lp(query.rstrip("&"))))
+        return hmac.new(key, msg, hashlib.sha256).digest()[:_MAC_BYTES]
 
-    def verify(self, token: str, *, camera_id: str, now: float | None = None) -> Grant:
-        """Check signature, expiry (``exp`` and ``session_exp``) and camera.
+    def mint(self, grant: Grant, *, camera_id: str, path: str, query: str = "") -> str:
+        """The grant string for exactly ``camera_id``/``path``?``query`` (path decoded, below the camera)."""
+        pod = grant.pod_id.encode("ascii")
+        body = _HEAD.pack(_VERSION, _KINDS.index(grant.kind), grant.exp, grant.session_exp, grant.sid, len(pod)) + pod
+        return _b64e(body + self._mac(self._keys[0], body, camera_id, path, query))
 
-        Raises :class:`GrantError` on any failure (message never contains the grant).
+    def verify(self, token: str, *, camera_id: str, path: str, query: str, kind: Kind, now: float) -> Grant:
+        """Check form, kind, MAC (binding camera, path and query) and expiry.
+
+        ``kind`` is the kind of the requested file. Raises :class:`GrantError` with a
+        reason (never the grant): ``malformed grant``, ``a media grant cannot open a
+        playlist`` (or the reverse), ``grant is not valid for this URI`` (tampered, another
+        key, another camera or another path), ``grant expired``.
         """
-        if not token or len(token) > _MAX_LEN or not _CANONICAL.match(token):
+        if not token or not _CANONICAL.match(token):
             raise GrantError("malformed grant")
-        payload_b64, _, mac_b64 = token[len(_PREFIX):].partition(".")
         try:
-            payload, mac = _b64d(payload_b64), _b64d(mac_b64)
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (binascii.Error, ValueError):
             raise GrantError("malformed grant") from None
-        if _b64e(payload) != payload_b64:  # one spelling per grant: no padding or alphabet variants
+        if _b64e(raw) != token or len(raw) < _HEAD.size + 1 + _MAC_BYTES:  # one spelling per grant
             raise GrantError("malformed grant")
-        if not any(hmac.compare_digest(self._mac(k, payload), mac) for k in self._keys):
-            raise GrantError("bad grant signature")
-        try:
-            grant = _dec.decode(payload)
-        except msgspec.DecodeError:
-            raise GrantError("malformed grant") from None
-        now = time.time() if now is None else now
-        if now > grant.exp or now > grant.session_exp:
+        body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
+        version, kind_i, exp, session_exp, sid, pod_len = _HEAD.unpack_from(body)
+        if version != _VERSION or kind_i > 1 or len(body) != _HEAD.size + pod_len:
+            raise GrantError("malformed grant")
+        grant_kind = _KINDS[kind_i]
+        if grant_kind != kind:  # refusing on an unauthenticated field is safe; the reason helps operators
+            raise GrantError(f"a {grant_kind} grant cannot open a {kind}")
+        if not any(hmac.compare_digest(self._mac(k, body, camera_id, path, query), mac) for k in self._keys):
+            raise GrantError("grant is not valid for this URI")
+        pod_id = body[_HEAD.size:].decode("ascii", "replace")
+        if not is_dns_label(pod_id):
+            raise GrantError("malformed grant")
+        if now > exp or now > session_exp:
             raise GrantError("grant expired")
-        if not hmac.compare_digest(grant.camera_id.encode(), camera_id.encode()):
-            raise GrantError("grant is for another camera")
-        return grant
+        return Grant(grant_kind, pod_id, exp, session_exp, sid)
 
 
 def take_param(raw_query: str, name: str) -> tuple[list[str], str]:

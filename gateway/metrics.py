@@ -11,3 +11,5 @@ BYTES_OUT = Counter("platebridge_gateway_bytes_out_total", "Body bytes sent to v
 VIEWERS = Gauge("platebridge_gateway_active_viewers", "Distinct viewer sessions seen in the last 30 s",
                 registry=REGISTRY)
 CACHE_BYTES = Gauge("platebridge_gateway_cache_bytes", "Bytes held by the segment cache", registry=REGISTRY)
+DISCOVERY_CONFLICTS = Gauge("platebridge_gateway_discovery_conflicts",
+                            "pod_ids claimed by more than one tailnet device (routed to none)", registry=REGISTRY)

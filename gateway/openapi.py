@@ -56,9 +56,9 @@ def _parameters() -> list[dict[str, Any]]:
          "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}},
         {"name": "path", "in": "path", "required": True,
          "description": "File below the camera directory. `index.m3u8` starts a session (with `token`); every "
-                        "other file must be a URI handed out in a current rewritten playlist (with its `pb_grant`). "
+                        "other file must be a URI the gateway wrote into a rewritten playlist (with its `pb_grant`). "
                         "Traversal, encoded separators, control characters, absolute paths or more than 255 "
-                        "characters: 400. Unknown file types, or files not in a current playlist: 404.",
+                        "characters: 400. Unknown file types: 404.",
          "schema": {"type": "string"}},
         {"name": "token", "in": "query", "required": False,
          "description": "User stream token (HS256 JWT, `aud=platebridge-stream`). Accepted for `index.m3u8` only; "
@@ -66,8 +66,10 @@ def _parameters() -> list[dict[str, Any]]:
                         "parameter of that request is dropped.",
          "schema": {"type": "string"}},
         {"name": "pb_grant", "in": "query", "required": False,
-         "description": "Session or segment grant written by the gateway into the playlist it served "
-                        "(`v1.<payload>.<mac>`). Exactly one; wrong, tampered, expired or for another camera: 403.",
+         "description": "Grant written by the gateway into the playlist it served (unpadded base64url), bound to "
+                        "that one URI (camera, path, query) and its kind: a playlist grant lasts the session, a "
+                        "media grant `grant_ttl` seconds. Exactly one; tampered, expired, of the wrong kind (a media "
+                        "grant on a playlist) or for another URI: 403.",
          "schema": {"type": "string"}},
         {"name": "_HLS_msn", "in": "query", "required": False,
          "description": "LL-HLS delivery directive (RFC 8216bis §6.2.5.2; an integer). Forwarded to the pod "
@@ -103,17 +105,17 @@ def _get_responses(*, head: bool = False) -> dict[str, Any]:
         "400": _error("Unsafe path, more than one grant or token."),
         "401": _error("No credentials, or an invalid, expired or foreign-audience user token.",
                       {"WWW-Authenticate": {"schema": {"type": "string"}}}),
-        "403": _error("Token for another camera, session over, or a grant that is tampered, expired or for "
-                      "another camera."),
-        "404": _error("Unknown camera or file type, a file not in a current playlist, or the pod's 404."),
+        "403": _error("Token for another camera, session over, or a grant that is tampered, expired, of the "
+                      "wrong kind or for another URI."),
+        "404": _error("Unknown camera or file type, or the pod's 404."),
         "416": _error("Range not satisfiable.", {"Content-Range": {"schema": {"type": "string"}}}),
         "4XX": _error("Another 4xx the pod answered is passed through (e.g. 400 for an LL-HLS directive too far "
                       "ahead)."),
-        "502": _error("Pod unreachable, refused the gateway, or sent an invalid playlist or one with a URI outside "
-                      "its camera directory (never fetched)."),
-        "503": _error("Pod unknown/offline, or the camera's stream is (re)starting.",
-                      {"Retry-After": {"schema": {"type": "string"}}}),
-        "504": _error("Pod timed out."),
+        "502": _error("Pod unreachable, refused the gateway, sent a body over its cap, or sent an invalid playlist "
+                      "or one with a URI outside its camera directory (never fetched)."),
+        "503": _error("Pod unknown/offline or claimed by two tailnet devices, the camera's stream is (re)starting, "
+                      "or the gateway's memory budget is full.", {"Retry-After": {"schema": {"type": "string"}}}),
+        "504": _error("Pod did not deliver within the fetch deadline."),
     }
 
 

@@ -32,6 +32,8 @@ __all__ = [
 
 GRANT_PARAM = "pb_grant"
 MAX_PLAYLIST_BYTES = 2 * 1024 * 1024
+#: ``grant(decoded relative path, upstream query, is_playlist) -> grant string``
+GrantFor = Callable[[str, str, bool], str]
 
 # URI-bearing attributes per tag. Value: True = always a playlist (playlist grant);
 # False = decide by extension (.m3u8/.m3u → playlist grant, else segment grant).
@@ -175,12 +177,12 @@ def _has_grant(query: str) -> bool:
 class _Rewriter:
     """Per-call state: the base URL, the scope and the two grants."""
 
-    __slots__ = ("base_dirs", "base_origin", "base_path", "cache", "issued", "playlist_suffix", "scope_path",
+    __slots__ = ("base_dirs", "base_origin", "base_path", "cache", "grant", "playlist_suffix", "scope_path",
                  "segment_suffix")
 
     def __init__(self, upstream_url: str, scope_url: str, segment_grant: str, playlist_grant: str,
-                 issued: set[tuple[str, str]] | None = None) -> None:
-        self.issued = issued
+                 grant: GrantFor | None = None) -> None:
+        self.grant = grant
         scope_origin, scope_path = _split_url(scope_url, "scope_url")
         if not scope_path.endswith("/"):
             scope_path += "/"
@@ -246,8 +248,6 @@ class _Rewriter:
             raise ForeignURIError(f"URI path refused: {exc}") from None
         if has_query and _has_grant(query):
             raise PlaylistError(f"upstream URI already carries {GRANT_PARAM}")
-        if self.issued is not None:
-            self.issued.add((decoded, query.rstrip("&")))
 
         # Relative reference from the playlist's directory to the target.
         target = relative.split("/")
@@ -264,7 +264,10 @@ class _Rewriter:
         if not playlist:
             lowered = decoded.lower()
             playlist = lowered.endswith((".m3u8", ".m3u"))
-        suffix = self.playlist_suffix if playlist else self.segment_suffix
+        if self.grant is not None:
+            suffix = f"{GRANT_PARAM}={quote(self.grant(decoded, query.rstrip('&'), playlist), safe='-._~')}"
+        else:
+            suffix = self.playlist_suffix if playlist else self.segment_suffix
         if has_query:
             if query and not query.endswith("&"):
                 return f"{out}?{query}&{suffix}"
@@ -291,9 +294,9 @@ def rewrite_playlist(
     *,
     upstream_url: str,
     scope_url: str,
-    segment_grant: str,
-    playlist_grant: str,
-    issued: set[tuple[str, str]] | None = None,
+    segment_grant: str = "",
+    playlist_grant: str = "",
+    grant: GrantFor | None = None,
 ) -> str:
     """Rewrite every URI of an HLS playlist to a gateway-relative, granted reference.
 
@@ -310,9 +313,10 @@ def rewrite_playlist(
             paths, the URI line after ``EXT-X-STREAM-INF``, ``URI`` of ``EXT-X-MEDIA``,
             ``EXT-X-I-FRAME-STREAM-INF``, ``EXT-X-RENDITION-REPORT`` and ``X-ASSET-URI``
             of ``EXT-X-DATERANGE``), ``segment_grant`` for everything else.
-        issued: when given, receives ``(decoded relative path, upstream query without a
-            trailing "&")`` for every URI handed out — the gateway only ever fetches
-            URIs it has handed out.
+        grant: when given, called as ``grant(decoded relative path, upstream query without
+            a trailing "&", is_playlist)`` for every URI and its answer used as that URI's
+            ``pb_grant`` (instead of ``segment_grant``/``playlist_grant``): the gateway binds
+            each grant to the one URI it is written into.
 
     Returns:
         The playlist with only its URIs changed. Lines are classified per RFC 8216 §4.1
@@ -345,7 +349,7 @@ def rewrite_playlist(
             carries ``pb_grant``, or *upstream_url* outside *scope_url*.
     """
     _check_playlist(text)
-    rewriter = _Rewriter(upstream_url, scope_url, segment_grant, playlist_grant, issued)
+    rewriter = _Rewriter(upstream_url, scope_url, segment_grant, playlist_grant, grant)
     lines = text.split("\n")
     out = [lines[0]]  # the validated #EXTM3U line (with BOM / CR as received)
     append = out.append

@@ -4,52 +4,79 @@ Requests go over the tailnet, optionally through ``upstream_proxy`` (tailscaled'
 SOCKS5/HTTP proxy in userspace-networking mode). URLs are built with
 ``raw_path`` so the client's query string reaches the pod byte for byte (httpx
 ``params=`` would re-encode and replace it). Each request carries a fresh-enough
-gateway→pod token (``aud`` = ``platebridge-pod``, ``exp`` ≤ 60 s), cached per
-(pod, camera) for half its lifetime.
+gateway→pod token (``aud`` = ``platebridge-pod``, ``exp`` ≤ 60 s, the pod's own
+``pod_id``), signed with the gateway's Ed25519 key (or, in legacy mode, the shared
+HS256 stream secret) and cached per (pod, camera) for half its lifetime.
+
+Bounds, so that one slow, broken or hostile pod costs only its own viewers:
+
+* at most ``pod_connections`` requests in flight per pod (the others queue);
+* one overall ``deadline`` per fetch (queueing, connect, headers and body), not
+  only a per-read timeout, so a pod trickling one byte a second is cut off;
+* a body cap per kind (``playlist``, ``segment``, ``init``), enforced from
+  ``Content-Length`` before reading and again while reading;
+* sockets that read only what is asked for (:mod:`gateway.netstream`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from typing import Literal
 from urllib.parse import quote, urlsplit
 
 import httpx
 
 from gateway.cache import Flight
-from gateway.errors import UpstreamError, UpstreamTimeout
-from protocol.tokens import ANY_CAMERA, Keyring, mint_pod_token
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamTooLarge
+from gateway.netstream import bounded_transport
+from protocol.tokens import ANY_CAMERA, Keyring, SigningKey, mint_pod_token
+
+log = logging.getLogger("platebridge.gateway.upstream")
 
 POD_TOKEN_TTL = 30.0
-_PASS_HEADERS = ("content-length", "content-type", "etag", "retry-after")
+BodyKind = Literal["playlist", "segment", "init", "other"]
+DEFAULT_CAPS: dict[str, int] = {"playlist": 2 * 1024 * 1024, "segment": 32 * 1024 * 1024, "init": 1024 * 1024,
+                                "other": 64 * 1024}
+_PASS_HEADERS = ("content-length", "content-type", "etag", "retry-after", "date", "www-authenticate")
 
 
 class Upstream:
     """Fetches from pods into :class:`~gateway.cache.Flight` objects.
 
-    ``connect_timeout``/``read_timeout`` are seconds; ``transport`` lets tests
-    count requests at the transport seam.
+    ``signer``: the gateway's :class:`SigningKey` (EdDSA) or the legacy HS256 :class:`Keyring`.
+    ``connect_timeout``/``read_timeout``/``deadline`` are seconds; ``pod_connections``
+    bounds concurrent requests per pod; ``caps`` maps body kind → bytes (defaults in
+    :data:`DEFAULT_CAPS`); ``transport`` lets tests count requests at the transport seam.
     """
 
     def __init__(
         self,
-        keyring: Keyring,
+        signer: SigningKey | Keyring,
         *,
         connect_timeout: float = 2.0,
         read_timeout: float = 10.0,
+        deadline: float = 20.0,
+        pod_connections: int = 8,
+        caps: dict[str, int] | None = None,
         proxy: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.keyring = keyring
+        self.signer = signer
         self.read_timeout = read_timeout
+        self.deadline = deadline
+        self.pod_connections = pod_connections
+        self.caps = {**DEFAULT_CAPS, **(caps or {})}
+        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=64)
         self.client = httpx.AsyncClient(
-            proxy=proxy if transport is None else None,
-            transport=transport,
-            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=5.0, pool=5.0),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            transport=transport or bounded_transport(limits=limits, proxy=proxy),
+            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=5.0, pool=deadline),
             follow_redirects=False,
             trust_env=False,
         )
         self._tokens: dict[tuple[str, str], tuple[float, str]] = {}
+        self._slots: dict[str, asyncio.Semaphore] = {}
         self.requests = 0
 
     def _auth(self, pod_id: str, camera_id: str) -> str:
@@ -57,10 +84,21 @@ class Upstream:
         hit = self._tokens.get((pod_id, camera_id))
         if hit is not None and hit[0] > now:
             return hit[1]
-        header = "Bearer " + mint_pod_token(self.keyring, camera_id=camera_id, pod_id=pod_id, ttl=POD_TOKEN_TTL,
-                                            now=now)
+        header = "Bearer " + mint_pod_token(self.signer, camera_id=camera_id, pod_id=pod_id, ttl=POD_TOKEN_TTL, now=now)
+        if len(self._tokens) > 10_000:
+            self._tokens.clear()
         self._tokens[(pod_id, camera_id)] = (now + POD_TOKEN_TTL / 2, header)
         return header
+
+    def auth_header(self, pod_id: str, camera_id: str = ANY_CAMERA) -> str:
+        """``Bearer <gateway→pod token>`` for ``pod_id`` (``camera_id`` ``"*"``: pod-wide)."""
+        return self._auth(pod_id, camera_id)
+
+    def _slot(self, pod_id: str) -> asyncio.Semaphore:
+        slot = self._slots.get(pod_id)
+        if slot is None:
+            slot = self._slots[pod_id] = asyncio.Semaphore(self.pod_connections)
+        return slot
 
     @staticmethod
     def url(base_url: str, camera_id: str, rel_path: str, raw_query: str) -> httpx.URL:
@@ -78,59 +116,114 @@ class Upstream:
         *,
         pod_id: str,
         camera_id: str,
+        kind: BodyKind = "segment",
         stale: Flight | None = None,
         read_timeout: float | None = None,
+        deadline: float | None = None,
     ) -> None:
         """GET ``url`` and stream status, headers and body into ``flight``.
 
         With a complete ``stale`` flight that has an ETag, sends ``If-None-Match``
         and, on 304, copies the stale body into ``flight``. Never raises: failures
-        finish the flight with :class:`UpstreamTimeout` (→ 504) or
-        :class:`UpstreamError` (→ 502).
+        finish the flight with :class:`UpstreamTimeout` (deadline or read timeout, → 504),
+        :class:`UpstreamTooLarge` (body over the ``kind`` cap, → 502), ``Overloaded``
+        (memory budget, → 503) or :class:`UpstreamError` (→ 502).
         """
         headers = {"authorization": self._auth(pod_id, camera_id), "accept-encoding": "identity"}
         if stale is not None and stale.etag and stale.error is None and stale.status == 200:
             headers["if-none-match"] = stale.etag
         # the client's timeouts unless overridden: timeout=None would switch every timeout off
-        timeout = (httpx.USE_CLIENT_DEFAULT if read_timeout is None else
-                   httpx.Timeout(connect=self.client.timeout.connect, read=read_timeout, write=5.0, pool=5.0))
+        timeout: httpx.Timeout | httpx._client.UseClientDefault = (
+            httpx.USE_CLIENT_DEFAULT if read_timeout is None else
+            httpx.Timeout(connect=self.client.timeout.connect, read=read_timeout, write=5.0, pool=self.deadline))
+        limit = deadline if deadline is not None else self.deadline
+        cap = self.caps.get(kind, self.caps["other"])
         self.requests += 1
         try:
-            req = self.client.build_request("GET", url, headers=headers, timeout=timeout)
-            resp = await self.client.send(req, stream=True)
-            try:
-                if resp.status_code == 304 and stale is not None:
-                    flight.start(200, dict(stale.headers))
-                    for c in stale.chunks:
-                        flight.append(c)
-                    flight.finish()
-                    return
-                flight.start(resp.status_code, {k: resp.headers[k] for k in _PASS_HEADERS if k in resp.headers})
-                async for chunk in resp.aiter_bytes():
-                    flight.append(chunk)
-            finally:
-                await resp.aclose()
+            async with asyncio.timeout(limit), self._slot(pod_id):
+                await self._transfer(flight, url, headers, timeout, stale, cap, pod_id, kind)
+        except TimeoutError:
+            flight.finish(UpstreamTimeout(f"pod did not deliver within {limit:g} s"))
+            return
         except httpx.TimeoutException:
             flight.finish(UpstreamTimeout("pod timed out"))
             return
         except httpx.HTTPError as exc:
             flight.finish(UpstreamError(f"pod unreachable: {type(exc).__name__}"))
             return
-        flight.finish()
+        except GatewayError as exc:  # UpstreamTooLarge, Overloaded, an encoded body
+            log.warning("fetch from pod %s stopped: %s", pod_id, exc)
+            flight.finish(exc)
+            return
+        if not flight.done:
+            flight.finish()
+
+    async def _transfer(self, flight: Flight, url: httpx.URL, headers: dict[str, str],
+                        timeout: httpx.Timeout | httpx._client.UseClientDefault, stale: Flight | None,
+                        cap: int, pod_id: str, kind: str) -> None:
+        req = self.client.build_request("GET", url, headers=headers, timeout=timeout)
+        resp = await self.client.send(req, stream=True)
+        try:
+            if resp.status_code == 304 and stale is not None:
+                flight.start(200, dict(stale.headers))
+                for c in stale.chunks:
+                    flight.append(c)
+                flight.finish()
+                return
+            if resp.headers.get("content-encoding", "identity").lower() != "identity":
+                raise UpstreamError("pod sent a content-encoded body (the gateway asks for identity)")
+            length = resp.headers.get("content-length", "")
+            if length.isdigit() and int(length) > cap:
+                raise UpstreamTooLarge(f"{kind} of {int(length)} bytes announced, cap is {cap}")
+            flight.start(resp.status_code, {k: resp.headers[k] for k in _PASS_HEADERS if k in resp.headers})
+            async for chunk in resp.aiter_bytes():  # identity only (checked above): no decoding
+                if flight.size + len(chunk) > cap:
+                    raise UpstreamTooLarge(f"{kind} body over the cap of {cap} bytes")
+                flight.append(chunk)
+        finally:
+            await resp.aclose()
+
+    async def get(self, base_url: str, path: str, pod_id: str, *, camera_id: str = ANY_CAMERA) -> httpx.Response:
+        """``GET <base><path>`` with a gateway→pod token (checks and ``/health``; small bodies only).
+
+        Raises :class:`UpstreamTimeout` or :class:`UpstreamError`.
+        """
+        headers = {"authorization": self._auth(pod_id, camera_id), "accept": "application/json",
+                   "accept-encoding": "identity"}
+        return await self._small("GET", base_url.rstrip("/") + path, pod_id, headers, None)
 
     async def nudge(self, base_url: str, pod_id: str, body: bytes) -> int:
         """``POST <base>/nudge`` with a pod-wide gateway→pod token; returns the pod's status.
 
         Raises :class:`UpstreamTimeout` or :class:`UpstreamError`.
         """
-        headers = {"authorization": self._auth(pod_id, ANY_CAMERA), "content-type": "application/json"}
+        headers = {"authorization": self._auth(pod_id, ANY_CAMERA), "content-type": "application/json",
+                   "accept-encoding": "identity"}
+        return (await self._small("POST", base_url.rstrip("/") + "/nudge", pod_id, headers, body)).status_code
+
+    async def _small(self, method: str, url: str, pod_id: str, headers: dict[str, str],
+                     body: bytes | None) -> httpx.Response:
         try:
-            r = await self.client.post(base_url.rstrip("/") + "/nudge", content=body, headers=headers)
+            async with asyncio.timeout(self.deadline), self._slot(pod_id):
+                req = self.client.build_request(method, url, headers=headers, content=body)
+                resp = await self.client.send(req, stream=True)
+                try:
+                    if resp.headers.get("content-encoding", "identity").lower() != "identity":
+                        raise UpstreamError("pod sent a content-encoded answer (the gateway asks for identity)")
+                    data = b""
+                    async for chunk in resp.aiter_bytes():  # identity only (checked above): no decoding
+                        data += chunk
+                        if len(data) > self.caps["other"]:
+                            raise UpstreamTooLarge(f"answer to {method} over {self.caps['other']} bytes")
+                finally:
+                    await resp.aclose()
+                return httpx.Response(resp.status_code, headers=resp.headers, content=data, request=req)
+        except TimeoutError:
+            raise UpstreamTimeout(f"pod did not answer within {self.deadline:g} s") from None
         except httpx.TimeoutException:
             raise UpstreamTimeout("pod timed out") from None
         except httpx.HTTPError as exc:
             raise UpstreamError(f"pod unreachable: {type(exc).__name__}") from None
-        return r.status_code
 
     async def aclose(self) -> None:
         """Close the shared client."""

@@ -53,7 +53,6 @@ from pod.tailnet import wait_for_tailnet_ipv4
 from pod.uploads import Quota, Uploader, UploadQueue, disk_free_for
 from pod.whitelist import WhitelistRefresher, WhitelistStore
 from protocol.messages import DetectRequest, HeartbeatRequest, HeartbeatResponse, Nudge
-from protocol.tokens import Keyring
 
 log = logging.getLogger("platebridge.pod")
 
@@ -68,8 +67,7 @@ class PodAgent:
 
     def __init__(self, cfg: PodConfig, *, portal_transport=None) -> None:
         self.cfg = cfg
-        secrets = cfg.secrets()
-        self.keyring = Keyring(secrets, cfg.stream_secret_primary or next(iter(secrets))) if secrets else None
+        self.token_keys = cfg.pod_token_keys() if cfg.enable_streaming else []
         self.streamers = (
             {c.camera_id: CameraStreamer(cfg, c) for c in cfg.camera_list()} if cfg.enable_streaming else {}
         )
@@ -268,10 +266,13 @@ class PodAgent:
             )
             PASSAGES_ACTIVE.set_function(self.engine.tracker.active)
             self.store.load_from_cache()
+            legacy = self.cfg.legacy_warning()
+            if legacy:
+                log.warning("%s", legacy)  # once per start
             app = create_hls_app(
-                pod_id=self.cfg.pod_id, keyring=self.keyring or Keyring.single("streaming-disabled-" + "x" * 32),
-                streamers=self.streamers, tailnet_host=lambda: self.bind_host,
-                extra_status=self.status, on_nudge=self._on_nudge,
+                pod_id=self.cfg.pod_id, token_keys=self.token_keys, streamers=self.streamers,
+                tailnet_host=lambda: self.bind_host, extra_status=self.status, on_nudge=self._on_nudge,
+                max_clock_skew=self.cfg.max_clock_skew,
             )
             tasks.append(await self._serve(app, [], bound=[local]))
             tasks += [
@@ -286,6 +287,7 @@ class PodAgent:
                     host=self.cfg.mqtt_host, port=self.cfg.mqtt_port, prefix=self.cfg.mqtt_topic_prefix or "frigate",
                     client_id=self.cfg.mqtt_client_id or f"platebridge-{self.cfg.pod_id}", handler=self.engine.handle,
                     username=self.cfg.mqtt_username, password=self.cfg.mqtt_password, keepalive=self.cfg.mqtt_keepalive,
+                    protocol=self.cfg.mqtt_protocol,
                 )
                 tasks.append(asyncio.create_task(self.listener.run(self._stop), name="mqtt"))
             if self.cfg.enable_streaming:

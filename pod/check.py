@@ -29,7 +29,13 @@ Checks, in order:
   asks tailscaled once (LocalAPI, then ``tailscale ip -4``) without waiting.
 * ``dir <key>`` — ``state_dir``, ``hls_dir``, ``recordings_dir``: created if
   missing, writable, free space reported.
-* ``secret`` — every stream secret is at least 32 bytes.
+* ``clock`` — this pod's clock against the portal's ``Date`` header (taken from the
+  ``portal`` request): PASS within 5 s, WARN up to ``max_clock_skew``, FAIL beyond
+  (gateway→pod tokens would be refused: ``After=time-sync.target``, NTP).
+* ``keys`` — the gateway's public key(s) load (``gateway_public_keys``); WARN while the
+  pod holds the legacy shared ``stream_secret`` (a stolen pod could mint tokens),
+  naming ``gateway_public_keys`` as the key to set instead. ``secret`` — every legacy
+  stream secret still configured is at least 32 bytes.
 
 Nothing here prints a secret, an API key or RTSP credentials.
 """
@@ -77,14 +83,16 @@ def _size(n: float) -> str:
 # ---- portal ---------------------------------------------------------------------------
 
 
-async def check_portal(cfg: PodConfig) -> CheckResult:
-    """``GET /api/plates`` once with the pod API key."""
+async def check_portal(cfg: PodConfig, clock: list[float] | None = None) -> CheckResult:
+    """``GET /api/plates`` once with the pod API key. ``clock`` receives this host's clock minus
+    the portal's (seconds, from its ``Date`` header) when the portal answered at all."""
     from pod.portal import PortalClient
 
     started = time.monotonic()
+    client = PortalClient(cfg.portal_url, cfg.pod_api_key, timeout=min(cfg.portal_timeout, PORTAL_CHECK_TIMEOUT),
+                          retries=0)
     try:
-        async with PortalClient(cfg.portal_url, cfg.pod_api_key, timeout=min(cfg.portal_timeout, PORTAL_CHECK_TIMEOUT),
-                                retries=0) as client:
+        async with client:
             plates = await client.get_plates(cfg.site_id, cfg.company_id)
     except PortalRejected as exc:
         if exc.status in (401, 403):
@@ -95,6 +103,9 @@ async def check_portal(cfg: PodConfig) -> CheckResult:
     except PortalUnavailable as exc:
         return CheckResult("FAIL", "portal", f"{cfg.portal_url} not reachable: {exc}",
                            "check portal_url, DNS and this pod's internet access (is the portal up?)")
+    finally:
+        if clock is not None and client.clock_offset is not None:
+            clock.append(client.clock_offset)
     n = len(plates.entries)
     return CheckResult("PASS", "portal", f"{cfg.portal_url} accepted the key: GET /api/plates → {n} "
                        f"plate{'' if n == 1 else 's'} (config_version {plates.config_version}) in "
@@ -111,6 +122,8 @@ async def check_mqtt(cfg: PodConfig, wait: float = 0.0) -> list[CheckResult]:
         return [CheckResult("PASS", "mqtt", "enable_mqtt is false: no plate decisions on this pod; not checked")]
     import aiomqtt
 
+    from pod.mqtt import client_options
+
     where = f"{cfg.mqtt_host}:{cfg.mqtt_port}"
     client_id = f"{cfg.mqtt_client_id or 'platebridge-' + cfg.pod_id}-check"
     prefix = cfg.mqtt_topic_prefix or "frigate"
@@ -118,8 +131,8 @@ async def check_mqtt(cfg: PodConfig, wait: float = 0.0) -> list[CheckResult]:
     started = time.monotonic()
     try:
         async with aiomqtt.Client(cfg.mqtt_host, cfg.mqtt_port, username=cfg.mqtt_username,
-                                  password=cfg.mqtt_password, identifier=client_id, clean_session=True,
-                                  timeout=MQTT_CONNECT_TIMEOUT) as client:
+                                  password=cfg.mqtt_password, identifier=client_id, timeout=MQTT_CONNECT_TIMEOUT,
+                                  **client_options(cfg.mqtt_protocol)) as client:
             results.append(CheckResult("PASS", "mqtt", f"connected to {where} as {client_id} in "
                                        f"{ms(time.monotonic() - started)}"))
             if wait > 0:
@@ -360,15 +373,49 @@ def check_dirs(cfg: PodConfig) -> list[CheckResult]:
     return results
 
 
-# ---- secret ---------------------------------------------------------------------------
+# ---- clock ----------------------------------------------------------------------------
+
+
+CLOCK_OK_SECONDS = 5.0
+
+
+def check_clock(cfg: PodConfig, offsets: list[float]) -> CheckResult:
+    """This pod's clock against the portal's ``Date`` (``offsets``: what :func:`check_portal` measured)."""
+    if not offsets:
+        return CheckResult("WARN", "clock", "not compared: the portal did not answer with a Date header",
+                           "fix the portal check above; check time sync with `timedatectl`")
+    off = offsets[-1]
+    where = f"{abs(off):.1f} s {'ahead of' if off > 0 else 'behind'} the portal's clock (its Date header)"
+    fix = ("sync this pod's clock: `timedatectl set-ntp true` (systemd-timesyncd); the unit waits for "
+           "time-sync.target, but a Pi without RTC starts with a stale clock")
+    if abs(off) <= CLOCK_OK_SECONDS:
+        return CheckResult("PASS", "clock", where)
+    if abs(off) <= cfg.max_clock_skew:
+        return CheckResult("WARN", "clock", f"{where}; gateway tokens are still accepted (max_clock_skew "
+                           f"{cfg.max_clock_skew:g} s)", fix)
+    return CheckResult("FAIL", "clock", f"{where}: clock skew beyond max_clock_skew ({cfg.max_clock_skew:g} s); "
+                       "the gateway's tokens will be refused", fix)
+
+
+# ---- keys -----------------------------------------------------------------------------
 
 
 def check_secret(cfg: PodConfig) -> list[CheckResult]:
-    """Every stream secret must be ≥ 32 bytes; the secret itself is never printed."""
+    """The gateway's public keys load; WARN for the legacy shared stream secret (naming the key to set
+    instead); every legacy secret must be ≥ 32 bytes. Nothing secret is ever printed."""
     if not cfg.enable_streaming:
-        return [CheckResult("PASS", "secret", "enable_streaming is false: no stream secret needed")]
-    source = "env POD_STREAM_SECRET" if os.environ.get("POD_STREAM_SECRET") else "stream_secret"
+        return [CheckResult("PASS", "keys", "enable_streaming is false: no gateway key needed")]
     results = []
+    kids = sorted(cfg.public_key_sources())
+    if kids:
+        results.append(CheckResult("PASS", "keys", f"gateway_public_keys: Ed25519 key(s) {', '.join(kids)}; "
+                                   "this pod can verify gateway tokens but mint none"))
+    legacy = cfg.legacy_warning()
+    if legacy:
+        results.append(CheckResult("WARN", "keys", legacy.split("; set ")[0].split("; remove ")[0],
+                                   "set gateway_public_keys to the gateway's Ed25519 public key (`openssl pkey -in "
+                                   "<pod_signing_key_file> -pubout` on the gateway) and remove stream_secret"))
+    source = "env POD_STREAM_SECRET" if os.environ.get("POD_STREAM_SECRET") else "stream_secret"
     for kid, secret in sorted(cfg.secrets().items()):
         where = source if kid == "default" and not (cfg.stream_secrets or {}).get(kid) else f"stream_secrets.{kid}"
         results.append(secret_length_result(f"{where} (kid {kid!r})", secret))
@@ -389,12 +436,14 @@ async def run_checks(cfg: PodConfig, *, mqtt_wait: float = 0.0,
             if emit:
                 emit(r)
 
-    add(await check_portal(cfg))
+    offsets: list[float] = []
+    add(await check_portal(cfg, offsets))
     add(await check_mqtt(cfg, mqtt_wait))
     for cam_results in await asyncio.gather(*(check_camera(cfg, i) for i in range(len(cfg.camera_list())))):
         add(cam_results)
     add(await check_tailnet(cfg))
     add(check_dirs(cfg))
+    add(check_clock(cfg, offsets))
     add(check_secret(cfg))
     return results
 

@@ -6,6 +6,12 @@ The seed's single-camera ``config.yaml`` loads unchanged: ``camera_id`` +
 ``cameras`` and the tunables below. Every error names the key path
 (``$.cameras[0].rtsp_url``) and the reason; the CLI exits with code 2.
 
+Keys: a pod holds only the gateway's Ed25519 **public** key(s)
+(``gateway_public_keys``), which verify gateway→pod tokens and can mint nothing. The
+guide's single shared ``stream_secret`` still loads (legacy: gateway→pod tokens
+checked with HS256), with a warning at start and in ``pod check``, because with it a
+stolen pod can mint tokens for every camera.
+
 Tunables live here and nowhere else.
 """
 
@@ -24,14 +30,17 @@ import msgspec
 
 from pod.errors import BindRefused, ConfigError
 from protocol.ids import TAILNET_V4, TAILNET_V6, is_camera_id, is_dns_label
+from protocol.tokens import Keyring, PublicKeyring, VerifyKeys
 from protocol.yamlconf import ConfigValueError, check_known_keys, convert_config, load_yaml
 
 LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
+_KID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 
 SegmentType = Literal["fmp4", "mpegts"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 PlateSource = Literal["recognized_license_plate", "sub_label"]
 Transcode = Literal["copy", "h264"]
+MqttProtocol = Literal["5", "3.1.1"]
 
 
 class CameraConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -94,8 +103,12 @@ class PodConfig(msgspec.Struct, kw_only=True):
 
     # --- streaming (live-view issue) ---
     stream_bind: str = "auto"
-    stream_secrets: dict[str, str] | None = None  # kid -> secret, for rotation
+    stream_secrets: dict[str, str] | None = None  # legacy: kid -> secret, for rotation
     stream_secret_primary: str | None = None
+    # the gateway's Ed25519 public key(s) that sign gateway→pod tokens: kid -> PEM text or path to a PEM file
+    gateway_public_keys: dict[str, str] | None = None
+    gateway_public_key: str | None = None  # one key, kid "default"
+    max_clock_skew: float = 30.0  # gateway↔pod clock difference tolerated on a token's iat/nbf (s)
     tailscale_socket: str = "/var/run/tailscale/tailscaled.sock"
     tailnet_wait_seconds: float = 0.0  # 0 = wait forever for the tailnet IP
     cameras: list[CameraConfig] | None = None
@@ -120,6 +133,7 @@ class PodConfig(msgspec.Struct, kw_only=True):
     mqtt_topic_prefix: str | None = None  # default: from mqtt_topic ("frigate/events" -> "frigate")
     mqtt_client_id: str | None = None  # default: platebridge-<pod_id>; never "frigate"
     mqtt_keepalive: int = 30
+    mqtt_protocol: MqttProtocol = "5"  # "3.1.1" for brokers without MQTT 5 (no size limit before buffering)
     plate_source: PlateSource = "recognized_license_plate"
     gate_zones: list[str] = []
     passage_window: float = 15.0  # same camera + plate within this many seconds: one passage; 0 = off
@@ -148,12 +162,62 @@ class PodConfig(msgspec.Struct, kw_only=True):
         return ZoneInfo(self.timezone) if self.timezone else system_timezone()
 
     def secrets(self) -> dict[str, str]:
-        """kid → stream secret (``POD_STREAM_SECRET`` env wins over ``stream_secret``)."""
+        """kid → legacy stream secret (``POD_STREAM_SECRET`` env wins over ``stream_secret``)."""
         out = dict(self.stream_secrets or {})
         single = os.environ.get("POD_STREAM_SECRET") or self.stream_secret
         if single:
             out.setdefault("default", single)
         return out
+
+    def public_key_sources(self) -> dict[str, str]:
+        """kid → PEM text or path, from ``gateway_public_keys`` and ``gateway_public_key``."""
+        out = dict(self.gateway_public_keys or {})
+        if self.gateway_public_key:
+            out.setdefault("default", self.gateway_public_key)
+        return out
+
+    def pod_token_keys(self) -> list[VerifyKeys]:
+        """What verifies gateway→pod tokens: the gateway's public keys (EdDSA) and, legacy, the
+        stream-secret keyring (HS256). Raises :class:`ConfigError` (key path and reason)."""
+        keys: list[VerifyKeys] = []
+        sources = self.public_key_sources()
+        if sources:
+            keys.append(load_public_keys(sources))
+        secrets = self.secrets()
+        if secrets:
+            keys.append(Keyring(secrets, self.stream_secret_primary or next(iter(secrets))))
+        return keys
+
+    def legacy_warning(self) -> str | None:
+        """Set while the pod still holds the shared ``stream_secret`` (warned once at start and by ``check``)."""
+        if not self.enable_streaming or not self.secrets():
+            return None
+        if self.public_key_sources():
+            return ("stream_secret is still set next to gateway_public_keys: while it is, anyone who reads this "
+                    "pod's disk can mint tokens; remove stream_secret once the gateway signs with its Ed25519 key")
+        return ("legacy key layout: this pod verifies gateway tokens with the shared stream_secret, so a stolen "
+                "pod can mint user tokens and tokens for every other pod; set gateway_public_keys (the gateway's "
+                "Ed25519 public key) and remove stream_secret")
+
+
+def load_public_keys(sources: dict[str, str]) -> PublicKeyring:
+    """A :class:`PublicKeyring` from kid → PEM text (``-----BEGIN PUBLIC KEY-----``) or a path to a PEM
+    file. Raises :class:`ConfigError` naming ``$.gateway_public_keys.<kid>``."""
+    pems: dict[str, str | bytes] = {}
+    for kid, value in sources.items():
+        where = f"$.gateway_public_keys.{kid}"
+        if not value.lstrip().startswith("-----BEGIN"):
+            try:
+                pems[kid] = Path(value).read_bytes()
+            except OSError as exc:
+                raise _fail(where, f"cannot read {value}: {exc.strerror}") from None
+        else:
+            pems[kid] = value
+        try:
+            PublicKeyring({kid: pems[kid]})
+        except ValueError as exc:
+            raise _fail(where, str(exc).removeprefix(f"key {kid!r}: ")) from None
+    return PublicKeyring(pems)
 
 
 def system_timezone() -> tzinfo:
@@ -368,10 +432,17 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
     if cfg.outbox_path is None:
         cfg.outbox_path = str(Path(cfg.state_dir) / "outbox.sqlite3")
 
+    if not 0 <= cfg.max_clock_skew <= 300:
+        raise _fail("$.max_clock_skew", "must be between 0 and 300 seconds")
     if cfg.enable_streaming:
         secrets = cfg.secrets()
-        if not secrets:
-            raise _fail("$.stream_secret", "required when enable_streaming is true (or set env POD_STREAM_SECRET)")
+        if not secrets and not cfg.public_key_sources():
+            raise _fail("$.gateway_public_keys", "required when enable_streaming is true: the gateway's Ed25519 "
+                        "public key (PEM or a path), e.g. {default: /etc/platebridge/gateway.pub} (legacy: "
+                        "stream_secret / env POD_STREAM_SECRET)")
+        for kid in cfg.public_key_sources():
+            if not _KID.match(kid):
+                raise _fail(f"$.gateway_public_keys.{kid}", "key ids are 1-64 characters of A-Za-z0-9._-")
         if cfg.stream_secret_primary and cfg.stream_secret_primary not in secrets:
             raise _fail("$.stream_secret_primary", "must name a kid in stream_secrets")
         for kid, secret in secrets.items():
@@ -379,6 +450,7 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
                 raise _fail(f"$.stream_secrets.{kid}", "must not be empty")
             if len(secret.encode()) < 32:
                 warnings.append(f"$.stream_secret: secret {kid!r} is shorter than 32 bytes; use a longer random secret")
+        cfg.pod_token_keys()  # every public key loads
     return cfg, warnings
 
 

@@ -25,9 +25,16 @@ Routes:
   - segments and init sections are read from disk.
 
   Every route checks the gateway→pod token the same way, before anything else.
-* ``GET /health`` — no auth, on both listeners: state per camera and the age of
-  the newest segment; no URLs, no secrets.
-* ``GET /metrics`` — Prometheus text format.
+* ``GET /health`` — state per camera and the age of the newest segment; no URLs, no
+  secrets. Open on 127.0.0.1; on the tailnet listener it needs a gateway→pod token
+  for this pod (any camera, or ``"*"``).
+* ``GET /metrics`` — Prometheus text format; same rule as ``/health``.
+
+Gateway→pod tokens are EdDSA, verified with the gateway's public key(s) only
+(legacy: the shared HS256 stream secret), with ``max_clock_skew`` seconds of
+tolerance on ``iat``/``nbf``. A refusal is a 401 whose ``WWW-Authenticate`` carries
+the reason (RFC 6750 §3, ``error_description``; never the token), and is logged at
+most once a minute per reason, saying "clock skew" when that is the cause.
 
 A configured camera whose playlist does not exist yet (ffmpeg starting or
 restarting) answers **503** with ``Retry-After`` — players retry 5xx but give up
@@ -39,13 +46,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -55,18 +64,16 @@ from pod.streamer import PLAYLIST, CameraStreamer
 from protocol.errors import TokenError
 from protocol.messages import Nudge
 from protocol.paths import UnsafePath, content_type_for, safe_relative_path
-from protocol.tokens import Keyring, verify_pod_token
+from protocol.tokens import DEFAULT_POD_CLOCK_SKEW, VerifyKeys, bearer_token, verify_pod_token
 
 VERSION = "0.1.0"
 M3U8 = "application/vnd.apple.mpegurl"
 _PART = re.compile(r"^part_(\d{1,18})_(\d{1,6})\.m4s$")
 _INT = re.compile(r"^\d{1,18}$")
+log = logging.getLogger("platebridge.pod.hls")
 
 
-def _bearer(request: Request) -> str | None:
-    value = request.headers.get("authorization", "")
-    scheme, _, token = value.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+_REFUSAL_LOG_EVERY = 60.0
 
 
 def _kind(path: str) -> str:
@@ -203,11 +210,12 @@ async def _stream_part(streamer: CameraStreamer, live: Packager, p: Part) -> Asy
 def create_hls_app(
     *,
     pod_id: str,
-    keyring: Keyring,
+    token_keys: Sequence[VerifyKeys],
     streamers: dict[str, CameraStreamer],
     tailnet_host: str | Callable[[], str | None],
     extra_status: Callable[[], dict] | None = None,
     on_nudge: Callable[[Nudge], Awaitable[None]] | None = None,
+    max_clock_skew: float = DEFAULT_POD_CLOCK_SKEW,
 ) -> Litestar:
     """Build the pod's Litestar app.
 
@@ -216,6 +224,8 @@ def create_hls_app(
     (requests arriving on any other listener get 404 for camera routes). ``extra_status`` adds keys to ``/health``.
     ``on_nudge`` handles ``POST /nudge`` (tailnet listener only, gateway→pod
     token for this pod, any camera): it starts an immediate whitelist refresh.
+    ``token_keys``: the gateway's :class:`~protocol.tokens.PublicKeyring` and/or the
+    legacy stream-secret keyring; ``max_clock_skew`` in seconds.
     """
     started = time.time()
     host_of = tailnet_host if callable(tailnet_host) else (lambda: tailnet_host)
@@ -225,35 +235,64 @@ def create_hls_app(
         host = host_of()
         return bool(server and host and server[0] == host)
 
+    logged: dict[str, float] = {}
+
+    def refuse(reason: str, kind: str) -> Response:
+        now = time.monotonic()
+        label = "clock skew" if "clock skew" in reason else reason
+        if now - logged.get(label, -_REFUSAL_LOG_EVERY) >= _REFUSAL_LOG_EVERY:
+            logged[label] = now
+            if "clock skew" in reason:
+                log.warning("refused a gateway token: clock skew: %s; is this pod's clock synced (timedatectl)? "
+                            "tolerated: max_clock_skew %g s", reason, max_clock_skew)
+            else:
+                log.warning("refused a gateway token: %s", reason)
+        safe = reason.replace('"', "'")
+        return _plain(401, f"invalid token: {reason}",
+                      {"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{safe}"'}, kind)
+
+    def authorize(request: Request, camera_id: str | None, kind: str = "other") -> Response | None:
+        """None when the request carries a gateway→pod token for this pod (and ``camera_id``,
+        when given); else the 401/403 answer."""
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
+            return _plain(401, "missing bearer token", {"WWW-Authenticate": "Bearer"}, kind)
+        try:
+            claims = verify_pod_token(token, token_keys, max_skew=max_clock_skew)
+        except TokenError as exc:
+            return refuse(str(exc), kind)
+        if claims.pod_id != pod_id:  # pod ids are tailnet names, not secrets: say which pod this is
+            return _plain(403, f"token is for pod {claims.pod_id}; this is pod {pod_id}", kind=kind)
+        if camera_id is not None and claims.camera_id != camera_id:
+            return _plain(403, "token is for another camera or pod", kind=kind)
+        return None
+
     @get("/health", sync_to_thread=False)
-    def health() -> dict:
+    def health(request: Request) -> Response:
+        if on_tailnet(request) and (refused := authorize(request, None)) is not None:
+            return refused
         cams = {cid: s.status() for cid, s in streamers.items()}
         ok = all(c["state"] == "running" for c in cams.values())
         body = {"status": "ok" if ok else "degraded", "pod_id": pod_id, "version": VERSION,
                 "uptime_s": round(time.time() - started, 1), "cameras": cams}
         if extra_status:
             body.update(extra_status())
-        return body
+        return Response(content=body, media_type="application/json")
 
     @get("/metrics", sync_to_thread=False)
-    def metrics() -> Response:
+    def metrics(request: Request) -> Response:
+        if on_tailnet(request) and (refused := authorize(request, None)) is not None:
+            return refused
         return Response(content=generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     @get("/cameras/{camera_id:str}/{file:path}")
-    async def hls_file(request: Request, camera_id: str, file: str) -> Response:
+    async def hls_file(request: Request, camera_id: FromPath[str], file: FromPath[str]) -> Response:
         kind = _kind(file)
         if not on_tailnet(request):
             return _plain(404, "not found", kind=kind)
         streamer = streamers.get(camera_id)
-        token = _bearer(request)
-        if token is None:
-            return _plain(401, "missing bearer token", {"WWW-Authenticate": "Bearer"}, kind)
-        try:
-            claims = verify_pod_token(token, keyring)
-        except TokenError as exc:
-            return _plain(401, f"invalid token: {exc}", {"WWW-Authenticate": 'Bearer error="invalid_token"'}, kind)
-        if claims.camera_id != camera_id or claims.pod_id != pod_id:
-            return _plain(403, "token is for another camera or pod", kind=kind)
+        if (refused := authorize(request, camera_id, kind)) is not None:
+            return refused
         if streamer is None:
             return _plain(404, "unknown camera", kind=kind)
         raw = request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0]
@@ -278,15 +317,8 @@ def create_hls_app(
     async def nudge(request: Request) -> Response:
         if not on_tailnet(request) or on_nudge is None:
             return _plain(404, "not found")
-        token = _bearer(request)
-        if token is None:
-            return _plain(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
-        try:
-            claims = verify_pod_token(token, keyring)
-        except TokenError as exc:
-            return _plain(401, f"invalid token: {exc}", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
-        if claims.pod_id != pod_id:
-            return _plain(403, "token is for another pod")
+        if (refused := authorize(request, None)) is not None:
+            return refused
         raw = await request.body()
         try:
             body = msgspec.json.decode(raw, type=Nudge) if raw.strip() else Nudge()

@@ -7,6 +7,13 @@ the session never leaves the pod deaf (Frigate issue #814). Deliveries with the
 retain flag set are ignored: a retained event is history, not a car at the gate.
 The handler is called for each message; an exception in it is logged and the
 listener goes on.
+
+Size: the pod connects with MQTT 5 and tells the broker its Maximum Packet Size
+(MQTT 5.0 §3.1.2.11.4, :data:`MAX_PACKET_BYTES`: a 1 MiB payload plus its topic), so
+the broker never sends a bigger PUBLISH (mosquitto drops it for this client) and
+paho never buffers one: with MQTT 3.1.1 paho reads any packet up to 256 MB before
+the 1 MiB skip of :func:`pod.frigate.parse_message` could apply. ``mqtt_protocol:
+"3.1.1"`` is for brokers without MQTT 5 (then only that later skip applies).
 """
 
 from __future__ import annotations
@@ -16,14 +23,31 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from pod.backoff import Backoff
+from pod.frigate import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger("platebridge.pod.mqtt")
 
 Handler = Callable[[str, bytes], None]
+MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES + 4096
+"""Maximum Packet Size the pod announces (bytes): a 1 MiB payload, its topic and headers."""
+
+
+def client_options(protocol: str = "5") -> dict[str, Any]:
+    """``aiomqtt.Client`` keyword arguments for a clean session that refuses packets over
+    :data:`MAX_PACKET_BYTES` at the broker (MQTT 5), or a plain 3.1.1 clean session."""
+    if protocol == "3.1.1":
+        return {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": True}
+    props = Properties(PacketTypes.CONNECT)
+    props.MaximumPacketSize = MAX_PACKET_BYTES
+    props.SessionExpiryInterval = 0  # like a 3.1.1 clean session: nothing kept after disconnect
+    return {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": True, "properties": props}
 
 
 class FrigateListener:
@@ -46,10 +70,12 @@ class FrigateListener:
         password: str | None = None,
         keepalive: int = 30,
         backoff: Backoff | None = None,
+        protocol: str = "5",
     ) -> None:
         self.host, self.port, self.prefix, self.client_id = host, port, prefix.strip("/"), client_id
         self.username, self.password, self.keepalive = username, password, keepalive
         self.handler = handler
+        self.protocol = protocol
         # capped at 3 s: a restarted broker must see the pod resubscribed within 5 s (Frigate events
         # published while it is away are lost: clean session); a 15 s cap left it deaf up to 15 s
         self.backoff = backoff or Backoff(0.5, 3.0)
@@ -89,7 +115,7 @@ class FrigateListener:
             try:
                 async with aiomqtt.Client(
                     self.host, self.port, username=self.username, password=self.password,
-                    identifier=self.client_id, keepalive=self.keepalive, clean_session=True, timeout=10,
+                    identifier=self.client_id, keepalive=self.keepalive, timeout=10, **client_options(self.protocol),
                 ) as client:
                     await client.subscribe([(t, 1) for t in self.topics])
                     self.connected, self.subscribed_at = True, time.time()

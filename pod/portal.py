@@ -19,8 +19,10 @@ non-2xx status (``.status``; retrying will not help).
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from importlib import metadata
 from typing import Any, BinaryIO
@@ -91,6 +93,7 @@ class PortalClient:
         self.retries = max(0, int(retries))
         self._backoff = backoff or Backoff(initial=0.5, cap=8.0, jitter=0.5)
         self._api_key = api_key
+        self.clock_offset: float | None = None  # this host's clock minus the portal's (s), from its Date header
         # Authorization is added per portal request, never as a client default, so
         # uploads to signed storage URLs (possibly another host) never carry the key.
         self._client = httpx.AsyncClient(
@@ -267,6 +270,7 @@ class PortalClient:
         if auth:
             hdrs["Authorization"] = f"Bearer {self._api_key}"
         limit = self.timeout if timeout is None else float(timeout)
+        sent = time.time()
         try:
             async with asyncio.timeout(limit):
                 resp = await self._client.request(method, url, params=params, content=content, headers=hdrs)
@@ -285,6 +289,7 @@ class PortalClient:
         except httpx.HTTPError as exc:
             raise PortalUnavailable(f"{what}: {type(exc).__name__}: {self._scrub(str(exc))}") from None
         status = resp.status_code
+        self._note_date(resp, sent)
         log.debug("portal: %s -> %d", what, status)
         if 200 <= status < 300:
             return resp
@@ -295,6 +300,15 @@ class PortalClient:
         if not auth and method in ("PUT", "POST") and is_storage_duplicate(status, resp.content):
             raise StorageConflict(status, msg)  # a signed storage upload: the object is already there
         raise PortalRejected(status, msg)
+
+    def _note_date(self, resp: httpx.Response, sent: float) -> None:
+        """Estimate :attr:`clock_offset` from the answer's ``Date`` (RFC 9110 §6.6.1: whole seconds,
+        so ±0.5 s plus half the round trip)."""
+        try:
+            portal = email.utils.parsedate_to_datetime(resp.headers.get("date", "")).timestamp() + 0.5
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return
+        self.clock_offset = (sent + time.time()) / 2 - portal
 
     def _decode(self, resp: httpx.Response, typ: type[Any], what: str) -> Any:
         try:

@@ -45,8 +45,8 @@ def summary(results: Iterable[CheckResult], extra_passed: int = 0) -> tuple[str,
 
 MIN_SECRET_BYTES = 32
 # advice text, not a secret (ruff S105 looks at the name)
-SECRET_FIX = ("generate one with `openssl rand -base64 48` and set the same value on the portal, "  # noqa: S105
-              "the gateway and every pod (POD_STREAM_SECRET)")
+SECRET_FIX = ("generate one with `openssl rand -base64 48` and set it on both sides of that key (the "  # noqa: S105
+              "portal and the gateway for user_token_secret)")
 
 
 def secret_length_result(label: str, secret: str) -> CheckResult:

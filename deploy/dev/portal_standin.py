@@ -80,14 +80,17 @@ Prints ``PORTAL: detect <decision> <plate> <reason> event=<id>`` on stdout for
 every new detection, and the Gatewise stand-in ``GATE: opened <plate> …`` for every opening.
 
 CLI: ``python deploy/dev/portal_standin.py --host 127.0.0.1 --port N --db path
---api-key K --stream-secret S --gateway-url URL [--plates-file f.json]
+--api-key K --user-token-secret S --gateway-url URL [--plates-file f.json]
 [--pod-id ID] [--user-key K] [--token-ttl S] [--upload-ttl S] [--download-ttl S]
 [--signing-key K] [--storage-duplicate 409|400] [--community NAME]
 [--gatewise-url URL] [--gatewise-api-key K] [--gate-id ID] [--gateway-admin-token T]``.
-``--api-key``/``--stream-secret``/``--signing-key``/``--gatewise-api-key``/``--gateway-admin-token``
-default to ``$PORTAL_STANDIN_API_KEY``/``$PORTAL_STANDIN_STREAM_SECRET``/
+``--api-key``/``--user-token-secret``/``--signing-key``/``--gatewise-api-key``/``--gateway-admin-token``
+default to ``$PORTAL_STANDIN_API_KEY``/``$PORTAL_STANDIN_USER_TOKEN_SECRET``/
 ``$PORTAL_STANDIN_SIGNING_KEY``/``$GATEWISE_API_KEY``/``$PLATEBRIDGE_GATEWAY_ADMIN_TOKEN``
-(keeps them out of ``ps``).
+(keeps them out of ``ps``). The user-token secret is the HS256 key the portal shares with
+the gateway only (the gateway's ``user_token_secret``); ``--stream-secret`` /
+``$PORTAL_STANDIN_STREAM_SECRET`` is the legacy name of the same thing (the guide's
+``POD_STREAM_SECRET``).
 """
 
 from __future__ import annotations
@@ -225,7 +228,7 @@ class PortalStandIn:
         *,
         db_path: str | os.PathLike[str],
         api_key: str,
-        stream_secret: str,
+        stream_secret: str | None = None,
         gateway_url: str,
         pod_id: str | None = None,
         user_key: str | None = None,
@@ -242,6 +245,7 @@ class PortalStandIn:
         gate_id: str = "main-gate",
         gateway_admin_token: str | None = None,
         out=None,
+        user_token_secret: str | None = None,
     ) -> None:
         if not api_key:
             raise ValueError("api_key must not be empty")
@@ -249,9 +253,12 @@ class PortalStandIn:
             raise ValueError("storage_duplicate must be '409' or '400'")
         if not _NAME.match(community) or not _NAME.match(gate_id):
             raise ValueError("community and gate_id must be 1-64 chars of A-Za-z0-9._-")
+        user_token_secret = user_token_secret or stream_secret
+        if not user_token_secret:
+            raise ValueError("user_token_secret (legacy: stream_secret) must not be empty")
         self._api_key = api_key.encode()
         self._user_key = user_key.encode() if user_key else None
-        self.keyring = Keyring.single(stream_secret)
+        self.keyring = Keyring.single(user_token_secret)
         self.gateway_url = gateway_url.rstrip("/")
         self.pod_id = pod_id
         self.token_ttl = token_ttl
@@ -903,7 +910,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=3000)
     ap.add_argument("--db", required=True, help="SQLite audit log path")
     ap.add_argument("--api-key", default=os.environ.get("PORTAL_STANDIN_API_KEY"), help="pod API key")
-    ap.add_argument("--stream-secret", default=os.environ.get("PORTAL_STANDIN_STREAM_SECRET"))
+    ap.add_argument("--user-token-secret", default=os.environ.get("PORTAL_STANDIN_USER_TOKEN_SECRET"),
+                    help="HS256 secret of user stream tokens, shared with the gateway only")
+    ap.add_argument("--stream-secret", default=os.environ.get("PORTAL_STANDIN_STREAM_SECRET"),
+                    help="legacy name of --user-token-secret (the guide's POD_STREAM_SECRET)")
     ap.add_argument("--gateway-url", required=True, help="base URL of the gateway for stream_url/watch_url")
     ap.add_argument("--plates-file", help="initial whitelist (JSON list, {entries: [...]} or a whole "
                                           "/api/plates answer with config_version)")
@@ -927,8 +937,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.upload_ttl <= 0 or args.download_ttl <= 0:
         ap.error("--upload-ttl and --download-ttl must be > 0 seconds")
-    if not args.api_key or not args.stream_secret:
-        ap.error("--api-key and --stream-secret (or their PORTAL_STANDIN_* env vars) are required")
+    user_secret = args.user_token_secret or args.stream_secret
+    if not args.api_key or not user_secret:
+        ap.error("--api-key and --user-token-secret (or their PORTAL_STANDIN_* env vars) are required")
     from protocol.logfmt import setup_logging
 
     setup_logging("INFO")
@@ -936,7 +947,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.plates_file:
             plates, version = load_plates_file(args.plates_file)
-        standin = PortalStandIn(db_path=args.db, api_key=args.api_key, stream_secret=args.stream_secret,
+        standin = PortalStandIn(db_path=args.db, api_key=args.api_key, user_token_secret=user_secret,
                                 gateway_url=args.gateway_url, pod_id=args.pod_id, user_key=args.user_key,
                                 token_ttl=args.token_ttl, upload_ttl=args.upload_ttl,
                                 download_ttl=args.download_ttl, signing_key=args.signing_key, plates=plates,

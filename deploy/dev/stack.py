@@ -7,6 +7,13 @@ exactly the same wiring. Development only: nothing here ships in the
 Addresses: the camera on 127.0.0.1, the pod on 127.0.0.2 (standing in for its
 tailnet address), the gateway on 127.0.0.1. Each process writes its own log in
 the stack's work directory.
+
+Keys (generated per stack, nothing to configure): ``secret`` is the user-token
+secret the portal stand-in and the gateway share; the gateway signs gateway→pod
+tokens with a fresh Ed25519 key (``gateway-pod-signing.pem``, mode 0600, in the work
+directory) whose public half is all the pod gets; ``grant_secret`` is the gateway's
+own. ``legacy=True`` runs the connection guide's layout instead: one
+``stream_secret`` on portal, gateway and pod.
 """
 
 from __future__ import annotations
@@ -20,13 +27,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import yaml
+
+from protocol.tokens import Keyring, SigningKey, mint_user_token
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -202,7 +210,10 @@ class Stack:
     gateway_port: int = 0
     pod_id: str = "main-gate-pod"
     camera_id: str = "gate-camera-1"
-    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))  # user-token secret (portal + gateway)
+    grant_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))  # gateway only
+    signing_kid: str = "dev-1"
+    legacy: bool = False  # the guide's one shared stream_secret instead of keys by role
     segment_seconds: float = 1.0
     streaming: bool = True
     mqtt_port: int = 0
@@ -219,11 +230,30 @@ class Stack:
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.gateway_key = SigningKey.generate(self.signing_kid)
+        self.signing_key_file.touch(mode=0o600)
+        self.signing_key_file.chmod(0o600)
+        self.signing_key_file.write_bytes(self.gateway_key.private_pem())
+        self.public_key_file.write_text(self.gateway_key.public_pem())
         self.camera_port = free_port(self.camera_host, self.camera_port)
         self.pod_port = free_port(self.pod_host, self.pod_port, also=("127.0.0.1",))  # /health listens there too
         self.gateway_port = free_port(self.gateway_host, self.gateway_port)
         self.mqtt_port = free_port("127.0.0.1", self.mqtt_port)
         self.portal_port = free_port("127.0.0.1", self.portal_port)
+
+    @property
+    def signing_key_file(self) -> Path:
+        """The gateway's Ed25519 private key (PEM, mode 0600)."""
+        return self.workdir / "gateway-pod-signing.pem"
+
+    @property
+    def public_key_file(self) -> Path:
+        """Its public half: all the pod is given."""
+        return self.workdir / "gateway-pod-signing.pub.pem"
+
+    def pod_signer(self) -> SigningKey | Keyring:
+        """What the gateway signs gateway→pod tokens with (tests mint pod tokens with it)."""
+        return Keyring.single(self.secret) if self.legacy else self.gateway_key
 
     @property
     def rtsp_url(self) -> str:
@@ -287,7 +317,7 @@ class Stack:
                                  "--host", "127.0.0.1", "--port", str(self.portal_port),
                                  "--db", str(self.workdir / "portal.sqlite3"), "--gateway-url", self.gateway_url,
                                  "--plates-file", str(plates_file), "--pod-id", self.pod_id], self.workdir,
-                      env={"PORTAL_STANDIN_API_KEY": self.api_key, "PORTAL_STANDIN_STREAM_SECRET": self.secret,
+                      env={"PORTAL_STANDIN_API_KEY": self.api_key, "PORTAL_STANDIN_USER_TOKEN_SECRET": self.secret,
                            "PLATEBRIDGE_GATEWAY_ADMIN_TOKEN": self.admin_token, "PYTHONPATH": str(ROOT)})
         self.procs["portal"] = proc
 
@@ -346,7 +376,6 @@ class Stack:
             "frigate_camera": self.frigate_camera,
             "enable_streaming": self.streaming,
             "stream_port": self.pod_port,
-            "stream_secret": self.secret,
             "stream_bind": self.pod_host,
             "hls_dir": str(self.hls_dir),
             "hls_segment_seconds": self.segment_seconds,
@@ -359,13 +388,20 @@ class Stack:
             "heartbeat_interval": 5,
             "record_on_detection": self.streaming,  # without streaming it would capture from RTSP
         }
+        if self.legacy:
+            cfg["stream_secret"] = self.secret
+        else:
+            cfg["gateway_public_keys"] = {self.signing_kid: str(self.public_key_file)}
         cfg.update(self.pod_overrides)
         return cfg
 
     def gateway_config(self) -> dict:
         """The gateway's gateway.yaml content (static discovery), plus ``gateway_overrides``."""
+        keys: dict = {"stream_secret": self.secret} if self.legacy else {
+            "user_token_secret": self.secret, "grant_secret": self.grant_secret,
+            "pod_signing_key_file": str(self.signing_key_file), "pod_signing_key_id": self.signing_kid}
         return {
-            "stream_secret": self.secret,
+            **keys,
             "public_base_url": self.gateway_url,
             "pods": {self.pod_id: self.pod_url},
             "host": self.gateway_host,
@@ -413,9 +449,6 @@ class Stack:
 
     def user_token(self, ttl: float = 600, user_id: str = "demo-user") -> str:
         """A user stream token as the portal would mint it."""
-        sys.path.insert(0, str(ROOT))
-        from protocol.tokens import Keyring, mint_user_token
-
         return mint_user_token(Keyring.single(self.secret), user_id=user_id, camera_id=self.camera_id,
                                pod_id=self.pod_id, ttl=ttl)
 

@@ -7,8 +7,8 @@
 #   curl -o install-pod.sh https://your-portal.vercel.app/install-pod.sh; chmod +x install-pod.sh
 #   sudo ./install-pod.sh --source https://your-portal.vercel.app/platebridge-0.1.0-py3-none-any.whl
 #   sudo deploy/pod/install-pod.sh                       # prompts for what it needs
-#   sudo PLATEBRIDGE_POD_API_KEY=… POD_STREAM_SECRET=… TS_AUTHKEY=… \
-#        deploy/pod/install-pod.sh --portal-url https://portal.example.com --pod-id main-gate-pod …
+#   sudo deploy/pod/install-pod.sh --secrets-file /root/pod.secrets --gateway-public-key gateway.pub \
+#        --portal-url https://portal.example.com --pod-id main-gate-pod …
 #   deploy/pod/install-pod.sh --dry-run …                # print every action, change nothing
 #
 # Steps (each one skipped when already done):
@@ -23,9 +23,12 @@
 #   7. tailscale up --auth-key=… --advertise-tags=tag:pod --hostname=<pod_id> (--skip-tailscale-up)
 #   8. /etc/systemd/system/platebridge-pod.service, daemon-reload, enable, (re)start
 #
-# Secrets (pod_api_key, stream_secret, the tailscale auth key, RTSP credentials) are never
-# printed. Prefer env variables or the prompt over flags: flags are visible in `ps` and shell
-# history. Exit codes: 0 ok, 1 a step failed, 2 bad usage or an invalid value.
+# Secrets (pod_api_key, the tailscale auth key, RTSP credentials, a legacy stream_secret) come
+# only from a secrets file of mode 0600 (--secrets-file) or the prompt: never from flags or
+# environment variables, which other users see in `ps` (sudo's own argv) and in shell history.
+# They are never printed. The pod gets the gateway's Ed25519 *public* key (--gateway-public-key):
+# it can verify the gateway's tokens but mint none. Exit codes: 0 ok, 1 a step failed, 2 bad
+# usage or an invalid value.
 set -euo pipefail
 umask 022
 
@@ -48,15 +51,20 @@ DEFAULT_SOURCE=""
 SOURCE="${PLATEBRIDGE_SOURCE:-$DEFAULT_SOURCE}"
 
 PORTAL_URL="${PLATEBRIDGE_PORTAL_URL:-}"
-POD_API_KEY="${PLATEBRIDGE_POD_API_KEY:-}"
 POD_ID="${PLATEBRIDGE_POD_ID:-}"
 SITE_ID="${PLATEBRIDGE_SITE_ID:-}"
 COMPANY_ID="${PLATEBRIDGE_COMPANY_ID:-}"
 CAMERA_ID="${PLATEBRIDGE_CAMERA_ID:-}"
-CAMERA_RTSP_URL="${PLATEBRIDGE_CAMERA_RTSP_URL:-}"
 FRIGATE_CAMERA="${PLATEBRIDGE_FRIGATE_CAMERA:-}"
-STREAM_SECRET="${POD_STREAM_SECRET:-}"
-TS_AUTH_KEY="${TS_AUTHKEY:-}"
+SECRETS_FILE="${PLATEBRIDGE_SECRETS_FILE:-}"
+GATEWAY_PUBLIC_KEY="${PLATEBRIDGE_GATEWAY_PUBLIC_KEY:-}"
+GATEWAY_KEY_ID="${PLATEBRIDGE_GATEWAY_KEY_ID:-default}"
+# secrets: from --secrets-file or the prompt only
+POD_API_KEY=""
+CAMERA_RTSP_URL=""
+STREAM_SECRET=""
+TS_AUTH_KEY=""
+SECRET_ENV=(PLATEBRIDGE_POD_API_KEY PLATEBRIDGE_CAMERA_RTSP_URL POD_STREAM_SECRET TS_AUTHKEY)
 
 SERVICE_USER="platebridge"
 OPT_DIR="/opt/platebridge"
@@ -81,15 +89,24 @@ Idempotent: re-running keeps an existing config.yaml (unless --force-config).
 
 Config values (flag, or env variable, or asked interactively when stdin is a terminal):
   --portal-url URL          PLATEBRIDGE_PORTAL_URL       https://your-portal.vercel.app
-  --pod-api-key KEY         PLATEBRIDGE_POD_API_KEY      from the portal's /pods page (secret)
   --pod-id NAME             PLATEBRIDGE_POD_ID           DNS label (a-z 0-9 -), also the tailnet host name
   --site-id ID              PLATEBRIDGE_SITE_ID
   --company-id ID           PLATEBRIDGE_COMPANY_ID
   --camera-id ID            PLATEBRIDGE_CAMERA_ID        e.g. gate-camera-1
-  --camera-rtsp-url URL     PLATEBRIDGE_CAMERA_RTSP_URL  rtsp://user:pass@192.168.1.100:554/stream (secret)
+  --camera-rtsp-url URL     (without user:password)      rtsp://192.168.1.100:554/stream; with credentials:
+                                                         the secrets file or the prompt
   --frigate-camera NAME     PLATEBRIDGE_FRIGATE_CAMERA   the camera's name in Frigate (default: camera id)
-  --stream-secret S         POD_STREAM_SECRET            shared with portal and gateway, >= 32 bytes (secret)
-  --tailscale-auth-key K    TS_AUTHKEY                   tag:pod auth key for `tailscale up` (secret)
+  --gateway-public-key FILE PLATEBRIDGE_GATEWAY_PUBLIC_KEY  the gateway's Ed25519 public key (PEM; on the
+                                                         gateway: openssl pkey -in <signing key> -pubout)
+  --gateway-key-id KID      PLATEBRIDGE_GATEWAY_KEY_ID   its key id, the gateway's pod_signing_key_id (default)
+
+Secrets never come from the command line or the environment (both show in `ps`). Answer the
+prompts, or pass --secrets-file FILE: mode 0600, one KEY=value per line (parsed, never sourced):
+  PLATEBRIDGE_POD_API_KEY=pbk_…            from the portal's /pods page
+  PLATEBRIDGE_CAMERA_RTSP_URL=rtsp://user:pass@192.168.1.100:554/stream
+  TS_AUTHKEY=tskey-auth-…                  tag:pod auth key for `tailscale up`
+  POD_STREAM_SECRET=…                      legacy only: the connection guide's shared secret (a stolen
+                                           pod can mint tokens with it; prefer --gateway-public-key)
 
 Install options:
   --source URL|PATH         what to pip install (PLATEBRIDGE_SOURCE): a wheel URL
@@ -101,7 +118,8 @@ Install options:
   --skip-tailscale-up       do not run `tailscale up`
   --force-config            rewrite an existing config.yaml (the old one is kept as a .bak)
   --no-start                enable the unit but do not (re)start it
-  --allow-weak-secret       accept a stream secret shorter than 32 bytes (not recommended)
+  --secrets-file FILE       the secrets above, from a 0600 file (PLATEBRIDGE_SECRETS_FILE)
+  --allow-weak-secret       accept a legacy stream secret shorter than 32 bytes (not recommended)
   --yes                     never prompt; fail on a missing value
 
 Testing options:
@@ -141,19 +159,56 @@ while [ "$#" -gt 0 ]; do
     --root) need_arg "$@"; ROOT="$2"; shift ;;
     --source) need_arg "$@"; SOURCE="$2"; shift ;;
     --portal-url) need_arg "$@"; PORTAL_URL="$2"; shift ;;
-    --pod-api-key) need_arg "$@"; POD_API_KEY="$2"; shift ;;
+    --pod-api-key|--stream-secret|--tailscale-auth-key|--auth-key)
+      usage_error "$opt: secrets are never taken on the command line (other users see it in ps); put it in a mode 0600 file for --secrets-file, or answer the prompt" ;;
+    --secrets-file) need_arg "$@"; SECRETS_FILE="$2"; shift ;;
+    --gateway-public-key) need_arg "$@"; GATEWAY_PUBLIC_KEY="$2"; shift ;;
+    --gateway-key-id) need_arg "$@"; GATEWAY_KEY_ID="$2"; shift ;;
     --pod-id) need_arg "$@"; POD_ID="$2"; shift ;;
     --site-id) need_arg "$@"; SITE_ID="$2"; shift ;;
     --company-id) need_arg "$@"; COMPANY_ID="$2"; shift ;;
     --camera-id) need_arg "$@"; CAMERA_ID="$2"; shift ;;
-    --camera-rtsp-url) need_arg "$@"; CAMERA_RTSP_URL="$2"; shift ;;
+    --camera-rtsp-url) need_arg "$@"; CAMERA_RTSP_URL="$2"; shift
+      [[ "$CAMERA_RTSP_URL" != *@* ]] || usage_error "--camera-rtsp-url: a URL with user:password is a secret; put it in the --secrets-file (PLATEBRIDGE_CAMERA_RTSP_URL) or answer the prompt" ;;
     --frigate-camera) need_arg "$@"; FRIGATE_CAMERA="$2"; shift ;;
-    --stream-secret) need_arg "$@"; STREAM_SECRET="$2"; shift ;;
-    --tailscale-auth-key|--auth-key) need_arg "$@"; TS_AUTH_KEY="$2"; shift ;;
     *) usage_error "unknown option: $opt" ;;
   esac
   shift
 done
+
+for var in "${SECRET_ENV[@]}"; do
+  [ -z "${!var:-}" ] || usage_error "\$$var is set: secrets are never taken from the environment (sudo VAR=... $PROG puts them in sudo's argv, visible in ps); put it in a mode 0600 file for --secrets-file, or answer the prompt"
+done
+
+# read_secrets FILE: KEY=value lines (blank lines and # comments allowed; optional "…" or '…'
+# around the value). The file is parsed, never sourced, and must not be readable by others.
+read_secrets() {
+  local file="$1" mode line key value n=0
+  [ -f "$file" ] || usage_error "--secrets-file $file: not a file"
+  mode="$(stat -c '%a' "$file")"
+  if (( (8#$mode & 8#077) != 0 )); then
+    usage_error "--secrets-file $file: mode $mode lets other users read it; chmod 600 $file"
+  fi
+  while IFS= read -r line || [ -n "$line" ]; do
+    n=$((n + 1))
+    line="${line%$'\r'}"
+    [[ "$line" =~ ^[[:space:]]*(#.*)?$ ]] && continue
+    [[ "$line" =~ ^([A-Z_]+)=(.*)$ ]] || usage_error "--secrets-file $file line $n: not KEY=value"
+    key="${BASH_REMATCH[1]}"
+    value="${BASH_REMATCH[2]}"
+    if [[ "$value" =~ ^\"(.*)\"$ ]] || [[ "$value" =~ ^\'(.*)\'$ ]]; then value="${BASH_REMATCH[1]}"; fi
+    case "$key" in
+      PLATEBRIDGE_POD_API_KEY) POD_API_KEY="$value" ;;
+      PLATEBRIDGE_CAMERA_RTSP_URL)
+        [ -z "$CAMERA_RTSP_URL" ] || usage_error "the camera RTSP URL is given twice (--camera-rtsp-url and --secrets-file)"
+        CAMERA_RTSP_URL="$value" ;;
+      POD_STREAM_SECRET) STREAM_SECRET="$value" ;;
+      TS_AUTHKEY) TS_AUTH_KEY="$value" ;;
+      *) usage_error "--secrets-file $file line $n: unknown key $key (PLATEBRIDGE_POD_API_KEY, PLATEBRIDGE_CAMERA_RTSP_URL, TS_AUTHKEY, POD_STREAM_SECRET)" ;;
+    esac
+  done <"$file"
+}
+[ -z "$SECRETS_FILE" ] || read_secrets "$SECRETS_FILE"
 
 if [ -n "$ROOT" ]; then
   [ "$ROOT" != "/" ] || ROOT=""
@@ -359,7 +414,12 @@ if [ "$WRITE_CONFIG" -eq 1 ]; then
   if [ -z "$FRIGATE_CAMERA" ] && interactive; then
     read -r -p "Camera name in Frigate [$CAMERA_ID]: " FRIGATE_CAMERA </dev/tty || true
   fi
-  ask STREAM_SECRET "Stream secret (same as the portal's POD_STREAM_SECRET, >= 32 bytes; not echoed)" 1
+  if [ -z "$GATEWAY_PUBLIC_KEY" ] && [ -z "$STREAM_SECRET" ] && interactive; then
+    read -r -p "Path of the gateway's public key (PEM; empty: legacy shared stream secret): " GATEWAY_PUBLIC_KEY </dev/tty || true
+  fi
+  if [ -z "$GATEWAY_PUBLIC_KEY" ]; then
+    ask STREAM_SECRET "Legacy stream secret (the portal's POD_STREAM_SECRET, >= 32 bytes; not echoed)" 1
+  fi
 fi
 if [ "$SKIP_TS_UP" -eq 0 ]; then
   ask TS_AUTH_KEY "Tailscale auth key for tag:pod (tskey-auth-…; not echoed)" 1
@@ -372,17 +432,17 @@ SECRETS+=("$CAMERA_RTSP_URL")
 missing=()
 if [ "$WRITE_CONFIG" -eq 1 ]; then
   [ -n "$PORTAL_URL" ] || missing+=(--portal-url)
-  [ -n "$POD_API_KEY" ] || missing+=(--pod-api-key)
+  [ -n "$POD_API_KEY" ] || missing+=("PLATEBRIDGE_POD_API_KEY (secrets file)")
   [ -n "$POD_ID" ] || missing+=(--pod-id)
   [ -n "$SITE_ID" ] || missing+=(--site-id)
   [ -n "$COMPANY_ID" ] || missing+=(--company-id)
   [ -n "$CAMERA_ID" ] || missing+=(--camera-id)
-  [ -n "$CAMERA_RTSP_URL" ] || missing+=(--camera-rtsp-url)
-  [ -n "$STREAM_SECRET" ] || missing+=("--stream-secret (or POD_STREAM_SECRET)")
+  [ -n "$CAMERA_RTSP_URL" ] || missing+=("--camera-rtsp-url (or PLATEBRIDGE_CAMERA_RTSP_URL in the secrets file)")
+  [ -n "$GATEWAY_PUBLIC_KEY$STREAM_SECRET" ] || missing+=("--gateway-public-key (legacy: POD_STREAM_SECRET in the secrets file)")
 fi
 if [ "$SKIP_TS_UP" -eq 0 ]; then
   [ -n "$POD_ID" ] || missing+=(--pod-id)
-  [ -n "$TS_AUTH_KEY" ] || missing+=("--tailscale-auth-key (or TS_AUTHKEY; or --skip-tailscale-up)")
+  [ -n "$TS_AUTH_KEY" ] || missing+=("TS_AUTHKEY (secrets file; or --skip-tailscale-up)")
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   joined="$(printf '%s, ' "${missing[@]}")"
@@ -395,23 +455,35 @@ if [ -n "$POD_ID" ] && ! is_dns_label "$POD_ID"; then
   invalid "--pod-id '$POD_ID'" "must be a DNS label: 1-63 chars of a-z, 0-9 and '-', not starting or ending with '-' (it is the pod's tailnet host name)"
 fi
 if [ "$WRITE_CONFIG" -eq 1 ]; then
-  for pair in "portal-url:$PORTAL_URL" "pod-api-key:$POD_API_KEY" "site-id:$SITE_ID" "company-id:$COMPANY_ID" \
-              "camera-id:$CAMERA_ID" "camera-rtsp-url:$CAMERA_RTSP_URL" "frigate-camera:$FRIGATE_CAMERA" \
-              "stream-secret:$STREAM_SECRET"; do
-    has_control_chars "${pair#*:}" && invalid "--${pair%%:*}" "must not contain control characters or newlines"
+  for pair in "--portal-url:$PORTAL_URL" "PLATEBRIDGE_POD_API_KEY:$POD_API_KEY" "--site-id:$SITE_ID" \
+              "--company-id:$COMPANY_ID" "--camera-id:$CAMERA_ID" "camera RTSP URL:$CAMERA_RTSP_URL" \
+              "--frigate-camera:$FRIGATE_CAMERA" "POD_STREAM_SECRET:$STREAM_SECRET"; do
+    has_control_chars "${pair#*:}" && invalid "${pair%%:*}" "must not contain control characters or newlines"
   done
   is_http_url "$PORTAL_URL" || invalid "--portal-url" "must start with http:// or https://"
   is_camera_id "$CAMERA_ID" || invalid "--camera-id '$CAMERA_ID'" "must be 1-64 chars of A-Za-z0-9_.- starting with a letter or digit"
-  is_rtsp_url "$CAMERA_RTSP_URL" || invalid "--camera-rtsp-url" "must be an rtsp:// or rtsps:// URL without spaces"
+  is_rtsp_url "$CAMERA_RTSP_URL" || invalid "camera RTSP URL" "must be an rtsp:// or rtsps:// URL without spaces"
   if [ -n "$FRIGATE_CAMERA" ] && [[ ! "$FRIGATE_CAMERA" =~ ^[A-Za-z0-9_.-]+$ ]]; then
     invalid "--frigate-camera '$FRIGATE_CAMERA'" "must be the camera's name in Frigate (A-Za-z0-9_.-)"
   fi
-  secret_len="$(printf '%s' "$STREAM_SECRET" | LC_ALL=C wc -c | tr -d ' ')"
-  if [ "$secret_len" -lt 32 ]; then
-    if [ "$ALLOW_WEAK_SECRET" -eq 1 ]; then
-      warn "stream secret is $secret_len bytes; use >= 32 random bytes (openssl rand -base64 48)"
-    else
-      invalid "--stream-secret" "is $secret_len bytes; use >= 32 random bytes (openssl rand -base64 48), shared with portal and gateway (--allow-weak-secret to accept it)"
+  if [ -n "$STREAM_SECRET" ]; then
+    warn "POD_STREAM_SECRET: legacy key layout, a stolen pod can mint tokens with it; prefer --gateway-public-key"
+    secret_len="$(printf '%s' "$STREAM_SECRET" | LC_ALL=C wc -c | tr -d ' ')"
+    if [ "$secret_len" -lt 32 ]; then
+      if [ "$ALLOW_WEAK_SECRET" -eq 1 ]; then
+        warn "stream secret is $secret_len bytes; use >= 32 random bytes (openssl rand -base64 48)"
+      else
+        invalid "POD_STREAM_SECRET" "is $secret_len bytes; use >= 32 random bytes (openssl rand -base64 48), shared with portal and gateway (--allow-weak-secret to accept it)"
+      fi
+    fi
+  fi
+  if [ -n "$GATEWAY_PUBLIC_KEY" ]; then
+    [[ "$GATEWAY_KEY_ID" =~ ^[A-Za-z0-9._-]{1,64}$ ]] || invalid "--gateway-key-id '$GATEWAY_KEY_ID'" "must be 1-64 characters of A-Za-z0-9._-"
+    { [ -f "$GATEWAY_PUBLIC_KEY" ] && [ -r "$GATEWAY_PUBLIC_KEY" ]; } || invalid "--gateway-public-key $GATEWAY_PUBLIC_KEY" "not a readable file"
+    if [ "$(head -n1 "$GATEWAY_PUBLIC_KEY")" != "-----BEGIN PUBLIC KEY-----" ] \
+        || ! grep -q -- "^-----END PUBLIC KEY-----" "$GATEWAY_PUBLIC_KEY" \
+        || [ "$(wc -c <"$GATEWAY_PUBLIC_KEY")" -gt 4096 ]; then
+      invalid "--gateway-public-key $GATEWAY_PUBLIC_KEY" "is not a PEM public key (-----BEGIN PUBLIC KEY-----); never give a pod the gateway's private key"
     fi
   fi
 fi
@@ -549,7 +621,22 @@ EOF
 enable_streaming: true
 stream_port: 8000
 stream_bind: auto
+EOF
+  if [ -n "$GATEWAY_PUBLIC_KEY" ]; then
+    cat <<EOF
+# the gateway's Ed25519 public key: verifies its tokens, can mint none
+gateway_public_keys:
+  $(yq "$GATEWAY_KEY_ID"): $(yq "$ETC_DIR/gateway-$GATEWAY_KEY_ID.pub")
+EOF
+  fi
+  if [ -n "$STREAM_SECRET" ]; then
+    cat <<EOF
+# legacy: the shared stream secret (a stolen pod can mint tokens with it; remove it once the
+# gateway signs with its Ed25519 key and gateway_public_keys is set)
 stream_secret: $(yq "$STREAM_SECRET")
+EOF
+  fi
+  cat <<EOF
 
 state_dir: $STATE_DIR
 hls_dir: $HLS_DIR
@@ -581,7 +668,10 @@ else
       say "config: old config kept as $(r "$backup")"
     fi
   fi
-  keys="portal_url, pod_api_key=<redacted>, pod_id=$POD_ID, site_id, company_id, camera_id=$CAMERA_ID, camera_rtsp_url=<redacted>${FRIGATE_CAMERA:+, frigate_camera=$FRIGATE_CAMERA}, stream_secret=<redacted>, stream_bind=auto"
+  keys="portal_url, pod_api_key=<redacted>, pod_id=$POD_ID, site_id, company_id, camera_id=$CAMERA_ID, camera_rtsp_url=<redacted>${FRIGATE_CAMERA:+, frigate_camera=$FRIGATE_CAMERA}${GATEWAY_PUBLIC_KEY:+, gateway_public_keys=$GATEWAY_KEY_ID}${STREAM_SECRET:+, stream_secret=<redacted>}, stream_bind=auto"
+  if [ -n "$GATEWAY_PUBLIC_KEY" ]; then
+    write_file "$ETC_DIR/gateway-$GATEWAY_KEY_ID.pub" 0644 "" "the gateway's public key ($GATEWAY_KEY_ID)" <"$GATEWAY_PUBLIC_KEY"
+  fi
   render_config | write_file "$CONFIG_PATH" 0600 "$OWNER" "$keys"
 fi
 

@@ -6,14 +6,14 @@
 //
 //   import { mintStreamToken } from "./stream-token.mjs";
 //   const token = await mintStreamToken({
-//     secret: process.env.POD_STREAM_SECRET, kid: process.env.POD_STREAM_KID,
+//     secret: process.env.PLATEBRIDGE_USER_TOKEN_SECRET, kid: process.env.PLATEBRIDGE_USER_TOKEN_KID,
 //     userId: session.user.id, cameraId: "gate-camera-1", podId: "main-gate-pod",
 //   });
 //
 // CLI (used by tests/portal/test_token_example.py):
 //   node docs/examples/stream-token.mjs '{"userId":"u1","cameraId":"cam-1","podId":"pod-1"}'
-// prints the token. "secret" may be omitted from the JSON: POD_STREAM_SECRET is
-// used then (keeps the secret out of `ps`).
+// prints the token. "secret" may be omitted from the JSON: PLATEBRIDGE_USER_TOKEN_SECRET (or,
+// legacy, POD_STREAM_SECRET) is used then (keeps the secret out of `ps`).
 
 import { realpathSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -29,8 +29,8 @@ const CAMERA_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 
 /**
  * @typedef {object} StreamTokenOptions
- * @property {string} secret POD_STREAM_SECRET (or the secret of `kid`); used as its UTF-8 bytes, never base64-decoded; >= 32 bytes
- * @property {string} [kid] key id for rotation; omit while the gateways and pods run a single `stream_secret`
+ * @property {string} secret PLATEBRIDGE_USER_TOKEN_SECRET (or the secret of `kid`), shared with the gateway only; used as its UTF-8 bytes, never base64-decoded; >= 32 bytes
+ * @property {string} [kid] key id for rotation (PLATEBRIDGE_USER_TOKEN_KID); omit while the gateway has one `user_token_secret`
  * @property {string} userId the portal's user id (claim `user_id`, also `sub`)
  * @property {string} cameraId camera id: 1-64 of A-Za-z0-9_.- starting alphanumeric, no ".."
  * @property {string} podId the pod's id, a lower-case DNS label (also its tailnet host name)
@@ -96,7 +96,7 @@ if (isMain()) {
     const args = JSON.parse(process.argv[2] ?? "{}");
     const token = await mintStreamToken({
       ...args,
-      secret: args.secret ?? process.env.POD_STREAM_SECRET ?? "",
+      secret: args.secret ?? process.env.PLATEBRIDGE_USER_TOKEN_SECRET ?? process.env.POD_STREAM_SECRET ?? "",
       userId: args.userId ?? "",
       cameraId: args.cameraId ?? "",
       podId: args.podId ?? "",

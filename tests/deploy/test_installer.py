@@ -1,6 +1,7 @@
 """deploy/pod/install-pod.sh: --dry-run changes nothing and prints every action with
-secrets redacted; --no-system writes the config (0600), dirs and unit under --root;
-re-runs keep the config unless --force-config; bad values exit 2.
+secrets redacted; --no-system writes the config (0600), the gateway's public key, dirs and
+unit under --root; re-runs keep the config unless --force-config; bad values exit 2; secrets
+come only from a 0600 secrets file (or the prompt), never from flags or the environment.
 
 A real run needs root, apt, systemd and tailscale, so it is not run here. A lone copy of the
 script (the guide's curl flow) installs the agent from a wheel served on loopback.
@@ -8,18 +9,21 @@ script (the guide's curl flow) installs the agent from a wheel served on loopbac
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from pod.config import load_config
+from protocol.tokens import SigningKey, mint_pod_token, verify_pod_token
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALLER = REPO / "deploy" / "pod" / "install-pod.sh"
@@ -34,20 +38,33 @@ SECRETS = (API_KEY, STREAM_SECRET, TS_KEY, RTSP_PASSWORD)
 
 VALUES = {
     "--portal-url": "https://portal.example.com",
-    "--pod-api-key": API_KEY,
     "--pod-id": "main-gate-pod",
     "--site-id": "site-uuid-1",
     "--company-id": "company-uuid-1",
     "--camera-id": "gate-camera-1",
-    "--camera-rtsp-url": RTSP_URL,
     "--frigate-camera": "gate_cam",
-    "--stream-secret": STREAM_SECRET,
-    "--tailscale-auth-key": TS_KEY,
 }
+SECRET_VALUES = {"PLATEBRIDGE_POD_API_KEY": API_KEY, "PLATEBRIDGE_CAMERA_RTSP_URL": RTSP_URL, "TS_AUTHKEY": TS_KEY}
+_KEYS = Path(tempfile.mkdtemp(prefix="pb-installer-"))
+atexit.register(shutil.rmtree, _KEYS, True)
+GATEWAY_KEY = SigningKey.generate("gw-2025")
+PUBLIC_KEY = _KEYS / "gateway.pub"
+PUBLIC_KEY.write_text(GATEWAY_KEY.public_pem())
 
 
-def _flags(**override: str) -> list[str]:
-    vals = dict(VALUES)
+def secrets_file(**over: str | None) -> str:
+    """A mode-0600 secrets file with the test secrets (``over``: KEY=value changes, None drops a key)."""
+    values = {**SECRET_VALUES, **over}
+    path = _KEYS / f"secrets-{len(list(_KEYS.iterdir()))}"
+    path.write_text("# test secrets\n" + "".join(f"{k}={v}\n" for k, v in values.items() if v is not None))
+    path.chmod(0o600)
+    return str(path)
+
+
+def _flags(secrets: dict[str, str | None] | None = None, **override: str | None) -> list[str]:
+    """Flags for a complete install: the values above, the gateway's public key and a secrets file."""
+    vals: dict[str, str | None] = {**VALUES, "--gateway-public-key": str(PUBLIC_KEY), "--gateway-key-id": "gw-2025",
+                                   "--secrets-file": secrets_file(**(secrets or {}))}
     for k, v in override.items():
         vals["--" + k.replace("_", "-")] = v
     out: list[str] = []
@@ -55,6 +72,18 @@ def _flags(**override: str) -> list[str]:
         if v is not None:
             out += [k, v]
     return out
+
+
+def load_installed(root: Path):
+    """Load the config the installer wrote under ``root``; it names the gateway's public key by its
+    real path (/etc/platebridge/…), which is read from under ``root`` here."""
+    config = root / "etc/platebridge/config.yaml"
+    copy = root / "config-under-root.yaml"
+    copy.write_text(config.read_text().replace('"/etc/platebridge/', f'"{root}/etc/platebridge/'))
+    try:
+        return load_config(copy)
+    finally:
+        copy.unlink()
 
 
 def _env() -> dict[str, str]:
@@ -101,8 +130,10 @@ def test_help():
     proc = run("--help")
     assert proc.returncode == 0
     for flag in ("--dry-run", "--root", "--no-system", "--skip-tailscale-install", "--skip-tailscale-up",
-                 "--force-config", "--pod-id", "--stream-secret", "--tailscale-auth-key"):
+                 "--force-config", "--pod-id", "--secrets-file", "--gateway-public-key", "--gateway-key-id",
+                 "PLATEBRIDGE_POD_API_KEY", "TS_AUTHKEY", "POD_STREAM_SECRET"):
         assert flag in proc.stdout
+    assert "--pod-api-key" not in proc.stdout and "--stream-secret" not in proc.stdout
 
 
 def test_unknown_option_is_usage_error():
@@ -157,18 +188,15 @@ def test_dry_run_plans_tailscale_install_from_its_own_repo(tmp_path):
 
 
 def test_dry_run_skip_tailscale_up(tmp_path):
-    flags = _flags(tailscale_auth_key=None)
+    flags = _flags({"TS_AUTHKEY": None})
     proc = run("--dry-run", "--root", str(tmp_path), "--skip-tailscale-install", "--skip-tailscale-up", *flags)
     assert proc.returncode == 0, proc.stderr
     assert "tailscale up --auth-key" not in proc.stdout
     assert "up skipped (--skip-tailscale-up)" in proc.stdout
 
 
-def test_secrets_from_env_are_not_printed(tmp_path):
-    env = _env() | {"PLATEBRIDGE_POD_API_KEY": API_KEY, "POD_STREAM_SECRET": STREAM_SECRET, "TS_AUTHKEY": TS_KEY,
-                    "PLATEBRIDGE_CAMERA_RTSP_URL": RTSP_URL}
-    flags = _flags(pod_api_key=None, stream_secret=None, tailscale_auth_key=None, camera_rtsp_url=None)
-    proc = run("--dry-run", "--root", str(tmp_path / "r"), "--skip-tailscale-install", *flags, env=env)
+def test_secrets_from_the_file_are_not_printed(tmp_path):
+    proc = run("--dry-run", "--root", str(tmp_path / "r"), "--skip-tailscale-install", *_flags())
     assert proc.returncode == 0, proc.stderr
     assert "--auth-key=<redacted>" in proc.stdout
     assert_no_secrets(proc)
@@ -190,22 +218,27 @@ def test_invalid_pod_id_exits_2(tmp_path, pod_id, mode):
 
 def test_missing_values_without_a_terminal_exit_2(tmp_path):
     proc = run("--dry-run", "--root", str(tmp_path), "--skip-tailscale-install",
-               *_flags(pod_api_key=None, camera_rtsp_url=None))
+               *_flags({"PLATEBRIDGE_POD_API_KEY": None, "PLATEBRIDGE_CAMERA_RTSP_URL": None}))
     assert proc.returncode == 2
-    assert "--pod-api-key" in proc.stderr and "--camera-rtsp-url" in proc.stderr
+    assert "PLATEBRIDGE_POD_API_KEY" in proc.stderr and "--camera-rtsp-url" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+    proc = run("--dry-run", "--root", str(tmp_path), "--skip-tailscale-install", *_flags(gateway_public_key=None))
+    assert proc.returncode == 2 and "--gateway-public-key (legacy: POD_STREAM_SECRET" in proc.stderr
 
 
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
         ({"portal_url": "portal.example.com"}, "--portal-url"),
-        ({"camera_rtsp_url": "http://192.168.1.100/stream"}, "--camera-rtsp-url"),
+        ({"camera_rtsp_url": "http://192.168.1.100/stream", "secrets": {"PLATEBRIDGE_CAMERA_RTSP_URL": None}},
+         "camera RTSP URL"),
         ({"camera_id": "../etc"}, "--camera-id"),
-        ({"stream_secret": "short"}, "--stream-secret"),
+        ({"secrets": {"POD_STREAM_SECRET": "short"}}, "POD_STREAM_SECRET"),
         ({"site_id": "a\nb"}, "--site-id"),
-        ({"pod_api_key": "pbk\nportal_url: http://evil"}, "--pod-api-key"),
+        ({"secrets": {"PLATEBRIDGE_POD_API_KEY": "pbk\\nportal_url: http://evil\x01"}}, "PLATEBRIDGE_POD_API_KEY"),
         ({"frigate_camera": "gate cam"}, "--frigate-camera"),
+        ({"gateway_key_id": "bad kid"}, "--gateway-key-id"),
+        ({"gateway_public_key": "/nonexistent.pub"}, "--gateway-public-key"),
     ],
 )
 def test_invalid_values_exit_2(tmp_path, override, needle):
@@ -244,14 +277,20 @@ def test_no_system_writes_config_dirs_and_unit(tmp_path):
     assert _mode(unit) == 0o644
     assert not list((tmp_path / "etc/platebridge").glob(".*")), "temp file left behind"
 
-    cfg, warnings = load_config(config)
+    # the gateway's public key, readable (it is not a secret), and nothing that can mint
+    pub = tmp_path / "etc/platebridge/gateway-gw-2025.pub"
+    assert pub.read_text() == PUBLIC_KEY.read_text() and _mode(pub) == 0o644
+    assert 'gateway_public_keys:\n  "gw-2025": "/etc/platebridge/gateway-gw-2025.pub"' in config.read_text()
+    cfg, warnings = load_installed(tmp_path)
     assert warnings == []
     assert cfg.portal_url == VALUES["--portal-url"]
     assert cfg.pod_api_key == API_KEY
     assert cfg.pod_id == "main-gate-pod"
     assert cfg.site_id == "site-uuid-1"
     assert cfg.company_id == "company-uuid-1"
-    assert cfg.stream_secret == STREAM_SECRET
+    assert cfg.stream_secret is None and cfg.legacy_warning() is None
+    token = mint_pod_token(GATEWAY_KEY, camera_id="gate-camera-1", pod_id="main-gate-pod")
+    assert verify_pod_token(token, cfg.pod_token_keys(), pod_id="main-gate-pod").camera_id == "gate-camera-1"
     assert cfg.stream_bind == "auto"
     assert cfg.enable_streaming is True
     [cam] = cfg.camera_list()
@@ -265,18 +304,19 @@ def test_no_system_writes_config_dirs_and_unit(tmp_path):
 def test_frigate_camera_is_optional(tmp_path):
     proc = run("--no-system", "--root", str(tmp_path), *_flags(frigate_camera=None))
     assert proc.returncode == 0, proc.stderr
-    cfg, _ = load_config(tmp_path / "etc/platebridge/config.yaml")
+    cfg, _ = load_installed(tmp_path)
     assert cfg.camera_list()[0].frigate_camera == "gate-camera-1"
 
 
 def test_yaml_special_characters_round_trip(tmp_path):
     key = 'pbk_"quoted" \\back\\slash: #not-a-comment \'single\' {x: [1]} & *a !tag %'
     rtsp = 'rtsp://us%40er:p@ss"w\\rd#1@192.168.1.100:554/Streaming/Channels/101?transport=tcp'
-    proc = run("--no-system", "--root", str(tmp_path), *_flags(pod_api_key=key, camera_rtsp_url=rtsp,
+    proc = run("--no-system", "--root", str(tmp_path), *_flags({"PLATEBRIDGE_POD_API_KEY": key,
+                                                                "PLATEBRIDGE_CAMERA_RTSP_URL": rtsp},
                                                                site_id="yes", company_id="0123"))
     assert proc.returncode == 0, proc.stderr
     assert key not in proc.stdout + proc.stderr and rtsp not in proc.stdout + proc.stderr
-    cfg, _ = load_config(tmp_path / "etc/platebridge/config.yaml")
+    cfg, _ = load_installed(tmp_path)
     assert cfg.pod_api_key == key
     assert cfg.camera_list()[0].rtsp_url == rtsp
     assert cfg.site_id == "yes" and cfg.company_id == "0123"  # strings, not YAML booleans/numbers
@@ -294,14 +334,14 @@ def test_rerun_is_idempotent_and_keeps_config(tmp_path):
     assert (config.read_bytes(), config.stat().st_mtime_ns, unit.stat().st_mtime_ns) == before
 
     # Different values without --force-config: still untouched, and no values needed at all.
-    other = run("--no-system", "--root", str(tmp_path), *_flags(site_id="other-site", stream_secret="y" * 40))
+    other = run("--no-system", "--root", str(tmp_path), *_flags({"POD_STREAM_SECRET": "y" * 40}, site_id="other-site"))
     assert other.returncode == 0, other.stderr
     assert config.read_bytes() == before[0]
     bare = run("--no-system", "--root", str(tmp_path))
     assert bare.returncode == 0, bare.stderr
     assert config.read_bytes() == before[0]
     assert _mode(config) == 0o600
-    assert sorted(p.name for p in config.parent.iterdir()) == ["config.yaml"]
+    assert sorted(p.name for p in config.parent.iterdir()) == ["config.yaml", "gateway-gw-2025.pub"]
 
 
 def test_force_config_rewrites_and_keeps_a_private_backup(tmp_path):
@@ -310,7 +350,7 @@ def test_force_config_rewrites_and_keeps_a_private_backup(tmp_path):
     old = config.read_bytes()
     proc = run("--no-system", "--root", str(tmp_path), "--force-config", *_flags(site_id="other-site"))
     assert proc.returncode == 0, proc.stderr
-    cfg, _ = load_config(config)
+    cfg, _ = load_installed(tmp_path)
     assert cfg.site_id == "other-site"
     assert _mode(config) == 0o600
     [backup] = config.parent.glob("config.yaml.bak-*")
@@ -332,7 +372,8 @@ def test_dry_run_on_an_installed_root_reports_the_kept_config(tmp_path):
     assert run("--no-system", "--root", str(tmp_path), *_flags()).returncode == 0
     config = tmp_path / "etc/platebridge/config.yaml"
     before = config.read_bytes(), config.stat().st_mtime_ns
-    proc = run("--dry-run", "--root", str(tmp_path), "--skip-tailscale-install", "--tailscale-auth-key", TS_KEY)
+    proc = run("--dry-run", "--root", str(tmp_path), "--skip-tailscale-install", "--secrets-file",
+               secrets_file(PLATEBRIDGE_POD_API_KEY=None, PLATEBRIDGE_CAMERA_RTSP_URL=None))
     assert proc.returncode == 0, proc.stderr
     assert "kept unchanged" in proc.stdout
     # pod_id comes from the existing config for the tailnet host name
@@ -510,3 +551,77 @@ def test_lone_copy_installs_the_agent_from_a_served_wheel(tmp_path, served_wheel
                             "print(c.pod_id, c.site_id)", str(cfg)], capture_output=True, text=True, cwd=tmp_path)
     assert check.stdout.split() == ["main-gate-pod", "site-uuid-1"], check.stderr
     assert (root / "etc/systemd/system/platebridge-pod.service").read_bytes() == UNIT.read_bytes()
+
+
+# ---------------------------------------------------------------- secrets: never on the command line
+
+
+@pytest.mark.parametrize("flag", ["--pod-api-key", "--stream-secret", "--tailscale-auth-key", "--auth-key"])
+def test_secret_flags_are_refused(tmp_path, flag):
+    proc = run("--dry-run", "--root", str(tmp_path), flag, "s3cr3t-value-on-the-command-line", *_flags())
+    assert proc.returncode == 2
+    assert "never taken on the command line" in proc.stderr and "--secrets-file" in proc.stderr
+    assert "s3cr3t-value-on-the-command-line" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("var", ["PLATEBRIDGE_POD_API_KEY", "POD_STREAM_SECRET", "TS_AUTHKEY",
+                                 "PLATEBRIDGE_CAMERA_RTSP_URL"])
+def test_secrets_in_the_environment_are_refused(tmp_path, var):
+    """``sudo POD_STREAM_SECRET=… install-pod.sh`` puts the secret in sudo's argv: refused, loudly."""
+    proc = run("--dry-run", "--root", str(tmp_path), *_flags(), env=_env() | {var: "from-the-environment"})
+    assert proc.returncode == 2 and f"${var} is set" in proc.stderr and "--secrets-file" in proc.stderr
+    assert "from-the-environment" not in proc.stdout + proc.stderr
+
+
+def test_rtsp_url_with_credentials_is_refused_as_a_flag_but_fine_without(tmp_path):
+    proc = run("--dry-run", "--root", str(tmp_path), *_flags(camera_rtsp_url=RTSP_URL))
+    assert proc.returncode == 2 and "user:password is a secret" in proc.stderr and RTSP_PASSWORD not in proc.stderr
+    plain = "rtsp://192.168.1.100:554/stream1"
+    proc = run("--no-system", "--root", str(tmp_path), *_flags({"PLATEBRIDGE_CAMERA_RTSP_URL": None},
+                                                               camera_rtsp_url=plain))
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_secrets_file_others_can_read_is_refused(tmp_path, mode):
+    path = secrets_file()
+    Path(path).chmod(mode)
+    proc = run("--dry-run", "--root", str(tmp_path), *_flags(), "--secrets-file", path)
+    assert proc.returncode == 2 and f"mode {mode:o} lets other users read it" in proc.stderr
+    assert_no_secrets(proc)
+
+
+def test_a_secrets_file_is_parsed_not_sourced(tmp_path):
+    marker = tmp_path / "executed"
+    path = _KEYS / "evil-secrets"
+    path.write_text(f"PLATEBRIDGE_POD_API_KEY=$(touch {marker})\nTS_AUTHKEY={TS_KEY}\n"
+                    f"PLATEBRIDGE_CAMERA_RTSP_URL='{RTSP_URL}'\n")
+    path.chmod(0o600)
+    proc = run("--no-system", "--root", str(tmp_path / "r"), *_flags(), "--secrets-file", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert not marker.exists()
+    cfg = (tmp_path / "r/etc/platebridge/config.yaml").read_text()
+    assert f'pod_api_key: "$(touch {marker})"' in cfg  # the literal text, quoted in YAML
+    bad = _KEYS / "unknown-key"
+    bad.write_text("PATH=/tmp/evil\n")
+    bad.chmod(0o600)
+    proc = run("--dry-run", "--root", str(tmp_path), *_flags(), "--secrets-file", str(bad))
+    assert proc.returncode == 2 and "unknown key PATH" in proc.stderr
+
+
+def test_the_gateways_private_key_is_refused_as_its_public_key(tmp_path):
+    private = _KEYS / "oops-private.pem"
+    private.write_bytes(GATEWAY_KEY.private_pem())
+    private.chmod(0o600)
+    proc = run("--dry-run", "--root", str(tmp_path), *_flags(gateway_public_key=str(private)))
+    assert proc.returncode == 2 and "never give a pod the gateway's private key" in proc.stderr
+
+
+def test_legacy_stream_secret_from_the_secrets_file_still_installs_with_a_warning(tmp_path):
+    proc = run("--no-system", "--root", str(tmp_path),
+               *_flags({"POD_STREAM_SECRET": STREAM_SECRET}, gateway_public_key=None, gateway_key_id=None))
+    assert proc.returncode == 0, proc.stderr
+    assert "legacy key layout, a stolen pod can mint tokens" in proc.stderr
+    assert_no_secrets(proc)
+    cfg, _ = load_installed(tmp_path)
+    assert cfg.stream_secret == STREAM_SECRET and "stolen pod can mint" in (cfg.legacy_warning() or "")

@@ -177,6 +177,10 @@ def test_pod_unit():
     svc = u["Service"]
     assert "tailscaled.service" in u["Unit"]["Wants"][0].split()
     assert "tailscaled.service" in u["Unit"]["After"][0].split()
+    # gateway tokens are checked against the pod's clock: start after the clock is synced where
+    # the system waits for that, but never pull the target in (systemd.special(7))
+    assert "time-sync.target" in u["Unit"]["After"][0].split()
+    assert "time-sync.target" not in " ".join(u["Unit"]["Wants"])
     assert svc["User"] == ["platebridge"]
     assert svc["ExecStart"] == ["/opt/platebridge/venv/bin/platebridge-pod run --config /etc/platebridge/config.yaml"]
     assert svc["ReadWritePaths"] == ["/var/lib/platebridge"]

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "dev"))
-from stack import Stack, wait_until  # noqa: E402
+from stack import Stack, free_port, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -136,5 +136,5 @@ def viewer(stack):
     return open_session
 
 
-__all__ = ["assert_video_plays", "ffprobe_streams", "make_stack", "pod_metric", "pod_requests_total", "started",
-           "wait_until"]
+__all__ = ["assert_video_plays", "ffprobe_streams", "free_port", "make_stack", "pod_metric", "pod_requests_total",
+           "started", "wait_until"]

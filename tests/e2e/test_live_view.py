@@ -9,7 +9,7 @@ import socket
 import httpx
 import pytest
 
-from protocol.tokens import Keyring, mint_pod_token
+from protocol.tokens import SigningKey, mint_pod_token
 from tests.e2e.conftest import ffprobe_streams, pod_metric, pod_requests_total, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -54,7 +54,7 @@ def test_playlist_advances(stack, viewer):
 def test_pod_not_reachable_on_another_loopback_address(stack):
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.3", stack.pod_port), timeout=2).close()
-    token = mint_pod_token(Keyring.single(stack.secret), camera_id=stack.camera_id, pod_id=stack.pod_id)
+    token = mint_pod_token(stack.pod_signer(), camera_id=stack.camera_id, pod_id=stack.pod_id)
     # the local listener answers /health only, even with a valid gateway→pod token
     local = f"http://127.0.0.1:{stack.pod_port}"
     r = httpx.get(f"{local}/cameras/{stack.camera_id}/index.m3u8", headers={"Authorization": f"Bearer {token}"})
@@ -68,13 +68,14 @@ def test_pod_not_reachable_on_another_loopback_address(stack):
 
 
 def test_pod_demands_gateway_token_for_its_camera(stack):
-    ring = Keyring.single(stack.secret)
+    ring = stack.pod_signer()
     base = f"{stack.pod_url}/cameras/{stack.camera_id}/index.m3u8"
     assert httpx.get(base).status_code == 401
     assert httpx.get(base, headers={"Authorization": f"Bearer {stack.user_token()}"}).status_code == 401
     other = mint_pod_token(ring, camera_id="other-cam", pod_id=stack.pod_id)
     assert httpx.get(base, headers={"Authorization": f"Bearer {other}"}).status_code == 403
-    wrong_secret = mint_pod_token(Keyring.single("x" * 64), camera_id=stack.camera_id, pod_id=stack.pod_id)
+    wrong_key = SigningKey.generate(stack.signing_kid)  # another gateway's key under the same kid
+    wrong_secret = mint_pod_token(wrong_key, camera_id=stack.camera_id, pod_id=stack.pod_id)
     assert httpx.get(base, headers={"Authorization": f"Bearer {wrong_secret}"}).status_code == 401
     good = mint_pod_token(ring, camera_id=stack.camera_id, pod_id=stack.pod_id)
     trav = f"{stack.pod_url}/cameras/{stack.camera_id}/..%2f..%2fpod.yaml"
@@ -126,7 +127,7 @@ def test_nudge_through_gateway_refreshes_pod_whitelist_at_once(stack):
     # the pod's own /nudge is tailnet-only and needs a pod-wide gateway→pod token
     assert httpx.post(f"http://127.0.0.1:{stack.pod_port}/nudge").status_code == 404
     assert httpx.post(f"{stack.pod_url}/nudge").status_code == 401
-    cam_token = mint_pod_token(Keyring.single(stack.secret), camera_id=stack.camera_id, pod_id="other-pod")
+    cam_token = mint_pod_token(stack.pod_signer(), camera_id=stack.camera_id, pod_id="other-pod")
     assert httpx.post(f"{stack.pod_url}/nudge", headers={"Authorization": f"Bearer {cam_token}"}).status_code == 403
 
 

@@ -1,10 +1,17 @@
 """Gateway test fixtures: the real gateway app, with pods programmed at the
 upstream transport seam (``httpx.MockTransport``), which counts every request
-the gateway sends towards a pod."""
+the gateway sends towards a pod.
+
+Keys by role (:func:`keys`): ``SECRET`` is the user-token secret (portal + gateway),
+``SIGNER`` the gateway's Ed25519 key for gateway→pod tokens (its PEM written once per
+test process to a private temp directory), ``GRANT_SECRET`` the gateway-only grant key."""
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,9 +23,29 @@ from litestar.testing import AsyncTestClient
 from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.discovery import StaticDiscovery
-from protocol.tokens import Keyring, mint_user_token
+from protocol.tokens import Keyring, SigningKey, mint_user_token
 
 SECRET = "t" * 64
+GRANT_SECRET = "g" * 48
+SIGNER = SigningKey.generate("test-1")
+_KEY_DIR: list[str] = []
+
+
+def signing_key_file() -> str:
+    """Path of ``SIGNER``'s PEM (mode 0600), written on first use."""
+    if not _KEY_DIR:
+        _KEY_DIR.append(tempfile.mkdtemp(prefix="pb-test-keys-"))
+        atexit.register(shutil.rmtree, _KEY_DIR[0], True)
+        path = f"{_KEY_DIR[0]}/gateway-pod-signing.pem"
+        with open(path, "wb") as fh:
+            fh.write(SIGNER.private_pem())
+    return f"{_KEY_DIR[0]}/gateway-pod-signing.pem"
+
+
+def keys() -> dict:
+    """The gateway config keys of the new layout (user-token secret, signing key, grant secret)."""
+    return {"user_token_secret": SECRET, "grant_secret": GRANT_SECRET, "pod_signing_key_file": signing_key_file(),
+            "pod_signing_key_id": SIGNER.kid}
 POD_URL = "http://127.0.0.2:8000"
 CAM = "gate-camera-1"
 POD = "main-gate-pod"
@@ -81,7 +108,7 @@ def pod():
 
 @pytest.fixture
 def gw_config():
-    return parse_config({"stream_secret": SECRET, "pods": {POD: POD_URL}, "allowed_origins": [ORIGIN]}, env={})
+    return parse_config({**keys(), "pods": {POD: POD_URL}, "allowed_origins": [ORIGIN]}, env={})
 
 
 @pytest.fixture

@@ -68,14 +68,16 @@ def test_reachable_pod_passes(stack, tmp_path):
     text = "\n".join(lines)
     assert rc == 0, text
     assert line(lines, "config").startswith("PASS config:") and line(lines, "secret").startswith("PASS secret:")
+    assert line(lines, "keys").startswith("PASS keys: gateway→pod tokens signed with Ed25519 key 'dev-1'")
+    assert not [x for x in lines if x.startswith("WARN")], lines  # no legacy role left
     assert line(lines, "discovery") == f"PASS discovery: static: 1 pod: {stack.pod_id} (online) {stack.pod_url}"
     pod = line(lines, f"pod {stack.pod_id}")
     assert pod.startswith(f"PASS pod {stack.pod_id}: {stack.pod_url}: GET /health 200 in ")
     assert " ms: status ok" in pod and f"{stack.camera_id} running" in pod
     token = line(lines, f"pod {stack.pod_id} token")
     assert token.startswith(f"PASS pod {stack.pod_id} token: GET /cameras/{stack.camera_id}/index.m3u8 → 200")
-    assert stack.secret not in text
-    assert lines[-1] == "OK: 5 passed, 0 warning(s), 0 failed"
+    assert stack.secret not in text and stack.grant_secret not in text
+    assert lines[-1] == "OK: 7 passed, 0 warning(s), 0 failed"
 
 
 def test_cli_check_subcommand(stack, tmp_path, capsys):
@@ -93,12 +95,31 @@ def test_dead_address_fails(stack, tmp_path):
     assert line(lines, f"pod {stack.pod_id}").startswith("PASS")
 
 
-def test_wrong_secret_fails_token(stack, tmp_path):
-    rc, lines = run_check(write_config(stack, tmp_path, stream_secret="w" * 40))
+@pytest.mark.parametrize("kid,reason", [("dev-1", "bad signature"), ("dev-2", "unknown key id")])
+def test_a_gateway_key_the_pod_does_not_know_fails(stack, tmp_path, kid, reason):
+    """Another Ed25519 key under the pod's kid, or under a kid the pod has not been given."""
+    from protocol.tokens import SigningKey
+
+    other = tmp_path / "other.pem"
+    other.write_bytes(SigningKey.generate(kid).private_pem())
+    other.chmod(0o600)
+    rc, lines = run_check(write_config(stack, tmp_path, pod_signing_key_file=str(other), pod_signing_key_id=kid))
     assert rc == 1
-    assert line(lines, f"pod {stack.pod_id}").startswith("PASS")  # reachable
-    t = line(lines, f"pod {stack.pod_id} token")
-    assert t.startswith(f"FAIL pod {stack.pod_id} token:") and "→ 401" in t and "must be the same" in t
+    h = line(lines, f"pod {stack.pod_id}")
+    assert h.startswith(f"FAIL pod {stack.pod_id}:") and "refused the gateway's token on GET /health" in h
+    assert reason in h and "gateway_public_keys" in h
+
+
+def test_legacy_gateway_warns_per_role(stack, tmp_path):
+    """A gateway on the guide's one stream_secret still passes (legacy pods share it) but says what it costs."""
+    cfg = {k: v for k, v in stack.gateway_config().items()
+           if k not in ("user_token_secret", "grant_secret", "pod_signing_key_file", "pod_signing_key_id")}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump({**cfg, "stream_secret": stack.secret, "pods": {}}))
+    rc, lines = run_check(path)
+    keys = [x for x in lines if x.split(" ", 2)[1] == "keys:"]
+    assert rc == 0 and all(x.startswith("WARN keys:") for x in keys) and len(keys) == 3, lines
+    assert "stolen pod can mint" in " ".join(keys) and "fix: set user_token_secret" in " ".join(keys)
 
 
 def test_loopback_listener_serves_no_hls(stack, tmp_path):
@@ -113,10 +134,11 @@ def test_map_pointing_at_another_pod_fails(stack, tmp_path):
 
 
 def test_short_secret_fails(stack, tmp_path):
-    rc, lines = run_check(write_config(stack, tmp_path, stream_secret="short-one"))
+    rc, lines = run_check(write_config(stack, tmp_path, user_token_secret="short-one"))
     assert rc == 1
-    s = line(lines, "secret")
-    assert s.startswith("FAIL secret: kid 'default' is 9 bytes") and "openssl rand" in s and "short-one" not in s
+    s = [x for x in lines if x.startswith("FAIL secret:")][0]
+    assert s.startswith("FAIL secret: user_token_secrets.default is 9 bytes") and "openssl rand" in s
+    assert "short-one" not in "\n".join(lines)
 
 
 def test_bad_config_stops(tmp_path):
@@ -137,7 +159,8 @@ async def test_localapi_discovery_lists_online_state(tmp_path):
     async with LocalAPIStandIn(sock, status_body(["100.64.0.1"], peers)):
         results = await run_checks(cfg)
     lines = [r.line() for r in results]
-    assert line(lines, "discovery") == "PASS discovery: localapi: 1 pod: gate-a (offline) http://100.64.0.7:8000"
+    assert line(lines, "discovery") == ("PASS discovery: localapi: 1 pod: gate-a (offline) http://100.64.0.7:8000 "
+                                        "[gate-a.tail0000.ts.net]")
     assert line(lines, "pod gate-a").startswith("WARN pod gate-a: http://100.64.0.7:8000: offline per discovery")
     results = await run_checks(cfg)  # the stand-in is gone: tailscaled not running
     d = [r for r in results if r.name == "discovery"][0]

@@ -9,6 +9,7 @@ import pytest
 
 from gateway.config import load_config, parse_config
 from gateway.errors import ConfigError
+from tests.gateway.conftest import SECRET, SIGNER, keys
 
 ROOT = Path(__file__).resolve().parents[2]
 OK = {"stream_secret": "z" * 40, "pods": {"gate-1": "http://127.0.0.2:8000"}}
@@ -40,8 +41,61 @@ def test_errors_name_key_path(over, path):
 
 
 def test_secret_required():
-    with pytest.raises(ConfigError, match=r"^\$\.stream_secret"):
+    with pytest.raises(ConfigError, match=r"^\$\.user_token_secret"):
         parse_config({"pods": {}}, env={})
+    with pytest.raises(ConfigError, match=r"^\$\.pod_signing_key_file: required"):
+        parse_config({"user_token_secret": "u" * 40}, env={})
+
+
+def test_keys_by_role_and_legacy_fallback(tmp_path):
+    """The new layout needs no shared secret; the legacy one still loads, and says per role what it costs."""
+    from gateway.grants import GrantSigner
+    from protocol.tokens import Keyring, SigningKey
+
+    cfg = parse_config(keys(), env={})
+    assert cfg.legacy_warnings() == []
+    assert isinstance(cfg.pod_signer(), SigningKey) and cfg.pod_signer().kid == "test-1"
+    assert cfg.user_keyring().kids == ["default"]
+    # without grant_secret the grant key is derived from the signing key: stable across restarts
+    no_grant = parse_config({k: v for k, v in keys().items() if k != "grant_secret"}, env={})
+    assert no_grant.grant_keys() == no_grant.grant_keys() != cfg.grant_keys()
+    assert no_grant.grant_keys()[0] not in (SECRET.encode(),)
+    legacy = parse_config(OK, env={})
+    assert isinstance(legacy.pod_signer(), Keyring)
+    warnings = " ".join(legacy.legacy_warnings())
+    assert "user_token_secret" in warnings and "pod_signing_key_file" in warnings and "stolen pod" in warnings
+    # legacy grants use a process-random key, never one derived from the secret pods hold
+    GrantSigner(legacy.grant_keys())
+    assert legacy.grant_keys() != legacy.grant_keys()
+
+
+@pytest.mark.parametrize("over,path,needle", [
+    ({"pod_signing_key_file": "/nonexistent/key.pem"}, "$.pod_signing_key_file", "cannot read"),
+    ({"pod_signing_key_id": "bad kid!"}, "$.pod_signing_key_id", "A-Za-z0-9"),
+    ({"grant_secret": "short"}, "$.grant_secrets.default", "16 bytes"),
+    ({"user_token_secret_primary": "nope"}, "$.user_token_secret_primary", "not a key id"),
+    ({"upstream_pod_connections": 0}, "$.upstream_pod_connections", "1-256"),
+    ({"upstream_deadline": 0}, "$.upstream_deadline", "> 0"),
+    ({"upstream_max_segment_bytes": 10}, "$.upstream_max_segment_bytes", "1024"),
+])
+def test_key_and_bound_errors_name_the_key(over, path, needle):
+    with pytest.raises(ConfigError) as ei:
+        parse_config({**keys(), **over}, env={})
+    assert str(ei.value).startswith(path) and needle in str(ei.value), str(ei.value)
+
+
+def test_signing_key_file_must_be_an_ed25519_private_key(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    public = tmp_path / "pub.pem"
+    public.write_text(SIGNER.public_pem())
+    ecdsa = tmp_path / "ec.pem"
+    ecdsa.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    for path, needle in ((public, "PEM private key"), (ecdsa, "not an Ed25519 private key")):
+        with pytest.raises(ConfigError, match=needle):
+            parse_config({**keys(), "pod_signing_key_file": str(path)}, env={})
 
 
 def test_cli_exit_code_2(tmp_path):
@@ -55,7 +109,7 @@ def test_cli_exit_code_2(tmp_path):
     f.write_text("pods: {gate-1: 'http://127.0.0.2:8000'}\n")
     r = subprocess.run([sys.executable, "-m", "gateway", "--config", str(f)], capture_output=True, text=True,
                        env=env, timeout=60)
-    assert r.returncode == 2 and "$.stream_secret" in r.stderr
+    assert r.returncode == 2 and "$.user_token_secret" in r.stderr
 
 
 def test_file_missing():

@@ -32,10 +32,10 @@ PEERS = [
 
 def test_localapi_parser_filters_tag_uses_tailnet_ipv4_and_online():
     pods = pods_from_localapi_status(status_body(["100.100.0.1"], PEERS), "tag:pod", 8000)
-    assert pods["gate-1"] == PodInfo("gate-1", "http://100.101.1.1:8000", True)
+    assert pods["gate-1"] == PodInfo("gate-1", "http://100.101.1.1:8000", True, "gate-1.tail0000.ts.net")
     assert pods["gate-2"].online is False
     assert "laptop" not in pods and "evil" not in pods  # untagged; non-tailnet address
-    assert pods["gate-3"].base_url == "http://100.101.1.4:8000"  # falls back to the DNSName label
+    assert pods["gate-3"].base_url == "http://100.101.1.4:8000"  # identified by its MagicDNS name
 
 
 def test_localapi_parser_survives_junk():

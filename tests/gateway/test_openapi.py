@@ -28,21 +28,22 @@ async def test_schema_is_served_and_lists_streams(client, pod):
 
 async def test_schema_documents_every_status_the_proxy_maps(client):
     """Every status :mod:`gateway.proxy` can answer on GET is a documented response code
-    (the proxy's HTTPError statuses, the statuses it sends itself, and the pod's 4xx it
-    passes through)."""
+    (every status of the error table :data:`gateway.errors.STATUS`, the statuses it sends
+    itself, and the pod's 4xx it passes through)."""
     import re
     from pathlib import Path
 
     import gateway.proxy
+    from gateway.errors import STATUS, ConfigError, GatewayError, UpstreamStatus
 
     source = Path(gateway.proxy.__file__).read_text()
-    raised = {int(code) for code in re.findall(r"HTTPError\((\d{3})", source)}
-    sent = {int(code) for code in re.findall(r'"status": (\d{3})', source)}
-    # the scan found the proxy's refusals and answers at all (a changed spelling would empty it)
+    raised = {code for cls, code in STATUS.items() if code is not None and cls not in (GatewayError, ConfigError)}
+    sent = {int(code) for code in re.findall(r"send_(?:body|start)\(send, (\d{3})", source)}
+    # the table and the scan found the proxy's refusals and answers at all (a changed spelling would empty it)
     assert raised >= {400, 401, 403, 404, 405, 416, 502, 503, 504}, raised
     assert sent >= {200, 204, 206, 302}, sent
-    # statuses passed through from the pod: a variable status in HTTPError (any pod 4xx, and 503/504)
-    assert re.search(r"raise HTTPError\(st\b", source), "the pass-through of pod statuses moved: update this test"
+    # statuses passed through from the pod: UpstreamStatus carries the pod's own (any 4xx, and 503/504)
+    assert STATUS[UpstreamStatus] is None and "UpstreamStatus(st," in source, "pod pass-through moved: update this test"
     doc = (await client.get(SCHEMA_PATH)).json()
     item = doc["paths"][STREAMS_PATH]
     documented = set(item["get"]["responses"])

@@ -14,7 +14,7 @@ import httpx
 import jwt
 import pytest
 
-from tests.gateway.conftest import CAM, LIVE, ORIGIN, POD, SECRET, make_token, start_session, uris
+from tests.gateway.conftest import CAM, LIVE, ORIGIN, POD, SECRET, SIGNER, keys, make_token, start_session, uris
 
 
 # ---- authentication happens before any upstream request ------------------------------------
@@ -185,7 +185,11 @@ async def test_cors_exact_echo_on_success_error_redirect_and_preflight(client, p
     r = await client.get(url, headers=h)
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ORIGIN
     grant = url.split("pb_grant=")[1]
-    r = await client.get(f"/streams/{CAM}/seg_99999.m4s?pb_grant={grant}", headers=h)
+    r = await client.get(f"/streams/{CAM}/seg_99999.m4s?pb_grant={grant}", headers=h)  # grant of another URI
+    assert r.status_code == 403 and r.headers["access-control-allow-origin"] == ORIGIN
+    pod.routes[f"/cameras/{CAM}/seg_100.m4s"] = httpx.Response(404)
+    seg = [u for u in uris((await client.get(url)).text) if u.startswith("seg_100")][0]
+    r = await client.get(f"/streams/{CAM}/{seg}", headers=h)  # the pod's own 404, passed through
     assert r.status_code == 404 and r.headers["access-control-allow-origin"] == ORIGIN
     r = await client.get(f"/streams/{CAM}/seg_1.m4s", headers=h)
     assert r.status_code == 401 and r.headers["access-control-allow-origin"] == ORIGIN
@@ -222,7 +226,18 @@ async def test_pod_statuses_mapped(client, pod):
     assert r.status_code == 503 and r.headers["retry-after"] == "3"
     pod.routes[f"/cameras/{CAM}/index.m3u8"] = httpx.Response(401)
     assert (await client.get(url)).status_code == 502  # the pod refusing *us* is not the viewer's fault
-    assert (await client.get(f"/streams/{CAM}/seg_424242.m4s?pb_grant={grant}")).status_code == 404
+    pod.routes[f"/cameras/{CAM}/index.m3u8"] = httpx.Response(
+        200, text="#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\nseg_424242.m4s\n#EXTINF:2,\nseg_424243.m4s\n")
+    pod.routes[f"/cameras/{CAM}/seg_424243.m4s"] = httpx.Response(400, text="msn too far")
+    await asyncio.sleep(1.1)  # past the cached 401's reload window
+    text = (await client.get(url)).text
+    gone, bad = [u for u in uris(text) if u.startswith("seg_42424")]
+    assert (await client.get(f"/streams/{CAM}/{gone}")).status_code == 404  # the pod's 404 passes through
+    assert (await client.get(f"/streams/{CAM}/{bad}")).status_code == 400  # and so does its 400 (B14)
+    # a grant opens only its own URI: the session grant on a segment is refused before any pod request
+    n = len(pod.requests)
+    assert (await client.get(f"/streams/{CAM}/seg_424242.m4s?pb_grant={grant}")).status_code == 403
+    assert len(pod.requests) == n
 
 
 async def test_unknown_pod_is_503(client, pod):
@@ -287,11 +302,12 @@ async def test_only_uris_from_current_playlists_are_fetched(client, pod):
     seg = [u for u in uris(text) if u.startswith("seg_100")][0]
     grant = seg.split("pb_grant=")[1]
     n = len(pod.requests)
+    # each grant is bound to its one URI (path, query, kind): anything else is a bad grant
     for i in range(20):
-        assert (await client.get(f"/streams/{CAM}/{seg}&x={i}")).status_code == 404
-        assert (await client.get(f"/streams/{CAM}/index.m3u8?x={i}&pb_grant={grant}")).status_code == 404
-    assert (await client.get(f"/streams/{CAM}/seg_999.m4s?pb_grant={grant}")).status_code == 404
-    assert (await client.get(f"/streams/{CAM}/other.m3u8?pb_grant={grant}")).status_code == 404
+        assert (await client.get(f"/streams/{CAM}/{seg}&x={i}")).status_code == 403
+        assert (await client.get(f"/streams/{CAM}/index.m3u8?x={i}&pb_grant={grant}")).status_code == 403
+    assert (await client.get(f"/streams/{CAM}/seg_999.m4s?pb_grant={grant}")).status_code == 403
+    assert (await client.get(f"/streams/{CAM}/other.m3u8?pb_grant={grant}")).status_code == 403
     assert len(pod.requests) == n
 
 
@@ -301,7 +317,7 @@ async def test_session_entry_is_the_root_playlist_only(client, pod):
         r = await client.get(f"/streams/{CAM}/{path}?token={token}")
         assert r.status_code == 404 and "location" not in r.headers, path
     r = await client.get(f"/streams/{CAM}/index.m3u8?foo=bar&token={token}")
-    assert r.status_code == 302 and r.headers["location"].startswith("index.m3u8?pb_grant=v1.")
+    assert r.status_code == 302 and r.headers["location"].startswith("index.m3u8?pb_grant=")
     assert "foo" not in r.headers["location"] and pod.requests == []
 
 
@@ -419,7 +435,7 @@ async def admin_client(pod):
     from gateway.config import parse_config
     from gateway.discovery import StaticDiscovery
 
-    cfg = parse_config({"stream_secret": SECRET, "pods": {POD: "http://127.0.0.2:8000"}, "admin_token": "a" * 32},
+    cfg = parse_config({**keys(), "pods": {POD: "http://127.0.0.2:8000"}, "admin_token": "a" * 32},
                        env={})
     app = create_app(cfg, discovery=StaticDiscovery(cfg.pods), transport=httpx.MockTransport(pod.handler))
     async with AsyncTestClient(app=app) as c:
@@ -430,9 +446,9 @@ async def test_nudge_relay_needs_admin_token_and_forwards_with_pod_token(admin_c
     seen = []
 
     def pod_nudge(request):
-        from protocol.tokens import Keyring, verify_pod_token
+        from protocol.tokens import verify_pod_token
 
-        claims = verify_pod_token(request.headers["authorization"].split()[1], Keyring.single(SECRET))
+        claims = verify_pod_token(request.headers["authorization"].split()[1], SIGNER.public_keys(), pod_id=POD)
         seen.append((claims.pod_id, claims.camera_id, request.content))
         return httpx.Response(202, json={"accepted": True})
 

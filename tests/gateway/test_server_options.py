@@ -61,7 +61,7 @@ def test_factory_without_a_file_uses_env_only(monkeypatch):
     monkeypatch.setenv("POD_STREAM_SECRET", "e" * 40)
     assert isinstance(create_app_from_env(), GatewayASGI)
     monkeypatch.delenv("POD_STREAM_SECRET")
-    with pytest.raises(ConfigError, match=r"\$\.stream_secret"):
+    with pytest.raises(ConfigError, match=r"\$\.user_token_secret"):
         create_app_from_env()
 
 

@@ -123,7 +123,10 @@ def test_good_setup_passes(stack, tmp_path):
     # a check changes nothing: missing directories are reported, not created
     assert not (tmp_path / "state").exists() and not (tmp_path / "hls").exists()
     assert "missing (created at start" in line(lines, "dir state_dir")
-    assert line(lines, "secret").startswith("PASS secret:") and stack.secret not in text
+    assert line(lines, "keys").startswith("PASS keys: gateway_public_keys: Ed25519 key(s) dev-1")
+    assert "secret" not in [x.split(" ", 2)[1].rstrip(":") for x in lines]  # no shared secret on this pod
+    assert line(lines, "clock").startswith("PASS clock:") and "the portal's clock" in line(lines, "clock")
+    assert stack.secret not in text
     assert stack.api_key not in text
     assert lines[-1].startswith("OK: ") and "0 failed" in lines[-1]
     assert all(x.split(" ", 1)[0] in ("PASS", "WARN", "OK:") for x in lines), text
@@ -218,6 +221,55 @@ def test_short_secret_fails(stack, tmp_path, monkeypatch):
     s = line(lines, "secret")
     assert s.startswith("FAIL secret: stream_secret (kid 'default') is 16 bytes") and "openssl rand" in s
     assert "too-short-secret" not in "\n".join(lines)
+
+
+def test_legacy_stream_secret_warns_that_a_stolen_pod_can_mint_tokens(stack, tmp_path, monkeypatch):
+    """The guide's config (one shared stream_secret, no gateway public key) passes with a WARN that
+    names the risk and the key to set instead."""
+    monkeypatch.delenv("POD_STREAM_SECRET", raising=False)
+    rc, lines = run_check(write_config(stack, tmp_path, gateway_public_keys=None, stream_secret="s" * 40))
+    assert rc == 0, lines
+    k = line(lines, "keys")
+    assert k.startswith("WARN keys: legacy key layout") and "stolen pod can mint" in k
+    assert "fix: set gateway_public_keys" in k
+    # while migrating (both set) it still warns: the secret on disk is what matters
+    rc, lines = run_check(write_config(stack, tmp_path, stream_secret="s" * 40))
+    assert rc == 0 and line(lines, "keys").startswith("PASS keys: gateway_public_keys")
+    assert [x for x in lines if x.startswith("WARN keys:")][0].count("stream_secret is still set") == 1
+
+
+@pytest.mark.parametrize("offset,status", [(0.4, "PASS"), (-12.0, "WARN"), (45.0, "FAIL"), (-45.0, "FAIL")])
+def test_clock_skew_against_the_portal(stack, tmp_path, offset, status):
+    """``clock`` compares this host's clock with the portal's Date header: a pod 45 s off would refuse
+    every gateway token (max_clock_skew 30 s), so that is a FAIL that says clock skew."""
+    from pod.check import check_clock
+    from pod.config import load_config
+
+    cfg, _ = load_config(write_config(stack, tmp_path))
+    r = check_clock(cfg, [offset])
+    assert r.status == status, r.line()
+    assert ("ahead of" if offset > 0 else "behind") in r.line()
+    if status == "FAIL":
+        assert "clock skew" in r.line() and "timedatectl" in r.line()
+    assert check_clock(cfg, []).status == "WARN"
+
+
+async def test_portal_client_measures_the_clock_offset_from_the_date_header():
+    import email.utils
+    import time
+
+    import httpx
+
+    from pod.portal import PortalClient
+
+    def handler(request):
+        skewed = email.utils.formatdate(time.time() - 40, usegmt=True)  # the portal is 40 s behind us
+        return httpx.Response(200, json={"config_version": "1", "entries": []}, headers={"date": skewed})
+
+    async with PortalClient("https://portal.example", "k", transport=httpx.MockTransport(handler)) as client:
+        assert client.clock_offset is None
+        await client.get_plates("s", "c")
+        assert client.clock_offset == pytest.approx(40, abs=1.5)
 
 
 def test_invalid_config_stops_with_key_path(tmp_path):

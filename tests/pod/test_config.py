@@ -132,7 +132,7 @@ def test_secret_required_for_streaming(monkeypatch):
     monkeypatch.delenv("POD_STREAM_SECRET", raising=False)
     d = base()
     del d["stream_secret"]
-    with pytest.raises(ConfigError, match=r"^\$\.stream_secret"):
+    with pytest.raises(ConfigError, match=r"^\$\.gateway_public_keys: required .*legacy: stream_secret"):
         parse_config(d)
     monkeypatch.setenv("POD_STREAM_SECRET", "e" * 40)
     cfg, _ = parse_config(d)
@@ -239,3 +239,59 @@ def test_hls_buffer_holds_a_whole_clip_by_default_and_refuses_too_little():
     assert cfg.hls_keep_extra_segments >= 65 + 4
     with pytest.raises(ConfigError, match=r"^\$\.hls_keep_extra_segments: must be >= 39"):
         parse_config(base(hls_segment_seconds=1, hls_keep_extra_segments=10))
+
+
+# ---- keys by role: the pod holds the gateway's public key, nothing that can mint -----------------
+def test_seed_config_is_legacy_and_says_what_that_costs(monkeypatch):
+    monkeypatch.delenv("POD_STREAM_SECRET", raising=False)
+    cfg, _ = load_config(DATA / "seed_config.yaml")
+    warning = cfg.legacy_warning()
+    assert warning and "stolen pod can mint" in warning and "gateway_public_keys" in warning
+    [ring] = cfg.pod_token_keys()
+    assert ring.algorithm == "HS256"
+
+
+def test_gateway_public_keys_as_pem_or_path(tmp_path, monkeypatch):
+    from protocol.tokens import SigningKey
+
+    monkeypatch.delenv("POD_STREAM_SECRET", raising=False)
+    old, new = SigningKey.generate("2025-01"), SigningKey.generate("2025-06")
+    path = tmp_path / "gw-2025-06.pub"
+    path.write_text(new.public_pem())
+    d = base(gateway_public_keys={"2025-01": old.public_pem(), "2025-06": str(path)})
+    del d["stream_secret"]
+    cfg, _ = parse_config(d)
+    assert cfg.legacy_warning() is None
+    [ring] = cfg.pod_token_keys()
+    assert ring.algorithm == "EdDSA" and sorted(ring.kids) == ["2025-01", "2025-06"]
+
+
+@pytest.mark.parametrize("value,needle", [
+    ("/nonexistent/gw.pub", "cannot read /nonexistent/gw.pub"),
+    ("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", "not a PEM public key"),
+])
+def test_bad_gateway_public_key_names_the_kid(value, needle, monkeypatch):
+    monkeypatch.delenv("POD_STREAM_SECRET", raising=False)
+    d = base(gateway_public_keys={"k1": value})
+    del d["stream_secret"]
+    with pytest.raises(ConfigError) as ei:
+        parse_config(d)
+    assert str(ei.value).startswith("$.gateway_public_keys.k1:") and needle in str(ei.value), str(ei.value)
+
+
+def test_a_private_key_is_not_a_public_key(tmp_path, monkeypatch):
+    """Someone pasting the gateway's private key into the pod config gets an error, not a working pod
+    that now holds a key that can mint."""
+    from protocol.tokens import SigningKey
+
+    monkeypatch.delenv("POD_STREAM_SECRET", raising=False)
+    d = base(gateway_public_keys={"k1": SigningKey.generate("k1").private_pem().decode()})
+    del d["stream_secret"]
+    with pytest.raises(ConfigError, match=r"^\$\.gateway_public_keys\.k1: not a PEM public key"):
+        parse_config(d)
+
+
+def test_max_clock_skew_bounds():
+    assert parse_config(base())[0].max_clock_skew == 30
+    with pytest.raises(ConfigError, match=r"^\$\.max_clock_skew"):
+        parse_config(base(max_clock_skew=3600))

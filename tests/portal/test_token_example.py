@@ -113,10 +113,31 @@ def test_default_ttl_is_within_the_gateway_maximum():
     assert 0 < raw["exp"] - raw["iat"] <= 900
 
 
-def test_secret_may_come_from_pod_stream_secret_env():
+def test_secret_may_come_from_the_environment():
+    """``PLATEBRIDGE_USER_TOKEN_SECRET`` (the user-token key, portal + gateway only), or the guide's
+    legacy ``POD_STREAM_SECRET`` when that is unset; the new one wins."""
     args = {k: v for k, v in BASE.items() if k != "secret"}
+    token = mint(args, env={"PLATEBRIDGE_USER_TOKEN_SECRET": SECRET})
+    assert verify_user_token(token, Keyring.single(SECRET)).user_id == "user-42"
     token = mint(args, env={"POD_STREAM_SECRET": SECRET})
     assert verify_user_token(token, Keyring.single(SECRET)).user_id == "user-42"
+    token = mint(args, env={"PLATEBRIDGE_USER_TOKEN_SECRET": SECRET, "POD_STREAM_SECRET": OTHER_SECRET})
+    assert verify_user_token(token, Keyring.single(SECRET)).user_id == "user-42"
+
+
+def test_the_gateway_accepts_the_examples_token_with_the_new_key_layout(tmp_path):
+    """The gateway configured with keys by role (user_token_secret, an Ed25519 signing key) verifies
+    what the portal example mints with PLATEBRIDGE_USER_TOKEN_SECRET and PLATEBRIDGE_USER_TOKEN_KID."""
+    from gateway.config import parse_config
+    from protocol.tokens import SigningKey
+
+    key = tmp_path / "k.pem"
+    key.write_bytes(SigningKey.generate("gw-1").private_pem())
+    cfg = parse_config({"user_token_secrets": {"2025-06": SECRET}, "pod_signing_key_file": str(key)}, env={})
+    args = {k: v for k, v in BASE.items() if k != "secret"} | {"kid": "2025-06"}
+    token = mint(args, env={"PLATEBRIDGE_USER_TOKEN_SECRET": SECRET})
+    assert verify_user_token(token, cfg.user_keyring()).pod_id == "main-gate-pod"
+    assert cfg.legacy_warnings() == []
 
 
 def test_kid_rotation_keyring():
@@ -291,11 +312,21 @@ def test_doc_heartbeat_nudge_detect_upload_env_rotation(doc):
     for needle in ("/api/pod/recordings/upload-url", "upload_url", "signedUrl", "signed_url", "file_path",
                    "`path`", "expires_in", "409", "upsert", "/api/pod/recordings/confirm"):
         assert needle in doc, needle
-    # env vars
-    for needle in ("POD_STREAM_SECRET", "PLATEBRIDGE_GATEWAY_", "PLATEBRIDGE_GATEWAY_ADMIN_TOKEN",
-                   "PLATEBRIDGE_GATEWAY_PUBLIC_BASE_URL", "stream_secrets", "stream_secret_primary"):
+    # env vars and the key layout
+    for needle in ("PLATEBRIDGE_USER_TOKEN_SECRET", "PLATEBRIDGE_USER_TOKEN_KID", "PLATEBRIDGE_GATEWAY_",
+                   "PLATEBRIDGE_GATEWAY_ADMIN_TOKEN", "PLATEBRIDGE_GATEWAY_PUBLIC_BASE_URL",
+                   "PLATEBRIDGE_GATEWAY_USER_TOKEN_SECRET", "user_token_secrets", "pod_signing_key_file",
+                   "gateway_public_keys", "grant_secret", "POD_STREAM_SECRET", "EdDSA", "Ed25519",
+                   "no secret on the pod's SD card"):
         assert needle in doc, needle
-    # rotation order: pods and gateways learn the new secret before the portal mints with it
+    # rotation, per key: whoever verifies learns the new key before whoever signs uses it
     rotation = doc[doc.index("## Key rotation"):]
-    steps = [rotation.index(s) for s in ("stream_secrets", "POD_STREAM_KID", "retire")]
-    assert steps == sorted(steps), "rotation steps out of order"
+    for section, order in (("### Rotating the user-token secret", ("user_token_secrets", "PLATEBRIDGE_USER_TOKEN_KID",
+                                                                   "Retire")),
+                           ("### Rotating the gateway signing key", ("gateway_public_keys", "pod_signing_key_id",
+                                                                     "Retire")),
+                           ("### Rotating the grant key", ("grant_secret_primary", "Retire"))):
+        part = rotation[rotation.index(section):]
+        part = part[:part.index("\n### ", 5)] if "\n### " in part[5:] else part
+        steps = [part.index(s) for s in order]
+        assert steps == sorted(steps), f"{section}: steps out of order"

@@ -186,3 +186,122 @@ def test_errors_never_contain_the_token():
         verify_user_token(tok, RING)
     assert tok not in str(ei.value) and SECRET not in str(ei.value)
     assert SECRET not in repr(RING)
+
+
+# ---- gateway→pod tokens: EdDSA, one pod each, clock skew ------------------------------------------
+from protocol.tokens import PublicKeyring, SigningKey, bearer_token  # noqa: E402
+
+GW = SigningKey.generate("gw-1")
+PUB = GW.public_keys()
+
+
+def pod_claims(**over):
+    now = int(time.time())
+    c = {"aud": GATEWAY_TO_POD_AUDIENCE, "iat": now, "exp": now + 30, "camera_id": "c1", "pod_id": "pod-a"}
+    c.update(over)
+    return {k: v for k, v in c.items() if v is not None}
+
+
+def ed(c, key=GW, kid="gw-1"):
+    return jwt.encode(c, key.signing_key()[1], algorithm="EdDSA", headers={"kid": kid})
+
+
+def test_eddsa_pod_token_roundtrip_and_header():
+    tok = mint_pod_token(GW, camera_id="c1", pod_id="pod-a")
+    assert jwt.get_unverified_header(tok) == {"alg": "EdDSA", "kid": "gw-1", "typ": "JWT"}
+    c = verify_pod_token(tok, PUB, pod_id="pod-a")
+    assert (c.camera_id, c.pod_id) == ("c1", "pod-a")
+
+
+def test_a_token_for_pod_a_is_refused_by_pod_b():
+    tok = mint_pod_token(GW, camera_id="c1", pod_id="pod-a")
+    with pytest.raises(TokenInvalid, match="another pod"):
+        verify_pod_token(tok, PUB, pod_id="pod-b")
+
+
+def test_public_keys_accept_only_eddsa():
+    """Algorithm confusion: an HS256 token whose 'secret' is the public key PEM (which pods hold)
+    must be refused, as must HS256 with anything, none and other asymmetric algorithms."""
+    pem = GW.public_pem().encode()
+    header = jwt.utils.base64url_encode(b'{"alg":"HS256","kid":"gw-1"}')
+    payload = jwt.utils.base64url_encode(jwt.api_jws.json.dumps(pod_claims()).encode())
+    import hashlib
+    import hmac as _hmac
+
+    sig = jwt.utils.base64url_encode(_hmac.new(pem, header + b"." + payload, hashlib.sha256).digest())
+    for tok in ((header + b"." + payload + b"." + sig).decode(),
+                jwt.encode(pod_claims(), SECRET, algorithm="HS256"),
+                jwt.encode(pod_claims(), None, algorithm="none")):
+        with pytest.raises(TokenInvalid, match="algorithm not allowed"):
+            verify_pod_token(tok, PUB)
+
+
+def test_another_gateway_key_is_refused_and_rotation_by_kid_works():
+    stranger = SigningKey.generate("gw-1")  # same kid, other key
+    with pytest.raises(TokenInvalid, match="bad signature"):
+        verify_pod_token(mint_pod_token(stranger, camera_id="c1", pod_id="pod-a"), PUB)
+    new = SigningKey.generate("gw-2")
+    during = PublicKeyring({"gw-1": GW.public_pem(), "gw-2": new.public_pem()})
+    for signer in (GW, new):
+        assert verify_pod_token(mint_pod_token(signer, camera_id="c1", pod_id="pod-a"), during).pod_id == "pod-a"
+    with pytest.raises(TokenInvalid, match="unknown key id"):  # a pod that has not learnt gw-2 yet
+        verify_pod_token(mint_pod_token(new, camera_id="c1", pod_id="pod-a"), PUB)
+
+
+def test_legacy_hs256_pod_tokens_only_with_the_legacy_keyring():
+    tok = mint_pod_token(RING, camera_id="c1", pod_id="pod-a")
+    assert verify_pod_token(tok, [PUB, RING], pod_id="pod-a").pod_id == "pod-a"
+    with pytest.raises(TokenInvalid, match="algorithm not allowed"):
+        verify_pod_token(tok, PUB)  # a pod with only the gateway's public key
+
+
+@pytest.mark.parametrize("claim", ["iat", "nbf"])
+def test_clock_skew_within_the_bound_is_tolerated_on_iat_and_nbf(claim):
+    """A pod whose clock is 7 s (or 25 s) behind the gateway sees iat/nbf in the future."""
+    now = float(int(time.time()))
+    for behind in (7, 25):
+        tok = ed(pod_claims(**{claim: int(now) + behind, "exp": int(now) + behind + 30}))
+        assert verify_pod_token(tok, PUB, now=now).pod_id == "pod-a"
+    tok = ed(pod_claims(**{claim: int(now) + 45, "exp": int(now) + 75}))
+    with pytest.raises(TokenInvalid, match="clock skew") as ei:
+        verify_pod_token(tok, PUB, now=now)
+    assert f"{claim} is 45 s ahead" in str(ei.value)
+    assert verify_pod_token(tok, PUB, now=now, max_skew=60).pod_id == "pod-a"  # a configured bound
+
+
+def test_skew_tolerance_never_extends_exp():
+    now = time.time()
+    with pytest.raises(TokenExpired):
+        verify_pod_token(ed(pod_claims(iat=int(now) - 60, exp=int(now) - 10)), PUB, now=now, max_skew=300)
+
+
+def test_user_tokens_keep_a_5s_skew():
+    now = int(time.time())
+    assert verify_user_token(sign(claims(iat=now + 4)), RING).user_id == "u1"
+    with pytest.raises(TokenInvalid, match="clock skew"):
+        verify_user_token(sign(claims(iat=now + 30, exp=now + 300)), RING)
+
+
+def test_keys_never_show_in_repr_and_wrong_key_types_are_refused():
+    assert "PRIVATE" not in repr(GW) and repr(GW) == "SigningKey(kid='gw-1')"
+    with pytest.raises(ValueError, match="Ed25519"):
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        PublicKeyring({"k": pem})
+    with pytest.raises(ValueError, match="PEM public key"):
+        PublicKeyring({"k": GW.private_pem()})
+
+
+def test_derived_keys_are_per_label_and_per_key():
+    assert GW.derive(b"a") == GW.derive(b"a") != GW.derive(b"b")
+    assert SigningKey.generate("x").derive(b"a") != GW.derive(b"a")
+    assert SigningKey(GW.private_pem(), "other").derive(b"a") == GW.derive(b"a")
+
+
+@pytest.mark.parametrize("value,expected", [("Bearer abc", "abc"), ("bearer  abc ", "abc"), ("Basic abc", None),
+                                            ("Bearer", None), ("Bearer ", None), ("", None), (None, None)])
+def test_bearer_token(value, expected):
+    assert bearer_token(value) == expected

@@ -21,10 +21,9 @@ from urllib.parse import urljoin
 
 import httpx
 import pytest
-from stack import free_port
 
-from protocol.tokens import Keyring, mint_pod_token
-from tests.e2e.conftest import make_stack, pod_requests_total, started, wait_until
+from protocol.tokens import mint_pod_token
+from tests.e2e.conftest import free_port, make_stack, pod_requests_total, started, wait_until
 
 __all__ = ["GatewayCounters", "RawResponse", "Sentinels", "free_port", "gateway_counters", "make_stack",
            "play_like_a_player", "pod_requests_total", "pod_token", "raw_request", "session_grant", "wait_until"]
@@ -190,8 +189,8 @@ def session_grant(stack) -> str:
 
 
 def pod_token(stack, camera_id: str | None = None) -> str:
-    """A valid gateway→pod token for the stack's pod (30 s)."""
-    return mint_pod_token(Keyring.single(stack.secret), camera_id=camera_id or stack.camera_id, pod_id=stack.pod_id)
+    """A valid gateway→pod token for the stack's pod (30 s), signed with the gateway's key."""
+    return mint_pod_token(stack.pod_signer(), camera_id=camera_id or stack.camera_id, pod_id=stack.pod_id)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,8 @@ These aim at input written by an attacker:
   returns a playlist in which every URI a player would fetch — found by an independent
   tokenizer written here, not by the rewriter's own — is relative, resolves below
   ``/streams/<camera>/`` on the gateway, carries exactly one of the two grants it was
-  given, and was recorded in ``issued``; no foreign or pod host appears in any URI.
+  given, and was minted for exactly the path and query it is attached to (recorded in
+  ``issued`` by the grant callback); no foreign or pod host appears in any URI.
   Then end to end through the gateway proxy: a pod answering arbitrary bytes yields 200
   or 502 (never 500), and fetching every URI of a 200 answer only ever reaches the
   pod's own camera directory.
@@ -45,14 +46,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from gateway.app import create_app
+from gateway.config import parse_config
 from gateway.discovery import StaticDiscovery
 from gateway.errors import PlaylistError
 from gateway.playlist import rewrite_playlist
-from gateway.proxy import StreamProxy
-from gateway.upstream import Upstream
 from pod.frigate import parse_message
-from protocol.tokens import Keyring
-from tests.gateway.conftest import CAM, POD, POD_URL, SECRET, make_token
+from tests.gateway.conftest import CAM, POD, POD_URL, keys, make_token
 from tests.security.hls_player import URI_ATTRS, fetched_uris
 
 POD_NETLOC = "127.0.0.2:8000"
@@ -109,9 +109,13 @@ def check_rewritten(text: str, out: str, issued: set[tuple[str, str]], playlist_
 def rewrite(text: str, playlist: str = "index.m3u8"):
     """Run the rewriter; returns (output or None, issued). Only PlaylistError may escape."""
     issued: set[tuple[str, str]] = set()
+
+    def grant(path: str, query: str, is_playlist: bool) -> str:
+        issued.add((path, query))
+        return PL if is_playlist else SEG
+
     try:
-        out = rewrite_playlist(text, upstream_url=SCOPE + playlist, scope_url=SCOPE, segment_grant=SEG,
-                               playlist_grant=PL, issued=issued)
+        out = rewrite_playlist(text, upstream_url=SCOPE + playlist, scope_url=SCOPE, grant=grant)
     except PlaylistError:
         return None, issued
     return out, issued
@@ -304,17 +308,16 @@ async def _through_proxy(body: bytes) -> tuple[int, list[str]]:
             return httpx.Response(200, content=SUB_PLAYLIST)
         return httpx.Response(200, content=b"MEDIA")
 
-    ring = Keyring.single(SECRET)
-    upstream = Upstream(ring, transport=httpx.MockTransport(pod))
-    proxy = StreamProxy(keyring=ring, discovery=StaticDiscovery({POD: POD_URL}), upstream=upstream,
-                        allowed_origins=[], access_log_enabled=False)
+    cfg = parse_config({**keys(), "pods": {POD: POD_URL}, "access_log": False}, env={})
+    proxy = create_app(cfg, discovery=StaticDiscovery(cfg.pods), transport=httpx.MockTransport(pod)).proxy
+    upstream = proxy.upstream
 
     async def play(c: httpx.AsyncClient, url: str, text: str, depth: int) -> None:
         for uri in fetched_uris(text):
             target = urlsplit(urljoin(url, uri))
             assert target.netloc == "gw.test", (uri, target)
             follow = await c.get(target.path + ("?" + target.query if target.query else ""))
-            assert follow.status_code in (200, 400, 404), (uri, follow.status_code, follow.text)
+            assert follow.status_code in (200, 400, 403, 404), (uri, follow.status_code, follow.text)
             if depth and follow.status_code == 200 and follow.text.startswith("#EXTM3U"):
                 await play(c, str(follow.request.url), follow.text, depth - 1)
 

@@ -43,8 +43,7 @@ from gateway.config import parse_config
 from gateway.discovery import StaticDiscovery
 from gateway.grants import Grant, GrantSigner
 from gateway.openapi import SCHEMA_PATH, STREAMS_PATH
-from protocol.tokens import Keyring
-from tests.gateway.conftest import CAM, LIVE, ORIGIN, POD, POD_URL, SECRET, FakePod, make_token
+from tests.gateway.conftest import CAM, GRANT_SECRET, LIVE, ORIGIN, POD, POD_URL, SECRET, FakePod, keys, make_token
 
 
 @schemathesis.check
@@ -83,7 +82,7 @@ class WithoutLifespan:
 
 
 def _app(pod: FakePod) -> WithoutLifespan:
-    cfg = parse_config({"stream_secret": SECRET, "pods": {POD: POD_URL}, "admin_token": ADMIN,
+    cfg = parse_config({**keys(), "pods": {POD: POD_URL}, "admin_token": ADMIN,
                         "allowed_origins": [ORIGIN]}, env={})
     return WithoutLifespan(create_app(cfg, discovery=StaticDiscovery(cfg.pods),
                                       transport=httpx.MockTransport(pod.handler)))
@@ -132,18 +131,19 @@ def _steer(case, i: int, *, valid: bool) -> str:
         return "watch page with a token"
     if op != STREAMS_PATH or case.method == "OPTIONS" or i % 2 == 0:
         return "as generated"
-    signer = GrantSigner(Keyring.single(secret))
-    grant = signer.mint(Grant("fuzz", CAM, POD, 2**31 - 1, 2**31 - 1))
+    signer = GrantSigner([(GRANT_SECRET if valid else secret).encode()])
     query = {k: v for k, v in (case.query or {}).items() if k not in ("token", "pb_grant")}
     shape = ("session start", "playlist reload", "segment", "other camera")[(i // 2) % 4]
     camera, path = CAM, "index.m3u8"
     if shape == "session start":
         query["token"] = make_token(secret=secret)
-    elif shape == "playlist reload":
-        query["pb_grant"] = grant
+    elif shape == "playlist reload":  # a grant binds its URI's whole query: generated extras would void it
+        query = {"pb_grant": signer.mint(Grant("playlist", POD, 2**31 - 1, 2**31 - 1, b"\0" * 8), camera_id=CAM,
+                                         path=path)}
     elif shape == "segment":
         path = SEGMENTS[(i // 8) % len(SEGMENTS)]
-        query["pb_grant"] = grant
+        query = {"pb_grant": signer.mint(Grant("media", POD, 2**31 - 1, 2**31 - 1, b"\0" * 8), camera_id=CAM,
+                                         path=path)}
     else:
         camera = "other-cam"
         query["token"] = make_token(secret=secret)

@@ -25,7 +25,6 @@ from gateway.grants import Grant, GrantSigner
 from gateway.playlist import rewrite_playlist
 from pod.frigate import is_event_id, parse_message
 from protocol.ids import is_camera_id, is_dns_label
-from protocol.tokens import Keyring
 
 SCOPE = "http://127.0.0.2:8000/cameras/gate-camera-1/"
 
@@ -40,11 +39,13 @@ def test_ids_with_a_trailing_newline_are_refused(figure, suffix):
 
 
 def test_grant_with_a_trailing_newline_is_refused(figure):
-    signer = GrantSigner(Keyring.single("s" * 40))
-    grant = signer.mint(Grant("u", "gate-camera-1", "main-gate-pod", 2**31 - 1, 2**31 - 1))
-    assert signer.verify(grant, camera_id="gate-camera-1").user == "u"  # control: the clean grant is accepted
+    signer = GrantSigner([b"s" * 40])
+    grant = signer.mint(Grant("media", "main-gate-pod", 2**31 - 1, 2**31 - 1, b"\0" * 8), camera_id="gate-camera-1",
+                        path="seg_1.m4s")
+    where = {"camera_id": "gate-camera-1", "path": "seg_1.m4s", "query": "", "kind": "media", "now": 0.0}
+    assert signer.verify(grant, **where).pod_id == "main-gate-pod"  # control: the clean grant is accepted
     try:
-        signer.verify(grant + "\n", camera_id="gate-camera-1")
+        signer.verify(grant + "\n", **where)
         accepted = 1
     except GrantError:
         accepted = 0

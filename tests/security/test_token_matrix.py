@@ -39,7 +39,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.grants import Grant, GrantSigner
-from protocol.tokens import Keyring, mint_pod_token
+from protocol.tokens import SigningKey, mint_pod_token
 from tests.security.conftest import (
     gateway_counters,
     play_like_a_player,
@@ -92,8 +92,9 @@ BAD_USER_TOKENS: dict[str, tuple[Callable, int]] = {
     "no_exp": (lambda s, k: hs256(s, exp=None), 401),
     "wrong_aud": (lambda s, k: hs256(s, aud="some-other-service"), 401),
     "no_aud": (lambda s, k: hs256(s, aud=None), 401),
-    "pod_token_replayed": (lambda s, k: mint_pod_token(Keyring.single(s.secret), camera_id=s.camera_id,
+    "pod_token_replayed": (lambda s, k: mint_pod_token(s.pod_signer(), camera_id=s.camera_id,
                                                       pod_id=s.pod_id), 401),
+    "hs256_pod_audience_with_user_secret": (lambda s, k: hs256(s, aud="platebridge-pod"), 401),
     "camera_id_other": (lambda s, k: hs256(s, camera_id="other-cam"), 403),
     "camera_id_trailing_newline": (lambda s, k: hs256(s, camera_id=s.camera_id + "\n"), 401),
     "pod_id_not_dns_label": (lambda s, k: hs256(s, pod_id="Evil_Pod.example.com"), 401),
@@ -145,21 +146,30 @@ def test_bad_user_token_refused_by_the_watch_page(sec_stack, rsa_key, figure, na
     assert gw.all_zero(), gw
 
 
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
 def _tamper(grant: str, part: int, stack) -> str:
-    """Change one part of a grant: 1 = flip a payload character, 2 = flip a MAC character,
-    3 = swap in another camera keeping the MAC, 4 = re-sign with another secret."""
-    prefix, payload, mac = grant.split(".")
+    """Change one part of a grant (unpadded base64url of body || 16-byte MAC): 1 = flip a byte of
+    the expiry in the body, 2 = flip a MAC byte, 3 = turn a playlist grant into a media grant keeping
+    the MAC, 4 = re-sign with another key, 5 = swap in another pod_id keeping the MAC."""
+    raw = bytearray(base64.urlsafe_b64decode(grant + "=" * (-len(grant) % 4)))
     if part == 1:
-        i = len(payload) // 2
-        return f"{prefix}.{payload[:i]}{'A' if payload[i] != 'A' else 'B'}{payload[i + 1:]}.{mac}"
-    if part == 2:
-        return f"{prefix}.{payload}.{mac[:-2]}{'A' if mac[-2] != 'A' else 'B'}{mac[-1]}"
-    raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-    if part == 3:
-        swapped = raw.replace(stack.camera_id.encode(), b"other-cam")
-        return f"{prefix}.{base64.urlsafe_b64encode(swapped).rstrip(b'=').decode()}.{mac}"
-    g = GrantSigner(Keyring.single("not-the-secret-" * 4))
-    return g.mint(Grant("mallory", stack.camera_id, stack.pod_id, _now() + 100, _now() + 100))
+        raw[3] ^= 0x01  # exp
+    elif part == 2:
+        raw[-3] ^= 0x01
+    elif part == 3:
+        raw[1] = 1  # kind: media
+    elif part == 5:
+        body, mac = bytes(raw[:-16]), bytes(raw[-16:])
+        head = body[:18] + bytes([len(b"other-pod")]) + b"other-pod"
+        return _b64(head + mac)
+    else:
+        g = GrantSigner([b"not-the-grant-key-" * 2])
+        return g.mint(Grant("playlist", stack.pod_id, _now() + 100, _now() + 100, b"\0" * 8),
+                      camera_id=stack.camera_id, path="index.m3u8")
+    return _b64(bytes(raw))
 
 
 # name → (url builder(stack, grant) → url, expected status)
@@ -172,14 +182,26 @@ BAD_GRANTS: dict[str, tuple[Callable, int]] = {
         lambda s, g: f"{s.gateway_url}/streams/{s.camera_id}/index.m3u8?pb_grant={_tamper(g, 1, s)}", 403),
     "tampered_grant_mac": (
         lambda s, g: f"{s.gateway_url}/streams/{s.camera_id}/index.m3u8?pb_grant={_tamper(g, 2, s)}", 403),
-    "grant_camera_swapped_same_mac": (
-        lambda s, g: f"{s.gateway_url}/streams/other-cam/index.m3u8?pb_grant={_tamper(g, 3, s)}", 403),
+    "grant_kind_swapped_same_mac": (
+        lambda s, g: f"{s.gateway_url}/streams/{s.camera_id}/init.mp4?pb_grant={_tamper(g, 3, s)}", 403),
+    "grant_pod_swapped_same_mac": (
+        lambda s, g: f"{s.gateway_url}/streams/{s.camera_id}/index.m3u8?pb_grant={_tamper(g, 5, s)}", 403),
     "grant_signed_with_other_secret": (
         lambda s, g: f"{s.gateway_url}/streams/{s.camera_id}/index.m3u8?pb_grant={_tamper(g, 4, s)}", 403),
+    "grant_signed_with_the_user_token_secret": (
+        lambda s, g: f"{s.gateway_url}/streams/{s.camera_id}/index.m3u8?pb_grant="
+                     + GrantSigner([s.secret.encode()]).mint(
+                         Grant("playlist", s.pod_id, _now() + 100, _now() + 100, b"\0" * 8),
+                         camera_id=s.camera_id, path="index.m3u8"), 403),
     "grant_expired_real_key": (
         lambda s, g: f"{s.gateway_url}/streams/{s.camera_id}/index.m3u8?pb_grant="
-                     + GrantSigner(Keyring.single(s.secret)).mint(
-                         Grant("mallory", s.camera_id, s.pod_id, _now() - 10, _now() - 10)), 403),
+                     + GrantSigner([s.grant_secret.encode()]).mint(
+                         Grant("playlist", s.pod_id, _now() - 10, _now() - 10, b"\0" * 8),
+                         camera_id=s.camera_id, path="index.m3u8"), 403),
+    "session_grant_on_a_segment": (
+        lambda s, g: f"{s.gateway_url}/streams/{s.camera_id}/init.mp4?pb_grant={g}", 403),
+    "session_grant_with_an_extra_query": (
+        lambda s, g: f"{s.gateway_url}/streams/{s.camera_id}/index.m3u8?x=1&pb_grant={g}", 403),
     "grant_padded": (lambda s, g: f"{s.gateway_url}/streams/{s.camera_id}/index.m3u8?pb_grant={g}%3D%3D", 403),
     "grant_trailing_newline": (
         lambda s, g: f"{s.gateway_url}/streams/{s.camera_id}/index.m3u8?pb_grant={g}%0A", 403),
@@ -206,6 +228,29 @@ def test_bad_grant_refused_with_zero_pod_requests(sec_stack, figure, name):
     assert caused == 0
     # not served from the gateway's playlist or segment cache either (no pod request needed for that)
     assert gw.all_zero(), gw
+
+
+@pytest.mark.parametrize("target", ["index.m3u8", "other.m3u8", "same-path"])
+def test_media_grant_on_a_playlist_is_refused_with_zero_pod_requests(sec_stack, figure, target):
+    """Issue 12 point 2: a leaked segment URL (its grant has seconds left) must not be worth the
+    session. Its grant is refused on any playlist: the root one, another one and even the
+    segment's own path spelled as a playlist (``seg.m4s`` → ``seg.m3u8``)."""
+    base = f"{sec_stack.gateway_url}/streams/{sec_stack.camera_id}/"
+    playlist = httpx.get(base + "index.m3u8?pb_grant=" + session_grant(sec_stack), timeout=10)
+    assert playlist.status_code == 200
+    segment = [line for line in playlist.text.splitlines() if line and not line.startswith("#")][-1]
+    path, _, grant = segment.partition("?pb_grant=")
+    assert httpx.get(base + segment, timeout=10).status_code == 200  # control: the grant works where it belongs
+    name = path.rsplit(".", 1)[0] + ".m3u8" if target == "same-path" else target
+    pod_before, gw_before = pod_requests_total(sec_stack), gateway_counters(sec_stack)
+    r = httpx.get(f"{base}{name}?pb_grant={grant}", timeout=10)
+    caused = pod_requests_total(sec_stack) - pod_before
+    gw = gateway_counters(sec_stack) - gw_before
+    figure(f"pod requests caused by a media grant on a playlist ({target})", caused, "requests", "== 0",
+           caused == 0 and gw.all_zero())
+    assert r.status_code == 403 and "a media grant cannot open a playlist" in r.text, (r.status_code, r.text)
+    assert "#EXTM3U" not in r.text and "pb_grant" not in r.text
+    assert caused == 0 and gw.all_zero(), gw
 
 
 def test_segment_grant_reused_on_another_camera(sec_stack, figure):
@@ -278,17 +323,41 @@ def test_control_a_cache_served_playlist_moves_the_gateway_counters(sec_stack, f
 
 
 # gateway→pod tokens straight at the pod (what a host on the tailnet could try)
+def eddsa(stack, **over) -> str:
+    """EdDSA with the gateway's real key (so only the claim under test is wrong)."""
+    kid, key = stack.pod_signer().signing_key()
+    fields = {"aud": "platebridge-pod", "exp": _now() + 30, **over}
+    return jwt.encode(claims(stack, **fields), key, algorithm="EdDSA", headers={"kid": kid})
+
+
+def _hs256_with_public_key(stack) -> str:
+    """Algorithm confusion: HS256 keyed with the public key PEM the pod holds."""
+    import hashlib
+    import hmac as hmac_
+
+    header = jwt.utils.base64url_encode(b'{"alg":"HS256","typ":"JWT","kid":"%s"}' % stack.signing_kid.encode())
+    body = jwt.utils.base64url_encode(jwt.api_jws.json.dumps(claims(stack, aud="platebridge-pod")).encode())
+    sig = hmac_.new(stack.public_key_file.read_bytes(), header + b"." + body, hashlib.sha256).digest()
+    return (header + b"." + body + b"." + jwt.utils.base64url_encode(sig)).decode()
+
+
 BAD_POD_TOKENS: dict[str, Callable] = {
     "forged_signature": lambda s, k: jwt.encode(claims(s, aud="platebridge-pod"), "x" * 64, algorithm="HS256"),
     "alg_none": lambda s, k: jwt.encode(claims(s, aud="platebridge-pod"), None, algorithm="none"),
     "alg_RS256": lambda s, k: jwt.encode(claims(s, aud="platebridge-pod"), k, algorithm="RS256"),
     "alg_HS512": lambda s, k: jwt.encode(claims(s, aud="platebridge-pod"), s.secret, algorithm="HS512"),
+    "hs256_with_the_user_token_secret": lambda s, k: hs256(s, aud="platebridge-pod"),
+    "hs256_keyed_with_the_public_key": lambda s, k: _hs256_with_public_key(s),
+    "eddsa_other_key_same_kid": lambda s, k: mint_pod_token(SigningKey.generate(s.signing_kid),
+                                                            camera_id=s.camera_id, pod_id=s.pod_id),
     "user_token": lambda s, k: s.user_token(),
-    "expired": lambda s, k: hs256(s, aud="platebridge-pod", iat=_now() - 300, exp=_now() - 60),
-    "lifetime_over_60s": lambda s, k: hs256(s, aud="platebridge-pod", exp=_now() + 600),
-    "other_camera": lambda s, k: mint_pod_token(Keyring.single(s.secret), camera_id="other-cam", pod_id=s.pod_id),
-    "other_pod": lambda s, k: mint_pod_token(Keyring.single(s.secret), camera_id=s.camera_id, pod_id="other-pod"),
-    "any_camera_star": lambda s, k: mint_pod_token(Keyring.single(s.secret), camera_id="*", pod_id=s.pod_id),
+    "expired": lambda s, k: eddsa(s, iat=_now() - 300, exp=_now() - 60),
+    "lifetime_over_60s": lambda s, k: eddsa(s, exp=_now() + 600),
+    "iat_beyond_clock_skew": lambda s, k: eddsa(s, iat=_now() + 120, exp=_now() + 150),
+    "no_aud": lambda s, k: eddsa(s, aud=None),
+    "other_camera": lambda s, k: mint_pod_token(s.pod_signer(), camera_id="other-cam", pod_id=s.pod_id),
+    "other_pod": lambda s, k: mint_pod_token(s.pod_signer(), camera_id=s.camera_id, pod_id="other-pod"),
+    "any_camera_star": lambda s, k: mint_pod_token(s.pod_signer(), camera_id="*", pod_id=s.pod_id),
 }
 
 

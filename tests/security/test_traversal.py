@@ -9,8 +9,8 @@ plain sentinel file inside the camera directory IS served by the pod (the contro
 served sentinel is seen). Gateway attempts carry a valid session grant and must cause
 zero pod requests; pod attempts carry a valid gateway→pod token for the camera.
 
-The gateway refuses a request for any file that is not a URI of a current playlist
-(404), whatever its path; that refusal alone would hide a broken path rule. So each
+The gateway refuses a request for any URI its grant was not minted for (403), whatever its
+path; that refusal alone would hide a broken path rule. So each
 probe also names the refusal it must get: the path rules' own ``400 bad path`` on both
 the gateway and the pod, except for the few names the path rules rightly accept (they
 are not traversals: the gateway's playlist check and the pod's directory check refuse
@@ -78,13 +78,17 @@ CAMERA_TRAVERSALS: dict[str, bytes] = {
     "camera_other": b"other-cam/index.m3u8",
 }
 
-# names the path rules accept (no traversal in them): the gateway refuses them as "not in a
-# current playlist", the pod by resolving the file (the symlink leaves the directory: 400;
-# the others do not exist: 404). Every other probe must be refused by the path rules: 400.
+# names the path rules accept (no traversal in them): the gateway refuses them because the
+# session grant each probe carries is bound to index.m3u8 and opens no other URI (403: for a
+# media file its kind is already wrong, for a playlist its MAC does not cover the path), the pod
+# by resolving the file (the symlink leaves the directory: 400; the others do not exist: 404).
+# Every other probe must be refused by the path rules: 400.
+NOT_GRANTED = (403, b"forbidden: grant is not valid for this URI")
 PATH_RULES_ACCEPT = {
-    "symlink_out_of_the_camera_dir": (404, b"not in a current playlist", 400, b"bad path"),
-    "long_multibyte_name_within_255_chars": (404, b"not in a current playlist", 404, b"not found"),
-    "raw_latin1_name_255_chars": (404, b"not in a current playlist", 404, b"not found"),
+    "symlink_out_of_the_camera_dir": (*NOT_GRANTED, 400, b"bad path"),
+    "long_multibyte_name_within_255_chars": (403, b"forbidden: a playlist grant cannot open a media", 404,
+                                             b"not found"),
+    "raw_latin1_name_255_chars": (403, b"forbidden: a playlist grant cannot open a media", 404, b"not found"),
 }
 BAD_PATH = (400, b"bad path")
 # raw NUL and raw non-ASCII bytes in the request target: the HTTP server (uvicorn) refuses the
@@ -165,7 +169,7 @@ def test_gateway_refuses_traversal_without_touching_the_pod(sec_stack, figure, n
 # camera → the grant is for another camera (403)
 CAMERA_EXPECTED = {"camera_dotdot": (404, b"not found"), "camera_encoded_dotdot": (404, b"not found"),
                    "camera_encoded_slash": (404, b"not found"),
-                   "camera_other": (403, b"forbidden: grant is for another camera")}
+                   "camera_other": NOT_GRANTED}
 
 
 @pytest.mark.parametrize("name", list(CAMERA_TRAVERSALS))

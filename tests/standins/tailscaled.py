@@ -41,8 +41,9 @@ class LocalAPIStandIn:
             self.requests += 1
             return self.body
 
-        self._server = uvicorn.Server(uvicorn.Config(Litestar([status]), uds=str(socket_path), log_level="error",
-                                                     lifespan="off"))
+        # logging_config=None: Litestar's default would replace the root handlers (and pytest's caplog)
+        app = Litestar([status], logging_config=None)
+        self._server = uvicorn.Server(uvicorn.Config(app, uds=str(socket_path), log_level="error", lifespan="off"))
         self._task: asyncio.Task | None = None
 
     async def __aenter__(self) -> LocalAPIStandIn:

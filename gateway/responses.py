@@ -1,0 +1,100 @@
+"""ASGI response helpers for the raw stream routes, and CORS.
+
+Every response of ``/streams/…`` is sent through these helpers, so each one gets
+the common security headers and the CORS headers (exact-origin echo plus
+``Vary: Origin``), errors and redirects included (hls.js sees a status of 0 for
+a cross-origin error without them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from gateway.errors import GatewayError, status_of
+
+Headers = list[tuple[bytes, bytes]]
+COMMON: Headers = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+PREFLIGHT: Headers = [(b"access-control-allow-methods", b"GET, HEAD, OPTIONS"),
+                      (b"access-control-allow-headers", b"Range, Authorization"),
+                      (b"access-control-max-age", b"600")]
+
+
+class Cors:
+    """CORS for a fixed list of exact origins (``https://portal.example.com``)."""
+
+    def __init__(self, allowed_origins: Iterable[str]) -> None:
+        self.origins = {o.encode() for o in allowed_origins}
+
+    def headers(self, scope) -> Headers:
+        """``Vary: Origin`` always; ``Access-Control-Allow-Origin`` (and the exposed headers
+        a player needs for ranges) when the request's ``Origin`` is allowed."""
+        origin = None
+        for k, v in scope.get("headers", ()):
+            if k == b"origin":
+                origin = v
+                break
+        out = [(b"vary", b"Origin")]
+        if origin is not None and origin in self.origins:
+            out += [(b"access-control-allow-origin", origin),
+                    (b"access-control-expose-headers", b"Content-Length, Content-Range, Accept-Ranges")]
+        return out
+
+
+async def send_start(send, status: int, headers: Headers) -> None:
+    """``http.response.start`` with ``headers`` plus the common security headers."""
+    await send({"type": "http.response.start", "status": status, "headers": [*headers, *COMMON]})
+
+
+async def send_body(send, status: int, body: bytes, headers: Headers, *, head: bool = False) -> None:
+    """A complete response with ``Content-Length`` (no body bytes for HEAD)."""
+    await send_start(send, status, [*headers, (b"content-length", str(len(body)).encode())])
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def send_text(send, status: int, text: str, headers: Headers, *, head: bool = False) -> None:
+    """A short ``text/plain`` answer that is never cached."""
+    await send_body(send, status, (text + "\n").encode(),
+                    [(b"content-type", b"text/plain; charset=utf-8"), (b"cache-control", b"no-store"), *headers],
+                    head=head)
+
+
+async def send_error(send, exc: GatewayError, cors: Headers, *, head: bool = False) -> int:
+    """Answer ``exc`` with its status (:func:`gateway.errors.status_of`), its headers and its
+    message; returns the status."""
+    status = status_of(exc)
+    await send_text(send, status, str(exc) or "error", [*cors, *exc.headers], head=head)
+    return status
+
+
+def parse_range(value: str, size: int | None) -> tuple[int, int] | None:
+    """Parse a single ``bytes=a-b`` / ``a-`` / ``-n`` range (RFC 9110 §14.1.2).
+
+    ``size`` is the body length in bytes, or None while it is not known yet (then
+    ``-n`` and ``a-`` cannot be resolved and give None too). Returns inclusive
+    ``(start, end)`` or None when unsatisfiable/malformed (multi-range is not
+    supported and also yields None).
+    """
+    unit, _, spec = value.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        return None
+    try:
+        if first == "":
+            n = int(last)
+            if n <= 0 or size is None:
+                return None
+            return max(0, size - n), size - 1
+        start = int(first)
+        if last:
+            end = int(last)
+        elif size is None:
+            return None
+        else:
+            end = size - 1
+    except ValueError:
+        return None
+    if start < 0 or end < start or (size is not None and start >= size):
+        return None
+    return start, end if size is None else min(end, size - 1)
