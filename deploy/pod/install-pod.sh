@@ -299,6 +299,12 @@ embedded_unit() {
 # The agent serves HLS only on the pod's tailnet address, so it starts after
 # tailscaled (stream_bind: auto waits for the tailnet IP; plate decisions run
 # meanwhile). ffmpeg children live in the unit's cgroup and die with it.
+# It is ordered after time-sync.target: gateway tokens are checked against this clock
+# (a Pi has no RTC). Ordered only, not pulled in, as systemd.special(7) asks of time
+# consumers; where systemd-time-wait-sync.service is enabled the agent waits for the
+# first NTP sync, elsewhere it starts at once, so gate decisions never wait for the
+# network. The pod tolerates max_clock_skew (30 s) and `platebridge-pod check` reports
+# the skew against the portal's clock.
 # Local changes: `systemctl edit platebridge-pod` (a drop-in), not this file;
 # a recordings_dir/hls_dir/state_dir outside /var/lib/platebridge needs its own
 # ReadWritePaths= in that drop-in.
@@ -307,7 +313,7 @@ embedded_unit() {
 Description=PlateBridge pod agent (gate camera, plate decisions, tailnet HLS)
 Documentation=file:///opt/platebridge/README.md
 Wants=network-online.target tailscaled.service
-After=network-online.target tailscaled.service
+After=network-online.target tailscaled.service time-sync.target
 StartLimitIntervalSec=0
 
 [Service]

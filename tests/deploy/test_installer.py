@@ -545,7 +545,11 @@ def test_lone_copy_installs_the_agent_from_a_served_wheel(tmp_path, served_wheel
     assert where.startswith(str(venv)), where
     schema = subprocess.run([str(pod), "config-schema"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert schema.returncode == 0 and '"site_id"' in schema.stdout, schema.stderr
-    cfg = root / "etc/platebridge/config.yaml"
+    # the config names files by their path on the pod (/etc/platebridge/gateway-<kid>.pub): read
+    # it as the pod would, with those paths under --root
+    cfg = tmp_path / "config-as-on-the-pod.yaml"
+    cfg.write_text((root / "etc/platebridge/config.yaml").read_text().replace("/etc/platebridge/",
+                                                                                f"{root}/etc/platebridge/"))
     check = subprocess.run([str(venv / "bin" / "python"), "-c",
                             "import sys; from pod.config import load_config; c, _ = load_config(sys.argv[1]); "
                             "print(c.pod_id, c.site_id)", str(cfg)], capture_output=True, text=True, cwd=tmp_path)

@@ -244,7 +244,7 @@ def test_hls_buffer_holds_a_whole_clip_by_default_and_refuses_too_little():
 # ---- keys by role: the pod holds the gateway's public key, nothing that can mint -----------------
 def test_seed_config_is_legacy_and_says_what_that_costs(monkeypatch):
     monkeypatch.delenv("POD_STREAM_SECRET", raising=False)
-    cfg, _ = load_config(DATA / "seed_config.yaml")
+    cfg, _ = load_config(SEED / "guide_config.yaml")  # the guide's own config: one shared stream_secret
     warning = cfg.legacy_warning()
     assert warning and "stolen pod can mint" in warning and "gateway_public_keys" in warning
     [ring] = cfg.pod_token_keys()

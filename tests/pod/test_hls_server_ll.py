@@ -19,10 +19,11 @@ from pod.hls_server import create_hls_app
 from pod.llhls import Packager
 from pod.server import listen_socket, make_server
 from pod.streamer import CameraStreamer
-from protocol.tokens import Keyring, mint_pod_token
+from protocol.tokens import SigningKey, mint_pod_token
 
 HOST = "127.0.0.3"
 SECRET = "s" * 40
+GATEWAY_KEY = SigningKey.generate("gw-1")  # the gateway signs, the pod holds only the public half
 FPS = 15
 
 
@@ -54,21 +55,22 @@ class Feeder:
 async def pod(tmp_path, **over):
     d = {"portal_url": "http://127.0.0.1:9", "pod_api_key": "k", "site_id": "site-1", "pod_id": "pod-1",
          "camera_id": "cam1",
-         "camera_rtsp_url": "rtsp://127.0.0.1:9/s", "stream_secret": SECRET, "stream_bind": HOST,
+         "camera_rtsp_url": "rtsp://127.0.0.1:9/s", "gateway_public_keys": {"gw-1": GATEWAY_KEY.public_pem()},
+         "stream_bind": HOST,
          "hls_dir": str(tmp_path / "hls"), "hls_segment_seconds": 1.0}
     d.update(over)
     cfg = parse_config(d)[0]
     streamer = CameraStreamer(cfg, cfg.camera_list()[0])
     streamer.live = Packager(first_msn=100, init_name="init_100.mp4", part_target=0.2, segment_seconds=1.0)
     streamer.live.set_init(b"INIT")
-    keyring = Keyring.single(SECRET)
-    app = create_hls_app(pod_id="pod-1", keyring=keyring, streamers={"cam1": streamer}, tailnet_host=HOST)
+    app = create_hls_app(pod_id="pod-1", token_keys=cfg.pod_token_keys(), streamers={"cam1": streamer},
+                         tailnet_host=HOST)
     port = free_port()
     server = make_server(app)
     task = asyncio.create_task(server.serve(sockets=[listen_socket(HOST, port)]))
     while not server.started:
         await asyncio.sleep(0.01)
-    token = mint_pod_token(keyring, camera_id="cam1", pod_id="pod-1")
+    token = mint_pod_token(GATEWAY_KEY, camera_id="cam1", pod_id="pod-1")
     async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}/cameras/cam1/", timeout=15,
                                  headers={"Authorization": f"Bearer {token}"}) as client:
         try:
@@ -158,7 +160,7 @@ async def test_hinted_part_is_held_then_streamed_as_frames_arrive(tmp_path):
 async def test_every_new_route_checks_the_pod_token(tmp_path):
     async with pod(tmp_path) as (client, feed, _s):
         feed.frames(18)
-        other = mint_pod_token(Keyring.single(SECRET), camera_id="cam2", pod_id="pod-1")
+        other = mint_pod_token(GATEWAY_KEY, camera_id="cam2", pod_id="pod-1")
         for path in ("index.m3u8?_HLS_msn=101&_HLS_part=0", "part_101_0.m4s", "part_101_1.m4s"):
             assert (await client.get(path, headers={"Authorization": ""})).status_code == 401
             assert (await client.get(path, headers={"Authorization": "Bearer nope"})).status_code == 401
