@@ -48,7 +48,7 @@ def guide_window_decision(today: date) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def guide(tmp_path_factory):
     """The stack, its pod configured from the guide's config.yaml."""
-    s = make_stack(tmp_path_factory.mktemp("guide"), pod_id=POD, camera_id=CAMERA,
+    s = make_stack(tmp_path_factory.mktemp("guide"), pod_id=POD, camera_id=CAMERA, legacy=True,  # one shared secret
                    gateway_overrides={"accept_legacy_tokens": True})
     cfg = yaml.safe_load((SEED / "guide_config.yaml").read_text())
     local = {  # what only this machine can say: where things are, and the stack's own secrets

@@ -89,12 +89,9 @@ def test_hls_js_without_low_latency_mode_plays_the_same_stream(stack, browser):
 def test_ffprobe_and_ffmpeg_read_the_ll_playlist_from_its_segments(stack, tmp_path):
     """The pod's LL playlist carries EXT-X-PART/PRELOAD-HINT tags that ffmpeg's HLS demuxer
     does not know: it must skip them and play the segments."""
-    import sys
+    from protocol.tokens import mint_pod_token
 
-    sys.path.insert(0, str(stack.workdir.parents[0]))
-    from protocol.tokens import Keyring, mint_pod_token
-
-    token = mint_pod_token(Keyring.single(stack.secret), camera_id=stack.camera_id, pod_id=stack.pod_id, ttl=120)
+    token = mint_pod_token(stack.pod_signer(), camera_id=stack.camera_id, pod_id=stack.pod_id, ttl=120)
     url = f"{stack.pod_url}/cameras/{stack.camera_id}/index.m3u8"
     headers = f"Authorization: Bearer {token}\r\n"
     text = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10).text

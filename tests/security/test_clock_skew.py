@@ -127,7 +127,7 @@ async def test_pod_check_reports_the_skew_against_the_portals_date_header(tmp_pa
     for offset in (-40.0, -3.0):
         server, port = await portal(offset)
         async with server:
-            cfg, _ = parse_pod_config({"portal_url": f"http://127.0.0.1:{port}", "pod_api_key": "k",
+            cfg, _ = parse_pod_config({"portal_url": f"http://127.0.0.1:{port}", "pod_api_key": "k", "site_id": "s1",
                                        "pod_id": "main-gate-pod", "camera_id": "cam", "stream_secret": "s" * 40,
                                        "camera_rtsp_url": "rtsp://127.0.0.1:9/x"})
             offsets: list[float] = []

@@ -40,7 +40,10 @@ PLAYLIST = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nseg_1.m4s\n"
 
 
 class Streamer:
-    """What the pod's HLS app needs of a camera: its directory and a status."""
+    """What the pod's HLS app needs of a camera: its directory and a status (a camera whose
+    files ffmpeg writes, as with ``hls_segment_type: mpegts``: not packaged by the pod)."""
+
+    packaged = False
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
