@@ -214,7 +214,7 @@ class PassageTracker:
         lpr_only = camera in self._lpr_only
         if lpr_only and msg.kind != "lpr":
             return out  # a dedicated LPR camera's events add nothing to its lpr updates
-        oid = msg.id if msg.id is not None else _synthetic_id(camera, msg, now)
+        oid = msg.id if msg.id is not None else synthetic_id(camera, msg, now)
         verdict = self._judge(msg.read.plate_raw, msg.read.score) if msg.read is not None else None
         plate_key = (camera, verdict.plate) if verdict is not None and verdict.plate else None
         recent = self._recent.get(plate_key) if plate_key is not None else None
@@ -419,7 +419,7 @@ def _conf(score: float | None) -> float:
     return -1.0 if score is None else score
 
 
-def _synthetic_id(camera: str, msg: ObjectMessage, now: float) -> str:
+def synthetic_id(camera: str, msg: ObjectMessage, now: float) -> str:
     """An id for a message that had none (the guide's example): ``<now, 6 decimals>-noid`` and
     6 hex digits of SHA-256 over camera and plate text. A safe tracked-object id
     (:func:`pod.frigate.is_event_id`); a redelivery in the same microsecond gets the same one."""
