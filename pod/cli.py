@@ -51,10 +51,10 @@ def config_schema_text() -> str:
     return dumps(doc)
 
 
-async def _run(cfg) -> None:
+async def _run(cfg, path: str) -> None:
     from pod.agent import PodAgent
 
-    await PodAgent(cfg).run()
+    await PodAgent(cfg, config_path=path).run()
 
 
 def run_with_config(path: str) -> int:
@@ -70,7 +70,7 @@ def run_with_config(path: str) -> int:
     try:
         import uvloop
 
-        uvloop.run(_run(cfg))
+        uvloop.run(_run(cfg, path))
     except ConfigError as exc:
         log.error("config error: %s", exc)
         return 2

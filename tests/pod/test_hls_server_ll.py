@@ -52,7 +52,8 @@ class Feeder:
 
 @contextlib.asynccontextmanager
 async def pod(tmp_path, **over):
-    d = {"portal_url": "http://127.0.0.1:9", "pod_api_key": "k", "site_id": "site-1", "pod_id": "pod-1", "camera_id": "cam1",
+    d = {"portal_url": "http://127.0.0.1:9", "pod_api_key": "k", "site_id": "site-1", "pod_id": "pod-1",
+         "camera_id": "cam1",
          "camera_rtsp_url": "rtsp://127.0.0.1:9/s", "stream_secret": SECRET, "stream_bind": HOST,
          "hls_dir": str(tmp_path / "hls"), "hls_segment_seconds": 1.0}
     d.update(over)
@@ -180,5 +181,6 @@ def test_part_seconds_is_validated(tmp_path, value):
     from pod.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"\$\.part_seconds"):
-        parse_config({"portal_url": "http://x", "pod_api_key": "k", "site_id": "site-1", "pod_id": "p", "camera_id": "c",
+        parse_config({"portal_url": "http://x", "pod_api_key": "k", "site_id": "site-1", "pod_id": "p",
+                      "camera_id": "c",
                       "camera_rtsp_url": "rtsp://h/s", "stream_secret": SECRET, "part_seconds": float(value)})
