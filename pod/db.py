@@ -64,7 +64,7 @@ def is_corruption(exc: BaseException) -> bool:
     if isinstance(code, int) and (code & 0xFF) in _CORRUPT_CODES:
         return True
     text = str(exc).lower()
-    return "malformed" in text or "not a database" in text or isinstance(exc, _QuickCheckFailed)
+    return "malformed" in text or "not a database" in text or isinstance(exc, (_QuickCheckFailed, _WalDamaged))
 
 
 class _QuickCheckFailed(sqlite3.DatabaseError):

@@ -300,13 +300,22 @@ class Outbox:
         rows = self.due(now, 1)
         return rows[0] if rows else None
 
-    def make_due(self, now: float) -> int:
+    def make_due(self, now: float, *, keys: Collection[str] | None = None) -> int:
         """Set ``next_attempt`` of every pending row without strikes waiting past ``now`` to
-        ``now`` (the portal is back); returns the count."""
+        ``now`` (the portal is back); with ``keys``, of those rows whatever their strikes
+        (which are cleared: an operator's retry). Returns the count."""
+        args: list[object] = [now, now]
+        if keys is None:
+            sql = "UPDATE outbox SET next_attempt = ? WHERE state = 'pending' AND next_attempt > ? AND strikes = 0"
+        else:
+            keys = list(keys)
+            if not keys:
+                return 0
+            sql = ("UPDATE outbox SET next_attempt = ?, strikes = 0 WHERE state = 'pending' AND next_attempt > ? "
+                   f"AND key IN ({', '.join('?' * len(keys))})")
+            args += keys
         with self.state.tx():
-            cur = self._db.execute(
-                "UPDATE outbox SET next_attempt = ? WHERE state = 'pending' AND next_attempt > ? AND strikes = 0",
-                (now, now))
+            cur = self._db.execute(sql, args)
         return cur.rowcount
 
     def next_due(self, busy: Collection[str] = ()) -> float | None:
