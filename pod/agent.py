@@ -49,7 +49,6 @@ from pod.metrics import (
     OUTBOX_DEPTH,
     PASSAGES_ACTIVE,
     STATE,
-    STATE_RECOVERIES,
     UPLOADS_CONFIRMED,
     UPLOADS_PENDING,
 )
@@ -184,7 +183,6 @@ class PodAgent:
 
     def _on_recovery(self, rec: Recovery) -> None:
         self.recoveries.append(rec)
-        STATE_RECOVERIES.labels(rec.store).inc()
         if rec.store != "state" and self.state is not None:
             with contextlib.suppress(Exception):
                 self.state.bump(f"recovered:{rec.store}")

@@ -34,9 +34,6 @@ PASSAGES_ACTIVE = Gauge("platebridge_pod_passages_active", "Vehicle passages wai
 CLIP_JOBS_ENDED = Counter("platebridge_pod_clip_jobs_ended_total",
                           "Clip jobs that ended without a clip, by state (failed: could not be built; lost: the "
                           "footage was gone after a restart)", ["state"], registry=REGISTRY)
-STATE_RECOVERIES = Counter("platebridge_pod_state_recoveries_total",
-                           "Damaged state files moved aside and replaced by this process, by store", ["store"],
-                           registry=REGISTRY)
 
 
 class StateCollector:

@@ -12,7 +12,9 @@ does the part we need ourselves, from the file format (https://www.sqlite.org/fi
 * **WAL overlay** (§4): a write-ahead log holds newer copies of pages. Frames (24-byte
   header + page) whose salts match the WAL header belong to the current log; the last
   copy of each page up to the last commit frame (non-zero "database size" field) wins,
-  as SQLite itself would read it. Frames after the last commit are ignored.
+  as SQLite itself would read it. Frames after the last commit are ignored. Checksums are
+  not required (a damaged frame must not hide the commits after it), and a damaged WAL
+  header is worked around: page size and salt are then read off the frames themselves.
 * **Free pages** (§1.5): pages on the freelist (trunk list from header offset 32) still
   hold old cells; they are skipped when the header is readable, so deleted rows do not
   come back from the dead.
@@ -30,6 +32,7 @@ pages and frames are skipped, never raised.
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -172,12 +175,12 @@ def wal_damaged(wal: bytes) -> bool:
     log) *after* a frame whose checksum is wrong: SQLite stops reading at the first bad
     frame (§4.3), so those later transactions would be dropped silently. A bad or torn
     frame at the very end (a write cut short by a crash) is normal and not damage."""
-    if len(wal) < 32 or _u32(wal, 0) not in WAL_MAGICS:
+    if len(wal) < 32:
         return False
-    big = _u32(wal, 0) == 0x377F0683
     size = _u32(wal, 8)
-    if size not in _PAGE_SIZES:
-        return len(wal) > 32  # a header we cannot read, with frames after it
+    if _u32(wal, 0) not in WAL_MAGICS or size not in _PAGE_SIZES:
+        return len(wal) >= 32 + 24 + 512  # a header SQLite cannot read (it drops the log), with frames after it
+    big = _u32(wal, 0) == 0x377F0683
     s0, s1 = _wal_checksum(wal[:24], 0, 0, big)
     if (s0, s1) != (_u32(wal, 24), _u32(wal, 28)):
         return len(wal) >= 32 + 24 + size
@@ -200,15 +203,41 @@ def wal_damaged(wal: bytes) -> bool:
     return False
 
 
-def _wal_frames(wal: bytes) -> tuple[int, dict[int, bytes]] | None:
-    """(page size, {page number: newest committed copy}) of a WAL, or None when it has no
-    readable header."""
-    if len(wal) < 32 or _u32(wal, 0) not in WAL_MAGICS:
+def _wal_layout(wal: bytes, hint: int | None) -> tuple[int, bytes] | None:
+    """(page size, salt) of a WAL: from its header, or — when the header is damaged —
+    found from the frames themselves: the page size (``hint`` first) and byte order under
+    which frames carry the checksum chained from the frame before them (§4.1); the salt
+    is then the one those frames share."""
+    if len(wal) >= 32 and _u32(wal, 0) in WAL_MAGICS and _u32(wal, 8) in _PAGE_SIZES:
+        return _u32(wal, 8), wal[16:24]
+    best: tuple[int, int, bytes] | None = None
+    for size in ([hint] if hint else []) + [x for x in _PAGE_SIZES if x != hint]:
+        frame = 24 + size
+        for big in (False, True):
+            salts: Counter[bytes] = Counter()
+            pos = 32 + frame
+            while pos + frame <= len(wal) and sum(salts.values()) < 8:
+                prev = pos - frame
+                chk = _wal_checksum(wal[pos:pos + 8] + wal[pos + 24:pos + frame], _u32(wal, prev + 16),
+                                    _u32(wal, prev + 20), big)
+                if chk == (_u32(wal, pos + 16), _u32(wal, pos + 20)) and wal[pos + 8:pos + 16] == \
+                        wal[prev + 8:prev + 16]:
+                    salts[wal[pos + 8:pos + 16]] += 1
+                pos += frame
+            if salts:
+                salt, n = salts.most_common(1)[0]
+                if best is None or n > best[0]:
+                    best = (n, size, salt)
+    return None if best is None else (best[1], best[2])
+
+
+def _wal_frames(wal: bytes, hint: int | None = None) -> tuple[int, dict[int, bytes]] | None:
+    """(page size, {page number: newest committed copy}) of a WAL, or None when no frame
+    layout can be found. ``hint``: the database's page size, when known."""
+    layout = _wal_layout(wal, hint)
+    if layout is None:
         return None
-    size = _u32(wal, 8)
-    if size not in _PAGE_SIZES:
-        return None
-    salt = wal[16:24]
+    size, salt = layout
     frame = 24 + size
     pending: list[tuple[int, bytes]] = []
     committed: dict[int, bytes] = {}
@@ -302,8 +331,8 @@ def scan(db: bytes, wal: bytes | None = None) -> list[Record]:
     file's bytes) overlaid with the committed frames of its write-ahead log ``wal`` (the
     ``-wal`` file's bytes, or None). Free pages are skipped when the header says which
     they are. Never raises; returns [] when nothing is readable."""
-    wal_info = _wal_frames(wal) if wal else None
     hdr = _header_page_size(db[:100])
+    wal_info = _wal_frames(wal, hdr[0] if hdr else None) if wal else None
     if hdr is None and wal_info is not None and 1 in wal_info[1]:
         hdr = _header_page_size(wal_info[1][1])
     if hdr is not None:

@@ -11,7 +11,7 @@ the new file, never a torn one.
 A cache that cannot be read (an SD card corrupts it, random bytes, a truncated file) is
 **moved aside** as ``<name>.corrupt-<UTC timestamp>`` (kept for diagnosis), the entries that
 can still be read are **salvaged** (:func:`salvage_cache`: every complete, valid entry
-object in the damaged text), logged and counted (``platebridge_pod_state_recoveries_total``,
+object in the damaged text), logged and counted (``platebridge_pod_state_recovered_total``,
 ``/health``); the salvaged whitelist carries the version ``<version>~salvaged`` so the next
 heartbeat answer (or the refresh at start) replaces it from the portal.
 """

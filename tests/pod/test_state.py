@@ -253,3 +253,23 @@ def test_record_parsing_and_shape_matching():
     assert not salvage.matches((1, "x", 1.0, b""), cols, min_columns=4)  # the rowid alias is stored as NULL
     assert salvage.scan(b"") == []
     assert isinstance(salvage.scan(garbage(50_000), garbage(9000)), list)  # never raises on noise
+
+
+def test_a_wal_with_a_damaged_header_is_caught_and_its_frames_still_read(tmp_path):
+    """Random bytes over the WAL's own header: SQLite would ignore the whole log (every
+    commit since the last checkpoint gone, silently). The damage is caught and the frames
+    are read anyway, their page size and salt taken from the frames."""
+    path = tmp_path / "outbox.sqlite3"
+    killed_writer(path)
+    wal = Path(f"{path}-wal")
+    data = bytearray(wal.read_bytes())
+    data[:32] = garbage(32)
+    wal.write_bytes(bytes(data))
+    with open(path, "r+b") as f:  # and the main file's header too
+        f.write(garbage(100))
+    assert salvage.wal_damaged(bytes(data))
+    db = StateDB(path, [OUTBOX_TABLE])
+    try:
+        assert {i.key for i in Outbox(db).items()} == {f"w-{i:03d}" for i in range(60)}
+    finally:
+        db.close()
