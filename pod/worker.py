@@ -33,9 +33,13 @@ answering, this row was not); after ``max_attempts`` strikes the row is parked
 no row collects strikes however long it lasts.
 
 **Order.** Rows are started in queue order (oldest first), at most ``concurrency`` at a
-time, so the portal may see a row up to ``concurrency - 1`` places early or late; a row that
-failed goes behind the rows that did not. Every row keeps its idempotency key, so a repeat
-(a crash after the portal answered, before the row was marked done) is deduplicated there.
+time, so the portal may see a row up to ``concurrency - 1`` places early or late. A row that
+failed waits behind the rows that did not; when the failure was the portal's (an outage:
+the row has no strike), the first success afterwards makes it due again at once, so it
+goes out with the next rows: at most ``2 × concurrency - 1`` places late. A poison row
+(with strikes) keeps its own delay. Receivers that need the exact order have each
+detection's ``detected_at``. Every row keeps its idempotency key, so a repeat (a crash after the portal
+answered, before the row was marked done) is deduplicated there.
 
 **Self-healing.** A damaged state file (:func:`pod.db.is_corruption`) met while reading or
 writing the queue is healed in place (:meth:`pod.db.StateDB.heal`) and the worker goes on.
@@ -337,10 +341,11 @@ class Worker(Generic[T]):
         else:
             self.done += 1
             self.last_ok = self.clock()
-            if self.streak:
+            if self.streak:  # the portal answers again: rows that waited only for it go first again
                 self.streak = 0
                 self.paused_until = 0.0
                 self.backoff.reset()
+                self._safe(lambda: self.source.make_due(self.clock()), 0)
         finally:
             self.in_flight.pop(key, None)
             self._wake.set()

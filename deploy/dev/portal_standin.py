@@ -75,9 +75,10 @@ do its work — the detection recorded, the object stored, the recording confirm
 then withholds the answer until the switch changes: the pod can be killed at the worst
 moment, after the portal has its data and before the pod knows), ``GET /__standin/fault``,
 ``POST /__standin/keys {"api_keys": [...]}`` (the pod API keys accepted from now on: a key
-rotation), ``POST /__standin/poison {"keys": [...], "status": 500}`` (requests for those
-event ids — detect by ``Idempotency-Key``/``event_id``, upload-url by a file name that
-contains it, confirm by ``event_id`` — answer that status for ever; ``[]`` clears),
+rotation), ``POST /__standin/poison {"keys": [...], "status": 500, "scope": "all"|"detect"|"clips"}``
+(requests for those event ids — detect by ``Idempotency-Key``/``event_id``, upload-url by a
+file name that contains it, confirm by ``event_id`` — answer that status for ever; ``[]``
+clears),
 ``POST /__standin/latency {"seconds": s}`` (every ``/api/pod/detect`` takes that long),
 ``GET /__standin/stats`` (``detect_requests``, ``detect_in_flight_max``: most detect requests
 the stand-in was handling at once, ``poisoned``: answers given to poisoned keys; ``POST``
@@ -283,6 +284,7 @@ class PortalStandIn:
         self.out = out  # None: sys.stdout at print time
         self.fault_mode = "ok"
         self.poisoned: dict[str, int] = {}
+        self.poison_scope = "all"
         self.poisoned_answers: dict[str, int] = {}
         self.detect_latency = 0.0
         self.detect_in_flight = 0
@@ -369,9 +371,12 @@ class PortalStandIn:
             raise ValueError("api_keys must be a non-empty list of non-empty keys")
         self._api_keys = [k.encode() for k in keys]
 
-    def poison_status(self, *candidates: str | None) -> int | None:
+    def poison_status(self, *candidates: str | None, scope: str = "detect") -> int | None:
         """The status a poisoned key among ``candidates`` answers (substring match, so a clip
-        file name that contains the event id counts), or None."""
+        file name that contains the event id counts) for a request of ``scope`` (``detect``
+        or ``clips``), or None."""
+        if self.poison_scope not in ("all", scope):
+            return None
         for c in candidates:
             if not c:
                 continue
@@ -759,7 +764,7 @@ def create_app(standin: PortalStandIn) -> Litestar:
             return _err(400, f"invalid body: {exc}")
         if not is_camera_id(req.camera_id) or not _FILENAME.match(req.filename) or ".." in req.filename:
             return _err(400, "invalid camera_id or filename")
-        poison = s.poison_status(req.filename)
+        poison = s.poison_status(req.filename, scope="clips")
         if poison is not None:
             return _err(poison, "stand-in poison: this clip always fails")
         path = f"recordings/{s.community}/{req.camera_id}/{req.filename}"
@@ -829,7 +834,7 @@ def create_app(standin: PortalStandIn) -> Litestar:
             return _err(400, f"invalid body: {exc}")
         if not is_camera_id(req.camera_id) or req.duration_seconds < 0:
             return _err(400, "invalid camera_id or duration_seconds")
-        poison = s.poison_status(req.event_id, req.file_path)
+        poison = s.poison_status(req.event_id, req.file_path, scope="clips")
         if poison is not None:
             return _err(poison, "stand-in poison: this clip always fails")
         if not s.db.execute("SELECT 1 FROM uploads WHERE path = ?", (req.file_path,)).fetchone():
@@ -931,15 +936,17 @@ def create_app(standin: PortalStandIn) -> Litestar:
     async def admin_poison(request: Request) -> Response:
         try:
             raw = msgspec.json.decode(await request.body())
-            keys, status = raw.get("keys"), raw.get("status", 500)
+            keys, status, scope = raw.get("keys"), raw.get("status", 500), raw.get("scope", "all")
             if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
                 raise TypeError("keys must be a list of non-empty strings")
             if not isinstance(status, int) or not 400 <= status <= 599:
                 raise TypeError("status must be 400-599")
+            if scope not in ("all", "detect", "clips"):
+                raise TypeError("scope must be all, detect or clips")
         except (msgspec.DecodeError, AttributeError, TypeError) as exc:
             return _err(400, f"invalid body: {exc}")
-        s.poisoned = dict.fromkeys(keys, status)
-        return Response({"poisoned": s.poisoned})
+        s.poisoned, s.poison_scope = dict.fromkeys(keys, status), scope
+        return Response({"poisoned": s.poisoned, "scope": scope})
 
     @post("/__standin/latency", status_code=200)
     async def admin_latency(request: Request) -> Response:
