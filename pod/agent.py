@@ -138,7 +138,9 @@ class PodAgent:
             out["outbox"] = {"depth": self.outbox.depth(), "parked": parked, "failed": sum(parked.values()),
                              "oldest_age_s": self.outbox.oldest_age(now), "evicted": self.outbox.evicted,
                              "dropped": self.outbox.dropped(), "in_flight": len(self.sender.in_flight),
-                             "held": self.sender.held, "delivered": self.sender.delivered}
+                             "held": self.sender.held, "delivered": self.sender.delivered,
+                             "failures_in_a_row": self.sender.streak,
+                             "paused_s": round(max(0.0, self.sender.paused_until - now), 3)}
         if self.listener is not None:
             out["mqtt"] = self.listener.status()
         if self.engine is not None:

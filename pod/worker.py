@@ -22,7 +22,9 @@ any other ``Exception``                                  with their traceback
 
 **Retry without head-of-line blocking.** After a failure the whole worker pauses for the
 next delay of its own :class:`~pod.backoff.Backoff` (``retry_initial`` doubling to
-``retry_max``, jittered; reset by any success), so an outage is probed, not hammered. The
+``retry_max``, jittered; reset by any success) and then sends one row at a time until one
+goes through, so an outage is probed, not hammered (rows already in flight when a pause
+begins do not lengthen it). The
 failed row itself waits longer — twice that schedule by its own attempt count, capped at
 ``retry_max`` — so the next probe is usually another row: if that one goes through, the
 portal is up and only the first row is at fault; it has "moved behind the others", whose
@@ -288,7 +290,8 @@ class Worker(Generic[T]):
                 await asyncio.gather(*self.in_flight.values(), return_exceptions=True)
 
     def _dispatch(self, now: float) -> int:
-        room = self.settings.concurrency - len(self.in_flight)
+        # after a failure, probe with one row at a time until something goes through
+        room = (self.settings.concurrency if self.streak == 0 else 1) - len(self.in_flight)
         if self.held is not None or room <= 0 or now < self.paused_until:
             return 0
         none: list[T] = []
@@ -382,9 +385,10 @@ class Worker(Generic[T]):
             log.error("%s: %s parked after %d failed attempts while the portal answered others (last: %s)",
                       self.source.name, what, strikes, error)
             return
-        self.streak += 1
-        pause = self.backoff.next_delay()
-        self.paused_until = max(self.paused_until, now + pause)
+        if now >= self.paused_until:  # failures of rows already in flight when the pause began add nothing
+            self.streak += 1
+            self.paused_until = now + self.backoff.next_delay()
+        pause = max(0.0, self.paused_until - now)
         own = self.row_delay(row.attempts + 1)
         delay = max(pause, own)
         self.source.retry(row, now + delay, error, strike, now)
