@@ -76,8 +76,11 @@ def add_parser(sub: Any) -> None:
                 c.add_argument("--all", action="store_true", help="every parked row")
 
 
-def main(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Run ``outbox <command>`` for parsed ``args``; returns the exit code."""
+def main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run ``outbox <command>`` for parsed ``args``, writing to ``out``/``err`` (default: the
+    process's stdout/stderr at call time); returns the exit code."""
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
     try:
         cfg, _ = load_config(args.config)
     except ConfigError as exc:
