@@ -95,7 +95,8 @@ class Uploader(Worker[Upload]):
     step of one clip at a time by default (oldest due first; ``settings.concurrency`` more).
 
     ``backoff`` is the pause schedule after a failure (default from ``settings``; its
-    initial delay and cap also give the retry settings when ``settings`` is None).
+    initial delay and cap also give the retry settings when ``settings`` is None). The agent
+    passes the config's ``upload_*`` tunables as ``settings``.
     ``clock`` returns Unix seconds. ``idle_poll`` (s) bounds the sleep with nothing due.
     ``quota`` (optional) is enforced before every look at the queue
     (:meth:`enforce_quota`). An expired URL (by the portal's ``expires_in``) is not used:
@@ -125,7 +126,7 @@ class Uploader(Worker[Upload]):
         retain_seconds: float = 30 * 86400.0,
     ) -> None:
         s = settings or (WorkerSettings(retry_initial=backoff.initial, retry_max=backoff.cap, jitter=backoff.jitter)
-                         if backoff is not None else WorkerSettings(retry_initial=2.0, retry_max=120.0))
+                         if backoff is not None else WorkerSettings())
         if idle_poll is not None:
             s = WorkerSettings(s.concurrency, s.retry_initial, s.retry_max, s.max_attempts, idle_poll, s.jitter)
         super().__init__(_Steps(self), s, backoff=backoff, db=queue.state, clock=clock,

@@ -150,7 +150,8 @@ def test_portal_errors_and_hangs_are_retried(tmp_path):
         wait_until(lambda: s.pod_health()["outbox"]["depth"] == 0, 90, what="drained")
         got = s.detections()
         pub.close()
-    assert [d["event_id"] for d in got] == [a, b] and all(d["count"] == 1 for d in got)
+    # both exactly once; "a" probed the outage, so it may go out after "b" (pod/worker.py: order)
+    assert sorted(d["event_id"] for d in got) == sorted([a, b]) and all(d["count"] == 1 for d in got)
 
 
 def test_offline_start_from_cache_and_never_allow_without_whitelist(tmp_path):

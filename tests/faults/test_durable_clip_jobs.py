@@ -11,7 +11,16 @@ from pathlib import Path
 import httpx
 
 from tests.faults.conftest import WHITELIST, Publisher, make_stack, wait_until
-from tests.faults.durable import FAST, exactly_once, health, kill_pod, wait_health, wait_stored
+from tests.faults.durable import (
+    FAST,
+    corrupt_header,
+    exactly_once,
+    garbage,
+    health,
+    kill_pod,
+    wait_health,
+    wait_stored,
+)
 
 OVERRIDES = {**FAST, "pre_roll": 1.0, "recording_duration": 3.0}
 
@@ -28,11 +37,13 @@ def test_clip_jobs_are_rebuilt_after_a_kill_or_reported_lost(tmp_path, figure):
     1. Job C: the pod is killed, and the camera's HLS segments are deleted while it is down
        (a long outage outlives the buffer the same way). After the restart C ends ``lost``
        with the reason, in /health, in ``platebridge-pod outbox list`` and in /metrics.
-    2. Jobs A and P: the pod is killed ~1 s into their post-roll and restarted at once,
-       the portal answering 401 for a while: both clips are built from the segments still
-       on disk (pre-roll from before the kill), then uploaded when the portal answers 200
-       again. P's upload-url is a poison (500 for ever): it is reported failing with the
-       portal's answer and never blocks A, which is confirmed exactly once.
+    2. Jobs A and P: the pod is killed ~1 s into their post-roll, its state file's and
+       write-ahead log's headers and its whitelist cache overwritten with random bytes, and
+       it is restarted at once, the portal answering 401 for a while: the jobs are salvaged
+       from the damaged file, both clips are built from the segments still on disk
+       (pre-roll from before the kill), then uploaded when the portal answers 200 again.
+       P's upload-url is a poison (500 for ever): it is reported failing with the portal's
+       answer and never blocks A, which is confirmed exactly once.
 
     Every detection (C, A, P) arrives exactly once. Figures: clips arrived, clips reported
     lost with a reason, clips reported failing."""
@@ -66,8 +77,11 @@ def test_clip_jobs_are_rebuilt_after_a_kill_or_reported_lost(tmp_path, figure):
         wait_health(s, lambda h: h["clips"]["jobs"]["waiting"] == 2, 10, "A's and P's jobs written")
         time.sleep(1.0)
         kill_pod(s)
+        corrupt_header(s.state_dir / "outbox.sqlite3")  # the jobs must be salvaged from the damaged file
+        (s.state_dir / "whitelist.json").write_bytes(garbage(200))
         s.portal_admin("/__standin/fault", {"mode": "unauthorized", "scope": "api"})
         s.start_pod(timeout=60)
+        assert [r["store"] for r in health(s)["state"]["recoveries"]][:1] == ["state"]
         wait_health(s, lambda h: h["clips"]["jobs"]["done"] == 2 and h["clips"]["held"] == "auth", 60,
                     "both clips rebuilt, uploads held by the 401s")
         time.sleep(1.0)

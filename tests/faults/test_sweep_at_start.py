@@ -13,7 +13,16 @@ import httpx
 
 from pod.uploads import UploadQueue
 from tests.faults.conftest import WHITELIST, Publisher, make_stack, wait_until
-from tests.faults.durable import FAST, exactly_once, garbage, health, kill_pod, wait_health, wait_stored
+from tests.faults.durable import (
+    FAST,
+    corrupt_header,
+    exactly_once,
+    garbage,
+    health,
+    kill_pod,
+    wait_health,
+    wait_stored,
+)
 
 QUOTA = 10 * 1024**2
 FOREIGN = 9 * 1024**2
@@ -37,8 +46,9 @@ def test_the_start_sweep_cleans_up_after_a_killed_build_and_the_quota_counts_eve
     Asserts at start: the temporary files and the unknown clip are gone, the foreign file is
     kept but counted (/health ``recordings.bytes``), and the old clip is evicted for the
     quota. Then the pod is SIGKILLed while it builds a clip (``.concat``/``.part`` on disk),
-    its whitelist cache damaged, and restarted into a portal answering 401 for a while: the
-    leftovers are swept, the job is rebuilt and its clip confirmed exactly once; a poison
+    its state file's and whitelist cache's first bytes overwritten with random ones, and it
+    is restarted into a portal answering 401 for a while: the job is salvaged, the leftovers
+    are swept, the job is rebuilt and its clip confirmed exactly once; a poison
     detection (500 for ever) holds nothing up. Figures: leftover bytes removed at the two
     starts, bytes the quota counted, clips arrived."""
     s = make_stack(tmp_path, pod_overrides=dict(OVERRIDES))
@@ -91,9 +101,12 @@ def test_the_start_sweep_cleans_up_after_a_killed_build_and_the_quota_counts_eve
         left = [p for p in rec.iterdir() if p.name.endswith((".concat", ".part"))]
         left_bytes = sum(p.stat().st_size for p in left if p.exists())
         (s.state_dir / "whitelist.json").write_bytes(garbage(200))
+        corrupt_header(s.state_dir / "outbox.sqlite3")  # the killed build's job must be salvaged
         s.portal_admin("/__standin/fault", {"mode": "unauthorized", "scope": "api"})
         s.start_pod(timeout=60)
-        sweep2 = health(s)["recordings"]["sweep"]
+        h2 = health(s)
+        sweep2 = h2["recordings"]["sweep"]
+        assert [r["store"] for r in h2["state"]["recoveries"]][:1] == ["state"]
         assert sweep2["temp_removed"] >= 1 and not any(p.exists() for p in left)
         time.sleep(1.5)
         s.portal_admin("/__standin/fault", {"mode": "ok"})
