@@ -4,10 +4,12 @@
     python -m pod config.yaml            (the seed's form)
     platebridge-pod check --config config.yaml [--mqtt-wait N]
     platebridge-pod config-schema        (JSON Schema of config.yaml)
+    platebridge-pod outbox list|retry|drop --config config.yaml [...]
 
 Exit codes: 0 clean shutdown, 2 bad config (message names the key path),
 1 runtime failure. ``check``: 0 all passed (warnings allowed), 1 a check
-failed, 2 bad config (see :mod:`pod.check`).
+failed, 2 bad config (see :mod:`pod.check`). ``outbox``: see :mod:`pod.outboxctl`.
+SIGHUP makes a running agent reload its config file (:meth:`pod.agent.PodAgent.reload_config`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pod.errors import ConfigError, PodError
 from protocol.logfmt import setup_logging
 
 log = logging.getLogger("platebridge.pod")
-_COMMANDS = ("run", "check", "config-schema", "-h", "--help")
+_COMMANDS = ("run", "check", "config-schema", "outbox", "-h", "--help")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--mqtt-wait", type=float, default=0.0, metavar="N",
                        help="also wait up to N seconds for messages on the Frigate topics (default 0: skip)")
     sub.add_parser("config-schema", help="print the JSON Schema of config.yaml")
+    from pod.outboxctl import add_parser
+
+    add_parser(sub)
     return p
 
 
@@ -51,10 +56,10 @@ def config_schema_text() -> str:
     return dumps(doc)
 
 
-async def _run(cfg) -> None:
+async def _run(cfg, path: str) -> None:
     from pod.agent import PodAgent
 
-    await PodAgent(cfg).run()
+    await PodAgent(cfg, config_path=path).run()
 
 
 def run_with_config(path: str) -> int:
@@ -70,7 +75,7 @@ def run_with_config(path: str) -> int:
     try:
         import uvloop
 
-        uvloop.run(_run(cfg))
+        uvloop.run(_run(cfg, path))
     except ConfigError as exc:
         log.error("config error: %s", exc)
         return 2
@@ -93,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config-schema":
         sys.stdout.write(config_schema_text())
         return 0
+    if args.command == "outbox":
+        from pod.outboxctl import main as outbox_main
+
+        setup_logging("WARNING")
+        return outbox_main(args)
     return run_with_config(args.config)
 
 

@@ -143,8 +143,23 @@ class PodConfig(msgspec.Struct, kw_only=True):
     confusable_folding: bool = False
     whitelist_cache: str | None = None  # default: <state_dir>/whitelist.json
     outbox_path: str | None = None  # default: <state_dir>/outbox.sqlite3
-    outbox_max_items: int = 10_000
+    outbox_max_items: int = 10_000  # pending detections kept; beyond, the oldest are dropped (counted)
     portal_timeout: float = 10.0
+
+    # --- durable queues: outbox (detections), uploads (clips), clip jobs ---
+    outbox_max_parked: int = 10_000  # parked detections kept (own cap, apart from outbox_max_items)
+    outbox_concurrency: int = 4  # detections in flight to the portal at once
+    outbox_max_attempts: int = 10  # failures while others go through before a detection is parked
+    outbox_retry_initial: float = 0.25  # s: pause after a failed delivery (one probe per pause), doubling ...
+    outbox_retry_max: float = 10.0  # ... up to this (also the longest wait once the portal is back)
+    upload_concurrency: int = 1  # clip steps in flight at once (uploads share the pod's uplink)
+    upload_max_attempts: int = 10
+    upload_retry_initial: float = 2.0
+    upload_retry_max: float = 120.0
+    upload_max_put_refusals: int = 8  # fresh signed URLs storage may refuse before a clip is parked
+    queue_idle_poll: float = 2.0  # s: how soon rows re-queued by `platebridge-pod outbox retry` are seen
+    clip_max_pending: int = 16  # clip jobs running at once (waiting for post-roll or building); more wait
+    clip_max_concurrent: int = 2  # clip builds (ffmpeg) at once
 
     # --- clips (recording on detection) ---
     pre_roll: float = 5.0  # seconds before the plate read
@@ -427,6 +442,21 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
         raise _fail("$.hls_max_bytes", "must be >= 10 MiB")
     if cfg.outbox_max_items < 100:
         raise _fail("$.outbox_max_items", "must be >= 100")
+    if cfg.outbox_max_parked < 100:
+        raise _fail("$.outbox_max_parked", "must be >= 100")
+    for key, hi in (("outbox_concurrency", 32), ("upload_concurrency", 8), ("outbox_max_attempts", 1000),
+                    ("upload_max_attempts", 1000), ("upload_max_put_refusals", 100), ("clip_max_pending", 1000),
+                    ("clip_max_concurrent", 16)):
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not 1 <= value <= hi:
+            raise _fail(f"$.{key}", f"must be an integer between 1 and {hi}")
+    for prefix in ("outbox", "upload"):
+        lo, hi = getattr(cfg, f"{prefix}_retry_initial"), getattr(cfg, f"{prefix}_retry_max")
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi <= 3600):
+            raise _fail(f"$.{prefix}_retry_initial", f"need 0 < {prefix}_retry_initial <= {prefix}_retry_max "
+                                                     "<= 3600 seconds")
+    if not (math.isfinite(cfg.queue_idle_poll) and 0.05 <= cfg.queue_idle_poll <= 60):
+        raise _fail("$.queue_idle_poll", "must be between 0.05 and 60 seconds")
     if cfg.whitelist_cache is None:
         cfg.whitelist_cache = str(Path(cfg.state_dir) / "whitelist.json")
     if cfg.outbox_path is None:

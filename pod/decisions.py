@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from pod.config import PodConfig
+from pod.db import is_corruption
 from pod.frigate import parse_message
 from pod.metrics import DECISIONS, MQTT_MESSAGES
 from pod.outbox import Outbox
@@ -52,7 +54,8 @@ class DecisionEngine:
     """Feeds MQTT messages through the tracker and enqueues every decision.
 
     ``on_enqueued`` is called after each new outbox row (the sender's ``wake``);
-    ``on_decision`` (optional) sees every decision (e.g. the recorder).
+    ``on_decision`` (optional) sees every decision (e.g. the recorder, whose clip job row is
+    then written in the detection's transaction); its exceptions are logged.
     ``clock`` returns Unix seconds.
     """
 
@@ -105,10 +108,35 @@ class DecisionEngine:
         self._emit(self.tracker.feed(msg, self.clock()))
         self._wakeup.set()  # a new deadline may be earlier than the one the timer sleeps on
 
+    def _enqueue(self, d: PassageDecision, body: bytes) -> bool:
+        """Write the detection and (through ``on_decision``, e.g. the recorder's clip job) what
+        goes with it in one transaction: durable together. A damaged state file is healed
+        and the write tried once more (a detection is never lost to a bad SD card sector)."""
+        for attempt in (1, 2):
+            try:
+                with self.outbox.transaction():
+                    fresh = self.outbox.put("detect", d.event_id, body, self.clock())
+                    if self.on_decision is not None:
+                        try:
+                            self.on_decision(d)
+                        except Exception:
+                            log.exception("decision %s: on_decision failed (the detection is queued)", d.event_id)
+                return fresh
+            except sqlite3.DatabaseError as exc:
+                if attempt == 2 or not is_corruption(exc):
+                    raise
+                self.outbox.state.heal(exc)
+        return False  # not reached
+
     def _emit(self, decisions: list[PassageDecision]) -> None:
         for d in decisions:
             req = detect_request(self.cfg, d)
-            fresh = self.outbox.put("detect", d.event_id, msgspec.json.encode(req), self.clock())
+            try:
+                fresh = self._enqueue(d, msgspec.json.encode(req))
+            except sqlite3.Error as exc:
+                fresh = False
+                log.error("decision %s (%s, %s) could NOT be queued for the portal: %s", d.event_id, d.decision,
+                          d.plate, exc)
             DECISIONS.labels(d.decision, d.reason).inc()
             decision_log.info(json.dumps({
                 "event": "decision", "event_id": d.event_id, "camera_id": d.camera_id, "decision": d.decision,
@@ -117,9 +145,6 @@ class DecisionEngine:
             }, ensure_ascii=False))
             if fresh:
                 self.on_enqueued()
-            if self.on_decision is not None:
-                with contextlib.suppress(Exception):
-                    self.on_decision(d)
 
     async def run_timer(self, stop: asyncio.Event) -> None:
         """Decide passages whose deadline passed (max_decision_wait, no_read_timeout)."""

@@ -41,6 +41,22 @@ class PortalRejected(PortalError):
         self.status = status
 
 
+class PortalAuthRejected(PortalRejected):
+    """HTTP 401 or 403: the portal does not accept this pod's API key (rotated, revoked, or
+    not allowed for this call). Not the row's fault: queues hold their rows and wait for an
+    authenticated call to succeed (a heartbeat) or a new key (SIGHUP, restart)."""
+
+
+class PortalNotFound(PortalRejected):
+    """HTTP 404 from a portal API endpoint: usually a route missing for a while (a portal
+    deploy in progress), so queues retry it like an outage rather than park the row."""
+
+
+class QueueItemInvalid(PodError):
+    """A queued row cannot be sent as stored (e.g. a body salvaged from a damaged state
+    file that no longer decodes). The row is parked with reason ``invalid``, never dropped."""
+
+
 class FfmpegError(PodError):
     """An ffmpeg/ffprobe child could not be started, or failed in a way its caller cannot
     read around. ``str(exc)`` says why, with any RTSP credentials redacted."""

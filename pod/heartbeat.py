@@ -74,10 +74,15 @@ def heartbeat_body(
     outbox_depth: int | None,
     whitelist_version: str | None,
     disk_free_bytes: int | None,
+    outbox_parked: dict[str, int] | None = None,
+    clips_parked: dict[str, int] | None = None,
+    clips_lost: int | None = None,
 ) -> HeartbeatRequest:
     """One camera's ``POST /api/pod/heartbeat`` body (pure). ``uptime_s`` in seconds,
     ``disk_free_bytes`` in bytes; ``last_segment_age_s`` comes from ``streamer`` (seconds
-    since ffmpeg last finished a segment, None before the first)."""
+    since ffmpeg last finished a segment, None before the first); ``outbox_parked`` /
+    ``clips_parked``: parked rows per reason (left out when empty); ``clips_lost``: clip
+    jobs lost to a restart."""
     age = streamer.last_segment_age() if streamer is not None else None
     return HeartbeatRequest(
         pod_id=pod_id, camera_id=camera_id,
@@ -85,6 +90,7 @@ def heartbeat_body(
         status=camera_status(streaming, streamer), version=version, uptime_s=round(uptime_s, 1),
         last_segment_age_s=None if age is None else round(age, 2),
         outbox_depth=outbox_depth, whitelist_version=whitelist_version or None, disk_free_bytes=disk_free_bytes,
+        outbox_parked=outbox_parked or None, clips_parked=clips_parked or None, clips_lost=clips_lost or None,
     )
 
 

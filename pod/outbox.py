@@ -1,42 +1,56 @@
-"""Durable outbox of portal messages (SQLite in WAL mode) and its in-order sender.
+"""Durable outbox of portal messages (SQLite in WAL mode) and its sender.
 
-Every gate decision is written here before anything is sent, so a portal or
-network outage, or a pod restart, loses nothing. Each row carries an
-idempotency key (for detections: the Frigate tracked-object id, sent as the
-``Idempotency-Key`` header); enqueueing the same key twice is a no-op, and the
-portal dedupes repeated deliveries, so delivery is effectively exactly-once.
+Every gate decision is written here before anything is sent, so a portal or network
+outage, or a pod restart, loses nothing. Each row carries an idempotency key (for
+detections: the Frigate tracked-object id, sent as the ``Idempotency-Key`` header);
+enqueueing the same key twice is a no-op, and the portal dedupes repeated deliveries, so
+delivery is effectively exactly-once.
 
-Delivery is strictly in enqueue order: while the oldest pending row waits for
-its retry, nothing behind it is sent. Rows the portal refuses for good
-(HTTP 4xx other than 408/429) are parked (``state='failed'``) and kept for
-inspection; the queue then moves on.
+Rows are ``pending`` (waiting to be sent) or parked (``state='failed'``) with a
+``park_reason``:
 
-Times stored in the database are wall-clock Unix seconds (``time.time()``), so
-retry schedules survive a restart. SQLite is used from the event-loop thread:
-each statement is a local, short write (``synchronous=FULL`` fsyncs on commit).
+* ``auth`` — the portal refused the API key (401/403). Re-queued automatically, in their
+  old place, as soon as an authenticated call succeeds (a heartbeat) or a new key is
+  loaded (SIGHUP), and at every start.
+* ``rejected`` — the portal refused the body for good (a 4xx other than 401/403/404/408/429).
+* ``attempts`` — failed ``max_attempts`` times while other rows went through (a poison row).
+* ``invalid`` — cannot be sent as stored (e.g. a body salvaged from a damaged file).
+
+Parked rows are kept for the operator (``platebridge-pod outbox list|retry|drop``).
+Pending and parked rows have separate caps (``max_items``, ``max_parked``): beyond them the
+oldest rows of that kind are dropped — each drop logged (warning) and counted, in this
+object (:attr:`Outbox.evicted`) and persistently (``dropped:<kind>:<reason>`` counters of
+the state file, also the ``platebridge_pod_dropped_total`` metric).
+
+Delivery (:class:`OutboxSender`, a :class:`pod.worker.Worker`): oldest first, a few rows in
+flight, a row that keeps failing moves behind the others — see :mod:`pod.worker` for the
+retry policy and the order the portal sees.
+
+Times stored in the database are wall-clock Unix seconds (``time.time()``), so retry
+schedules survive a restart. SQLite is used from the event-loop thread: each statement is a
+short local write (``synchronous=FULL`` fsyncs on commit).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Collection, Iterable
 
 import msgspec
 
 from pod.backoff import Backoff
-from pod.db import open_sqlite, transaction
-from pod.errors import PortalRejected, PortalUnavailable
-from protocol.redact import redact
+from pod.db import StateDB, Table
+from pod.worker import Worker, WorkerSettings, clean_error
 
 log = logging.getLogger("platebridge.pod.outbox")
 
-_SCHEMA = """
+TABLE = Table(
+    name="outbox",
+    schema="""
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,
@@ -46,19 +60,26 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt REAL NOT NULL,
     state TEXT NOT NULL DEFAULT 'pending',
-    last_error TEXT
+    last_error TEXT,
+    park_reason TEXT,
+    strikes INTEGER NOT NULL DEFAULT 0,
+    failed_at REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_state_id ON outbox (state, id);
-"""
-_COLUMNS = "id, kind, key, body, created, attempts, next_attempt, state, last_error"
-_MAX_ERROR_CHARS = 500
-RETRYABLE_STATUSES = frozenset({408, 429})
+""",
+    key="key",
+    min_columns=9,
+    added={"park_reason": "TEXT", "strikes": "INTEGER NOT NULL DEFAULT 0", "failed_at": "REAL"},
+)
+_COLUMNS = "id, kind, key, body, created, attempts, next_attempt, state, last_error, park_reason, strikes, failed_at"
 
 
 class Item(msgspec.Struct, frozen=True):
-    """One outbox row. ``id`` gives the delivery order; ``key`` is the idempotency key;
-    ``body`` the JSON bytes to send; ``created``/``next_attempt`` Unix seconds;
-    ``state`` is ``'pending'`` or ``'failed'`` (parked)."""
+    """One outbox row. ``id`` gives the queue order; ``key`` is the idempotency key; ``body``
+    the JSON bytes to send; ``created``/``next_attempt``/``failed_at`` Unix seconds
+    (``failed_at``: the last failed attempt, None before one); ``state`` is ``'pending'`` or
+    ``'failed'`` (parked, with ``park_reason``); ``attempts`` counts failed attempts,
+    ``strikes`` those that counted against the row (see :mod:`pod.worker`)."""
 
     id: int
     kind: str
@@ -69,37 +90,50 @@ class Item(msgspec.Struct, frozen=True):
     next_attempt: float
     state: str
     last_error: str | None
+    park_reason: str | None = None
+    strikes: int = 0
+    failed_at: float | None = None
 
 
 def _item(row: tuple) -> Item:
-    return Item(row[0], row[1], row[2], bytes(row[3]), row[4], row[5], row[6], row[7], row[8])
-
-
-def _clean_error(error: str) -> str:
-    return redact(str(error))[:_MAX_ERROR_CHARS]
+    body = row[3] if isinstance(row[3], bytes) else str(row[3]).encode()
+    return Item(row[0], row[1], row[2], body, row[4], row[5], row[6], row[7], row[8], row[9], int(row[10] or 0),
+                row[11])
 
 
 class Outbox:
-    """The durable queue at ``path`` (an SQLite file).
+    """The durable queue in ``db``: a :class:`~pod.db.StateDB` (shared with the other
+    stores of the agent) or the path of an SQLite file of its own.
 
-    Creates the parent directory (mode 0700) and the file (mode 0600: bodies hold
-    plates, which are personal data) when missing, and tightens an existing
-    file to 0600. Sets ``journal_mode=WAL`` and ``synchronous=FULL``.
-    ``max_items`` (>= 1) bounds the pending rows: beyond it the oldest pending
-    rows are evicted, logged as a warning and counted in :attr:`evicted`.
-    Parked rows are bounded by ``max_items`` too (oldest dropped first).
-    Raises ``ValueError`` for ``max_items < 1`` and ``sqlite3.Error`` when the
-    database cannot be opened.
+    A path creates the parent directory (mode 0700) and the file (mode 0600: bodies hold
+    plates, which are personal data), tightens an existing file to 0600, sets
+    ``journal_mode=WAL`` and ``synchronous=FULL``, and heals a damaged file
+    (:meth:`pod.db.StateDB.heal`). ``max_items`` (>= 1) bounds the pending rows and
+    ``max_parked`` (>= 1, default ``max_items``) the parked ones, separately; beyond each the
+    oldest rows of that kind are dropped, logged and counted. Raises ``ValueError`` for a
+    bound < 1 and ``sqlite3.Error`` when the database cannot be opened.
     """
 
-    def __init__(self, path: str | os.PathLike[str], max_items: int = 10_000) -> None:
-        if max_items < 1:
-            raise ValueError("max_items must be >= 1")
-        self.path = Path(path)
+    def __init__(self, db: StateDB | str | os.PathLike[str], max_items: int = 10_000,
+                 max_parked: int | None = None) -> None:
+        if max_items < 1 or (max_parked is not None and max_parked < 1):
+            raise ValueError("max_items and max_parked must be >= 1")
+        self.state = db if isinstance(db, StateDB) else StateDB(db, [TABLE], name="outbox")
+        self.path = self.state.path
         self.max_items = max_items
+        self.max_parked = max_items if max_parked is None else max_parked
         self.evicted = 0
-        """Pending rows dropped because the queue was full (since this object was created)."""
-        self._db = open_sqlite(self.path, _SCHEMA)
+        """Rows dropped because a cap was reached (since this object was created)."""
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The live connection (replaced when the file is healed)."""
+        return self.state.conn
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """A transaction on the state file (re-entrant), e.g. to enqueue a detection and its
+        clip job in one commit."""
+        return self.state.tx()
 
     # --- writes ---
 
@@ -107,10 +141,10 @@ class Outbox:
         """Enqueue ``body`` (JSON bytes) under idempotency ``key`` at ``now`` (Unix s).
 
         Returns False, changing nothing, when a row with ``key`` already exists
-        (pending or parked): exactly-once enqueue. Evicts the oldest pending rows
-        beyond ``max_items`` (see :attr:`evicted`).
+        (pending or parked): exactly-once enqueue. Drops the oldest pending rows beyond
+        ``max_items`` (see :attr:`evicted`).
         """
-        with self._tx():
+        with self.state.tx():
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO outbox (kind, key, body, created, attempts, next_attempt, state) "
                 "VALUES (?, ?, ?, ?, 0, ?, 'pending')",
@@ -118,28 +152,32 @@ class Outbox:
             )
             if cur.rowcount == 0:
                 return False
-            evicted = self._evict_locked()
-        if evicted:
-            self.evicted += evicted
-            log.warning("outbox full (max %d): evicted the %d oldest pending item(s); %d evicted so far",
-                        self.max_items, evicted, self.evicted)
+            self._enforce_cap("pending", self.max_items, "pending_cap")
         return True
 
-    def _evict_locked(self) -> int:
-        n = 0
-        for state in ("pending", "failed"):
-            (count,) = self._db.execute("SELECT COUNT(*) FROM outbox WHERE state = ?", (state,)).fetchone()
-            excess = count - self.max_items
-            if excess > 0:
-                self._db.execute(
-                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = ? ORDER BY id LIMIT ?)",
-                    (state, excess),
-                )
-                if state == "pending":
-                    n = excess
-                else:
-                    log.warning("outbox: dropped the %d oldest parked item(s)", excess)
-        return n
+    def _enforce_cap(self, state: str, cap: int, reason: str) -> int:
+        (count,) = self._db.execute("SELECT COUNT(*) FROM outbox WHERE state = ?", (state,)).fetchone()
+        excess = count - cap
+        if excess <= 0:
+            return 0
+        victims = self._db.execute(f"SELECT {_COLUMNS} FROM outbox WHERE state = ? ORDER BY id LIMIT ?",
+                                   (state, excess)).fetchall()
+        self._db.execute(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = ? ORDER BY id LIMIT ?)",
+            (state, excess))
+        self._count_drops([_item(v) for v in victims], reason)
+        self.evicted += excess
+        log.warning("outbox full (%s %d, max %d): dropped the %d oldest %s row(s): %s; %d dropped so far",
+                    state, count, cap, excess, "pending" if state == "pending" else "parked",
+                    ", ".join(_item(v).key for v in victims[:10]) + (" …" if excess > 10 else ""), self.evicted)
+        return excess
+
+    def _count_drops(self, items: Iterable[Item], reason: str) -> None:
+        per_kind: dict[str, int] = {}
+        for it in items:
+            per_kind[it.kind] = per_kind.get(it.kind, 0) + 1
+        for kind, n in per_kind.items():
+            self.state.bump(f"dropped:{kind}:{reason}", n)
 
     def delete(self, item_id: int) -> None:
         """Remove row ``item_id`` (after the portal accepted it). Unknown ids are ignored.
@@ -148,198 +186,260 @@ class Outbox:
         next ``put``'s fsync or a checkpoint makes it durable): a power cut can at worst
         bring a delivered row back, which is sent again and deduplicated by the portal on
         its idempotency key. Rows are never lost this way, and the drain after an outage
-        no longer pays one fsync per delivered detection.
+        does not pay one fsync per delivered detection.
         """
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        db = self._db
+        if db.in_transaction:
+            db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+            return
+        db.execute("PRAGMA synchronous=NORMAL")
         try:
-            with self._tx():
-                self._db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+            with self.state.tx():
+                db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
         finally:
-            self._db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA synchronous=FULL")
 
-    def retry_later(self, item_id: int, delay_s: float, error: str, *, now: float | None = None) -> None:
+    def retry_later(self, item_id: int, delay_s: float, error: str, *, now: float | None = None,
+                    strike: bool = False) -> None:
         """Count a failed attempt of ``item_id`` and make it due again ``delay_s`` seconds
-        after ``now`` (Unix s, default the current time). ``error`` is stored redacted."""
+        after ``now`` (Unix s, default the current time); ``strike`` counts it against the
+        row. ``error`` is stored redacted."""
         now = time.time() if now is None else now
-        with self._tx():
+        with self.state.tx():
             self._db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt = ?, last_error = ? WHERE id = ?",
-                (now + max(0.0, float(delay_s)), _clean_error(error), item_id),
+                "UPDATE outbox SET attempts = attempts + 1, strikes = strikes + ?, next_attempt = ?, last_error = ?, "
+                "failed_at = ? WHERE id = ?",
+                (int(strike), now + max(0.0, float(delay_s)), clean_error(error), now, item_id),
             )
 
-    def park(self, item_id: int, error: str) -> None:
-        """Mark ``item_id`` failed (never retried, kept for inspection); ``error`` stored redacted."""
-        with self._tx():
+    def park(self, item_id: int, error: str, *, reason: str = "rejected", now: float | None = None) -> None:
+        """Set ``item_id`` aside (``state='failed'``, never retried until re-queued) with
+        ``reason`` and ``error`` (stored redacted); drops the oldest parked rows beyond
+        ``max_parked``."""
+        now = time.time() if now is None else now
+        with self.state.tx():
             self._db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, state = 'failed', last_error = ? WHERE id = ?",
-                (_clean_error(error), item_id),
+                "UPDATE outbox SET attempts = attempts + 1, state = 'failed', park_reason = ?, last_error = ?, "
+                "failed_at = ? WHERE id = ?",
+                (reason, clean_error(error), now, item_id),
             )
+            self._enforce_cap("failed", self.max_parked, "parked_cap")
+
+    def requeue(self, now: float, *, reason: str | None = None, keys: Collection[str] | None = None) -> int:
+        """Move parked rows back to pending, due at ``now`` (Unix s), in their old place in
+        the queue, with their strikes cleared: all of them, or those parked for ``reason``,
+        or those with one of ``keys``. Returns how many rows were re-queued."""
+        sql = ("UPDATE outbox SET state = 'pending', park_reason = NULL, strikes = 0, failed_at = NULL, "
+               "next_attempt = ? WHERE state = 'failed'")
+        args: list[object] = [float(now)]
+        if reason is not None:
+            sql += " AND park_reason = ?"
+            args.append(reason)
+        if keys is not None:
+            keys = list(keys)
+            if not keys:
+                return 0
+            sql += f" AND key IN ({', '.join('?' * len(keys))})"
+            args += keys
+        with self.state.tx():
+            cur = self._db.execute(sql, args)
+        return cur.rowcount
 
     def requeue_failed(self, now: float) -> int:
-        """Move every parked row back to pending, due at ``now`` (Unix s), e.g. after a
-        wrong API key (HTTP 401) was fixed. Rows keep their place in delivery order.
-        Returns how many rows were requeued."""
-        with self._tx():
-            cur = self._db.execute(
-                "UPDATE outbox SET state = 'pending', next_attempt = ? WHERE state = 'failed'", (float(now),))
-        return cur.rowcount
+        """Move every parked row back to pending (see :meth:`requeue`). Returns the count."""
+        return self.requeue(now)
+
+    def drop(self, *, keys: Collection[str] | None = None, state: str | None = None,
+             reason: str | None = None, why: str = "operator") -> list[Item]:
+        """Delete rows for good: those with one of ``keys``, and/or in ``state``
+        (``pending``/``failed``), and/or parked for ``reason``; at least one filter is
+        required. Each drop is logged (warning) and counted as ``dropped:<kind>:<why>``.
+        Returns the dropped rows. Raises ``ValueError`` without a filter."""
+        where, args = [], []
+        if keys is not None:
+            keys = list(keys)
+            if not keys:
+                return []
+            where.append(f"key IN ({', '.join('?' * len(keys))})")
+            args += keys
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        if reason is not None:
+            where.append("park_reason = ?")
+            args.append(reason)
+        if not where:
+            raise ValueError("drop needs keys, a state or a reason")
+        cond = " AND ".join(where)
+        with self.state.tx():
+            rows = [_item(r) for r in self._db.execute(f"SELECT {_COLUMNS} FROM outbox WHERE {cond} ORDER BY id",
+                                                       args).fetchall()]
+            if rows:
+                self._db.execute(f"DELETE FROM outbox WHERE {cond}", args)
+                self._count_drops(rows, why)
+        for it in rows:
+            log.warning("outbox: dropped %s %s (%s%s) by %s; last error: %s", it.kind, it.key,
+                        "pending" if it.state == "pending" else "parked",
+                        f" {it.park_reason}" if it.park_reason else "", why, it.last_error or "-")
+        return rows
 
     # --- reads ---
 
+    def due(self, now: float, limit: int = 1, busy: Collection[str] = ()) -> list[Item]:
+        """Up to ``limit`` pending rows with ``next_attempt <= now``, in queue order,
+        skipping the keys in ``busy`` (in flight). A row waiting for its retry is overtaken."""
+        busy = list(busy)
+        skip = f" AND key NOT IN ({', '.join('?' * len(busy))})" if busy else ""
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM outbox WHERE state = 'pending' AND next_attempt <= ?{skip} ORDER BY id LIMIT ?",
+            (float(now), *busy, int(limit))).fetchall()
+        return [_item(r) for r in rows]
+
     def next_pending(self, now: float) -> Item | None:
-        """The oldest pending row if it is due (``next_attempt <= now``), else None.
+        """The first due pending row (see :meth:`due`), or None."""
+        rows = self.due(now, 1)
+        return rows[0] if rows else None
 
-        Never returns a row that sits behind a not-yet-due older row: delivery
-        order is enqueue order. See :meth:`next_due` for when to look again.
-        """
-        row = self._db.execute(
-            f"SELECT {_COLUMNS} FROM outbox WHERE state = 'pending' ORDER BY id LIMIT 1"
-        ).fetchone()
-        if row is None or row[6] > now:
-            return None
-        return _item(row)
-
-    def make_due(self, now: float) -> int:
-        """Set ``next_attempt`` of every pending row waiting past ``now`` to ``now``; returns the count."""
-        with self._tx():
-            cur = self._db.execute("UPDATE outbox SET next_attempt = ? WHERE state = 'pending' AND next_attempt > ?",
-                                   (now, now))
+    def make_due(self, now: float, *, keys: Collection[str] | None = None) -> int:
+        """Set ``next_attempt`` of every pending row without strikes waiting past ``now`` to
+        ``now`` (the portal is back); with ``keys``, of those rows whatever their strikes
+        (which are cleared: an operator's retry). Returns the count."""
+        args: list[object] = [now, now]
+        if keys is None:
+            sql = "UPDATE outbox SET next_attempt = ? WHERE state = 'pending' AND next_attempt > ? AND strikes = 0"
+        else:
+            keys = list(keys)
+            if not keys:
+                return 0
+            sql = ("UPDATE outbox SET next_attempt = ?, strikes = 0 WHERE state = 'pending' AND next_attempt > ? "
+                   f"AND key IN ({', '.join('?' * len(keys))})")
+            args += keys
+        with self.state.tx():
+            cur = self._db.execute(sql, args)
         return cur.rowcount
 
-    def next_due(self) -> float | None:
-        """``next_attempt`` (Unix s) of the oldest pending row, or None when nothing is pending."""
-        row = self._db.execute("SELECT next_attempt FROM outbox WHERE state = 'pending' ORDER BY id LIMIT 1").fetchone()
-        return None if row is None else float(row[0])
+    def next_due(self, busy: Collection[str] = ()) -> float | None:
+        """Earliest ``next_attempt`` (Unix s) of a pending row not in ``busy``, or None."""
+        busy = list(busy)
+        skip = f" AND key NOT IN ({', '.join('?' * len(busy))})" if busy else ""
+        row = self._db.execute(f"SELECT MIN(next_attempt) FROM outbox WHERE state = 'pending'{skip}",
+                               busy).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     def get(self, key: str) -> Item | None:
         """The row with idempotency ``key`` (any state), or None."""
         row = self._db.execute(f"SELECT {_COLUMNS} FROM outbox WHERE key = ?", (key,)).fetchone()
         return None if row is None else _item(row)
 
-    def items(self, state: str = "pending") -> list[Item]:
-        """All rows in ``state`` (``'pending'`` or ``'failed'``), in delivery order."""
-        rows = self._db.execute(f"SELECT {_COLUMNS} FROM outbox WHERE state = ? ORDER BY id", (state,)).fetchall()
-        return [_item(r) for r in rows]
+    def items(self, state: str = "pending", *, reason: str | None = None, limit: int | None = None) -> list[Item]:
+        """Rows in ``state`` (``'pending'`` or ``'failed'``; with ``reason``: parked for it),
+        in queue order, at most ``limit``."""
+        sql = f"SELECT {_COLUMNS} FROM outbox WHERE state = ?"
+        args: list[object] = [state]
+        if reason is not None:
+            sql += " AND park_reason = ?"
+            args.append(reason)
+        sql += " ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        return [_item(r) for r in self._db.execute(sql, args).fetchall()]
 
     def depth(self) -> int:
         """Number of pending rows."""
-        return self._db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+        return int(self._db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0])
 
     def failed(self) -> int:
-        """Number of parked (failed) rows."""
-        return self._db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'failed'").fetchone()[0]
+        """Number of parked rows."""
+        return int(self._db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'failed'").fetchone()[0])
+
+    def parked_by_reason(self) -> dict[str, int]:
+        """Parked rows per ``park_reason`` (rows parked before reasons existed: ``rejected``)."""
+        out: dict[str, int] = {}
+        for reason, n in self._db.execute(
+                "SELECT COALESCE(park_reason, 'rejected'), COUNT(*) FROM outbox WHERE state = 'failed' "
+                "GROUP BY 1"):
+            out[str(reason)] = int(n)
+        return out
 
     def oldest_age(self, now: float) -> float | None:
         """Seconds since the oldest pending row was enqueued, or None when empty."""
         row = self._db.execute("SELECT MIN(created) FROM outbox WHERE state = 'pending'").fetchone()
         return None if row is None or row[0] is None else max(0.0, now - row[0])
 
+    def dropped(self) -> dict[str, int]:
+        """Rows dropped for good so far (this file, every process): ``{"<kind>:<reason>": n}``."""
+        return self.state.counters("dropped:")
+
     def close(self) -> None:
         """Close the database (idempotent)."""
-        with contextlib.suppress(sqlite3.ProgrammingError):
-            self._db.close()
-
-    def _tx(self):
-        return transaction(self._db)
+        self.state.close()
 
 
-class OutboxSender:
-    """Delivers outbox rows one at a time, in order, through ``send``.
+class OutboxSource:
+    """The outbox as a :class:`pod.worker.Source`: ``send(item)`` delivers one row (raises
+    :class:`~pod.errors.PortalUnavailable`, :class:`~pod.errors.PortalRejected` and its
+    subclasses, or :class:`~pod.errors.QueueItemInvalid`); the row is deleted only after
+    ``send`` returned, so a crash mid-send means a repeat delivery (deduplicated by the
+    portal on the idempotency key), never a loss."""
 
-    ``send(item)`` is awaited for the oldest due row and must raise
-    :class:`~pod.errors.PortalUnavailable` for transient failures (the row is
-    retried after ``backoff.next_delay()`` seconds and nothing behind it is
-    sent meanwhile) or :class:`~pod.errors.PortalRejected` for permanent ones
-    (the row is parked with the reason logged; 408/429 are treated as
-    transient even when raised as ``PortalRejected``). Any other exception is
-    logged and treated as transient. A row is deleted only after ``send``
-    returned, so a crash mid-send means a repeat delivery (the portal dedupes
-    by idempotency key), never a loss.
+    name = "outbox"
 
-    ``clock`` returns Unix seconds (default ``time.time``); ``idle_poll`` bounds
-    (seconds) how long the sender sleeps with nothing due before looking at
-    the database again. Counters: :attr:`delivered`, :attr:`retried`, :attr:`parked`.
+    def __init__(self, outbox: Outbox, send: Callable[[Item], Awaitable[None]]) -> None:
+        self.outbox, self.send = outbox, send
+
+    def key(self, row: Item) -> str:
+        return row.key
+
+    def describe(self, row: Item) -> str:
+        return f"{row.kind} {row.key}"
+
+    def due(self, now: float, limit: int, busy: Collection[str]) -> list[Item]:
+        return self.outbox.due(now, limit, busy)
+
+    def next_wakeup(self, busy: Collection[str]) -> float | None:
+        return self.outbox.next_due(busy)
+
+    async def process(self, row: Item) -> None:
+        await self.send(row)
+        self.outbox.delete(row.id)
+
+    def retry(self, row: Item, next_attempt: float, error: str, strike: bool, now: float) -> None:
+        self.outbox.retry_later(row.id, next_attempt - now, error, now=now, strike=strike)
+
+    def park(self, row: Item, reason: str, error: str, now: float) -> None:
+        self.outbox.park(row.id, error, reason=reason, now=now)
+
+    def requeue_parked(self, reason: str, now: float) -> int:
+        return self.outbox.requeue(now, reason=reason)
+
+    def make_due(self, now: float) -> int:
+        return self.outbox.make_due(now)
+
+
+class OutboxSender(Worker[Item]):
+    """Delivers outbox rows through ``send`` (see :class:`OutboxSource`) with the retry
+    policy of :class:`pod.worker.Worker`.
+
+    ``backoff`` is the worker-wide pause schedule after a failure (default from
+    ``settings``); ``settings`` carries concurrency, ``max_attempts`` and ``idle_poll``
+    (``idle_poll`` here overrides it: seconds between looks at the queue with nothing due).
+    ``clock`` returns Unix seconds. Counters: :attr:`delivered`, :attr:`retried`,
+    :attr:`parked`.
     """
 
-    def __init__(
-        self,
-        outbox: Outbox,
-        send: Callable[[Item], Awaitable[None]],
-        backoff: Backoff,
-        *,
-        clock: Callable[[], float] = time.time,
-        idle_poll: float = 30.0,
-    ) -> None:
-        self.outbox, self.send, self.backoff = outbox, send, backoff
-        self.clock, self.idle_poll = clock, idle_poll
-        self.delivered = self.retried = self.parked = 0
-        self._wake = asyncio.Event()
+    def __init__(self, outbox: Outbox, send: Callable[[Item], Awaitable[None]], backoff: Backoff | None = None, *,
+                 settings: WorkerSettings | None = None, clock: Callable[[], float] = time.time,
+                 idle_poll: float | None = None, **kw: object) -> None:
+        s = settings or (WorkerSettings(retry_initial=backoff.initial, retry_max=backoff.cap, jitter=backoff.jitter)
+                         if backoff is not None else WorkerSettings())
+        if idle_poll is not None:
+            s = WorkerSettings(s.concurrency, s.retry_initial, s.retry_max, s.max_attempts, idle_poll, s.jitter)
+        super().__init__(OutboxSource(outbox, send), s, backoff=backoff, db=outbox.state, clock=clock,
+                         **kw)  # type: ignore[arg-type]
+        self.outbox = outbox
 
-    def wake(self) -> None:
-        """Look at the queue now (call after :meth:`Outbox.put`, from the event-loop thread).
-        A row waiting for its retry delay stays waiting."""
-        self._wake.set()
-
-    def retry_now(self) -> int:
-        """The portal is known to be reachable again (e.g. a heartbeat just succeeded):
-        make waiting rows due now, restart the backoff schedule and wake the sender,
-        so a backlog drains at once instead of after the last retry delay.
-        Returns how many rows were waiting."""
-        n = self.outbox.make_due(self.clock())
-        self.backoff.reset()
-        self._wake.set()
-        return n
-
-    async def run(self, stop_event: asyncio.Event) -> None:
-        """Deliver until ``stop_event`` is set. Returns after the send in flight (if any) ends."""
-        while not stop_event.is_set():
-            self._wake.clear()
-            now = self.clock()
-            item = self.outbox.next_pending(now)
-            if item is None:
-                due = self.outbox.next_due()
-                timeout = self.idle_poll if due is None else min(self.idle_poll, max(0.0, due - now))
-                await self._sleep(stop_event, timeout)
-                continue
-            await self._deliver(item)
-
-    async def _deliver(self, item: Item) -> None:
-        try:
-            await self.send(item)
-        except PortalRejected as exc:
-            if exc.status in RETRYABLE_STATUSES:
-                self._retry(item, exc)
-                return
-            self.outbox.park(item.id, f"HTTP {exc.status}: {exc}")
-            self.parked += 1
-            self.backoff.reset()  # the portal answered: it is reachable
-            log.error("outbox: portal rejected %s %s (HTTP %s): %s; parked, moving on",
-                      item.kind, item.key, exc.status, redact(str(exc)))
-        except PortalUnavailable as exc:
-            self._retry(item, exc)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("outbox: unexpected error sending %s %s", item.kind, item.key)
-            self._retry(item, exc)
-        else:
-            self.outbox.delete(item.id)
-            self.delivered += 1
-            self.backoff.reset()
-
-    def _retry(self, item: Item, exc: BaseException) -> None:
-        delay = self.backoff.next_delay()
-        self.outbox.retry_later(item.id, delay, f"{type(exc).__name__}: {exc}", now=self.clock())
-        self.retried += 1
-        log.warning("outbox: %s %s not delivered (%s); attempt %d, retrying in %.1f s",
-                    item.kind, item.key, redact(str(exc)) or type(exc).__name__, item.attempts + 1, delay)
-
-    async def _sleep(self, stop_event: asyncio.Event, timeout: float) -> None:
-        if timeout <= 0:
-            return
-        waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop_event.wait())]
-        try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
+    @property
+    def delivered(self) -> int:
+        """Rows the portal accepted (since this object was created)."""
+        return self.done

@@ -13,7 +13,11 @@ sends bytes already in memory.
 Failures map onto two exceptions (re-exported here from :mod:`pod.errors`):
 :class:`PortalUnavailable` — connect error, timeout, HTTP 5xx, 408, 429 or an
 unreadable answer (retry later) — and :class:`PortalRejected` — any other
-non-2xx status (``.status``; retrying will not help).
+non-2xx status (``.status``; retrying the same request will not help), with the
+subclasses :class:`PortalAuthRejected` (401/403 from a portal endpoint: the API key) and
+:class:`PortalNotFound` (404 from a portal endpoint) so callers can tell them apart.
+``on_authenticated`` (optional) is called after every 2xx of a call that carried the API
+key: proof that the portal accepts the key (the agent re-queues rows parked for auth).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import email.utils
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import metadata
 from typing import Any, BinaryIO
 
@@ -31,7 +35,14 @@ import httpx
 import msgspec
 
 from pod.backoff import Backoff
-from pod.errors import PortalError, PortalRejected, PortalUnavailable, StorageConflict
+from pod.errors import (
+    PortalAuthRejected,
+    PortalError,
+    PortalNotFound,
+    PortalRejected,
+    PortalUnavailable,
+    StorageConflict,
+)
 from protocol.messages import (
     DetectRequest,
     HeartbeatRequest,
@@ -43,8 +54,8 @@ from protocol.messages import (
 )
 from protocol.redact import redact
 
-__all__ = ["USER_AGENT", "PortalClient", "PortalError", "PortalRejected", "PortalUnavailable", "StorageConflict",
-           "is_storage_duplicate"]
+__all__ = ["USER_AGENT", "PortalAuthRejected", "PortalClient", "PortalError", "PortalNotFound", "PortalRejected",
+           "PortalUnavailable", "StorageConflict", "is_storage_duplicate"]
 
 log = logging.getLogger("platebridge.pod.portal")
 
@@ -83,6 +94,7 @@ class PortalClient:
         transport: httpx.AsyncBaseTransport | None = None,
         retries: int = 3,
         backoff: Backoff | None = None,
+        on_authenticated: Callable[[], None] | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError("portal base_url must start with http:// or https://")
@@ -94,6 +106,7 @@ class PortalClient:
         self._backoff = backoff or Backoff(initial=0.5, cap=8.0, jitter=0.5)
         self._api_key = api_key
         self.clock_offset: float | None = None  # this host's clock minus the portal's (s), from its Date header
+        self.on_authenticated = on_authenticated
         # Authorization is added per portal request, never as a client default, so
         # uploads to signed storage URLs (possibly another host) never carry the key.
         self._client = httpx.AsyncClient(
@@ -112,6 +125,15 @@ class PortalClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    def set_api_key(self, api_key: str) -> bool:
+        """Use ``api_key`` from now on (a reloaded config). Returns whether it changed.
+        Raises ``ValueError`` for an empty key."""
+        if not api_key:
+            raise ValueError("pod api key must not be empty")
+        changed = api_key != self._api_key
+        self._api_key = api_key
+        return changed
 
     async def aclose(self) -> None:
         """Close the shared HTTP client (idempotent)."""
@@ -292,6 +314,8 @@ class PortalClient:
         self._note_date(resp, sent)
         log.debug("portal: %s -> %d", what, status)
         if 200 <= status < 300:
+            if auth and self.on_authenticated is not None:
+                self.on_authenticated()
             return resp
         reason = self._scrub(resp.text[:_MAX_REASON_CHARS].strip()) if resp.content else ""
         msg = f"{what}: HTTP {status}" + (f": {reason}" if reason else "")
@@ -299,6 +323,10 @@ class PortalClient:
             raise PortalUnavailable(msg, status=status)
         if not auth and method in ("PUT", "POST") and is_storage_duplicate(status, resp.content):
             raise StorageConflict(status, msg)  # a signed storage upload: the object is already there
+        if auth and status in (401, 403):
+            raise PortalAuthRejected(status, msg)
+        if auth and status == 404:
+            raise PortalNotFound(status, msg)
         raise PortalRejected(status, msg)
 
     def _note_date(self, resp: httpx.Response, sent: float) -> None:

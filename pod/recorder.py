@@ -26,8 +26,16 @@ so a clip usually starts a little before and ends a little after the window.
 
 Overlapping windows are NOT merged: each detection gets its own clip, so the
 audit trail stays one clip per detection (event id) even when two cars pass
-within seconds. Without live streaming (``enable_streaming: false``) there
-are no segments: the clip is captured directly from RTSP for
+within seconds.
+
+Jobs are durable (:mod:`pod.clipjobs`): each is a row written with its detection, so a
+stop, crash or upgrade does not lose the clips of the last seconds' detections. At the
+next start the finished-but-unqueued clips are adopted, and the jobs still waiting are
+built from the segments still on disk (placed on the wall clock by
+:func:`pod.clipjobs.scan_segments`), or end ``lost`` with the reason when those are gone.
+A job that cannot be built ends ``failed`` with the reason (e.g. the disk was full).
+
+Without live streaming (``enable_streaming: false``) there are no segments: the clip is captured directly from RTSP for
 ``recording_duration`` s, and the missing pre-roll is reported.
 """
 
@@ -35,20 +43,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import os
 import re
 import shutil
+import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pod import ffmpeg as ff  # "ff": parameters named ffmpeg (the binary) would shadow the module
+from pod.clipjobs import ClipJob, ClipJobs
 from pod.errors import FfmpegError, RecorderError
+from pod.metrics import CLIP_JOBS_ENDED
 from pod.segments import SegmentIndex, SegmentInfo, Selection, contiguous, parse_media_playlist
 from protocol.redact import redact
 
@@ -401,7 +413,7 @@ def _ffprobe_for(cfg: Any) -> str:
 
 
 class Recorder:
-    """Makes one clip per detection, in the background.
+    """Makes one clip per detection, in the background; with ``jobs``, durably.
 
     ``cfg``: a :class:`pod.config.PodConfig` (reads ``pre_roll`` (default 5 s),
     ``recording_duration``, ``recordings_dir``, ``hls_dir``, ``hls_segment_seconds``,
@@ -411,25 +423,31 @@ class Recorder:
     recorder also reads the camera's playlist into it while a job waits, so an
     index nobody else updates still works (keep it updated continuously anyway, or
     pre-roll older than the live playlist window is unknown).
-    ``on_clip(ClipJobResult)`` (sync or async) is called for every clip made;
-    failures are logged and counted, not passed on.
+    ``on_clip(ClipJobResult)`` (sync or async) is called for every clip made; it raises
+    to refuse the clip (the job then fails with that reason).
 
-    ``request(decision)`` accepts a job unless it is a duplicate event id, the
-    recorder is stopped, or ``max_pending`` jobs are already in flight (then it is
-    dropped and counted). A job waits (polling every ``poll_interval`` s) until
-    ``index.latest_end() >= t + recording_duration`` or, by the wall clock
-    (``clock``), ``t + recording_duration + 3 × hls_segment_seconds + wait_slack``;
-    then at most ``max_concurrent`` jobs build (or capture) at a time. Waiting jobs
-    do not hold a build slot.
+    ``jobs`` (:class:`pod.clipjobs.ClipJobs`): every accepted job is a row written by
+    :meth:`request` (inside the caller's transaction, if one is open), finished ``done``,
+    ``failed`` or ``lost`` with its reason, and still ``waiting`` after a stop or crash —
+    :meth:`resume` picks those up at the next start. At most ``max_pending`` jobs run at a
+    time; the others wait in the table (never dropped). Without ``jobs`` (tests) jobs live
+    in memory only and a job beyond ``max_pending`` is dropped and counted.
 
-    Counters: ``requested``, ``built``, ``failed``, ``dropped``, ``duplicates``.
+    A job waits (polling every ``poll_interval`` s) until
+    ``index.latest_end() >= t + recording_duration`` or, by the wall clock (``clock``),
+    ``t + recording_duration + 3 × hls_segment_seconds + wait_slack``; then at most
+    ``max_concurrent`` jobs build (or capture) at a time. Waiting jobs do not hold a
+    build slot.
+
+    Counters: ``requested``, ``built``, ``failed``, ``lost``, ``dropped``, ``duplicates``,
+    ``adopted``.
     """
 
     def __init__(self, cfg: Any, index_for: Callable[[str], SegmentIndex],
                  on_clip: Callable[[ClipJobResult], Awaitable[None] | None], *, max_concurrent: int = 2,
                  max_pending: int = 16, poll_interval: float | None = None, wait_slack: float = 10.0,
                  refresh_from_disk: bool = True, hls_dir_for: Callable[[str], Path] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, jobs: ClipJobs | None = None) -> None:
         if max_concurrent < 1 or max_pending < 1:
             raise ValueError("max_concurrent and max_pending must be >= 1")
         self.cfg = cfg
@@ -445,10 +463,11 @@ class Recorder:
         self._clock = clock
         self.ffmpeg = str(getattr(cfg, "ffmpeg_path", "ffmpeg") or "ffmpeg")
         self.ffprobe = _ffprobe_for(cfg)
-        self._tasks: set[asyncio.Task] = set()
+        self.jobs = jobs
+        self._tasks: dict[str, asyncio.Task] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._closed = False
-        self.requested = self.built = self.failed = self.dropped = self.duplicates = 0
+        self.requested = self.built = self.failed = self.lost = self.dropped = self.duplicates = self.adopted = 0
         if getattr(cfg, "enable_streaming", True):
             keep = (getattr(cfg, "hls_list_size", 6) + getattr(cfg, "hls_keep_extra_segments", 30)) * seg
             need = self.pre_roll + float(cfg.recording_duration) + 3 * seg + wait_slack
@@ -462,49 +481,130 @@ class Recorder:
         return float(getattr(self.cfg, "pre_roll", 5.0))
 
     def pending(self) -> int:
-        """Jobs accepted and not finished (waiting or building)."""
+        """Jobs accepted and not finished (waiting for footage, building, or queued)."""
+        if self.jobs is not None:
+            try:
+                return self.jobs.counts()["waiting"]
+            except sqlite3.Error:
+                return len(self._tasks)
         return len(self._tasks)
 
+    def job_for(self, decision: Any) -> ClipJob:
+        """The clip job of a :class:`pod.passages.PassageDecision` (uses ``event_id``,
+        ``camera_id``, ``plate``/``plate_raw``, ``detected_at``)."""
+        t = float(decision.detected_at)
+        return ClipJob(event_id=decision.event_id, camera_id=decision.camera_id,
+                       plate=getattr(decision, "plate", None) or getattr(decision, "plate_raw", None),
+                       detected_at=t, window_start=t - self.pre_roll,
+                       window_end=t + float(self.cfg.recording_duration),
+                       filename=clip_name(t, decision.camera_id, decision.event_id))
+
     def request(self, decision: Any) -> bool:
-        """Schedule a clip for a :class:`pod.passages.PassageDecision` (uses
-        ``event_id``, ``camera_id``, ``plate``/``plate_raw``, ``detected_at``). Must be
-        called from the running event loop. Returns whether a job was started."""
+        """Accept a clip job for a decision (see :meth:`job_for`). Must be called from the
+        running event loop; with ``jobs`` the row is written in the caller's transaction
+        when one is open (:mod:`pod.decisions` writes it with the detection). Returns
+        whether a new job was accepted (False: a duplicate event id, or stopped)."""
         if self._closed:
             return False
-        if decision.event_id in self._recent:
+        job = self.job_for(decision)
+        if self.jobs is not None:
+            if not self.jobs.add(job, now=self._clock()):
+                self.duplicates += 1
+                return False
+            self.requested += 1
+            self._fill()
+            return True
+        if job.event_id in self._recent:
             self.duplicates += 1
             return False
         if len(self._tasks) >= self.max_pending:
             self.dropped += 1
             log.warning("recorder: %d clips already pending; no clip for event %s on %s (%d dropped so far)",
-                        len(self._tasks), decision.event_id, decision.camera_id, self.dropped)
+                        len(self._tasks), job.event_id, job.camera_id, self.dropped)
             return False
-        self._recent[decision.event_id] = None
+        self._recent[job.event_id] = None
         while len(self._recent) > 4096:
             self._recent.popitem(last=False)
         self.requested += 1
-        task = asyncio.get_running_loop().create_task(self._job(decision), name=f"clip-{decision.event_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._start(job)
         return True
 
+    def _start(self, job: ClipJob) -> None:
+        task = asyncio.get_running_loop().create_task(self._job(job), name=f"clip-{job.event_id}")
+        self._tasks[job.event_id] = task
+        task.add_done_callback(functools.partial(self._done, job.event_id))
+
+    def _done(self, event_id: str, _task: asyncio.Task | None = None) -> None:
+        self._tasks.pop(event_id, None)
+        if not self._closed:
+            self._fill()
+
+    def _fill(self) -> None:
+        """Start waiting jobs from the table up to ``max_pending`` running."""
+        if self.jobs is None or self._closed:
+            return
+        room = self.max_pending - len(self._tasks)
+        if room <= 0:
+            return
+        try:
+            waiting = self.jobs.waiting(limit=room, exclude=tuple(self._tasks))
+        except sqlite3.Error as exc:
+            log.error("recorder: cannot read clip jobs: %s", exc)
+            return
+        for job in waiting:
+            self._start(job)
+
+    async def resume(self, adopt: Iterable[tuple[ClipJob, Path]] = ()) -> int:
+        """At start (with ``jobs``): queue the finished clips of ``adopt`` (``(job, path)``
+        pairs from :func:`pod.clipjobs.sweep_recordings`) when ffprobe reads them (else they
+        are deleted and rebuilt), then start the jobs still waiting from before the stop.
+        Returns how many jobs were waiting."""
+        if self.jobs is None:
+            return 0
+        waiting = self.jobs.restarted(now=self._clock())
+        for job, path in adopt:
+            await self._adopt(job, path)
+        if waiting:
+            log.info("recorder: %d clip job(s) waiting from before the restart; rebuilding from the segments on disk",
+                     waiting)
+        self._fill()
+        return waiting
+
+    async def _adopt(self, job: ClipJob, path: Path) -> None:
+        try:
+            duration = await ffprobe_duration(path, ffprobe=self.ffprobe)
+            size = os.stat(path).st_size
+        except (RecorderError, OSError) as exc:
+            log.warning("recorder: %s left by an interrupted build is unreadable (%s); deleting it and building the "
+                        "clip again", path.name, exc)
+            _cleanup(path)
+            return
+        clip = ClipResult(path=path, duration_s=duration, size_bytes=size, segments_used=0, segments_skipped=[],
+                          preroll_missing_s=0.0)
+        meta = {"adopted": True, "source": "hls" if getattr(self.cfg, "enable_streaming", True) else "rtsp",
+                "window_start": round(job.window_start, 3), "window_end": round(job.window_end, 3)}
+        if await self._deliver(job, clip, meta):
+            self.adopted += 1
+            log.info("recorder: adopted %s (%.1f s, %d bytes), finished before the restart", path.name, duration, size)
+
     async def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until no job is pending (True) or ``timeout`` s pass (False)."""
+        """Wait until no job is running (True) or ``timeout`` s pass (False)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._tasks:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return False
-            await asyncio.wait(set(self._tasks), timeout=left)
+            await asyncio.wait(set(self._tasks.values()), timeout=left)
         return True
 
     async def stop(self, drain: float = 0.0) -> None:
-        """Stop accepting jobs; give pending ones ``drain`` s to finish, cancel the
-        rest (their ffmpeg is killed and partial files removed)."""
+        """Stop accepting jobs; give running ones ``drain`` s to finish, cancel the rest
+        (their ffmpeg is killed and partial files removed). With ``jobs``, cancelled jobs
+        stay ``waiting`` for the next start."""
         self._closed = True
         if drain > 0:
             await self.wait_idle(drain)
-        tasks = list(self._tasks)
+        tasks = list(self._tasks.values())
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -525,17 +625,15 @@ class Recorder:
                 return
             await asyncio.sleep(max(0.01, min(self.poll_interval, deadline - now)))
 
-    async def _job(self, d: Any) -> None:
+    async def _job(self, job: ClipJob) -> None:
         cfg = self.cfg
-        t = float(d.detected_at)
-        start, end = t - self.pre_roll, t + float(cfg.recording_duration)
-        plate = getattr(d, "plate", None) or getattr(d, "plate_raw", None)
+        t, start, end = job.detected_at, job.window_start, job.window_end
         try:
-            out = Path(cfg.recordings_dir) / clip_name(t, d.camera_id, d.event_id)
+            out = Path(cfg.recordings_dir) / job.filename
             if getattr(cfg, "enable_streaming", True):
                 source = "hls"
-                hls_dir = Path(self._hls_dir_for(d.camera_id))
-                index = self._index_for(d.camera_id)
+                hls_dir = Path(self._hls_dir_for(job.camera_id))
+                index = self._index_for(job.camera_id)
                 seg = float(cfg.hls_segment_seconds)
                 await self._wait_for(index, hls_dir, end, end + 3 * seg + self.wait_slack)
                 selection = index.select(start, end, event=t)
@@ -544,9 +642,11 @@ class Recorder:
                                             segment_type=cfg.hls_segment_type)
             else:
                 source = "rtsp"
-                url = next((c.rtsp_url for c in cfg.camera_list() if c.camera_id == d.camera_id), None)
+                url = next((c.rtsp_url for c in cfg.camera_list() if c.camera_id == job.camera_id), None)
                 if url is None:
-                    raise RecorderError(f"unknown camera {d.camera_id!r}")
+                    raise RecorderError(f"unknown camera {job.camera_id!r}")
+                if job.restarts and self._clock() > end:
+                    raise RecorderError("the pod restarted after the window; a direct capture cannot go back in time")
                 async with self._sem:
                     late = max(0.0, self._clock() - t)
                     clip = await capture_direct(url, float(cfg.recording_duration), out, ffmpeg=self.ffmpeg,
@@ -556,14 +656,12 @@ class Recorder:
         except asyncio.CancelledError:
             raise
         except RecorderError as exc:
-            self.failed += 1
-            log.warning("no clip for event %s on %s: %s", d.event_id, d.camera_id, exc)
+            self._fail(job, str(exc))
             return
-        except Exception:
-            self.failed += 1
-            log.exception("no clip for event %s on %s: unexpected error", d.event_id, d.camera_id)
+        except Exception as exc:
+            log.exception("no clip for event %s on %s: unexpected error", job.event_id, job.camera_id)
+            self._fail(job, f"unexpected error: {type(exc).__name__}: {exc}")
             return
-        self.built += 1
         meta = {
             "preroll_missing_s": round(clip.preroll_missing_s, 3),
             "postroll_missing_s": round(clip.postroll_missing_s, 3),
@@ -573,18 +671,60 @@ class Recorder:
             "window_start": round(start, 3),
             "window_end": round(end, 3),
         }
+        if job.restarts:
+            meta["rebuilt_after_restart"] = True
         if clip.preroll_missing_s > 0.5:
             log.info("clip %s: %.1fs of pre-roll not available", clip.path.name, clip.preroll_missing_s)
-        log.info("clip %s: %.1fs, %d bytes, %d segments (%d skipped)", clip.path.name, clip.duration_s,
-                 clip.size_bytes, clip.segments_used, len(clip.segments_skipped))
-        result = ClipJobResult(event_id=d.event_id, camera_id=d.camera_id, plate=plate, detected_at=t,
-                               path=clip.path, filename=clip.path.name, duration_s=clip.duration_s,
-                               size_bytes=clip.size_bytes, metadata=meta, clip=clip)
+        log.info("clip %s: %.1fs, %d bytes, %d segments (%d skipped)%s", clip.path.name, clip.duration_s,
+                 clip.size_bytes, clip.segments_used, len(clip.segments_skipped),
+                 " — rebuilt after a restart" if job.restarts else "")
+        if await self._deliver(job, clip, meta):
+            self.built += 1
+
+    async def _deliver(self, job: ClipJob, clip: ClipResult, meta: dict[str, Any]) -> bool:
+        """Hand a finished clip to ``on_clip`` and mark the job done — one transaction with
+        ``jobs`` and a synchronous ``on_clip`` (the upload row and the job's end commit
+        together). Returns whether the clip was accepted."""
+        result = ClipJobResult(event_id=job.event_id, camera_id=job.camera_id, plate=job.plate,
+                               detected_at=job.detected_at, path=clip.path, filename=clip.path.name,
+                               duration_s=clip.duration_s, size_bytes=clip.size_bytes, metadata=meta, clip=clip)
         try:
-            ret = self._on_clip(result)
-            if inspect.isawaitable(ret):
-                await ret
+            if self.jobs is not None:
+                with self.jobs.tx():
+                    ret = self._on_clip(result)
+                    if not inspect.isawaitable(ret):
+                        self.jobs.finish(job.event_id, "done", now=self._clock())
+                if inspect.isawaitable(ret):
+                    await ret
+                    self.jobs.finish(job.event_id, "done", now=self._clock())
+            else:
+                ret = self._on_clip(result)
+                if inspect.isawaitable(ret):
+                    await ret
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             log.exception("on_clip failed for %s", clip.path.name)
+            self._fail(job, f"the finished clip could not be queued: {type(exc).__name__}: {exc}")
+            return False
+        return True
+
+    def _fail(self, job: ClipJob, error: str) -> None:
+        gone = job.restarts > 0 and any(s in error for s in _SEGMENTS_GONE)
+        state = "lost" if gone else "failed"
+        reason = (f"the pod restarted and the footage of the window is gone: {error}" if gone else error)
+        if gone:
+            self.lost += 1
+        else:
+            self.failed += 1
+        CLIP_JOBS_ENDED.labels(state).inc()
+        log.warning("no clip for event %s on %s: %s (%s)", job.event_id, job.camera_id, reason, state)
+        if self.jobs is not None:
+            try:
+                self.jobs.finish(job.event_id, state, redact(reason), now=self._clock())
+            except sqlite3.Error as exc:
+                log.error("recorder: cannot record the end of clip job %s: %s", job.event_id, exc)
+
+
+_SEGMENTS_GONE = ("no HLS segments cover", "no usable segment", "init segment", "cannot go back in time")
+"""Build errors that, after a restart, mean the footage was deleted while the pod was down."""

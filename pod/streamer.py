@@ -62,6 +62,7 @@ PLAYLIST = "index.m3u8"
 State = Literal["starting", "running", "backoff", "stopped"]
 _MEDIA_SEQ = re.compile(r"^#EXT-X-MEDIA-SEQUENCE:(\d+)", re.MULTILINE)
 _SEGMENT_FILE = re.compile(r"^(seg_\d+\.(m4s|ts)|init_\d+\.mp4)(\.tmp)?$")
+_INIT_FILE = re.compile(r"^init_(\d+)\.mp4$")
 READ_CHUNK = 256 * 1024
 """Bytes asked of ffmpeg's stdout per read."""
 
@@ -285,10 +286,11 @@ class CameraStreamer:
     def prune(self, now: float | None = None) -> int:
         """Bound the HLS buffer; returns how many files were deleted.
 
-        Deletes segments (and init segments of earlier runs) older than
+        Deletes segments older than
         ``(hls_list_size + hls_keep_extra_segments + 2) × hls_segment_seconds``,
         then the oldest ones while the directory holds more than
-        ``hls_max_bytes``. The current run's init segment and the newest
+        ``hls_max_bytes``, and the init segment of an earlier run once none of its
+        segments is left. The current run's init segment and the newest
         ``hls_list_size`` segments are never deleted.
         """
         now = time.time() if now is None else now
@@ -304,14 +306,30 @@ class CameraStreamer:
         newest = {e.name for _, _, e in segs[-self.cfg.hls_list_size:]}
         removed = 0
         total = sum(size for _, size, _ in entries)
-        for mtime, size, e in sorted(entries, key=lambda x: x[0]):
-            if e.name == current_init:
-                continue
+        kept: list[int] = []
+        for mtime, size, e in segs:
             if now - mtime > horizon or (total > self.cfg.hls_max_bytes and e.name not in newest):
+                try:
+                    os.unlink(e.path)
+                except OSError:
+                    kept.append(_msn(e.name))
+                    continue
+                removed += 1
+                total -= size
+            else:
+                kept.append(_msn(e.name))
+        # an earlier run's init segment goes with the last of its segments, not by its own
+        # age: a run's init is older than all of its segments (the recorder, after a pod
+        # restart, cuts clips from the previous run's segments); a half-written one by age
+        runs = sorted(int(m.group(1)) for _, _, e in entries if (m := _INIT_FILE.match(e.name)))
+        needed = {init_name(r) for msn in kept if (r := max((x for x in runs if x <= msn), default=None)) is not None}
+        for mtime, _, e in entries:
+            if not e.name.startswith("init_") or e.name == current_init or e.name in needed:
+                continue
+            if _INIT_FILE.match(e.name) or now - mtime > horizon:
                 with contextlib.suppress(OSError):
                     os.unlink(e.path)
                     removed += 1
-                    total -= size
         return removed
 
     async def run(self) -> None:
@@ -499,6 +517,11 @@ class CameraStreamer:
         self._stopping.set()
         if self._proc is not None:
             await ff.terminate(self._proc)
+
+
+def _msn(name: str) -> int:
+    """The media sequence number in a segment file name (``seg_<n>.m4s``)."""
+    return int(name[4:].split(".", 1)[0])
 
 
 def _r(value: float | None, nd: int = 3) -> float | None:

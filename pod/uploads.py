@@ -1,48 +1,32 @@
-"""Durable clip uploads: recorded clip → signed URL → streamed PUT → confirm → local delete.
+"""Durable clip uploads — the store: the upload queue and the recordings disk quota.
 
-One row per detection clip in table ``uploads`` of the outbox's SQLite file
-(``cfg.outbox_path``; own connection, WAL, ``synchronous=FULL``), keyed by the
-detection's ``event_id`` (the idempotency key: a clip is queued at most once).
-Each step is recorded before the next one starts, so a restart resumes where
+The steps themselves (signed URL, streamed PUT, confirm, local delete) are in
+:mod:`pod.uploader`; this module keeps the rows and the bytes on disk.
+
+One row per detection clip in table ``uploads`` of the pod's state file
+(``cfg.outbox_path``, a :class:`pod.db.StateDB`: WAL, ``synchronous=FULL``, healed when
+damaged), keyed by the detection's ``event_id`` (the idempotency key: a clip is queued at
+most once). Each step is recorded before the next one starts, so a restart resumes where
 the pod stopped and a confirmed clip is never uploaded again::
 
     recorded ──upload-url──▶ url ──PUT 2xx / 409──▶ uploaded ──confirm 2xx──▶ confirmed
        ▲                      │                                    (local file deleted)
        └──PUT 4xx (expired or bad signature: a fresh URL next time)┘
 
-plus ``failed`` (the portal refused for good — HTTP 4xx other than 408/429 on
-upload-url or confirm, the local file vanished, or too many fresh URLs were
-refused; the file is kept, see :meth:`UploadQueue.requeue_failed`) and
-``evicted`` (the local file was deleted by the disk quota before the upload).
+plus ``failed`` — parked, with a ``park_reason``: ``auth`` (401/403: re-queued as soon as
+the API key works again), ``rejected`` (another 4xx on upload-url or confirm), ``attempts``
+(kept failing while other clips went through), ``storage_refused`` (storage refused the PUT
+under ``max_put_refusals`` fresh URLs), ``missing_file`` (the local clip vanished); the file
+is kept, see :meth:`UploadQueue.requeue` — and ``evicted`` (the local file was deleted by the
+disk quota before the upload).
 
-The portal contract (seed portal, :mod:`protocol.messages`):
-
-1. ``POST /api/pod/recordings/upload-url {camera_id, filename}`` →
-   ``{upload_url, file_path, expires_in}`` (Supabase's ``signedUrl``/``signed_url``/``path``
-   accepted); ``url_expires_at`` = receipt time + ``expires_in`` (absent: unknown).
-2. ``PUT`` the raw bytes (``Content-Type: video/mp4``), streamed from disk
-   (:meth:`pod.portal.PortalClient.upload_file`). "The resource already exists"
-   (:class:`pod.errors.StorageConflict`: HTTP 409, or Supabase Storage's HTTP 400 with
-   ``"statusCode": "409"`` in the body) means an earlier PUT of this clip landed but the
-   pod did not record it (crash, lost answer, or a portal whose paths follow the file
-   name, so a fresh URL names the same object): it counts as uploaded, the clip is
-   confirmed and deleted, and no new URL is asked for.
-3. ``POST /api/pod/recordings/confirm {camera_id, file_path, duration_seconds,
-   event_type: "plate_detection", plate_number, event_id, file_size_bytes}``.
-4. Delete the local file, only after the confirm answered 2xx.
-
-Transient failures (connect errors, timeouts, 5xx, 408, 429) are retried with
-capped, jittered exponential backoff; the signed URL is reused until it expires.
-Known limit: when a PUT's outcome is unknown (crash or timeout) *and* its URL
-expires before the retry, the retry uses a fresh URL — the portal may then
-hold an orphan object from the first attempt, but still one recording.
-
-Disk quota (:meth:`UploadQueue.evict_for_quota`): while the clips on disk
-exceed ``max_bytes`` or the file system's free space is below
-``free_floor_bytes``, delete the oldest clip already uploaded, then the oldest
-refused (``failed``) one, then the oldest not yet uploaded; each eviction is
-logged (warning) and counted. Evicting an uploaded but unconfirmed clip keeps
-its row in ``uploaded``: the confirm needs no local file.
+Disk quota (:meth:`UploadQueue.evict_for_quota`): while the recordings directory holds
+more than ``max_bytes`` — **every byte in it** (:func:`dir_bytes`: clips, temporary files of
+clips being built, anything else) when the quota names the directory, else the sizes of the
+queued clips — or the file system's free space is below ``free_floor_bytes``, delete the
+oldest clip already uploaded, then the oldest refused (``failed``) one, then the oldest not
+yet uploaded; each eviction is logged (warning) and counted. Evicting an uploaded but
+unconfirmed clip keeps its row in ``uploaded``: the confirm needs no local file.
 
 Times in the database are wall-clock Unix seconds (``time.time()``), so retry
 schedules survive a restart. Signed URLs are stored (the file is mode 0600)
@@ -51,7 +35,6 @@ but never logged: log lines name the event, camera and storage path only.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -61,27 +44,18 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import msgspec
-from msgspec.structs import replace
 
-from pod.backoff import Backoff
-from pod.db import open_sqlite, transaction
-from pod.errors import PortalRejected, PortalUnavailable, StorageConflict
-from pod.portal import PortalClient
-from protocol.messages import RecordingConfirm, UploadUrlRequest
-from protocol.redact import redact
+from pod.db import StateDB, Table
+from pod.worker import clean_error
 
 log = logging.getLogger("platebridge.pod.uploads")
 
 STATES = ("recorded", "url", "uploaded", "confirmed", "evicted", "failed")
 ACTIVE_STATES = ("recorded", "url", "uploaded")
 """States the uploader still works on."""
-RETRYABLE_STATUSES = frozenset({408, 429})
-_MAX_ERROR_CHARS = 500
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
     event_id TEXT PRIMARY KEY,
@@ -104,14 +78,19 @@ CREATE TABLE IF NOT EXISTS uploads (
     url_requests INTEGER NOT NULL DEFAULT 0,
     put_refusals INTEGER NOT NULL DEFAULT 0,
     uploaded_at REAL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    park_reason TEXT,
+    strikes INTEGER NOT NULL DEFAULT 0,
+    failed_at REAL
 );
 CREATE INDEX IF NOT EXISTS uploads_state_due ON uploads (state, next_attempt);
 CREATE INDEX IF NOT EXISTS uploads_on_disk ON uploads (on_disk, created);
 """
+TABLE = Table("uploads", _SCHEMA, key="event_id", min_columns=21,
+              added={"park_reason": "TEXT", "strikes": "INTEGER NOT NULL DEFAULT 0", "failed_at": "REAL"})
 _COLUMNS = ("event_id, camera_id, local_path, filename, plate, duration_s, created, state, upload_url, file_path, "
             "url_expires_at, attempts, next_attempt, last_error, size_bytes, metadata, on_disk, url_requests, "
-            "put_refusals, uploaded_at, updated")
+            "put_refusals, uploaded_at, updated, park_reason, strikes, failed_at")
 _ACTIVE_SQL = "('recorded', 'url', 'uploaded')"
 
 
@@ -128,7 +107,9 @@ class Upload(msgspec.Struct, frozen=True):
     ``segments_skipped``), ``on_disk`` (the local file still exists as far as the queue
     knows), ``url_requests`` (upload URLs obtained so far), ``put_refusals`` (PUTs storage
     refused with a 4xx so far), ``uploaded_at`` (Unix s of the successful PUT, or None),
-    ``updated`` (Unix s of the last change).
+    ``updated`` (Unix s of the last change), ``park_reason`` (why it is ``failed``),
+    ``strikes`` (failures counted against it, :mod:`pod.worker`), ``failed_at`` (Unix s of
+    the last failed attempt, or None).
     """
 
     event_id: str
@@ -152,6 +133,9 @@ class Upload(msgspec.Struct, frozen=True):
     put_refusals: int
     uploaded_at: float | None
     updated: float
+    park_reason: str | None = None
+    strikes: int = 0
+    failed_at: float | None = None
 
     def __repr__(self) -> str:  # never show the signed URL
         return (f"Upload(event_id={self.event_id!r}, camera_id={self.camera_id!r}, state={self.state!r}, "
@@ -177,13 +161,36 @@ class Evicted(msgspec.Struct, frozen=True):
 
 @dataclass(frozen=True)
 class Quota:
-    """Disk bound for the recordings directory: at most ``max_bytes`` of queued clips on
-    disk, and at least ``free_floor_bytes`` free on the file system as reported by
-    ``disk_free()`` (bytes; None: no floor check). See :func:`disk_free_for`."""
+    """Disk bound for the recordings directory: at most ``max_bytes`` on disk — every byte
+    under ``directory`` when given (:func:`dir_bytes`), else the queued clips' sizes — and at
+    least ``free_floor_bytes`` free on the file system as reported by ``disk_free()``
+    (bytes; None: no floor check). See :func:`disk_free_for`."""
 
     max_bytes: int
     free_floor_bytes: int = 0
     disk_free: Callable[[], int] | None = None
+    directory: str | os.PathLike[str] | None = None
+
+
+def dir_bytes(directory: str | os.PathLike[str]) -> int:
+    """Bytes of every regular file under ``directory`` (recursively; files vanishing while
+    counted are skipped; a missing directory holds 0)."""
+    total = 0
+    stack = [os.fspath(directory)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                elif e.is_file(follow_symlinks=False):
+                    total += e.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
+    return total
 
 
 def disk_free_for(path: str | os.PathLike[str]) -> Callable[[], int]:
@@ -193,8 +200,7 @@ def disk_free_for(path: str | os.PathLike[str]) -> Callable[[], int]:
     return lambda: shutil.disk_usage(path).free
 
 
-def _clean_error(error: object) -> str:
-    return redact(str(error))[:_MAX_ERROR_CHARS]
+_clean_error = clean_error
 
 
 def _row(r: tuple) -> Upload:
@@ -205,23 +211,29 @@ def _row(r: tuple) -> Upload:
     return Upload(r[0], r[1], r[2], r[3], r[4], float(r[5]), float(r[6]), r[7], r[8], r[9],
                   None if r[10] is None else float(r[10]), int(r[11]), float(r[12]), r[13], int(r[14]),
                   meta if isinstance(meta, dict) else {}, bool(r[16]), int(r[17]), int(r[18]),
-                  None if r[19] is None else float(r[19]), float(r[20]))
+                  None if r[19] is None else float(r[19]), float(r[20]), r[21], int(r[22] or 0),
+                  None if r[23] is None else float(r[23]))
 
 
 class UploadQueue:
-    """The ``uploads`` table in the SQLite file at ``db_path`` (normally the outbox file).
+    """The ``uploads`` table in ``db``: the agent's :class:`~pod.db.StateDB`, or the path of
+    an SQLite file (normally the outbox file) opened on its own.
 
-    Creates the parent directory (0700) and the file (0600) when missing; sets WAL and
-    ``synchronous=FULL``. Every transition is one short transaction and applies only
-    from the state(s) it names, returning False otherwise (so a stale step never
-    overwrites a newer state). :attr:`evicted` counts evictions since this object was
-    created. Raises ``sqlite3.Error`` when the database cannot be opened.
+    A path creates the parent directory (0700) and the file (0600) when missing; sets WAL
+    and ``synchronous=FULL``; heals a damaged file. Every transition is one short
+    transaction and applies only from the state(s) it names, returning False otherwise (so
+    a stale step never overwrites a newer state). :attr:`evicted` counts evictions since
+    this object was created. Raises ``sqlite3.Error`` when the database cannot be opened.
     """
 
-    def __init__(self, db_path: str | os.PathLike[str]) -> None:
-        self.path = Path(db_path)
+    def __init__(self, db: StateDB | str | os.PathLike[str]) -> None:
+        self.state = db if isinstance(db, StateDB) else StateDB(db, [TABLE], name="uploads")
+        self.path = self.state.path
         self.evicted = 0
-        self._db = open_sqlite(self.path, _SCHEMA)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        return self.state.conn
 
     # --- enqueue ---
 
@@ -306,34 +318,85 @@ class UploadQueue:
         now = time.time() if now is None else now
         return self._update("on_disk = 0, updated = ?", (now,), event_id, STATES)
 
-    def retry_later(self, event_id: str, delay_s: float, error: str, *, now: float | None = None) -> bool:
+    def retry_later(self, event_id: str, delay_s: float, error: str, *, now: float | None = None,
+                    strike: bool = False) -> bool:
         """Count a failed attempt of an active row and make it due ``delay_s`` seconds after
-        ``now``. ``error`` is stored redacted."""
+        ``now``; ``strike`` counts it against the row. ``error`` is stored redacted."""
         now = time.time() if now is None else now
-        return self._update("attempts = attempts + 1, next_attempt = ?, last_error = ?, updated = ?",
-                            (now + max(0.0, float(delay_s)), _clean_error(error), now), event_id, ACTIVE_STATES)
+        return self._update(
+            "attempts = attempts + 1, strikes = strikes + ?, next_attempt = ?, last_error = ?, failed_at = ?, "
+            "updated = ?", (int(strike), now + max(0.0, float(delay_s)), _clean_error(error), now, now),
+            event_id, ACTIVE_STATES)
 
-    def mark_failed(self, event_id: str, error: str, *, now: float | None = None) -> bool:
-        """Active row → ``failed`` (never retried unless requeued; the file is kept)."""
+    def mark_failed(self, event_id: str, error: str, *, now: float | None = None, reason: str = "rejected") -> bool:
+        """Active row → ``failed`` with ``reason`` (never retried unless re-queued; the file
+        is kept)."""
         now = time.time() if now is None else now
-        return self._update("state = 'failed', attempts = attempts + 1, last_error = ?, updated = ?",
-                            (_clean_error(error), now), event_id, ACTIVE_STATES)
+        return self._update("state = 'failed', attempts = attempts + 1, park_reason = ?, last_error = ?, "
+                            "failed_at = ?, updated = ?", (reason, _clean_error(error), now, now), event_id,
+                            ACTIVE_STATES)
 
-    def requeue_failed(self, now: float | None = None) -> int:
-        """Retry every ``failed`` row from where it can continue (e.g. after a wrong API key
-        was fixed): rows whose bytes were uploaded go back to ``uploaded`` (confirm again),
-        rows whose file is on disk to ``recorded``; the others stay failed.
-        Returns how many rows were requeued."""
+    def requeue(self, now: float | None = None, *, reason: str | None = None,
+                keys: Collection[str] | None = None) -> int:
+        """Retry ``failed`` rows — all, those parked for ``reason``, or those with one of
+        ``keys`` — from where they can continue: rows whose bytes were uploaded go back to
+        ``uploaded`` (confirm again), rows whose file is on disk to ``recorded``; the others
+        (file gone, never uploaded) stay failed. Returns how many rows were re-queued."""
         now = time.time() if now is None else now
+        cond, args = "", []
+        if reason is not None:
+            cond += " AND COALESCE(park_reason, 'rejected') = ?"
+            args.append(reason)
+        if keys is not None:
+            keys = list(keys)
+            if not keys:
+                return 0
+            cond += f" AND event_id IN ({', '.join('?' * len(keys))})"
+            args += keys
+        reset = "attempts = 0, strikes = 0, failed_at = NULL, park_reason = NULL, next_attempt = ?, updated = ?"
         with self._tx():
             a = self._db.execute(
-                "UPDATE uploads SET state = 'uploaded', attempts = 0, next_attempt = ?, updated = ? "
-                "WHERE state = 'failed' AND uploaded_at IS NOT NULL AND file_path IS NOT NULL", (now, now)).rowcount
+                f"UPDATE uploads SET state = 'uploaded', {reset} "
+                f"WHERE state = 'failed' AND uploaded_at IS NOT NULL AND file_path IS NOT NULL{cond}",
+                (now, now, *args)).rowcount
             b = self._db.execute(
                 "UPDATE uploads SET state = 'recorded', upload_url = NULL, file_path = NULL, url_expires_at = NULL, "
-                "put_refusals = 0, attempts = 0, next_attempt = ?, updated = ? "
-                "WHERE state = 'failed' AND uploaded_at IS NULL AND on_disk = 1", (now, now)).rowcount
+                f"put_refusals = 0, {reset} WHERE state = 'failed' AND uploaded_at IS NULL AND on_disk = 1{cond}",
+                (now, now, *args)).rowcount
         return a + b
+
+    def requeue_failed(self, now: float | None = None) -> int:
+        """Re-queue every ``failed`` row that can continue (see :meth:`requeue`)."""
+        return self.requeue(now)
+
+    def make_due(self, now: float) -> int:
+        """Active rows without strikes waiting past ``now`` become due at ``now``."""
+        with self._tx():
+            return self._db.execute(
+                f"UPDATE uploads SET next_attempt = ? WHERE state IN {_ACTIVE_SQL} AND next_attempt > ? "
+                "AND strikes = 0", (now, now)).rowcount
+
+    def drop(self, keys: Collection[str], *, why: str = "operator", now: float | None = None) -> list[Upload]:
+        """Give up on the clips with ``keys`` for good: their local files are deleted and
+        their rows removed; each is logged (warning) and counted as ``dropped:clip:<why>``.
+        Returns the dropped rows (as they were)."""
+        keys = list(keys)
+        if not keys:
+            return []
+        marks = ", ".join("?" * len(keys))
+        with self._tx():
+            rows = [_row(r) for r in self._db.execute(
+                f"SELECT {_COLUMNS} FROM uploads WHERE event_id IN ({marks}) ORDER BY created", keys).fetchall()]
+            if rows:
+                self._db.execute(f"DELETE FROM uploads WHERE event_id IN ({marks})", keys)
+                self.state.bump(f"dropped:clip:{why}", len(rows))
+        for r in rows:
+            if r.on_disk:
+                with contextlib.suppress(OSError):
+                    os.unlink(r.local_path)
+            log.warning("uploads: dropped clip %s (camera %s, %s%s) by %s; last error: %s", r.event_id, r.camera_id,
+                        r.state, f" {r.park_reason}" if r.park_reason else "", why, r.last_error or "-")
+        return rows
 
     def prune(self, older_than: float) -> int:
         """Delete finished rows (``confirmed``, ``evicted``, or ``failed`` with no local file)
@@ -350,18 +413,34 @@ class UploadQueue:
         r = self._db.execute(f"SELECT {_COLUMNS} FROM uploads WHERE event_id = ?", (event_id,)).fetchone()
         return None if r is None else _row(r)
 
-    def next_due(self, now: float) -> Upload | None:
-        """The oldest (by ``created``) active row whose ``next_attempt <= now``, or None.
-        Rows do not block each other: one waiting for its retry is overtaken."""
-        r = self._db.execute(
-            f"SELECT {_COLUMNS} FROM uploads WHERE state IN {_ACTIVE_SQL} AND next_attempt <= ? "
-            "ORDER BY created, event_id LIMIT 1", (now,)).fetchone()
-        return None if r is None else _row(r)
+    def due(self, now: float, limit: int = 1, busy: Collection[str] = ()) -> list[Upload]:
+        """Up to ``limit`` active rows with ``next_attempt <= now``, oldest (by ``created``)
+        first, skipping the ``busy`` event ids. Rows do not block each other: one waiting
+        for its retry is overtaken."""
+        busy = list(busy)
+        skip = f" AND event_id NOT IN ({', '.join('?' * len(busy))})" if busy else ""
+        rs = self._db.execute(
+            f"SELECT {_COLUMNS} FROM uploads WHERE state IN {_ACTIVE_SQL} AND next_attempt <= ?{skip} "
+            "ORDER BY created, event_id LIMIT ?", (now, *busy, int(limit))).fetchall()
+        return [_row(r) for r in rs]
 
-    def next_wakeup(self) -> float | None:
-        """Earliest ``next_attempt`` (Unix s) over active rows, or None when none is active."""
-        r = self._db.execute(f"SELECT MIN(next_attempt) FROM uploads WHERE state IN {_ACTIVE_SQL}").fetchone()
+    def next_due(self, now: float) -> Upload | None:
+        """The oldest active row due at ``now`` (see :meth:`due`), or None."""
+        rows = self.due(now, 1)
+        return rows[0] if rows else None
+
+    def next_wakeup(self, busy: Collection[str] = ()) -> float | None:
+        """Earliest ``next_attempt`` (Unix s) over active rows not in ``busy``, or None."""
+        busy = list(busy)
+        skip = f" AND event_id NOT IN ({', '.join('?' * len(busy))})" if busy else ""
+        r = self._db.execute(f"SELECT MIN(next_attempt) FROM uploads WHERE state IN {_ACTIVE_SQL}{skip}",
+                             busy).fetchone()
         return None if r is None or r[0] is None else float(r[0])
+
+    def parked_by_reason(self) -> dict[str, int]:
+        """``failed`` rows per ``park_reason`` (rows from before reasons existed: ``rejected``)."""
+        return {str(k): int(n) for k, n in self._db.execute(
+            "SELECT COALESCE(park_reason, 'rejected'), COUNT(*) FROM uploads WHERE state = 'failed' GROUP BY 1")}
 
     def pending(self) -> list[Upload]:
         """Active rows (``recorded``, ``url``, ``uploaded``), oldest first."""
@@ -388,6 +467,10 @@ class UploadQueue:
         """Bytes of the queued clips still on disk (sizes recorded at :meth:`add`)."""
         return int(self._db.execute("SELECT COALESCE(SUM(size_bytes), 0) FROM uploads WHERE on_disk = 1").fetchone()[0])
 
+    def known_paths(self) -> set[str]:
+        """Absolute local paths of every queued clip (any state)."""
+        return {r[0] for r in self._db.execute("SELECT local_path FROM uploads")}
+
     # --- disk quota ---
 
     def evict_for_quota(
@@ -398,8 +481,10 @@ class UploadQueue:
         *,
         busy: Collection[str] = (),
         now: float | None = None,
+        directory: str | os.PathLike[str] | None = None,
     ) -> list[Evicted]:
-        """Delete local clips until :meth:`total_local_bytes` ``<= max_bytes`` and
+        """Delete local clips until the bytes on disk are ``<= max_bytes`` — every byte under
+        ``directory`` when given (:func:`dir_bytes`), else :meth:`total_local_bytes` — and
         ``disk_free()`` (bytes; None: not checked) ``>= free_floor_bytes``.
 
         Order: the oldest clip already uploaded (bytes in portal storage: ``uploaded``,
@@ -414,15 +499,17 @@ class UploadQueue:
         out: list[Evicted] = []
         busy = tuple(busy)
         while True:
-            total = self.total_local_bytes()
+            total = dir_bytes(directory) if directory is not None else self.total_local_bytes()
             free = disk_free() if disk_free is not None else None
             if total <= max_bytes and (free is None or free >= free_floor_bytes):
                 return out
             reason = "quota" if total > max_bytes else "disk_free"
             victim = self._eviction_candidate(busy)
             if victim is None:
-                log.error("uploads: %s exceeded (clips on disk %d bytes, max %d; free %s, floor %d) and no clip "
-                          "is left to evict", reason, total, max_bytes, free, free_floor_bytes)
+                clips = self.total_local_bytes()
+                log.error("uploads: %s exceeded (recordings on disk %d bytes, of which queued clips %d; max %d; free "
+                          "%s, floor %d) and no clip is left to evict", reason, total, clips, max_bytes, free,
+                          free_floor_bytes)
                 return out
             try:
                 os.unlink(victim.local_path)
@@ -460,8 +547,7 @@ class UploadQueue:
 
     def close(self) -> None:
         """Close the database connection (idempotent)."""
-        with contextlib.suppress(sqlite3.ProgrammingError):
-            self._db.close()
+        self.state.close()
 
     def _update(self, assignments: str, args: tuple, event_id: str, states: Collection[str], extra: str = "") -> bool:
         marks = ", ".join("?" * len(states))
@@ -471,251 +557,5 @@ class UploadQueue:
                 (*args, event_id, *states))
         return cur.rowcount == 1
 
-    def _tx(self):
-        return transaction(self._db)
-
-
-class Uploader:
-    """Works the :class:`UploadQueue` through ``portal`` (a :class:`PortalClient`), one
-    step of one clip at a time (oldest due first).
-
-    ``backoff`` gives the delay (seconds) after a transient failure (reset after every
-    success). ``clock`` returns Unix seconds. ``idle_poll`` (s) bounds the sleep with
-    nothing due. ``quota`` (optional) is enforced before every step
-    (:meth:`enforce_quota`). An expired URL (by the portal's ``expires_in``) is not
-    used: a fresh one is requested, at once when the old one had been tried, else after a
-    backoff (a portal handing out too-short URLs is not hammered). After
-    ``max_put_refusals`` PUTs of one clip were refused by storage (4xx) the clip is
-    parked as ``failed``. ``retain_seconds``: finished rows older than this are pruned
-    (checked hourly).
-
-    Counters (since this object was created): :attr:`uploaded` (PUTs that stored the
-    clip, including 409s), :attr:`conflicts` (409s among them), :attr:`confirmed`,
-    :attr:`retried` (transient failures and refused URLs), :attr:`failed`,
-    :attr:`url_requests`, :attr:`evicted` (the queue's). :attr:`busy` is the
-    ``event_id`` whose PUT is in flight, if any.
-    """
-
-    def __init__(
-        self,
-        queue: UploadQueue,
-        portal: PortalClient,
-        backoff: Backoff,
-        *,
-        clock: Callable[[], float] = time.time,
-        idle_poll: float = 30.0,
-        quota: Quota | None = None,
-        max_put_refusals: int = 8,
-        retain_seconds: float = 30 * 86400.0,
-    ) -> None:
-        self.queue, self.portal, self.backoff = queue, portal, backoff
-        self.clock, self.idle_poll, self.quota = clock, idle_poll, quota
-        self.max_put_refusals = max(1, int(max_put_refusals))
-        self.retain_seconds = retain_seconds
-        self.uploaded = self.conflicts = self.confirmed = self.retried = self.failed = self.url_requests = 0
-        self.busy: str | None = None
-        self._wake = asyncio.Event()
-        self._next_prune = 0.0
-
-    @property
-    def evicted(self) -> int:
-        """Clips evicted by the queue's disk quota (since the queue object was created)."""
-        return self.queue.evicted
-
-    def wake(self) -> None:
-        """Look at the queue now (call after :meth:`UploadQueue.add`, from the event-loop thread)."""
-        self._wake.set()
-
-    def enforce_quota(self) -> list[Evicted]:
-        """Apply :attr:`quota` now (no-op without one); the clip being uploaded is evicted last."""
-        if self.quota is None:
-            return []
-        return self.queue.evict_for_quota(self.quota.max_bytes, self.quota.free_floor_bytes, self.quota.disk_free,
-                                          busy=(self.busy,) if self.busy else (), now=self.clock())
-
-    async def run(self, stop_event: asyncio.Event) -> None:
-        """Upload until ``stop_event`` is set; returns after the step in flight (if any) ends."""
-        while not stop_event.is_set():
-            self._wake.clear()
-            try:
-                self.enforce_quota()
-                self._maybe_prune()
-            except (OSError, sqlite3.Error):
-                log.exception("uploads: quota enforcement failed")
-            now = self.clock()
-            row = self.queue.next_due(now)
-            if row is None:
-                due = self.queue.next_wakeup()
-                timeout = self.idle_poll if due is None else min(self.idle_poll, max(0.0, due - now))
-                await self._sleep(stop_event, timeout)
-                continue
-            await self.step(row)
-
-    async def step(self, row: Upload) -> None:
-        """Advance ``row`` by one step (URL, PUT or confirm); failures are recorded on the row."""
-        try:
-            if row.state == "recorded":
-                await self._get_url(row)
-            elif row.state == "url":
-                await self._put(row)
-            elif row.state == "uploaded":
-                await self._confirm(row)
-        except PortalRejected as exc:
-            if exc.status in RETRYABLE_STATUSES:
-                self._retry(row, exc)
-            else:
-                self._fail(row, f"portal refused (HTTP {exc.status}): {exc}")
-        except PortalUnavailable as exc:
-            self._retry(row, exc)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("uploads: unexpected error on %s (%s)", row.event_id, row.state)
-            self._retry(row, exc)
-
-    # --- steps ---
-
-    async def _get_url(self, row: Upload) -> None:
-        if not self._file_present(row):
-            return
-        resp = await self.portal.request_upload_url(UploadUrlRequest(camera_id=row.camera_id, filename=row.filename))
-        now = self.clock()
-        url, path = resp.url(), resp.path_or_none()
-        assert url and path  # request_upload_url guarantees both
-        ttl = resp.expires_in
-        expires_at = now + float(ttl) if ttl is not None and math.isfinite(ttl) and ttl > 0 else None  # else unknown
-        self.queue.set_url(row.event_id, url, path, expires_at, now=now)
-        self.url_requests += 1
-        self.backoff.reset()
-        log.info("uploads: %s: upload URL #%d for %s (%s)", row.event_id, row.url_requests + 1, path,
-                 f"expires in {resp.expires_in:g} s" if resp.expires_in is not None else "expiry unknown")
-
-    async def _put(self, row: Upload) -> None:
-        now = self.clock()
-        assert row.upload_url is not None
-        if row.url_expires_at is not None and row.url_expires_at <= now:
-            # Tried and failed until it expired: renew at once. Expired untried: the portal's
-            # URLs are too short-lived for this pod — back off instead of spinning.
-            delay = 0.0 if row.attempts > 0 else self._delay(row.url_requests - 1)
-            self.queue.drop_url(row.event_id, "upload URL expired before the PUT", next_attempt=now + delay, now=now)
-            self.retried += 1
-            log.info("uploads: %s: upload URL for %s expired; requesting a new one in %.1f s",
-                     row.event_id, row.file_path, delay)
-            return
-        if not self._file_present(row):
-            return
-        self.busy = row.event_id
-        t0 = time.monotonic()
-        try:
-            size = await self.portal.upload_file(row.upload_url, row.local_path, "video/mp4")
-        except StorageConflict as exc:
-            self.conflicts += 1
-            log.info("uploads: %s: storage already holds %s (HTTP %d, \"The resource already exists\"): an "
-                     "earlier PUT landed; counting it as uploaded", row.event_id, row.file_path, exc.status)
-            self._uploaded(row)
-            return
-        except PortalRejected as exc:
-            if exc.status in RETRYABLE_STATUSES:
-                raise
-            self._refused_put(row, exc)
-            return
-        except FileNotFoundError:
-            self.queue.mark_deleted(row.event_id, now=self.clock())
-            self._fail(row, "local clip vanished before the upload")
-            return
-        finally:
-            self.busy = None
-        log.info("uploads: %s: uploaded %d bytes to %s in %.1f s", row.event_id, size, row.file_path,
-                 time.monotonic() - t0)
-        self._uploaded(row)
-
-    async def _confirm(self, row: Upload) -> None:
-        assert row.file_path is not None
-        await self.portal.confirm_recording(RecordingConfirm(
-            camera_id=row.camera_id, file_path=row.file_path, duration_seconds=round(row.duration_s, 3),
-            event_type="plate_detection", plate_number=row.plate, event_id=row.event_id,
-            file_size_bytes=row.size_bytes))
-        now = self.clock()
-        self.queue.mark_confirmed(row.event_id, now=now)
-        self.confirmed += 1
-        self.backoff.reset()
-        log.info("uploads: %s: recording %s confirmed (%.1f s, %d bytes)", row.event_id, row.file_path,
-                 row.duration_s, row.size_bytes)
-        if row.on_disk:
-            try:
-                os.unlink(row.local_path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.error("uploads: %s: cannot delete confirmed clip %s: %s (the quota will retry)",
-                          row.event_id, row.local_path, exc.strerror or exc)
-                return
-            self.queue.mark_deleted(row.event_id, now=now)
-
-    # --- helpers ---
-
-    def _uploaded(self, row: Upload) -> None:
-        self.queue.mark_uploaded(row.event_id, now=self.clock())
-        self.uploaded += 1
-        self.backoff.reset()
-
-    def _refused_put(self, row: Upload, exc: PortalRejected) -> None:
-        now = self.clock()
-        refusals = row.put_refusals + 1
-        if refusals >= self.max_put_refusals:
-            self.queue.drop_url(row.event_id, f"PUT refused: HTTP {exc.status}: {exc}", next_attempt=now,
-                                refused=True, now=now)
-            self._fail(replace(row, state="recorded"),
-                       f"storage refused {refusals} PUTs; last: HTTP {exc.status}: {exc}")
-            return
-        # The first refusal is usually an expired URL: ask again at once; repeated refusals back off.
-        delay = self._delay(refusals - 1)
-        self.queue.drop_url(row.event_id, f"PUT refused: HTTP {exc.status}: {exc}", next_attempt=now + delay,
-                            refused=True, now=now)
-        self.retried += 1
-        log.warning("uploads: %s: storage refused the PUT of %s (HTTP %d: expired or invalid signature?); "
-                    "requesting a new URL in %.1f s", row.event_id, row.file_path, exc.status, delay)
-
-    def _delay(self, n: int) -> float:
-        """0 for ``n <= 0``, else the un-jittered backoff delay of attempt ``n`` (seconds)."""
-        if n <= 0:
-            return 0.0
-        return min(self.backoff.cap, self.backoff.initial * 2 ** min(n - 1, 30))
-
-    def _file_present(self, row: Upload) -> bool:
-        if row.on_disk and os.path.isfile(row.local_path):
-            return True
-        self.queue.mark_deleted(row.event_id, now=self.clock())
-        self._fail(row, "local clip is missing")
-        return False
-
-    def _retry(self, row: Upload, exc: BaseException) -> None:
-        delay = self.backoff.next_delay()
-        self.queue.retry_later(row.event_id, delay, f"{type(exc).__name__}: {exc}", now=self.clock())
-        self.retried += 1
-        log.warning("uploads: %s (%s) not done (%s); attempt %d, retrying in %.1f s", row.event_id, row.state,
-                    redact(str(exc)) or type(exc).__name__, row.attempts + 1, delay)
-
-    def _fail(self, row: Upload, error: str) -> None:
-        self.queue.mark_failed(row.event_id, error, now=self.clock())
-        self.failed += 1
-        log.error("uploads: %s (camera %s) parked as failed in state %s: %s", row.event_id, row.camera_id,
-                  row.state, redact(error))
-
-    def _maybe_prune(self) -> None:
-        now = self.clock()
-        if now >= self._next_prune:
-            self._next_prune = now + 3600.0
-            n = self.queue.prune(now - self.retain_seconds)
-            if n:
-                log.info("uploads: pruned %d finished row(s) older than %.0f days", n, self.retain_seconds / 86400)
-
-    async def _sleep(self, stop_event: asyncio.Event, timeout: float) -> None:
-        if timeout <= 0:
-            return
-        waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop_event.wait())]
-        try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
+    def _tx(self) -> contextlib.AbstractContextManager[None]:
+        return self.state.tx()

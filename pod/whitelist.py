@@ -7,13 +7,22 @@ names (personal data): the file is mode 0600 and its directory, when created
 here, 0700. Writes are atomic (temp file in the same directory, fsync,
 ``os.replace``, fsync of the directory), so a power cut leaves either the old or
 the new file, never a torn one.
+
+A cache that cannot be read (an SD card corrupts it, random bytes, a truncated file) is
+**moved aside** as ``<name>.corrupt-<UTC timestamp>`` (kept for diagnosis), the entries that
+can still be read are **salvaged** (:func:`salvage_cache`: every complete, valid entry
+object in the damaged text), logged and counted (``platebridge_pod_state_recovered_total``,
+``/health``); the salvaged whitelist carries the version ``<version>~salvaged`` so the next
+heartbeat answer (or the refresh at start) replaces it from the portal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -22,8 +31,9 @@ from pathlib import Path
 
 import msgspec
 
+from pod.db import Recovery, move_aside
 from pod.plates import Whitelist
-from protocol.messages import PlatesResponse
+from protocol.messages import PlateEntry, PlatesResponse
 from protocol.redact import redact
 
 log = logging.getLogger("platebridge.pod.whitelist")
@@ -86,6 +96,38 @@ def load_cache(path: str | os.PathLike[str]) -> PlatesResponse | None:
         return None
 
 
+_VERSION = re.compile(r'"config_version"\s*:\s*("(?:[^"\\\x00-\x1f]|\\.){0,256}"|-?\d{1,30})')
+SALVAGED_SUFFIX = "~salvaged"
+
+
+def salvage_cache(data: bytes) -> PlatesResponse | None:
+    """What can still be read of a damaged cache: every complete JSON object starting
+    ``{"plate"`` that validates as a :class:`PlateEntry`, in file order (an entry whose bytes
+    were damaged no longer parses and is left out), and the ``config_version`` if readable
+    (else ``"unknown"``), suffixed ``~salvaged``. None when no entry survives. Never raises."""
+    text = data.decode("utf-8", errors="replace")
+    decoder = json.JSONDecoder()
+    entries: list[PlateEntry] = []
+    pos = text.find('{"plate"')
+    while pos != -1:
+        try:
+            obj, end = decoder.raw_decode(text, pos)
+            entries.append(msgspec.convert(obj, PlateEntry))
+            pos = text.find('{"plate"', end)
+        except (ValueError, msgspec.ValidationError, TypeError):
+            pos = text.find('{"plate"', pos + 1)
+    if not entries:
+        return None
+    m = _VERSION.search(text)
+    version = "unknown"
+    if m:
+        try:
+            version = str(json.loads(m.group(1)))
+        except ValueError:
+            pass
+    return PlatesResponse(config_version=f"{version}{SALVAGED_SUFFIX}", entries=entries)
+
+
 class WhitelistStore:
     """Holds the current :class:`Whitelist` (initially empty, version ``""``).
 
@@ -101,14 +143,18 @@ class WhitelistStore:
         *,
         clock: Callable[[], float] = time.monotonic,
         tz: tzinfo = UTC,
+        on_recovery: Callable[[Recovery], None] | None = None,
     ):
         self.cache_path = Path(cache_path) if cache_path is not None else None
         self._clock = clock
         self.tz = tz
         self._current = Whitelist([], "", tz=tz)
         self._lock = asyncio.Lock()
+        self.on_recovery = on_recovery
         self.last_refresh: float | None = None
         """Monotonic seconds of the last successful portal refresh, or None."""
+        self.recovery: Recovery | None = None
+        """The healing of a damaged cache at :meth:`load_from_cache`, if there was one."""
 
     @property
     def current(self) -> Whitelist:
@@ -130,13 +176,15 @@ class WhitelistStore:
         log.info("whitelist %s loaded from %s: %d entries", wl.version, source, len(wl))
 
     def load_from_cache(self) -> bool:
-        """Install the cached whitelist (offline start). Returns True when a valid
-        cache was loaded; False (keeping the current whitelist) when there is no
-        cache path, no file, or a corrupt one. Never raises. Does not touch
-        :attr:`last_refresh`."""
+        """Install the cached whitelist (offline start). Returns True when a valid (or
+        salvaged) cache was loaded; False (keeping the current whitelist) when there is no
+        cache path, no file, or nothing readable in it. A damaged cache is healed (see the
+        module docs). Never raises. Does not touch :attr:`last_refresh`."""
         if self.cache_path is None:
             return False
         resp = load_cache(self.cache_path)
+        if resp is None:
+            resp = self._heal()
         if resp is None:
             return False
         try:
@@ -145,6 +193,33 @@ class WhitelistStore:
             log.warning("whitelist cache %s unusable: %s", self.cache_path, redact(str(exc)))
             return False
         return True
+
+    def _heal(self) -> PlatesResponse | None:
+        """Move a damaged cache aside and salvage its readable entries (None: no file, or
+        nothing readable)."""
+        assert self.cache_path is not None
+        try:
+            data = self.cache_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            data, why = b"", f"unreadable: {exc.strerror or exc}"
+        else:
+            why = "not a valid whitelist cache"
+        resp = salvage_cache(data)
+        try:
+            aside = move_aside(self.cache_path, suffixes=("",))
+        except OSError as exc:
+            log.error("whitelist cache %s is damaged and cannot be moved aside: %s", self.cache_path, exc)
+            return resp
+        self.recovery = Recovery("whitelist", str(self.cache_path), str(aside), why, time.time(),
+                                 {"entries": len(resp.entries) if resp else 0}, "json" if resp else "none")
+        log.warning("whitelist cache %s was damaged (%s): moved aside to %s; salvaged %d entries%s; the portal's "
+                    "whitelist replaces it at the next refresh", self.cache_path, why, aside.name,
+                    len(resp.entries) if resp else 0, f" (version {resp.version})" if resp else "")
+        if self.on_recovery is not None:
+            self.on_recovery(self.recovery)
+        return resp
 
     async def refresh(self, fetch: Callable[[], Awaitable[PlatesResponse]]) -> bool:
         """Fetch the whitelist (``await fetch()``), build it, swap it in and save it

@@ -51,7 +51,9 @@ class HeartbeatRequest(msgspec.Struct, omit_defaults=True):
     """``POST /api/pod/heartbeat``, one per camera. ``stream_url`` is the pod's
     tailnet URL of the camera's HLS media playlist; ages in seconds, sizes in bytes.
     ``status`` has no default, so it is always on the wire: the guide's portal sets
-    ``cameras.status`` from it."""
+    ``cameras.status`` from it. ``outbox_parked`` / ``clips_parked``: detections / clips set
+    aside by the pod, per reason (``auth``, ``rejected``, ``attempts``, …); ``clips_lost``:
+    clip jobs that ended without a clip because the footage was gone after a restart."""
 
     pod_id: str
     camera_id: str
@@ -63,6 +65,9 @@ class HeartbeatRequest(msgspec.Struct, omit_defaults=True):
     outbox_depth: int | None = None
     whitelist_version: str | None = None
     disk_free_bytes: int | None = None
+    outbox_parked: dict[str, int] | None = None
+    clips_parked: dict[str, int] | None = None
+    clips_lost: int | None = None
 
 
 def version_text(value: str | int | None) -> str | None:

@@ -67,10 +67,22 @@ credentials here (the guide shows none); a real portal requires a user session.
 Admin endpoints (stand-in only, no auth; bind to loopback):
 ``PUT /__standin/plates`` (list of entries, or ``{"entries": [...]}`` optionally with
 ``"config_version"``, which is then served as given; otherwise the version is bumped),
-``POST /__standin/fault {"mode": "ok"|"error500"|"hang",
+``POST /__standin/fault {"mode": "ok"|"error500"|"hang"|"unauthorized"|"commit_hang",
 "count": n|null, "scope": "all"|"api"|"storage"}`` (the next ``n`` requests in scope, or all
-while null, fail; ``api`` = ``/api/*``, ``storage`` = ``/storage/*``, default ``all``),
-``GET /__standin/fault``, ``POST /__standin/storage {"duplicate": "409"|"400"}``,
+while null, fail; ``api`` = ``/api/*``, ``storage`` = ``/storage/*``, default ``all``;
+``unauthorized`` answers 401 as for a wrong pod API key; ``commit_hang`` lets the request
+do its work — the detection recorded, the object stored, the recording confirmed — and
+then withholds the answer until the switch changes: the pod can be killed at the worst
+moment, after the portal has its data and before the pod knows), ``GET /__standin/fault``,
+``POST /__standin/keys {"api_keys": [...]}`` (the pod API keys accepted from now on: a key
+rotation), ``POST /__standin/poison {"keys": [...], "status": 500, "scope": "all"|"detect"|"clips"}``
+(requests for those event ids — detect by ``Idempotency-Key``/``event_id``, upload-url by a
+file name that contains it, confirm by ``event_id`` — answer that status for ever; ``[]``
+clears),
+``POST /__standin/latency {"seconds": s}`` (every ``/api/pod/detect`` takes that long),
+``GET /__standin/stats`` (``detect_requests``, ``detect_in_flight_max``: most detect requests
+the stand-in was handling at once, ``poisoned``: answers given to poisoned keys; ``POST``
+resets), ``POST /__standin/storage {"duplicate": "409"|"400"}``,
 ``GET /__standin/detections``, ``GET /__standin/heartbeats``, ``GET /__standin/nudges``,
 ``GET /__standin/uploads`` (stored objects), ``GET /__standin/upload-urls`` (every upload
 URL issued: camera, filename, path, expiry — never the token),
@@ -167,6 +179,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 UPLOAD_TTL = 600.0
 DOWNLOAD_TTL = 3600.0
 FAULT_SCOPES = ("all", "api", "storage")
+FAULT_MODES = ("ok", "error500", "hang", "unauthorized", "commit_hang")
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 HANG_SECONDS = 600.0
@@ -256,7 +269,7 @@ class PortalStandIn:
         user_token_secret = user_token_secret or stream_secret
         if not user_token_secret:
             raise ValueError("user_token_secret (legacy: stream_secret) must not be empty")
-        self._api_key = api_key.encode()
+        self._api_keys = [api_key.encode()]
         self._user_key = user_key.encode() if user_key else None
         self.keyring = Keyring.single(user_token_secret)
         self.gateway_url = gateway_url.rstrip("/")
@@ -277,11 +290,19 @@ class PortalStandIn:
         self.gateway_admin_token = gateway_admin_token
         self.out = out  # None: sys.stdout at print time
         self.fault_mode = "ok"
+        self.poisoned: dict[str, int] = {}
+        self.poison_scope = "all"
+        self.poisoned_answers: dict[str, int] = {}
+        self.detect_latency = 0.0
+        self.detect_in_flight = 0
+        self.detect_in_flight_max = 0
+        self.detect_requests = 0
         self.fault_scope = "all"
         self.fault_remaining: int | None = None
         self.faults_served = 0
         self._fault_changed = asyncio.Event()
         self._background: set[asyncio.Task] = set()
+        self._gate_client: httpx.AsyncClient | None = None
         path = Path(db_path)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
@@ -344,7 +365,34 @@ class PortalStandIn:
     def authorized_pod(self, request: Request) -> bool:
         """True when the request carries ``Bearer <pod api key>``."""
         token = _bearer(request)
-        return token is not None and hmac.compare_digest(token.encode(), self._api_key)
+        if token is None:
+            return False
+        ok = False
+        for key in self._api_keys:  # every key compared (constant time each), no early exit
+            ok = hmac.compare_digest(token.encode(), key) or ok
+        return ok
+
+    def set_api_keys(self, keys: list[str]) -> None:
+        """Accept exactly ``keys`` as pod API keys from now on (a rotation). Raises
+        ``ValueError`` for an empty list or key."""
+        if not keys or not all(keys):
+            raise ValueError("api_keys must be a non-empty list of non-empty keys")
+        self._api_keys = [k.encode() for k in keys]
+
+    def poison_status(self, *candidates: str | None, scope: str = "detect") -> int | None:
+        """The status a poisoned key among ``candidates`` answers (substring match, so a clip
+        file name that contains the event id counts) for a request of ``scope`` (``detect``
+        or ``clips``), or None."""
+        if self.poison_scope not in ("all", scope):
+            return None
+        for c in candidates:
+            if not c:
+                continue
+            for key, status in self.poisoned.items():
+                if key in c:
+                    self.poisoned_answers[key] = self.poisoned_answers.get(key, 0) + 1
+                    return status
+        return None
 
     def authorized_user(self, request: Request) -> str | None:
         """A user id for a user-session request (stand-in: any non-empty bearer, or exactly
@@ -375,11 +423,17 @@ class PortalStandIn:
         if self.fault_mode == "ok" or self.fault_scope not in ("all", scope):
             return None
         mode = self.fault_mode
+        if mode == "commit_hang":
+            return None
         if self.fault_remaining is not None:
             self.fault_remaining -= 1
             if self.fault_remaining <= 0:
                 self.fault_mode, self.fault_remaining = "ok", None
+        if mode == "commit_hang":
+            return None  # applied after the request's work: hold_answer()
         self.faults_served += 1
+        if mode == "unauthorized":
+            return _err(401, "unauthorized")
         if mode == "hang":
             try:
                 await asyncio.wait_for(self._fault_changed.wait(), HANG_SECONDS)
@@ -387,6 +441,23 @@ class PortalStandIn:
                 pass
             return _err(503, "stand-in hang released")
         return _err(500, "stand-in fault: error500")
+
+    async def hold_answer(self, scope: str = "api") -> Response | None:
+        """``commit_hang``: after a request in ``scope`` did its work, withhold the answer
+        until the fault switch changes (then 503: the pod, if still there, retries and meets
+        the duplicate). None when the switch is off."""
+        if self.fault_mode != "commit_hang" or self.fault_scope not in ("all", scope):
+            return None
+        if self.fault_remaining is not None:
+            self.fault_remaining -= 1
+            if self.fault_remaining <= 0:
+                self.fault_mode, self.fault_remaining = "ok", None
+        self.faults_served += 1
+        try:
+            await asyncio.wait_for(self._fault_changed.wait(), HANG_SECONDS)
+        except TimeoutError:
+            pass
+        return _err(503, "stand-in answer withheld (commit_hang)")
 
     # --- storage (Supabase Storage stand-in) ---
 
@@ -476,8 +547,11 @@ class PortalStandIn:
         url = f"{self.gatewise_url or base + '/gatewise'}/api/v1/gates/{self.gate_id}/open"
         payload = {k: body.get(k) for k in ("plate", "site_id", "camera", "event_id", "reason")}
         try:
-            async with httpx.AsyncClient(timeout=5, trust_env=False) as c:
-                r = await c.post(url, json=payload, headers={"Authorization": f"Bearer {self.gatewise_api_key}"})
+            if self._gate_client is None:  # one client for every opening (a new one per call costs ~20 ms of CPU)
+                self._gate_client = httpx.AsyncClient(timeout=5, trust_env=False,
+                                                      limits=httpx.Limits(max_connections=4))
+            r = await self._gate_client.post(url, json=payload,
+                                             headers={"Authorization": f"Bearer {self.gatewise_api_key}"})
             if r.status_code >= 300:
                 log.warning("gatewise: open %s for event %s answered HTTP %d", self.gate_id,
                             _printable(body.get("event_id")), r.status_code)
@@ -505,6 +579,8 @@ class PortalStandIn:
         """Wait (briefly) for background calls, then close the database."""
         if self._background:
             await asyncio.wait(list(self._background), timeout=5)
+        if self._gate_client is not None:
+            await self._gate_client.aclose()
         self.close()
 
     def close(self) -> None:
@@ -579,6 +655,17 @@ def create_app(standin: PortalStandIn) -> Litestar:
 
     @post("/api/pod/detect", status_code=200)
     async def detect(request: Request) -> Response:
+        s.detect_requests += 1
+        s.detect_in_flight += 1
+        s.detect_in_flight_max = max(s.detect_in_flight_max, s.detect_in_flight)
+        try:
+            if s.detect_latency > 0:
+                await asyncio.sleep(s.detect_latency)
+            return await detect_inner(request)
+        finally:
+            s.detect_in_flight -= 1
+
+    async def detect_inner(request: Request) -> Response:
         if not s.authorized_pod(request):
             return _err(401, "unauthorized")
         try:
@@ -586,6 +673,9 @@ def create_app(standin: PortalStandIn) -> Litestar:
         except _BadBody as exc:
             return _err(400, f"invalid body: {exc}")
         idem = request.headers.get("idempotency-key") or None
+        poison = s.poison_status(idem, req.event_id)
+        if poison is not None:
+            return _err(poison, "stand-in poison: this detection always fails")
         record = _detect_record(s, req, idem)
         if isinstance(record, str):
             return _err(400, f"invalid body: {record}")
@@ -617,6 +707,9 @@ def create_app(standin: PortalStandIn) -> Litestar:
               f"event={_printable(event_id)}", file=s.out or sys.stdout, flush=True)
         if record["decision"] == "allow":  # step 6 of the guide: "Opens gate via Gatewise if allowed"
             s.spawn(s.open_gate(str(request.base_url).rstrip("/"), record))
+        held = await s.hold_answer("api")
+        if held is not None:
+            return held
         return Response({"success": True, "duplicate": False, "event_id": event_id, "decision": record["decision"]})
 
     @post("/api/pod/heartbeat", status_code=200)
@@ -684,6 +777,9 @@ def create_app(standin: PortalStandIn) -> Litestar:
             return _err(400, f"invalid body: {exc}")
         if not is_camera_id(req.camera_id) or not _FILENAME.match(req.filename) or ".." in req.filename:
             return _err(400, "invalid camera_id or filename")
+        poison = s.poison_status(req.filename, scope="clips")
+        if poison is not None:
+            return _err(poison, "stand-in poison: this clip always fails")
         path = f"recordings/{s.community}/{req.camera_id}/{req.filename}"
         now = time.time()
         expires = int(now + s.upload_ttl)
@@ -711,6 +807,9 @@ def create_app(standin: PortalStandIn) -> Litestar:
             "INSERT INTO uploads (path, data, size, sha256, content_type, stored) VALUES (?, ?, ?, ?, ?, ?)",
             (path, data, len(data), hashlib.sha256(data).hexdigest(), request.headers.get("content-type"), time.time()),
         )
+        held = await s.hold_answer("storage")
+        if held is not None:
+            return held
         return Response({"Key": f"{bucket}/{path}"})
 
     @get(f"{STORAGE_OBJECT}/sign/{{bucket:str}}/{{path:path}}")
@@ -748,6 +847,9 @@ def create_app(standin: PortalStandIn) -> Litestar:
             return _err(400, f"invalid body: {exc}")
         if not is_camera_id(req.camera_id) or req.duration_seconds < 0:
             return _err(400, "invalid camera_id or duration_seconds")
+        poison = s.poison_status(req.event_id, req.file_path, scope="clips")
+        if poison is not None:
+            return _err(poison, "stand-in poison: this clip always fails")
         if not s.db.execute("SELECT 1 FROM uploads WHERE path = ?", (req.file_path,)).fetchone():
             return _err(400, "file_path was not uploaded")
         row = s.db.execute("SELECT id FROM recordings WHERE file_path = ?", (req.file_path,)).fetchone()
@@ -758,6 +860,9 @@ def create_app(standin: PortalStandIn) -> Litestar:
             rec_id = cur.lastrowid
         else:
             rec_id = row[0]
+        held = await s.hold_answer("api")
+        if held is not None:
+            return held
         return Response({"success": True, "recording_id": rec_id})
 
     @get("/api/pod/recordings")
@@ -801,8 +906,8 @@ def create_app(standin: PortalStandIn) -> Litestar:
             mode, count, scope = raw.get("mode"), raw.get("count"), raw.get("scope", "all")
         except (msgspec.DecodeError, AttributeError) as exc:
             return _err(400, f"invalid body: {exc}")
-        if mode not in ("ok", "error500", "hang") or not (count is None or (isinstance(count, int) and count > 0)):
-            return _err(400, "mode must be ok|error500|hang and count a positive integer or null")
+        if mode not in FAULT_MODES or not (count is None or (isinstance(count, int) and count > 0)):
+            return _err(400, f"mode must be {'|'.join(FAULT_MODES)} and count a positive integer or null")
         if scope not in FAULT_SCOPES:
             return _err(400, "scope must be all|api|storage")
         s.set_fault(mode, count, scope)
@@ -828,6 +933,59 @@ def create_app(standin: PortalStandIn) -> Litestar:
     def admin_fault_get() -> dict:
         return fault_state()
 
+    @post("/__standin/keys", status_code=200)
+    async def admin_keys(request: Request) -> Response:
+        try:
+            raw = msgspec.json.decode(await request.body())
+            keys = raw.get("api_keys")
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                raise TypeError("api_keys must be a list of strings")
+            s.set_api_keys(keys)
+        except (msgspec.DecodeError, AttributeError, TypeError, ValueError) as exc:
+            return _err(400, f"invalid body: {exc}")
+        return Response({"keys": len(keys)})  # never echo a key
+
+    @post("/__standin/poison", status_code=200)
+    async def admin_poison(request: Request) -> Response:
+        try:
+            raw = msgspec.json.decode(await request.body())
+            keys, status, scope = raw.get("keys"), raw.get("status", 500), raw.get("scope", "all")
+            if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+                raise TypeError("keys must be a list of non-empty strings")
+            if not isinstance(status, int) or not 400 <= status <= 599:
+                raise TypeError("status must be 400-599")
+            if scope not in ("all", "detect", "clips"):
+                raise TypeError("scope must be all, detect or clips")
+        except (msgspec.DecodeError, AttributeError, TypeError) as exc:
+            return _err(400, f"invalid body: {exc}")
+        s.poisoned, s.poison_scope = dict.fromkeys(keys, status), scope
+        return Response({"poisoned": s.poisoned, "scope": scope})
+
+    @post("/__standin/latency", status_code=200)
+    async def admin_latency(request: Request) -> Response:
+        try:
+            seconds = float(msgspec.json.decode(await request.body()).get("seconds", 0.0))
+            if not 0 <= seconds <= 10:
+                raise ValueError("seconds must be 0-10")
+        except (msgspec.DecodeError, AttributeError, TypeError, ValueError) as exc:
+            return _err(400, f"invalid body: {exc}")
+        s.detect_latency = seconds
+        return Response({"seconds": seconds})
+
+    def stats() -> dict:
+        return {"detect_requests": s.detect_requests, "detect_in_flight_max": s.detect_in_flight_max,
+                "poisoned": s.poisoned_answers}
+
+    @get("/__standin/stats", sync_to_thread=False)
+    def admin_stats() -> dict:
+        return stats()
+
+    @post("/__standin/stats", status_code=200)
+    async def admin_stats_reset() -> Response:
+        s.detect_requests = s.detect_in_flight_max = 0
+        s.poisoned_answers = {}
+        return Response(stats())
+
     @get("/__standin/detections", sync_to_thread=False)
     def admin_detections() -> dict:
         return {"detections": s.detections()}
@@ -852,7 +1010,8 @@ def create_app(standin: PortalStandIn) -> Litestar:
 
     return Litestar(
         [plates, detect, heartbeat, nudge, stream_token, upload_url, storage_put, storage_get, confirm, recordings,
-         admin_plates, admin_fault, admin_fault_get, admin_storage, admin_detections, admin_heartbeats,
+         admin_plates, admin_fault, admin_fault_get, admin_keys, admin_poison, admin_latency, admin_stats,
+         admin_stats_reset, admin_storage, admin_detections, admin_heartbeats,
          admin_nudges, admin_uploads, admin_upload_urls, *gatewise_routes(s.gatewise)],
         before_request=before,
         openapi_config=None,

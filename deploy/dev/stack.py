@@ -410,10 +410,47 @@ class Stack:
             **self.gateway_overrides,
         }
 
+    @property
+    def pod_config_path(self) -> Path:
+        """Where :meth:`start_pod` writes the pod's config.yaml."""
+        return self.workdir / "pod.yaml"
+
+    @property
+    def state_dir(self) -> Path:
+        """The pod's ``state_dir`` (outbox.sqlite3, whitelist.json)."""
+        return Path(self.pod_config()["state_dir"])
+
+    def write_pod_config(self) -> Path:
+        """Write :meth:`pod_config` (with ``pod_overrides``) to :attr:`pod_config_path`."""
+        path = self.pod_config_path
+        path.write_text(yaml.safe_dump(self.pod_config()))
+        return path
+
+    def reload_pod(self) -> None:
+        """Rewrite the pod's config file and send the running pod SIGHUP (reload)."""
+        self.write_pod_config()
+        self.procs["pod"].popen.send_signal(signal.SIGHUP)
+
+    def pod_cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """Run ``platebridge-pod <args> --config <the pod's config>`` (e.g. ``outbox list``)."""
+        return subprocess.run([str(VENV_BIN / "platebridge-pod"), *args, "--config", str(self.pod_config_path)],
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def portal_admin(self, path: str, body: dict | None = None) -> dict:
+        """POST ``body`` to a stand-in admin endpoint (``/__standin/...``); returns its JSON."""
+        r = httpx.post(f"{self.portal_url}{path}", json=body or {}, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def portal_admin_get(self, path: str) -> dict:
+        """GET a stand-in admin endpoint (``/__standin/...``); returns its JSON."""
+        r = httpx.get(f"{self.portal_url}{path}", timeout=10)
+        r.raise_for_status()
+        return r.json()
+
     def start_pod(self, timeout: float = 30.0, wait_segments: bool = True) -> Proc:
         """Start the pod; wait until ``/health`` reports the camera running."""
-        cfg = self.workdir / "pod.yaml"
-        cfg.write_text(yaml.safe_dump(self.pod_config()))
+        cfg = self.write_pod_config()
         proc = _spawn("pod", [str(VENV_BIN / "platebridge-pod"), "run", "--config", str(cfg)], self.workdir)
         self.procs["pod"] = proc
 

@@ -321,6 +321,9 @@ Type=exec
 User=platebridge
 Group=platebridge
 ExecStart=/opt/platebridge/venv/bin/platebridge-pod run --config /etc/platebridge/config.yaml
+# `systemctl reload platebridge-pod`: re-read the config; a new pod_api_key is used at once and
+# detections/clips parked because the portal refused the old key are re-queued
+ExecReload=/bin/kill -HUP $MAINPID
 Environment=PYTHONUNBUFFERED=1
 Restart=always
 RestartSec=5s

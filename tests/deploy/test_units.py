@@ -53,7 +53,8 @@ def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
 
 def _exec_paths(path: Path) -> list[str]:
     svc = parse_unit(path)["Service"]
-    cmds = [v for k in ("ExecStart", "ExecStartPre", "ExecStartPost", "ExecStopPost") for v in svc.get(k, [])]
+    cmds = [v for k in ("ExecStart", "ExecStartPre", "ExecStartPost", "ExecReload", "ExecStopPost")
+            for v in svc.get(k, [])]
     return [c.lstrip("-@:+!").split()[0] for c in cmds]
 
 
@@ -183,6 +184,7 @@ def test_pod_unit():
     assert "time-sync.target" not in " ".join(u["Unit"]["Wants"])
     assert svc["User"] == ["platebridge"]
     assert svc["ExecStart"] == ["/opt/platebridge/venv/bin/platebridge-pod run --config /etc/platebridge/config.yaml"]
+    assert svc["ExecReload"] == ["/bin/kill -HUP $MAINPID"]  # the agent reloads its config on SIGHUP
     assert svc["ReadWritePaths"] == ["/var/lib/platebridge"]
     # the pod's default state, HLS and recordings dirs are all inside it
     from pod.config import PodConfig

@@ -14,8 +14,9 @@ import time
 import pytest
 
 from pod.backoff import Backoff
-from pod.errors import PortalRejected, PortalUnavailable
+from pod.errors import PortalAuthRejected, PortalRejected, PortalUnavailable, QueueItemInvalid
 from pod.outbox import Item, Outbox, OutboxSender
+from pod.worker import WorkerSettings
 
 
 def mode(path) -> int:
@@ -41,7 +42,7 @@ def test_put_is_exactly_once_by_key(box):
     assert box.depth() == 0 and box.failed() == 1
 
 
-def test_order_preserved_and_head_blocks(box):
+def test_due_rows_come_in_order_and_a_waiting_row_is_overtaken(box):
     for i in range(5):
         box.put("detect", f"k{i}", f"{i}".encode(), now=10.0 + i)
     seen = []
@@ -50,14 +51,16 @@ def test_order_preserved_and_head_blocks(box):
         box.delete(item.id)
     assert seen == ["k0", "k1", "k2", "k3", "k4"]
 
-    box.put("detect", "a", b"a", now=1.0)
-    box.put("detect", "b", b"b", now=1.0)
+    for k in ("a", "b", "c"):
+        box.put("detect", k, k.encode(), now=1.0)
     head = box.next_pending(now=1.0)
-    box.retry_later(head.id, 50.0, "down", now=10.0)
-    assert box.next_pending(now=20.0) is None  # "b" is due but never overtakes "a"
-    assert box.next_due() == 60.0
-    again = box.next_pending(now=60.0)
-    assert again.key == "a" and again.attempts == 1 and again.last_error == "down"
+    box.retry_later(head.id, 50.0, "down", now=10.0, strike=True)
+    assert [i.key for i in box.due(now=20.0, limit=5)] == ["b", "c"]  # "a" waits: the others go first, in order
+    assert [i.key for i in box.due(now=20.0, limit=5, busy=["b"])] == ["c"]  # in flight: not handed out twice
+    assert box.next_due() == 1.0 and box.next_due(busy=["b", "c"]) == 60.0
+    again = box.due(now=60.0)[0]
+    assert (again.key, again.attempts, again.strikes, again.failed_at, again.last_error) == ("a", 1, 1, 10.0, "down")
+    assert box.make_due(now=30.0) == 0  # a row with strikes keeps its own delay
 
 
 def test_not_due_until_next_attempt(box):
@@ -77,7 +80,7 @@ def test_survives_close_and_reopen(tmp_path):
     ob2 = Outbox(path)  # the pod restarted
     try:
         assert ob2.depth() == 2
-        assert ob2.next_pending(now=7.0) is None  # the retry schedule survived too
+        assert [i.key for i in ob2.due(now=7.0, limit=5)] == ["e2"]  # the retry schedule survived too
         first = ob2.next_pending(now=8.0)
         assert (first.key, first.body, first.attempts) == ("e1", b"one", 1)
         assert ob2.put("detect", "e1", b"dup", now=9.0) is False
@@ -134,13 +137,46 @@ def test_eviction_beyond_max_items_is_counted_and_logged(tmp_path, caplog):
                 assert ob.put("detect", f"k{i}", b"x", now=float(i))
         assert ob.depth() == 3 and ob.evicted == 2
         assert [i.key for i in ob.items()] == ["k2", "k3", "k4"]  # the oldest went
-        warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "evicted" in r.getMessage()]
-        assert len(warnings) == 2
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "dropped the 1 oldest pending" in
+                    r.getMessage()]
+        assert len(warnings) == 2 and "k0" in warnings[0].getMessage()
         assert ob.oldest_age(now=10.0) == 8.0
+        assert ob.dropped() == {"detect:pending_cap": 2}
     finally:
         ob.close()
+    again = Outbox(str(tmp_path / "o.db"), max_items=3)  # the count outlives the process (the metric reads it)
+    try:
+        assert again.dropped() == {"detect:pending_cap": 2} and again.evicted == 0
+    finally:
+        again.close()
     with pytest.raises(ValueError):
         Outbox(str(tmp_path / "bad.db"), max_items=0)
+
+
+def test_parked_rows_have_their_own_cap(tmp_path, caplog):
+    """Parked rows never push pending ones out (and the other way round): each kind has
+    its own cap, and what goes over it is logged and counted by reason."""
+    ob = Outbox(str(tmp_path / "o.db"), max_items=3, max_parked=2)
+    try:
+        for i in range(3):
+            ob.put("detect", f"p{i}", b"x", now=float(i))
+        for item in ob.items():
+            ob.park(item.id, "HTTP 401", reason="auth", now=5.0)
+        assert ob.failed() == 2 and ob.dropped() == {"detect:parked_cap": 1}
+        assert [i.key for i in ob.items("failed")] == ["p1", "p2"]
+        for i in range(3):  # a full pending queue next to a full parked one
+            ob.put("detect", f"n{i}", b"x", now=10.0 + i)
+        assert ob.depth() == 3 and ob.failed() == 2 and ob.parked_by_reason() == {"auth": 2}
+        with caplog.at_level(logging.WARNING, logger="platebridge.pod.outbox"):
+            dropped = ob.drop(keys=["p1"])
+        assert [d.key for d in dropped] == ["p1"] and ob.failed() == 1
+        assert ob.dropped() == {"detect:parked_cap": 1, "detect:operator": 1}
+        assert any("dropped detect p1" in r.getMessage() and "auth" in r.getMessage() for r in caplog.records)
+        assert ob.requeue(now=20.0, reason="auth") == 1 and ob.items()[0].key == "p2"  # back in its old place
+        with pytest.raises(ValueError):
+            ob.drop()
+    finally:
+        ob.close()
 
 
 def test_counters(box):
@@ -151,6 +187,7 @@ def test_counters(box):
     assert box.depth() == 1 and box.failed() == 1
     parked = box.items("failed")[0]
     assert parked.state == "failed" and "abc.def" not in parked.last_error  # stored redacted
+    assert parked.park_reason == "rejected" and box.parked_by_reason() == {"rejected": 1}
     assert box.oldest_age(now=5.0) == 3.0
     assert box.requeue_failed(now=6.0) == 1
     assert box.failed() == 0 and box.next_pending(now=6.0).key == "a"  # back in its original place
@@ -223,7 +260,11 @@ async def test_sender_delivers_in_order(box):
     assert fake.delivered == ["a", "b", "c"]
 
 
-async def test_unavailable_retries_with_backoff_without_skipping_ahead(box):
+async def test_a_failing_row_moves_behind_and_the_others_keep_their_order(box):
+    """No head-of-line block: "a" fails (connect refused); "b" goes out after the short
+    pause that follows a failure. That success shows the portal is back, so "a" — which
+    failed only because of it — is due again at once; it fails again (503 while "b" went
+    through: a strike against "a"), so "c" goes on and "a" waits its own, longer delay."""
     fake = FakePortal({"a": [PortalUnavailable("connect refused"), PortalUnavailable("HTTP 503", status=503)]})
     for k in ("a", "b", "c"):
         box.put("detect", k, k.encode(), now=time.time())
@@ -231,12 +272,121 @@ async def test_unavailable_retries_with_backoff_without_skipping_ahead(box):
     async with Running(sender):
         await wait_for(lambda: box.depth() == 0, fake=fake)
     keys = [k for k, _ in fake.attempts]
-    assert keys == ["a", "a", "a", "b", "c"]
-    assert fake.delivered == ["a", "b", "c"]
+    assert keys == ["a", "b", "a", "c", "a"]
+    assert fake.delivered == ["b", "c", "a"]
     times = [t for _, t in fake.attempts]
-    assert times[1] - times[0] >= 0.09  # first backoff delay: 0.1 s
-    assert times[2] - times[1] >= 0.19  # doubled: 0.2 s
+    assert times[1] - times[0] >= 0.09  # the queue paused 0.1 s after the failure
+    assert times[4] - times[2] >= 0.39  # after its strike "a" waited its own delay (2 x 0.2 s)
     assert sender.retried == 2 and sender.delivered == 3 and sender.backoff.attempt == 0
+    assert box.failed() == 0 and box.get("a") is None
+
+
+async def test_a_poison_row_is_parked_after_max_attempts_while_others_flow(box, caplog):
+    """One row the portal answers 500 for, forever: it never blocks the others, and once it
+    failed ``max_attempts`` times while other rows were delivered it is parked with the
+    reason — never retried for ever, never dropped."""
+    fake = FakePortal({"poison": [PortalUnavailable("HTTP 500", status=500)] * 100})
+    box.put("detect", "poison", b"p", now=time.time())
+    for i in range(30):
+        box.put("detect", f"ok{i}", b"o", now=time.time())
+    sender = OutboxSender(box, fake.send, settings=WorkerSettings(concurrency=1, retry_initial=0.01, retry_max=0.02,
+                                                                  max_attempts=3, idle_poll=0.05))
+
+    async def trickle():  # detections keep coming while the poison row is retried
+        for i in range(30, 60):
+            box.put("detect", f"ok{i}", b"o", now=time.time())
+            sender.wake()
+            await asyncio.sleep(0.01)
+
+    with caplog.at_level(logging.ERROR, logger="platebridge.pod.worker"):
+        async with Running(sender):
+            await trickle()
+            await wait_for(lambda: box.depth() == 0, fake=fake)
+    poison = box.get("poison")
+    assert poison.state == "failed" and poison.park_reason == "attempts" and "HTTP 500" in poison.last_error
+    assert poison.strikes == 2 and poison.attempts == 4  # the first failure is no strike; the 3rd strike parks
+    assert sorted(fake.delivered) == sorted(f"ok{i}" for i in range(60))
+    assert fake.delivered[:30] == [f"ok{i}" for i in range(30)]  # the rest kept their order
+    assert [k for k, _ in fake.attempts].count("poison") == 4 and sender.parked == 1
+    assert any("parked after 3 failed attempts" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_outage_parks_nothing_and_the_order_holds(box):
+    """Every request fails (portal down) for many rounds: no row collects strikes (nothing
+    was delivered in between), nothing is parked, and afterwards every row goes out in order."""
+    up = False
+    sent: list[str] = []
+
+    async def send(item):
+        if not up:
+            raise PortalUnavailable("connect refused")
+        sent.append(item.key)
+
+    for i in range(5):
+        box.put("detect", f"k{i}", b"x", now=time.time())
+    sender = OutboxSender(box, send, settings=WorkerSettings(retry_initial=0.005, retry_max=0.01, max_attempts=2,
+                                                             idle_poll=0.05))
+    async with Running(sender):
+        await wait_for(lambda: sender.retried >= 20)
+        assert box.failed() == 0 and all(i.strikes == 0 for i in box.items())
+        up = True
+        await wait_for(lambda: box.depth() == 0)
+    assert sorted(sent) == [f"k{i}" for i in range(5)] and sent[2:] == ["k2", "k3", "k4"]
+
+
+async def test_401_holds_the_queue_parks_for_auth_and_comes_back_in_place(box, caplog):
+    """A refused API key: the row is parked ``auth`` and nothing more is sent (no other row
+    is parked, no request hammers the portal); when an authenticated call succeeds the
+    parked row is re-queued in its old place and everything goes out in order."""
+    ok = False
+    tries: list[str] = []
+    sent: list[str] = []
+
+    async def send(item):
+        tries.append(item.key)
+        if not ok:
+            raise PortalAuthRejected(401, "POST /api/pod/detect: HTTP 401: unauthorized")
+        sent.append(item.key)
+
+    for k in ("a", "b", "c"):
+        box.put("detect", k, k.encode(), now=time.time())
+    sender = OutboxSender(box, send, fast_backoff(), idle_poll=0.05)
+    with caplog.at_level(logging.ERROR, logger="platebridge.pod.worker"):
+        async with Running(sender):
+            await wait_for(lambda: sender.held == "auth")
+            await asyncio.sleep(0.3)
+            assert box.parked_by_reason() == {"auth": 1} and box.depth() == 2 and tries == ["a"]
+            ok = True  # e.g. a heartbeat with the new key succeeded
+            assert sender.authenticated() == 1
+            assert sender.authenticated() == 0  # cheap when there is nothing to do
+            await wait_for(lambda: box.depth() == 0)
+    assert sent == ["a", "b", "c"] and sender.held is None and box.failed() == 0
+    assert any("refused the API key" in r.getMessage() for r in caplog.records)
+
+
+async def test_concurrency_is_bounded(box):
+    fake = FakePortal()
+    fake.gate = asyncio.Event()
+    for i in range(10):
+        box.put("detect", f"k{i}", b"x", now=time.time())
+    sender = OutboxSender(box, fake.send, settings=WorkerSettings(concurrency=4, idle_poll=0.05))
+    async with Running(sender):
+        await wait_for(lambda: len(fake.attempts) == 4, fake=fake)
+        await asyncio.sleep(0.1)
+        assert [k for k, _ in fake.attempts] == ["k0", "k1", "k2", "k3"] and len(sender.in_flight) == 4
+        fake.gate.set()
+        await wait_for(lambda: box.depth() == 0, fake=fake)
+    assert sorted(fake.delivered) == [f"k{i}" for i in range(10)] and len(fake.attempts) == 10
+
+
+async def test_an_unreadable_body_is_parked_invalid(box):
+    async def send(item):
+        raise QueueItemInvalid("stored body is not a detect request")
+
+    box.put("detect", "bad", b"\x00garbage", now=time.time())
+    async with Running(OutboxSender(box, send, fast_backoff())):
+        await wait_for(lambda: box.depth() == 0)
+    assert box.get("bad").park_reason == "invalid"
 
 
 @pytest.mark.parametrize("exc", [PortalUnavailable("HTTP 429", status=429), PortalRejected(408), PortalRejected(429)])
@@ -246,8 +396,8 @@ async def test_408_and_429_are_retried_not_parked(box, exc):
     box.put("detect", "b", b"b", now=time.time())
     async with Running(OutboxSender(box, fake.send, fast_backoff(initial=0.01))):
         await wait_for(lambda: box.depth() == 0, fake=fake)
-    assert [k for k, _ in fake.attempts] == ["a", "a", "b"]
-    assert box.failed() == 0 and fake.delivered == ["a", "b"]
+    assert [k for k, _ in fake.attempts] == ["a", "b", "a"]  # "a" waits its delay, "b" goes meanwhile
+    assert box.failed() == 0 and fake.delivered == ["b", "a"]
 
 
 async def test_rejected_400_is_parked_with_reason_and_queue_moves_on(box, caplog):
@@ -307,7 +457,8 @@ async def test_wake_delivers_promptly(box):
         sender.wake()
         await wait_for(lambda: fake.delivered == ["late"], timeout=2.0, fake=fake)
         assert time.monotonic() - t0 < 1.0
-        # without wake() nothing would be looked at before idle_poll
+        # once the sender is back asleep, without wake() nothing is looked at before idle_poll
+        await wait_for(lambda: sender.sleeping and not sender.in_flight, timeout=2.0, fake=fake)
         box.put("detect", "unwoken", b"y", now=time.time())
         await asyncio.sleep(0.2)
         assert fake.delivered == ["late"] and box.depth() == 1

@@ -182,3 +182,25 @@ def test_health_shows_effective_timing_and_where_the_goal_is_out_of_reach(tmp_pa
     notes = " ".join(h["notes"])
     assert "segments are 4.0 s, not 2 s" in notes and "keyframe only every 4.0 s" in notes
     assert "frames reach the pod 1.5 s later" in notes
+
+
+def test_prune_keeps_an_old_init_while_its_run_has_segments(tmp_path):
+    """A long run's init segment is older than the prune horizon while its segments are
+    not: it stays as long as one of them does (a restarted pod cuts clips from them), and
+    goes with the last one."""
+    c = cfg(tmp_path, hls_segment_seconds=2, hls_list_size=6, hls_keep_extra_segments=4,
+            record_on_detection=False)  # horizon 24 s
+    s = CameraStreamer(c, c.camera_list()[0])
+    s.run_id = 200
+    s.dir.mkdir(parents=True)
+    now = time.time()
+    for name, age in [("init_100.mp4", 3600), ("seg_150.m4s", 100), ("seg_151.m4s", 10), ("init_200.mp4", 5),
+                      ("seg_200.m4s", 1), ("init_90.mp4.tmp", 100)]:
+        p = s.dir / name
+        p.write_bytes(b"x")
+        os.utime(p, (now - age, now - age))
+    assert s.prune(now) == 2  # seg_150 and the stale half-written init
+    assert sorted(p.name for p in s.dir.iterdir()) == ["init_100.mp4", "init_200.mp4", "seg_151.m4s", "seg_200.m4s"]
+    os.utime(s.dir / "seg_151.m4s", (now - 100, now - 100))
+    assert s.prune(now) == 2  # the run's last segment, then its init
+    assert sorted(p.name for p in s.dir.iterdir()) == ["init_200.mp4", "seg_200.m4s"]

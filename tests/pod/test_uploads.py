@@ -26,7 +26,8 @@ import pytest
 from pod.backoff import Backoff
 from pod.errors import PortalRejected, PortalUnavailable, StorageConflict
 from pod.portal import UPLOAD_CHUNK_BYTES, PortalClient
-from pod.uploads import Quota, Upload, Uploader, UploadQueue
+from pod.uploader import Uploader
+from pod.uploads import Quota, Upload, UploadQueue
 from protocol.messages import UploadUrlRequest
 from tests.pod.standin import ROOT, PortalStandIn, free_port
 from tests.pod.standin import Served as StandIn

@@ -4,6 +4,7 @@ import logging
 import os
 import stat
 from datetime import UTC, datetime
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -264,3 +265,36 @@ async def test_invalid_entries_logged_on_load(caplog):
         assert await s.refresh(ok) is True
     assert any("can never allow" in r.getMessage() for r in caplog.records)
     assert not allows(s, "A1")
+
+
+def test_a_damaged_cache_is_moved_aside_and_its_readable_entries_salvaged(tmp_path, caplog):
+    """Random bytes in the middle of the cache (an SD card sector): the pod still starts
+    with every entry that can be read, under a version the portal's next answer replaces;
+    the damaged file is kept aside for diagnosis and the healing is reported."""
+    p = tmp_path / "whitelist.json"
+    save_cache(p, PlatesResponse(config_version=42, entries=[
+        PlateEntry(plate=f"GATE{i:02d}", tenant=f"T{i}") for i in range(20)]))
+    data = bytearray(p.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 40] = os.urandom(40)
+    p.write_bytes(bytes(data))
+    seen = []
+    s = WhitelistStore(p, on_recovery=seen.append)
+    with caplog.at_level(logging.WARNING, logger="platebridge.pod.whitelist"):
+        assert s.load_from_cache() is True
+    assert s.version == "42~salvaged" and 15 <= len(s.current) < 20
+    assert allows(s, "GATE00") and allows(s, "GATE19")  # entries away from the damage survive
+    [rec] = seen
+    assert rec is s.recovery and rec.store == "whitelist" and rec.salvaged == {"entries": len(s.current)}
+    aside = Path(rec.moved_to)
+    assert aside.name.startswith("whitelist.json.corrupt-") and aside.read_bytes() == bytes(data)
+    assert not p.exists()  # the next portal refresh writes a fresh cache
+    assert any("moved aside" in r.getMessage() for r in caplog.records)
+
+
+def test_nothing_readable_is_moved_aside_and_the_pod_starts_empty(tmp_path):
+    p = tmp_path / "whitelist.json"
+    p.write_bytes(os.urandom(500))
+    s = WhitelistStore(p)
+    assert s.load_from_cache() is False and s.version == "" and s.recovery.method == "none"
+    assert len(list(tmp_path.glob("whitelist.json.corrupt-*"))) == 1
