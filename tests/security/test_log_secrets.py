@@ -170,7 +170,9 @@ def test_no_secret_in_any_log_after_a_full_run(full_stack, figure):
         assert playlist.status_code == 200
         grants |= grants_in(playlist.text)
         uris = [u for u in playlist.text.splitlines() if u and not u.startswith("#")]
-        uris += re.findall(r'URI="([^"]+)"', playlist.text)
+        # not the EXT-X-PRELOAD-HINT: a hinted part that its segment ends before never exists (the
+        # pod answers 404 then, RFC 8216bis §4.4.5.3), so asking for it may rightly fail
+        uris += re.findall(r'^#EXT-X-(?!PRELOAD-HINT)[^\n]*URI="([^"]+)"', playlist.text, re.MULTILINE)
         for uri in uris[-3:]:
             assert stream(f"{gw}/streams/{cam}/{uri}").status_code == 200
     assert httpx.get(f"{gw}/watch/{cam}?token={jwt_portal}", timeout=10).status_code == 200
