@@ -19,8 +19,8 @@ Then, with the LL-HLS stack still up, ``--viewers`` (200) simulated LL-HLS playe
 connection each) watch through the gateway for ``--viewer-seconds`` (60), and the pod's own
 request counters say how many upstream requests the gateway made per part, per
 blocking-reload generation and per segment; gateway CPU per viewer and the players' part
-fetch times are reported too. The gateway's sharing of blocking requests and in-progress
-parts is being reworked (issue 14 part B): this documents what today's gateway does.
+fetch times are reported too, next to the same bench's figures before the gateway's LL-HLS
+sharing (issue 14 part B) for comparison.
 
     .venv/bin/python bench/latency.py [--seconds 60] [--viewers 200] [--viewer-seconds 60]
                                       [--segment-seconds 2] [--no-docs]
@@ -63,6 +63,9 @@ from bench.viewers import HttpConn
 HEADING = "## Live latency (LL-HLS vs classic HLS)"
 GOAL_INGEST_S = 1.0
 GOAL_GLASS_S = 1.5
+# This bench's 200-viewer figures through the gateway before issue 14 part B (shared blocking
+# reloads, compiled playlists), for the before/after line of the docs.
+BEFORE = {"part": 1.00, "generation": 1.08, "part_p50": 89.0, "part_p99": 298.0, "cpu_ms": 3.3}
 CLOCK = re.compile(r"(\d{2}):(\d{2}):(\d{2})[.,](\d{3})")
 PART = re.compile(r"part_(\d+)_(\d+)\.m4s")
 HINT = re.compile(r'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="([^"]+)"')
@@ -350,27 +353,33 @@ def docs_section(results: list[Measured], vr: ViewerRun | None, args, info: dict
         segs = max(1, len({m for m, _ in vr.parts}) - 1)
         pod = vr.pod
         per_viewer_ms = vr.gateway_cpu_s / vr.seconds / vr.viewers * 1000
-        L += [f"**{vr.viewers} LL-HLS viewers for {vr.seconds:g} s** (simulated players through today's gateway, "
+        L += [f"**{vr.viewers} LL-HLS viewers for {vr.seconds:g} s** (simulated players through the gateway, "
               "counted at the pod):", "",
-              "| pod requests | count | per produced unit |", "|---|---|---|",
+              "| pod requests | count | per produced unit | before part B |", "|---|---|---|---|",
               f"| parts | {pod.get('part', 0):.0f} | **{pod.get('part', 0) / parts:.2f}** per part "
-              f"({len(vr.parts)} parts) |",
+              f"({len(vr.parts)} parts) | {BEFORE['part']:.2f} |",
               f"| playlists (blocking reloads) | {pod.get('playlist', 0):.0f} | "
-              f"**{pod.get('playlist', 0) / gens:.2f}** per blocking-reload generation ({len(vr.generations)}) |",
+              f"**{pod.get('playlist', 0) / gens:.2f}** per blocking-reload generation ({len(vr.generations)}) | "
+              f"{BEFORE['generation']:.2f} |",
               f"| segments | {pod.get('segment', 0):.0f} | {pod.get('segment', 0) / segs:.2f} per segment ({segs}; LL "
-              "players fetch parts only) |",
-              f"| init | {pod.get('init', 0):.0f} | |", "",
+              "players fetch parts only) | |",
+              f"| init | {pod.get('init', 0):.0f} | | |", "",
               f"Players: {vr.part_fetches} part fetches, p50 / p99 **{pct(vr.part_ms, 50):.0f} / "
               f"{pct(vr.part_ms, 99):.0f} ms**; blocking playlist held p50 / p99 {pct(vr.hold_ms, 50):.0f} / "
               f"{pct(vr.hold_ms, 99):.0f} ms; errors {vr.errors}"
               + (f" (e.g. {'; '.join(vr.samples[:3])})" if vr.samples else "")
               + f". Gateway CPU {vr.gateway_cpu_s / vr.seconds:.2f} cores, "
               f"**{per_viewer_ms:.2f} ms CPU per viewer-second**; "
-              f"the players' own process used {vr.client_cpu_s / vr.seconds:.2f} cores.", "",
-              "Goal (issue 14 part B, the reworked gateway): one pod request per part and per blocking-reload "
-              "generation, ≤ 1 per segment. Today's gateway already keys its single-flight playlist fetches by "
-              "`(_HLS_msn, _HLS_part)` and its segment cache by path, so the counts above are what part B starts "
-              "from.", ""]
+              f"the players' own process used {vr.client_cpu_s / vr.seconds:.2f} cores. Before part B (same bench, "
+              f"earlier run on this machine): part fetch p50 / p99 {BEFORE['part_p50']:.0f} / "
+              f"{BEFORE['part_p99']:.0f} ms, {BEFORE['cpu_ms']:.1f} ms CPU per viewer-second.", "",
+              "Goal (issue 14 part B): one pod request per part and per blocking-reload generation, ≤ 1 per "
+              "segment. The gateway keys one upstream blocking request by `(camera, _HLS_msn, _HLS_part)` in "
+              "canonical form and answers a generation its newest playlist already holds without the pod; "
+              "before, requests for one generation shared a fetch only while it ran, so late arrivals after the "
+              "pod had answered asked it again (the extra fraction per generation). Each upstream playlist is "
+              "checked and compiled once and rendered per viewer with a per-response grant minter, which is "
+              "what the CPU per viewer-second measures.", ""]
     L += [f"**Setup:** `bench/latency.py --seconds {args.seconds:g} --viewers {args.viewers} --viewer-seconds "
           f"{args.viewer_seconds:g}` on the dev stack: GStreamer camera 640×360@15 fps, keyframe every second; pod "
           f"`hls_segment_seconds: {args.segment_seconds:g}`, `part_seconds: 0.2` (LL-HLS: PART-TARGET 0.2 s, "

@@ -126,7 +126,8 @@ def create_app(
     discovery = discovery or make_discovery(cfg)
     upstream = Upstream(
         cfg.pod_signer(), connect_timeout=cfg.upstream_connect_timeout, read_timeout=cfg.upstream_read_timeout,
-        deadline=cfg.upstream_deadline, pod_connections=cfg.upstream_pod_connections, caps=cfg.body_caps(),
+        deadline=cfg.upstream_deadline, pod_connections=cfg.upstream_pod_connections,
+        pod_held_requests=cfg.upstream_pod_held_requests, caps=cfg.body_caps(),
         proxy=cfg.upstream_proxy, transport=transport,
     )
     verifiers = list(extra_verifiers)

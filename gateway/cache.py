@@ -29,10 +29,12 @@ import copy
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import Overloaded
+from gateway.llhls import PlaylistInfo
 
 log = logging.getLogger("platebridge.gateway.cache")
 
@@ -82,7 +84,8 @@ class Flight:
     ``status``/``headers`` are set once the upstream answered (``ready``);
     ``chunks`` grow until ``done``; ``error`` is set if the transfer broke.
     With a ``budget``, every appended byte is charged to it until :meth:`release`.
-    ``verdict``: what the proxy concluded about a playlist body (None: not looked at yet).
+    ``verdict``: what the proxy concluded about a playlist body, once per upstream response
+    (None: not looked at yet; otherwise the proxy's checked view of it or the error it maps to).
     """
 
     __slots__ = (
@@ -124,7 +127,7 @@ class Flight:
         self.cached = False  # held by a cache (its bytes stay charged)
         self.readers = 0  # viewers being sent this body (its bytes stay charged)
         self.counted = False  # its size is in SegmentCache.size_bytes
-        self.verdict: BaseException | bool | None = None
+        self.verdict: object = None
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -348,22 +351,41 @@ class SegmentCache:
         return freed
 
 
-class PlaylistCache:
-    """Shares live playlist fetches: at most one upstream fetch per key per ``ttl``.
+@dataclass(frozen=True, slots=True)
+class Newest:
+    """The newest complete playlist of a channel: its ``flight``, what it says (``info``)
+    and when it arrived (``at``, :func:`time.monotonic` seconds)."""
 
-    ``ttl`` is chosen per response by ``ttl_of`` (half the target duration, RFC 8216
-    §6.3.4 reload interval); keys include the full upstream query, so LL-HLS
-    blocking requests (``_HLS_msn``/``_HLS_part``) never share a response with
-    another media sequence. A response is never kept past its ttl, whatever its body:
-    if ``ttl_of`` raises, the response is not cached (logged), and
-    :meth:`invalidate` drops one the caller found malformed, so the next request
-    fetches again. A fetch still running after ``max_inflight`` seconds no longer
-    holds its key. Bodies are charged to ``budget``.
+    flight: Flight
+    info: PlaylistInfo
+    at: float
+
+
+class PlaylistCache:
+    """Live playlists: one upstream fetch per key at a time, and the newest answer per channel.
+
+    A *channel* is one playlist of one camera as a viewer reloads it (the caller's tuple,
+    e.g. pod, camera, path and query without LL-HLS directives). A *key* is ``(channel,
+    generation)``: ``generation`` is None for a plain reload, or the request's canonical
+    delivery directives (:class:`gateway.llhls.Directives`), so every viewer waiting on the
+    same ``(_HLS_msn, _HLS_part)`` shares one upstream blocking request
+    (RFC 8216bis §6.2.5.2). A fetch still running after ``max_inflight`` seconds no longer
+    holds its key.
+
+    When a fetch completes, ``settle(flight)`` (the caller's check, run once per upstream
+    response) says what the playlist holds (:class:`~gateway.llhls.PlaylistInfo`) or None
+    for a response that must not be reused (an error status, a malformed or hostile body).
+    A usable one becomes the channel's :class:`Newest` unless the channel already holds a
+    newer one (:meth:`PlaylistInfo.newer_than`); the caller answers later requests from it
+    while it is fresh enough for them (:meth:`newest`). Channels are kept least recently
+    used first, at most ``max_entries``; their bodies are charged to ``budget`` and evicted
+    under memory pressure like cached segments.
     """
 
     def __init__(self, max_entries: int = 4096, *, budget: ByteBudget | None = None,
                  max_inflight: float = 60.0) -> None:
-        self._entries: OrderedDict[Any, tuple[float, Flight]] = OrderedDict()
+        self._flights: dict[Hashable, Flight] = {}
+        self._newest: OrderedDict[Hashable, Newest] = OrderedDict()
         self.max_entries = max_entries
         self.max_inflight = max_inflight
         self.budget = budget
@@ -372,32 +394,38 @@ class PlaylistCache:
         self.fetches = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._newest)
 
-    def _remove(self, key: Any) -> int:
-        _, flight = self._entries.pop(key)
-        return flight.uncache()
+    def inflight(self) -> int:
+        """Upstream playlist fetches running now."""
+        return len(self._flights)
 
-    def get_or_fetch(self, key: Any, fetch: Callable[[Flight], Awaitable[None]],
-                     ttl_of: Callable[[Flight], float]) -> Flight:
-        """Return a fresh or in-flight response for ``key``, or start ``fetch``.
-
-        ``ttl_of(flight)`` (seconds) is asked once the response is complete.
-        """
-        now = time.monotonic()
-        item = self._entries.get(key)
+    def newest(self, channel: Hashable) -> Newest | None:
+        """The channel's newest complete playlist, if any (marked recently used)."""
+        item = self._newest.get(channel)
         if item is not None:
-            expires, flight = item
-            if (not flight.done and now - flight.created < self.max_inflight) or (flight.done and now < expires):
-                return flight
-            self._remove(key)
+            self._newest.move_to_end(channel)
+        return item
+
+    def drop(self, channel: Hashable) -> None:
+        """Forget the channel's newest playlist (the caller found it too old to keep)."""
+        item = self._newest.pop(channel, None)
+        if item is not None:
+            item.flight.uncache()
+
+    def get_or_fetch(self, key: tuple[Hashable, Hashable], fetch: Callable[[Flight], Awaitable[None]],
+                     settle: Callable[[Flight], PlaylistInfo | None]) -> tuple[Flight, bool]:
+        """``(flight, started)``: the running fetch for ``key`` (``started`` False), or a new one
+        running ``fetch(flight)`` (``started`` True). ``key`` is ``(channel, generation)``;
+        ``settle`` is called once the response is complete (see the class doc)."""
+        now = time.monotonic()
+        flight = self._flights.get(key)
+        if flight is not None and now - flight.created < self.max_inflight:
+            return flight, False
         flight = Flight(self.budget)
         flight.cached = True
         self.fetches += 1
-        self._entries[key] = (float("inf"), flight)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._remove(next(iter(self._entries)))
+        self._flights[key] = flight
 
         async def run() -> None:
             try:
@@ -408,38 +436,36 @@ class PlaylistCache:
             finally:
                 if not flight.done:
                     flight.finish(RuntimeError("fetch ended without finishing"))
-                ttl = 0.0
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+                info = None
                 if flight.error is None and flight.status == 200:
                     try:
-                        ttl = float(ttl_of(flight))
+                        info = settle(flight)
                     except Exception as exc:  # noqa: BLE001 - a bad body must never pin the entry
-                        log.warning("playlist %s not cached: %s", key[2] if isinstance(key, tuple) and len(key) > 2
-                                    else key, exc)
-                        ttl = 0.0
-                if self._entries.get(key, (0, None))[1] is flight:
-                    if ttl > 0:
-                        self._entries[key] = (time.monotonic() + ttl, flight)
-                    else:
-                        self._remove(key)
-                else:
+                        log.warning("playlist %r not kept: %r", key[0], exc)
+                if info is None or not self._offer(key[0], flight, info):
                     flight.uncache()
 
         flight.task = asyncio.create_task(run())
-        return flight
+        return flight, True
 
-    def invalidate(self, key: Any, flight: Flight) -> None:
-        """Drop ``key`` if it still holds ``flight`` (a body the caller found unusable)."""
-        item = self._entries.get(key)
-        if item is not None and item[1] is flight:
-            self._remove(key)
+    def _offer(self, channel: Hashable, flight: Flight, info: PlaylistInfo) -> bool:
+        current = self._newest.get(channel)
+        if current is not None and not info.newer_than(current.info):
+            return False
+        self._newest[channel] = Newest(flight, info, time.monotonic())
+        self._newest.move_to_end(channel)
+        if current is not None:
+            current.flight.uncache()
+        while len(self._newest) > self.max_entries:
+            self._newest.popitem(last=False)[1].flight.uncache()
+        return True
 
     def _evict(self, needed: int) -> int:
         freed = 0
-        now = time.monotonic()
-        done = [k for k, (_, f) in self._entries.items() if f.done]
-        done.sort(key=lambda k: self._entries[k][0] > now)  # expired ones first, then LRU order
-        for k in done:
+        for channel in list(self._newest):
             if freed >= needed:
                 break
-            freed += self._remove(k)
+            freed += self._newest.pop(channel).flight.uncache()
         return freed

@@ -81,6 +81,7 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     upstream_read_timeout: float = 10.0
     upstream_deadline: float = 20.0  # whole fetch: queue, connect, headers and body
     upstream_pod_connections: int = 8  # concurrent requests per pod
+    upstream_pod_held_requests: int = 32  # and LL-HLS requests a pod holds (blocking reloads, hinted parts)
     upstream_max_playlist_bytes: int = 2 * 1024 * 1024
     upstream_max_segment_bytes: int = 32 * 1024 * 1024
     upstream_max_init_bytes: int = 1024 * 1024
@@ -280,6 +281,8 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
             raise _fail(f"$.{key}", "must be > 0 seconds")
     if not 1 <= cfg.upstream_pod_connections <= 256:
         raise _fail("$.upstream_pod_connections", "must be 1-256 concurrent requests per pod")
+    if not 1 <= cfg.upstream_pod_held_requests <= 1024:
+        raise _fail("$.upstream_pod_held_requests", "must be 1-1024 held LL-HLS requests per pod")
     for key in ("upstream_max_playlist_bytes", "upstream_max_segment_bytes", "upstream_max_init_bytes"):
         if getattr(cfg, key) < 1024:
             raise _fail(f"$.{key}", "must be at least 1024 bytes (a body is also never bigger than cache_max_bytes)")

@@ -6,6 +6,10 @@ REGISTRY = CollectorRegistry()
 REQUESTS = Counter("platebridge_gateway_requests_total", "Requests by route kind and status", ["kind", "status"],
                    registry=REGISTRY)
 CACHE = Counter("platebridge_gateway_cache_total", "Segment cache lookups", ["result"], registry=REGISTRY)
+PLAYLISTS = Counter("platebridge_gateway_playlist_responses_total",
+                    "Playlist responses by source: the channel's newest playlist (a fresh reload or an LL-HLS "
+                    "generation already answered), a fetch already running (joined) or a new upstream fetch",
+                    ["source"], registry=REGISTRY)
 UPSTREAM = Counter("platebridge_gateway_upstream_fetches_total", "Fetches from pods", ["kind"], registry=REGISTRY)
 BYTES_OUT = Counter("platebridge_gateway_bytes_out_total", "Body bytes sent to viewers", registry=REGISTRY)
 VIEWERS = Gauge("platebridge_gateway_active_viewers", "Distinct viewer sessions seen in the last 30 s",

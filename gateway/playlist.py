@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import NamedTuple
 from urllib.parse import quote, unquote_plus
 
 from gateway.errors import ForeignURIError, PlaylistError
@@ -24,6 +25,9 @@ from protocol.paths import UnsafePath, safe_relative_path
 __all__ = [
     "GRANT_PARAM",
     "MAX_PLAYLIST_BYTES",
+    "Slot",
+    "Template",
+    "compile_playlist",
     "is_multivariant",
     "part_target",
     "rewrite_playlist",
@@ -66,6 +70,7 @@ _TARGET_DURATION = re.compile(r"^#EXT-X-TARGETDURATION:([^\r\n]*)", re.MULTILINE
 _PART_INF = re.compile(r"^#EXT-X-PART-INF:([^\r\n]*)", re.MULTILINE)
 _VARIANT_TAG = re.compile(r"^#EXT-X-(?:I-FRAME-)?STREAM-INF(?=[:\r\n]|\Z)", re.MULTILINE)
 _QUERY_SEPARATOR = re.compile(r"[&;]")
+_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]*")
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?")
 _DEFAULT_PORT = {"http": 80, "https": 443}
 # Line breaks some player honours besides LF and CRLF (RFC 8216 §4.1): a lone CR (ExoPlayer's
@@ -174,15 +179,64 @@ def _has_grant(query: str) -> bool:
     return False
 
 
+class Slot(NamedTuple):
+    """One URI of a compiled playlist: ``prefix`` (the relative reference, the upstream query
+    and ``pb_grant=``) is followed by the grant for ``path`` (decoded, below the camera)
+    with ``query`` (the upstream query, no trailing ``&``); ``playlist`` says which grant kind."""
+
+    prefix: str
+    path: str
+    query: str
+    playlist: bool
+
+
+class Template:
+    """A checked playlist, ready to be rendered per viewer (see :func:`compile_playlist`).
+
+    ``pieces`` are the literal text around the URIs (one more than ``slots``); ``hints`` the
+    decoded paths named by ``EXT-X-PRELOAD-HINT`` (RFC 8216bis §4.4.5.3): resources the pod
+    may still be producing. Immutable once built; shared by every viewer of one upstream response.
+    """
+
+    __slots__ = ("hints", "pieces", "slots")
+
+    def __init__(self, pieces: list[str], slots: list[Slot], hints: tuple[str, ...]) -> None:
+        self.pieces = pieces
+        self.slots = slots
+        self.hints = hints
+
+    def literal_text(self) -> str:
+        """Everything the viewer gets except the grants (for checks on what a playlist reveals)."""
+        return "".join(self.pieces) + "".join(s.prefix for s in self.slots)
+
+    def render(self, grant: GrantFor) -> str:
+        """The playlist with ``grant(path, query, is_playlist)`` after every URI's ``pb_grant=``.
+
+        A grant of unreserved characters only (RFC 3986 §2.3, as
+        :class:`~gateway.grants.GrantSigner` mints them) is used as is; anything else is
+        percent-encoded."""
+        pieces = self.pieces
+        out = [pieces[0]]
+        append = out.append
+        safe = _UNRESERVED.fullmatch
+        for i, slot in enumerate(self.slots, 1):
+            value = grant(slot.path, slot.query, slot.playlist)
+            append(slot.prefix)
+            append(value if safe(value) else quote(value, safe="-._~"))
+            append(pieces[i])
+        return "".join(out)
+
+    def render_fixed(self, segment_grant: str, playlist_grant: str) -> str:
+        """The playlist with one fixed grant per kind (``segment_grant`` for everything but playlists)."""
+        return self.render(lambda _path, _query, is_playlist: playlist_grant if is_playlist else segment_grant)
+
+
 class _Rewriter:
-    """Per-call state: the base URL, the scope and the two grants."""
+    """Per-call state: the base URL and the scope; resolves each distinct URI once."""
 
-    __slots__ = ("base_dirs", "base_origin", "base_path", "cache", "grant", "playlist_suffix", "scope_path",
-                 "segment_suffix")
+    __slots__ = ("base_dirs", "base_origin", "base_path", "cache", "scope_path")
 
-    def __init__(self, upstream_url: str, scope_url: str, segment_grant: str, playlist_grant: str,
-                 grant: GrantFor | None = None) -> None:
-        self.grant = grant
+    def __init__(self, upstream_url: str, scope_url: str) -> None:
         scope_origin, scope_path = _split_url(scope_url, "scope_url")
         if not scope_path.endswith("/"):
             scope_path += "/"
@@ -193,18 +247,16 @@ class _Rewriter:
         self.base_path = base_path
         self.scope_path = scope_path
         self.base_dirs = base_path[len(scope_path) :].split("/")[:-1]
-        self.segment_suffix = f"{GRANT_PARAM}={quote(segment_grant, safe='-._~')}"
-        self.playlist_suffix = f"{GRANT_PARAM}={quote(playlist_grant, safe='-._~')}"
-        self.cache: dict[tuple[str, bool], str] = {}
+        self.cache: dict[tuple[str, bool], Slot] = {}
 
-    def rewrite(self, uri: str, playlist: bool) -> str:
+    def rewrite(self, uri: str, playlist: bool) -> Slot:
         key = (uri, playlist)
         cached = self.cache.get(key)
         if cached is None:
             cached = self.cache[key] = self._rewrite(uri, playlist)
         return cached
 
-    def _rewrite(self, uri: str, playlist: bool) -> str:
+    def _rewrite(self, uri: str, playlist: bool) -> Slot:
         if "\\" in uri:
             raise ForeignURIError("backslash in URI")
         if _BAD_URI_CHARS.search(uri):
@@ -264,15 +316,11 @@ class _Rewriter:
         if not playlist:
             lowered = decoded.lower()
             playlist = lowered.endswith((".m3u8", ".m3u"))
-        if self.grant is not None:
-            suffix = f"{GRANT_PARAM}={quote(self.grant(decoded, query.rstrip('&'), playlist), safe='-._~')}"
-        else:
-            suffix = self.playlist_suffix if playlist else self.segment_suffix
         if has_query:
-            if query and not query.endswith("&"):
-                return f"{out}?{query}&{suffix}"
-            return f"{out}?{query}{suffix}"
-        return f"{out}?{suffix}"
+            prefix = f"{out}?{query}&" if query and not query.endswith("&") else f"{out}?{query}"
+        else:
+            prefix = f"{out}?"
+        return Slot(prefix + GRANT_PARAM + "=", decoded, query.rstrip("&"), playlist)
 
 
 def _check_playlist(text: str) -> None:
@@ -348,17 +396,50 @@ def rewrite_playlist(
             one with whitespace/control/quote characters, an upstream URI that already
             carries ``pb_grant``, or *upstream_url* outside *scope_url*.
     """
+    template = compile_playlist(text, upstream_url=upstream_url, scope_url=scope_url)
+    if grant is not None:
+        return template.render(grant)
+    return template.render_fixed(segment_grant, playlist_grant)
+
+
+def compile_playlist(text: str, *, upstream_url: str, scope_url: str,
+                     drop_comments_with: str | None = None) -> Template:
+    """Check a playlist and split it into literal text and URI slots, once per upstream response.
+
+    Same arguments, checks and errors as :func:`rewrite_playlist` (which is
+    ``compile_playlist(...).render(grant)``); ``drop_comments_with``: comment lines containing
+    this text are left out (see :func:`drop_comments_containing`). Rendering a template for
+    each viewer costs only the grants: nothing is parsed again.
+    """
     _check_playlist(text)
-    rewriter = _Rewriter(upstream_url, scope_url, segment_grant, playlist_grant, grant)
+    rewriter = _Rewriter(upstream_url, scope_url)
     lines = text.split("\n")
-    out = [lines[0]]  # the validated #EXTM3U line (with BOM / CR as received)
-    append = out.append
+    pieces: list[str] = []
+    slots: list[Slot] = []
+    hints: list[str] = []
+    buf = [lines[0]]  # the validated #EXTM3U line (with BOM / CR as received)
+    append = buf.append
     uri_attributes = _URI_ATTRIBUTES
     rewrite = rewriter.rewrite
     variant_pending = False
-    for raw in lines[1:]:
+
+    def slot(s: Slot) -> None:
+        nonlocal buf, append
+        pieces.append("".join(buf))
+        slots.append(s)
+        buf = []
+        append = buf.append
+
+    last = len(lines) - 1
+    for i in range(1, last + 1):
+        raw = lines[i]
+        if (drop_comments_with and raw.startswith("#") and not raw.startswith("#EXT")
+                and drop_comments_with in raw):
+            if i == last:
+                append("\n")  # the line break before it stays, as drop_comments_containing keeps it
+            continue  # the comment and its line break
+        append("\n")
         if not raw:
-            append(raw)
             continue
         if raw[0] == "#":
             if raw.startswith("#EXT"):
@@ -366,25 +447,34 @@ def rewrite_playlist(
                 if name == "EXT-X-STREAM-INF":
                     variant_pending = True
                 elif colon and name in uri_attributes:
-                    append(_rewrite_tag(raw, len(name) + 2, payload, uri_attributes[name], rewrite))
+                    for piece in _tag_pieces(raw, len(name) + 2, payload, uri_attributes[name], rewrite):
+                        if isinstance(piece, str):
+                            append(piece)
+                        else:
+                            slot(piece)
+                            if name == "EXT-X-PRELOAD-HINT":
+                                hints.append(piece.path)
                     continue
             append(raw)
             continue
-        cr = "\r" if raw[-1] == "\r" else ""
         uri = raw.strip()
         if not uri:  # whitespace-only: a blank line
             append(raw)
             continue
-        append(rewrite(uri, variant_pending) + cr)
+        slot(rewrite(uri, variant_pending))
+        if raw[-1] == "\r":
+            append("\r")
         variant_pending = False
-    return "\n".join(out)
+    pieces.append("".join(buf))
+    return Template(pieces, slots, tuple(hints))
 
 
-def _rewrite_tag(raw: str, offset: int, payload: str, wanted: dict[str, bool],
-                 rewrite: Callable[[str, bool], str]) -> str:
+def _tag_pieces(raw: str, offset: int, payload: str, wanted: dict[str, bool],
+                rewrite: Callable[[str, bool], Slot]) -> list[str | Slot]:
+    """A URI-bearing tag line as literal text and slots (only its URI attributes are slots)."""
     cr = payload.endswith("\r")
     body = payload[:-1] if cr else payload
-    pieces: list[str] = []
+    pieces: list[str | Slot] = []
     last = 0
     for name, start, end in _parse_attributes(body):
         playlist = wanted.get(name)
@@ -393,13 +483,13 @@ def _rewrite_tag(raw: str, offset: int, payload: str, wanted: dict[str, bool],
         value = body[start:end]
         if len(value) < 2 or value[0] != '"':
             raise PlaylistError(f"{name} attribute is not a quoted-string")
-        pieces.append(body[last : start + 1])
+        pieces.append((raw[:offset] if not pieces else "") + body[last : start + 1])
         pieces.append(rewrite(value[1:-1], playlist))
         last = end - 1
     if not pieces:
-        return raw
+        return [raw]
     pieces.append(payload[last:])
-    return raw[:offset] + "".join(pieces)
+    return pieces
 
 
 def target_duration(text: str) -> float | None:

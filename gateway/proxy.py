@@ -12,12 +12,21 @@ Request flow (each step refuses before the next one runs):
      grant, so reloads keep working after the token expires (it only gates the start).
    Missing credentials → 401, bad or foreign ones → 401/403.
 3. Locate the pod (discovery; unknown/offline/claimed twice → 503).
-4. Playlists: one shared upstream fetch per camera per half target duration
-   (:class:`~gateway.cache.PlaylistCache`), checked once per upstream response and
-   rewritten per viewer with fresh grants (:mod:`gateway.playlist`). A malformed
-   playlist is a 502 whose reason is logged, and is never reused. Segments:
-   single-flight cache, streamed to every viewer as bytes arrive; ``Range`` is
-   served from the same flight without another copy.
+4. Playlists (:class:`~gateway.cache.PlaylistCache`): each upstream response is checked
+   and compiled once (:func:`gateway.playlist.compile_playlist`) and rendered per viewer
+   with fresh grants. A plain reload is answered from the newest playlist of its channel
+   while that is younger than half a part target (half the target duration without
+   parts), else by one shared fetch. LL-HLS blocking reloads (RFC 8216bis §6.2.5.2):
+   ``_HLS_msn``/``_HLS_part`` are checked (malformed → 400, no pod request) and written
+   canonically; a generation the newest playlist already holds is answered from it, one
+   too far ahead of the live edge is a 400, and every viewer waiting on the same
+   generation shares one upstream request, held up to the pod's 3 × target duration
+   plus the normal deadline. Directives for a pod that never advertised
+   CAN-BLOCK-RELOAD are dropped (a plain reload). A malformed playlist is a 502 whose
+   reason is logged, and is never reused. Segments and parts: single-flight cache,
+   streamed to every viewer as bytes arrive (a preload-hinted part the pod is still
+   producing included: it is a held request, given the hold time); ``Range`` is served
+   from the same flight without another copy.
 5. Errors map through :data:`gateway.errors.STATUS`: pod unreachable → 502, over the
    deadline → 504, 4xx passes through, 503 passes with Retry-After, the pod refusing
    *our* token → 502 (never 401; the log says why, clock skew included).
@@ -27,10 +36,12 @@ Every response goes through :mod:`gateway.responses` (CORS on errors and redirec
 
 from __future__ import annotations
 
+import copy
 import email.utils
 import logging
 import re
 import time
+from collections import deque
 from urllib.parse import unquote
 
 from gateway.cache import ByteBudget, Flight, PlaylistCache, SegmentCache
@@ -49,8 +60,9 @@ from gateway.errors import (
     UpstreamStatus,
 )
 from gateway.grants import GRANT_PARAM, Grant, Kind
-from gateway.metrics import BYTES_OUT, CACHE, CACHE_BYTES, REQUESTS, UPSTREAM, VIEWERS
-from gateway.playlist import drop_comments_containing, part_target, rewrite_playlist, target_duration
+from gateway.llhls import MAX_HOLD_TARGET, Directives, PlaylistInfo, inspect_playlist, parse_directives
+from gateway.metrics import BYTES_OUT, CACHE, CACHE_BYTES, PLAYLISTS, REQUESTS, UPSTREAM, VIEWERS
+from gateway.playlist import Template, compile_playlist, part_target, target_duration
 from gateway.responses import PREFLIGHT, Cors, Headers, parse_range, send_body, send_error, send_start
 from gateway.session import ROOT_PLAYLIST, SessionGuard, _header
 from gateway.upstream import Upstream
@@ -62,20 +74,38 @@ log = logging.getLogger("platebridge.gateway")
 access_log = logging.getLogger("platebridge.gateway.access")
 
 M3U8 = "application/vnd.apple.mpegurl"
-_DIRECTIVES = ("_HLS_msn=", "_HLS_part=", "_HLS_skip=")
 PREFIX = b"/streams/"
 _DESCRIPTION = re.compile(r'error_description="([^"]{0,200})"')
 _REFUSAL_LOG_EVERY = 60.0
 
 
-def split_directives(raw_query: str) -> tuple[str, str]:
-    """Split LL-HLS delivery directives (``_HLS_msn``, ``_HLS_part``, ``_HLS_skip``;
-    RFC 8216bis §6.2.5) from the rest of a raw query: ``(directives, rest)``, both raw."""
-    if "_HLS_" not in raw_query:
-        return "", raw_query
-    parts = raw_query.split("&")
-    return ("&".join(p for p in parts if p.startswith(_DIRECTIVES)),
-            "&".join(p for p in parts if not p.startswith(_DIRECTIVES)))
+class PlaylistView:
+    """A checked upstream playlist: its :class:`~gateway.playlist.Template` (rendered per
+    viewer) and what it says (:class:`~gateway.llhls.PlaylistInfo`). Kept on the flight."""
+
+    __slots__ = ("info", "template")
+
+    def __init__(self, template: Template, info: PlaylistInfo) -> None:
+        self.template, self.info = template, info
+
+
+class CameraLive:
+    """What the newest media playlist of a camera says about LL-HLS: ``can_block`` and
+    ``can_skip`` (EXT-X-SERVER-CONTROL), ``hold`` (s, how long the pod holds a blocking
+    request or a hinted part) and ``hints`` (recent EXT-X-PRELOAD-HINT paths)."""
+
+    __slots__ = ("can_block", "can_skip", "hints", "hold")
+
+    def __init__(self) -> None:
+        self.can_block = self.can_skip = False
+        self.hold = 0.0
+        self.hints: deque[str] = deque(maxlen=4)
+
+    def update(self, info: PlaylistInfo) -> None:
+        self.can_block, self.can_skip, self.hold = info.can_block, info.can_skip, info.hold()
+        for hint in info.hints:
+            if hint not in self.hints:
+                self.hints.append(hint)
 
 
 def clock_offset(pod_date: str | None, now: float) -> float | None:
@@ -112,13 +142,15 @@ class StreamProxy:
         self.cors = Cors(allowed_origins)
         self.budget = ByteBudget(cache_max_bytes)
         self.segments = SegmentCache(self.budget)
-        self.playlists = PlaylistCache(budget=self.budget, max_inflight=max(upstream.deadline, 35.0) + 5.0)
+        self.playlists = PlaylistCache(budget=self.budget,
+                                       max_inflight=3 * MAX_HOLD_TARGET + upstream.deadline + 5.0)
         self.segment_cc = f"private, max-age={int(segment_max_age)}, immutable".encode()
         self.access_log_enabled = access_log_enabled
         self._viewers: dict[tuple[bytes, int], float] = {}
         self._req_counters: dict = {}
         self._cache_hit, self._cache_miss = CACHE.labels("hit"), CACHE.labels("miss")
-        self._can_block: dict[tuple[str, str], bool] = {}
+        self._live: dict[tuple[str, str], CameraLive] = {}
+        self._from = {source: PLAYLISTS.labels(source) for source in ("newest", "joined", "fetched")}
         self._refusals_logged: dict[str, float] = {}
         VIEWERS.set_function(self.active_viewers)
         CACHE_BYTES.set_function(lambda: self.budget.used)
@@ -196,9 +228,9 @@ class StreamProxy:
         now = time.time()
         creds = self.guard.credentials(scope, scope.get("query_string", b"").decode("latin-1"))
         query = creds.rest
-        directives = ""
+        directives = None
         if is_playlist:
-            directives, query = split_directives(query)
+            directives, query = parse_directives(query)  # malformed: 400 before anything else
         if creds.grant is not None:
             grant = self.guard.verify_grant(creds.grant, camera_id=camera_id, path=rel, query=query,
                                             kind=grant_kind, now=now)
@@ -214,13 +246,10 @@ class StreamProxy:
                                              (b"cache-control", b"no-store"), *cors])
             return 302, kind
 
-        if directives and not self._can_block.get((grant.pod_id, camera_id)):
-            directives = ""  # the pod never offered blocking reloads (RFC 8216bis §6.2.5.2): share the cache
         base_url = await self.discovery.resolve(grant.pod_id)
         if is_playlist:
-            upstream_query = "&".join(q for q in (query, directives) if q)
-            return await self._playlist(scope, send, cors, grant, camera_id, base_url, rel, upstream_query, now,
-                                        bool(directives)), kind
+            return await self._playlist(scope, send, cors, grant, camera_id, base_url, rel, query, directives,
+                                        now), kind
         return await self._segment(scope, send, cors, grant, camera_id, base_url, rel, query, ctype), kind
 
     # ---- upstream outcomes -------------------------------------------------
@@ -277,80 +306,110 @@ class StreamProxy:
         return body
 
     # ---- playlists ---------------------------------------------------------
-    def _check_playlist(self, body: bytes, pod_id: str, camera_id: str, base_url: str, rel: str, query: str) -> str:
-        """Decode and check a playlist once per upstream response (the caller keeps the verdict on
-        the flight). Raises :class:`PlaylistError` with the reason (the caller logs it)."""
+    def _check_playlist(self, body: bytes, camera_id: str, base_url: str, rel: str) -> PlaylistView:
+        """Decode, check and compile a playlist once per upstream response.
+        Raises :class:`PlaylistError` with the reason (the caller logs it)."""
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             raise PlaylistError("pod sent an invalid playlist (not UTF-8)") from None
+        pod_netloc = base_url.split("://", 1)[-1]
+        scope_url = self._scope_url(base_url, camera_id)
         try:
             target_duration(text)
             part_target(text)
-            out = rewrite_playlist(text, upstream_url=self._scope_url(base_url, camera_id) + rel
-                                   + ("?" + query if query else ""), scope_url=self._scope_url(base_url, camera_id),
-                                   segment_grant="g", playlist_grant="g")
+            template = compile_playlist(text, upstream_url=scope_url + rel, scope_url=scope_url,
+                                        drop_comments_with=pod_netloc)
         except ForeignURIError as exc:
             raise ForeignURIError(f"pod sent a playlist with a foreign URI ({exc})") from None
         except PlaylistError as exc:
             raise PlaylistError(f"pod sent an invalid playlist ({exc})") from None
-        pod_netloc = base_url.split("://", 1)[-1]
-        if pod_netloc in drop_comments_containing(out, pod_netloc):
+        if pod_netloc in template.literal_text():
             # e.g. in a tag's non-URI attribute: never reveal tailnet addresses
             raise PlaylistError("pod sent a playlist that reveals its address")
-        if "#EXT-X-SERVER-CONTROL:" in text:
-            self._can_block[(pod_id, camera_id)] = "CAN-BLOCK-RELOAD=YES" in text
-        return text
+        return PlaylistView(template, inspect_playlist(text, template.hints))
+
+    def _view(self, flight: Flight, pod_id: str, camera_id: str, base_url: str, rel: str) -> PlaylistView:
+        """The checked view of a complete 200 playlist flight, made once and kept on it.
+        Raises the :class:`PlaylistError` it maps to (logged once)."""
+        verdict = flight.verdict
+        if verdict is None:
+            try:
+                verdict = self._check_playlist(flight.complete_body(), camera_id, base_url, rel)
+            except PlaylistError as exc:
+                log.error("pod %s, camera %s, %s: %s; answered 502", pod_id, camera_id, rel, exc)
+                verdict = exc
+            flight.verdict = verdict
+        if isinstance(verdict, PlaylistView):
+            return verdict
+        raise copy.copy(verdict) if isinstance(verdict, GatewayError) else PlaylistError("invalid playlist")
 
     @staticmethod
     def _scope_url(base_url: str, camera_id: str) -> str:
         return f"{base_url}/cameras/{camera_id}/"
 
     async def _playlist(self, scope, send, cors: Headers, grant: Grant, camera_id: str, base_url: str, rel: str,
-                        query: str, now: float, blocking: bool) -> int:
+                        query: str, directives: Directives | None, now: float) -> int:
         pod_id = grant.pod_id
-        key = (pod_id, camera_id, rel, query)
+        live = self._live.get((pod_id, camera_id))
+        if directives is not None and (live is None or not live.can_block):
+            directives = None  # the pod never offered blocking reloads (RFC 8216bis §6.2.5.2): a plain reload
+        skip = directives.skip if directives is not None and live is not None and live.can_skip else None
+        channel = (pod_id, camera_id, rel, query, skip)
+        generation = directives if directives is not None and directives.blocking else None
+        newest = self.playlists.newest(channel)
+        flight = None
+        if newest is not None:
+            age = time.monotonic() - newest.at
+            if generation is None:
+                if age < newest.info.reload_ttl():
+                    flight = newest.flight
+            elif newest.info.too_far(generation, age):
+                raise BadRequest("_HLS_msn/_HLS_part too far ahead of the live edge (RFC 8216bis 6.2.5.2)")
+            elif age <= newest.info.hold() and newest.info.satisfies(generation):
+                flight = newest.flight  # this generation is already answered
+            if age > 2 * newest.info.hold() + newest.info.reload_ttl():
+                self.playlists.drop(channel)  # idle channel: let its body go
+        if flight is not None:
+            self._from["newest"].inc()
+        else:
+            upstream_query = "&".join(q for q in (query, directives.query(with_skip=skip is not None)
+                                                  if directives is not None else "") if q)
+            hold = live.hold if generation is not None and live is not None else 0.0
 
-        async def fetch(flight: Flight) -> None:
-            url = self.upstream.url(base_url, camera_id, rel, query)
-            UPSTREAM.labels("playlist").inc()
-            await self.upstream.fill(flight, url, pod_id=pod_id, camera_id=camera_id, kind="playlist",
-                                     read_timeout=max(self.upstream.read_timeout, 30.0) if blocking else None,
-                                     deadline=max(self.upstream.deadline, 35.0) if blocking else None)
+            async def fetch(flight: Flight) -> None:
+                url = self.upstream.url(base_url, camera_id, rel, upstream_query)
+                UPSTREAM.labels("playlist").inc()
+                if hold:  # the pod holds it up to `hold` s, then it still has the normal time to answer
+                    await self.upstream.fill(flight, url, pod_id=pod_id, camera_id=camera_id, kind="playlist",
+                                             held=True, read_timeout=hold + self.upstream.read_timeout,
+                                             deadline=hold + self.upstream.deadline)
+                else:
+                    await self.upstream.fill(flight, url, pod_id=pod_id, camera_id=camera_id, kind="playlist")
 
-        def ttl_of(flight: Flight) -> float:
-            if blocking:
-                return 0.0
-            td = target_duration(flight.complete_body().decode("utf-8", "replace"))
-            return max(0.2, min((td or 2.0) / 2, 5.0))
+            def settle(flight: Flight) -> PlaylistInfo | None:
+                try:
+                    info = self._view(flight, pod_id, camera_id, base_url, rel).info
+                except PlaylistError:
+                    return None
+                if info.next_msn is not None:  # a media playlist: what the camera offers now
+                    state = self._live.get((pod_id, camera_id))
+                    if state is None:
+                        if len(self._live) > 10_000:
+                            self._live.clear()
+                        state = self._live[(pod_id, camera_id)] = CameraLive()
+                    state.update(info)
+                return info
 
-        flight = self.playlists.get_or_fetch(key, fetch, ttl_of)
+            flight, started = self.playlists.get_or_fetch((channel, generation), fetch, settle)
+            self._from["fetched" if started else "joined"].inc()
         with flight.held():  # held from here: a response dropped from the cache keeps its body for us
-            return await self._serve_playlist(scope, send, cors, flight, key, grant, camera_id, base_url, rel,
-                                              query, now)
-
-    async def _serve_playlist(self, scope, send, cors: Headers, flight: Flight, key: tuple[str, str, str, str],
-                              grant: Grant, camera_id: str, base_url: str, rel: str, query: str, now: float) -> int:
-        pod_id = grant.pod_id
-        body = await self._complete_body(flight, pod_id)
-        if flight.verdict is None:
-            try:
-                self._check_playlist(body, pod_id, camera_id, base_url, rel, query)
-                flight.verdict = True
-            except PlaylistError as exc:
-                flight.verdict = exc
-                self.playlists.invalidate(key, flight)  # the next request fetches again
-                log.error("pod %s, camera %s, %s: %s; answered 502", pod_id, camera_id, rel, exc)
-        if isinstance(flight.verdict, BaseException):
-            raise flight.verdict
-        scope_url = self._scope_url(base_url, camera_id)
-        out = rewrite_playlist(body.decode("utf-8"), upstream_url=scope_url + rel + ("?" + query if query else ""),
-                               scope_url=scope_url, grant=self.guard.grant_for(grant, camera_id, now))
-        out = drop_comments_containing(out, base_url.split("://", 1)[-1])
+            await self._complete_body(flight, pod_id)
+            view = self._view(flight, pod_id, camera_id, base_url, rel)
+            data = view.template.render(self.guard.grant_for(grant, camera_id, now)).encode("utf-8")
         self._viewers[(grant.sid, grant.session_exp)] = time.monotonic()
         if len(self._viewers) > 10_000:
             self.active_viewers()
-        data = out.encode("utf-8")
         await send_body(send, 200, data, [(b"content-type", M3U8.encode()), (b"cache-control", b"no-cache, private"),
                                           *cors], head=scope["method"] == "HEAD")
         BYTES_OUT.inc(len(data))
@@ -362,12 +421,21 @@ class StreamProxy:
         is_init = rel.endswith(".mp4")
         pod_id = grant.pod_id
         key = (pod_id, camera_id, rel, query)
+        live = self._live.get((pod_id, camera_id))
+        # a preload-hinted part (RFC 8216bis §4.4.5.3): the pod holds the request until the part
+        # starts, so it gets the hold time on top of the normal deadline, from the held pool
+        hold = live.hold if live is not None and rel in live.hints else 0.0
 
         async def fetch(flight: Flight, stale: Flight | None) -> None:
             url = self.upstream.url(base_url, camera_id, rel, query)
             UPSTREAM.labels("init" if is_init else "segment").inc()
-            await self.upstream.fill(flight, url, pod_id=pod_id, camera_id=camera_id,
-                                     kind="init" if is_init else "segment", stale=stale)
+            if hold:
+                await self.upstream.fill(flight, url, pod_id=pod_id, camera_id=camera_id, kind="segment",
+                                         held=True, read_timeout=hold + self.upstream.read_timeout,
+                                         deadline=hold + self.upstream.deadline)
+            else:
+                await self.upstream.fill(flight, url, pod_id=pod_id, camera_id=camera_id,
+                                         kind="init" if is_init else "segment", stale=stale)
 
         before = self.segments.misses
         flight = self.segments.get_or_fetch(key, fetch, revalidate=is_init)

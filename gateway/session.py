@@ -156,11 +156,12 @@ class SessionGuard:
         """A grant minter for one playlist response: ``mint(path, query, is_playlist)``.
         Playlist grants last the session; media grants ``grant_ttl`` seconds."""
         media_exp = int(min(now + self.grant_ttl, session.session_exp))
-        playlist = Grant("playlist", session.pod_id, session.session_exp, session.session_exp, session.sid)
-        media = Grant("media", session.pod_id, media_exp, session.session_exp, session.sid)
-        mint = self.grants.mint
+        playlist = self.grants.minter(Grant("playlist", session.pod_id, session.session_exp, session.session_exp,
+                                            session.sid), camera_id=camera_id)
+        media = self.grants.minter(Grant("media", session.pod_id, media_exp, session.session_exp, session.sid),
+                                   camera_id=camera_id)
 
         def grant(path: str, query: str, is_playlist: bool) -> str:
-            return mint(playlist if is_playlist else media, camera_id=camera_id, path=path, query=query)
+            return playlist(path, query) if is_playlist else media(path, query)
 
         return grant

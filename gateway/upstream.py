@@ -10,7 +10,10 @@ HS256 stream secret) and cached per (pod, camera) for half its lifetime.
 
 Bounds, so that one slow, broken or hostile pod costs only its own viewers:
 
-* at most ``pod_connections`` requests in flight per pod (the others queue);
+* at most ``pod_connections`` requests in flight per pod (the others queue), and apart
+  from those at most ``pod_held_requests`` *held* ones: LL-HLS blocking playlist reloads
+  and preload-hinted parts, which a pod keeps open until the media exists (RFC 8216bis
+  §6.2.5.2), so that they never take the slots segment fetches need;
 * one overall ``deadline`` per fetch (queueing, connect, headers and body), not
   only a per-read timeout, so a pod trickling one byte a second is cut off;
 * a body cap per kind (``playlist``, ``segment``, ``init``), enforced from
@@ -47,7 +50,8 @@ class Upstream:
 
     ``signer``: the gateway's :class:`SigningKey` (EdDSA) or the legacy HS256 :class:`Keyring`.
     ``connect_timeout``/``read_timeout``/``deadline`` are seconds; ``pod_connections``
-    bounds concurrent requests per pod; ``caps`` maps body kind → bytes (defaults in
+    bounds concurrent requests per pod, ``pod_held_requests`` concurrent held ones (see the
+    module doc); ``caps`` maps body kind → bytes (defaults in
     :data:`DEFAULT_CAPS`); ``transport`` lets tests count requests at the transport seam.
     """
 
@@ -59,6 +63,7 @@ class Upstream:
         read_timeout: float = 10.0,
         deadline: float = 20.0,
         pod_connections: int = 8,
+        pod_held_requests: int = 32,
         caps: dict[str, int] | None = None,
         proxy: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -67,6 +72,7 @@ class Upstream:
         self.read_timeout = read_timeout
         self.deadline = deadline
         self.pod_connections = pod_connections
+        self.pod_held_requests = pod_held_requests
         self.caps = {**DEFAULT_CAPS, **(caps or {})}
         limits = httpx.Limits(max_connections=1024, max_keepalive_connections=64)
         self.client = httpx.AsyncClient(
@@ -77,6 +83,7 @@ class Upstream:
         )
         self._tokens: dict[tuple[str, str], tuple[float, str]] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
+        self._held_slots: dict[str, asyncio.Semaphore] = {}
         self.requests = 0
 
     def _auth(self, pod_id: str, camera_id: str) -> str:
@@ -94,10 +101,11 @@ class Upstream:
         """``Bearer <gateway→pod token>`` for ``pod_id`` (``camera_id`` ``"*"``: pod-wide)."""
         return self._auth(pod_id, camera_id)
 
-    def _slot(self, pod_id: str) -> asyncio.Semaphore:
-        slot = self._slots.get(pod_id)
+    def _slot(self, pod_id: str, held: bool = False) -> asyncio.Semaphore:
+        slots = self._held_slots if held else self._slots
+        slot = slots.get(pod_id)
         if slot is None:
-            slot = self._slots[pod_id] = asyncio.Semaphore(self.pod_connections)
+            slot = slots[pod_id] = asyncio.Semaphore(self.pod_held_requests if held else self.pod_connections)
         return slot
 
     @staticmethod
@@ -120,8 +128,12 @@ class Upstream:
         stale: Flight | None = None,
         read_timeout: float | None = None,
         deadline: float | None = None,
+        held: bool = False,
     ) -> None:
         """GET ``url`` and stream status, headers and body into ``flight``.
+
+        ``read_timeout`` and ``deadline`` (s) replace the client's for this request (a held
+        request must outlast the pod's hold); ``held`` takes a slot of the held pool.
 
         With a complete ``stale`` flight that has an ETag, sends ``If-None-Match``
         and, on 304, copies the stale body into ``flight``. Never raises: failures
@@ -140,7 +152,7 @@ class Upstream:
         cap = self.caps.get(kind, self.caps["other"])
         self.requests += 1
         try:
-            async with asyncio.timeout(limit), self._slot(pod_id):
+            async with asyncio.timeout(limit), self._slot(pod_id, held):
                 await self._transfer(flight, url, headers, timeout, stale, cap, pod_id, kind)
         except TimeoutError:
             flight.finish(UpstreamTimeout(f"pod did not deliver within {limit:g} s"))

@@ -64,6 +64,25 @@ seg_101.m4s
 """
 
 
+def ll_playlist(next_msn: int, next_part: int, *, segments: int = 3, parts: int = 6, part_target: float = 0.33334,
+                target: int = 2, hint: bool = True, extra: str = "") -> str:
+    """A consistent LL-HLS media playlist (RFC 8216bis §4.4): ``segments`` complete segments before
+    ``next_msn`` (the last two with their ``parts`` parts), ``next_part`` parts of ``next_msn`` so
+    far and (``hint``) the preload hint for the next one; URIs as the pod names them."""
+    lines = ["#EXTM3U", "#EXT-X-VERSION:9", f"#EXT-X-TARGETDURATION:{target}",
+             f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={3 * part_target:.3f}",
+             f"#EXT-X-PART-INF:PART-TARGET={part_target}", f"#EXT-X-MEDIA-SEQUENCE:{next_msn - segments}",
+             '#EXT-X-MAP:URI="init.mp4"']
+    for msn in range(next_msn - segments, next_msn):
+        if msn >= next_msn - 2:
+            lines += [f'#EXT-X-PART:DURATION={part_target},URI="part_{msn}_{i}.m4s"' for i in range(parts)]
+        lines += [f"#EXTINF:{parts * part_target:.5f},", f"seg_{msn}.m4s"]
+    lines += [f'#EXT-X-PART:DURATION={part_target},URI="part_{next_msn}_{i}.m4s"' for i in range(next_part)]
+    if hint:
+        lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="part_{next_msn}_{next_part}.m4s"')
+    return "\n".join(lines) + "\n" + extra
+
+
 @dataclass
 class FakePod:
     """A programmable pod. ``routes`` maps raw path (with query) to a response or a

@@ -3,6 +3,7 @@
 import asyncio
 
 from gateway.cache import Flight, PlaylistCache, SegmentCache
+from gateway.llhls import PlaylistInfo
 
 
 async def test_concurrent_readers_share_one_fetch_and_stream_as_bytes_arrive():
@@ -103,22 +104,51 @@ async def test_revalidation_passes_stale_entry_and_reuses_it():
     assert a == b == b"init-v1" and seen[0] is None and seen[1] is not None and seen[1].etag == '"v1"'
 
 
-async def test_playlist_cache_shares_within_ttl_and_keys_on_query():
+def info(next_msn, next_part=0, first=None):
+    return PlaylistInfo(next_msn, next_part, None, next_msn - 3 if first is None else first, 2.0, 0.2, True, False)
+
+
+async def test_playlist_cache_one_fetch_per_key_and_the_newest_answer_per_channel():
     pc = PlaylistCache()
     calls = []
+    gate = asyncio.Event()
 
-    def fetch_for(key):
+    def fetch_for(name, wait=False):
         async def fetch(flight):
-            calls.append(key)
+            calls.append(name)
+            if wait:
+                await gate.wait()
             flight.start(200, {})
-            flight.append(b"#EXTM3U\n")
+            flight.append(name.encode())
             flight.finish()
         return fetch
 
-    fs = [pc.get_or_fetch(("c", ""), fetch_for("a"), lambda f: 5.0) for _ in range(30)]
-    await asyncio.gather(*(f.read_all() for f in fs))
-    await pc.get_or_fetch(("c", ""), fetch_for("a"), lambda f: 5.0).read_all()
-    assert calls == ["a"]
-    await pc.get_or_fetch(("c", "_HLS_msn=5"), fetch_for("b"), lambda f: 0.0).read_all()
-    await pc.get_or_fetch(("c", "_HLS_msn=6"), fetch_for("c"), lambda f: 0.0).read_all()
-    assert calls == ["a", "b", "c"]
+    edges = {"a": info(10, 2), "b": info(10, 3), "old": info(10, 1), "bad": None}
+    settle = lambda f: edges[f.complete_body().decode()]  # noqa: E731
+    got = [pc.get_or_fetch(("c", (10, 2)), fetch_for("a", wait=True), settle) for _ in range(30)]
+    assert [started for _, started in got] == [True] + [False] * 29 and len({id(f) for f, _ in got}) == 1
+    assert pc.inflight() == 1 and pc.newest("c") is None
+    gate.set()
+    await asyncio.gather(*(f.read_all() for f, _ in got))
+    await asyncio.sleep(0)
+    assert calls == ["a"] and pc.inflight() == 0
+    assert pc.newest("c").flight is got[0][0] and pc.newest("c").info == edges["a"]
+
+    # another generation is another fetch; its newer edge replaces the newest
+    f, started = pc.get_or_fetch(("c", (10, 3)), fetch_for("b"), settle)
+    await f.read_all()
+    await asyncio.sleep(0)
+    assert started and pc.newest("c").flight is f and got[0][0].cached is False
+    # an older edge, or a response the caller refused, never replaces it
+    for name in ("old", "bad"):
+        g, _ = pc.get_or_fetch(("c", None), fetch_for(name), settle)
+        await g.read_all()
+        await asyncio.sleep(0)
+        assert pc.newest("c").flight is f and not g.cached
+    # a window that does not overlap (the pod's stream restarted with lower numbers) does
+    edges["restart"] = info(5, 0, first=2)
+    g, _ = pc.get_or_fetch(("c", None), fetch_for("restart"), settle)
+    await g.read_all()
+    await asyncio.sleep(0)
+    assert pc.newest("c").flight is g
+    assert calls == ["a", "b", "old", "bad", "restart"]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from urllib.parse import urljoin
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import ForeignURIError
-from gateway.playlist import rewrite_playlist
+from gateway.playlist import compile_playlist, drop_comments_containing, rewrite_playlist
 from protocol.paths import UnsafePath, safe_relative_path
 
 POD_HOST = "127.0.0.2"
@@ -202,6 +203,29 @@ def test_rewrite_properties(case) -> None:
         # resolving through the gateway reaches the same relative layout
         resolved = urljoin(base, value).partition("?")[0]
         assert resolved == "https://gw/streams/gate/" + target
+
+
+@settings(max_examples=200, deadline=None)
+@given(playlists(), st.sampled_from(["127.0.0.2:8000", "gate", "#"]))
+def test_a_compiled_template_renders_what_rewriting_and_dropping_comments_give(case, needle) -> None:
+    """The gateway compiles each upstream playlist once (dropping comments that name the pod)
+    and renders it per viewer: byte for byte what rewrite_playlist + drop_comments_containing give."""
+    playlist_name, items, endings, final = case
+    infos = [info for _, info, _ in items if info is not None]
+    text = render(items, endings, final, [info[0] for info in infos])
+    text = text.replace("#EXTM3U\n", f"#EXTM3U\n# made by {needle} here\n", 1)
+    if final:
+        text += f"# trailing comment {needle}"
+    kw = {"upstream_url": SCOPE + playlist_name, "scope_url": SCOPE}
+    try:
+        expected = drop_comments_containing(rewrite_playlist(text, segment_grant=SEG, playlist_grant=PL, **kw), needle)
+    except ForeignURIError:
+        with pytest.raises(ForeignURIError):
+            compile_playlist(text, drop_comments_with=needle, **kw)
+        return
+    template = compile_playlist(text, drop_comments_with=needle, **kw)
+    assert template.render_fixed(SEG, PL) == expected
+    assert template.render(lambda path, query, is_playlist: PL if is_playlist else SEG) == expected
 
 
 @given(st.text())

@@ -14,7 +14,19 @@ import httpx
 import jwt
 import pytest
 
-from tests.gateway.conftest import CAM, LIVE, ORIGIN, POD, SECRET, SIGNER, keys, make_token, start_session, uris
+from tests.gateway.conftest import (
+    CAM,
+    LIVE,
+    ORIGIN,
+    POD,
+    SECRET,
+    SIGNER,
+    keys,
+    ll_playlist,
+    make_token,
+    start_session,
+    uris,
+)
 
 
 # ---- authentication happens before any upstream request ------------------------------------
@@ -247,30 +259,35 @@ async def test_unknown_pod_is_503(client, pod):
     assert r.status_code == 503 and pod.requests == []
 
 
-async def test_llhls_directives_pass_through_and_are_not_shared(client, pod):
-    ll = LIVE.replace("#EXT-X-INDEPENDENT-SEGMENTS\n",
-                      "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.0\n#EXT-X-PART-INF:PART-TARGET=0.33334\n")
+async def test_llhls_directives_reach_the_pod_canonically_and_its_400_passes_through(client, pod):
+    """B14: each generation is asked of the pod with its own (canonical) directives, never
+    answered with another msn's playlist; the pod's 400 (msn too far ahead) passes through, and
+    one far beyond the live edge the gateway knows is a 400 without asking the pod."""
     seen = []
 
     def blocking(request):
         seen.append(request.url.raw_path.decode())
-        q = request.url.query.decode()
-        if "_HLS_msn=400" in q:
+        q = dict(p.split("=") for p in request.url.query.decode().split("&"))
+        msn, part = int(q["_HLS_msn"]), int(q["_HLS_part"])
+        if msn == 275:
             return httpx.Response(400, text="msn too far ahead")
-        return httpx.Response(200, text=ll.replace("MEDIA-SEQUENCE:100", f"MEDIA-SEQUENCE:{q}"))
+        return httpx.Response(200, text=ll_playlist(msn, part + 1))
 
-    pod.routes[f"/cameras/{CAM}/index.m3u8"] = httpx.Response(200, text=ll)
-    for q in ("_HLS_msn=273&_HLS_part=3", "_HLS_msn=274&_HLS_part=0", "_HLS_msn=400&_HLS_part=0"):
+    pod.routes[f"/cameras/{CAM}/index.m3u8"] = httpx.Response(200, text=ll_playlist(273, 3))
+    for q in ("_HLS_msn=273&_HLS_part=3", "_HLS_msn=274&_HLS_part=0", "_HLS_msn=275&_HLS_part=0"):
         pod.routes[f"/cameras/{CAM}/index.m3u8?{q}"] = blocking
     url = await start_session(client)
     assert (await client.get(url)).status_code == 200  # the pod advertises CAN-BLOCK-RELOAD=YES
     a = await client.get(url.replace("index.m3u8?", "index.m3u8?_HLS_msn=273&_HLS_part=3&"))
-    b = await client.get(url.replace("index.m3u8?", "index.m3u8?_HLS_msn=274&_HLS_part=0&"))
-    assert a.status_code == b.status_code == 200 and a.text != b.text
+    b = await client.get(url + "&_HLS_part=0&_HLS_msn=0274")  # any order, leading zeros: one canonical form
+    assert a.status_code == b.status_code == 200
+    assert "part_273_3.m4s" in a.text and "part_274_0.m4s" not in a.text and "part_274_0.m4s" in b.text
     assert seen == [f"/cameras/{CAM}/index.m3u8?_HLS_msn=273&_HLS_part=3",
                     f"/cameras/{CAM}/index.m3u8?_HLS_msn=274&_HLS_part=0"]
-    c = await client.get(url.replace("index.m3u8?", "index.m3u8?_HLS_msn=400&_HLS_part=0&"))
-    assert c.status_code == 400
+    c = await client.get(url.replace("index.m3u8?", "index.m3u8?_HLS_msn=275&_HLS_part=0&"))
+    assert c.status_code == 400 and len(seen) == 3  # the pod's verdict, not a 502
+    d = await client.get(url.replace("index.m3u8?", "index.m3u8?_HLS_msn=400&_HLS_part=0&"))
+    assert d.status_code == 400 and "too far ahead" in d.text and len(seen) == 3  # the gateway's own
 
 
 async def test_directives_ignored_when_the_pod_cannot_block(client, pod):
