@@ -123,7 +123,7 @@ def serve_pod(directory: str, port: int) -> None:
     from pod.hls_server import create_hls_app
     from protocol.tokens import Keyring
 
-    streamers = {cam: SimpleNamespace(dir=Path(directory) / cam, status=lambda: {"state": "running"})
+    streamers = {cam: SimpleNamespace(dir=Path(directory) / cam, packaged=False, status=lambda: {"state": "running"})
                  for cam in (CAMERA_ID, FRESH_CAM, SPLIT_CAM)}
     app = create_hls_app(pod_id=POD_ID, token_keys=[Keyring.single(os.environ["PB_BENCH_SECRET"])],
                          streamers=streamers, tailnet_host=POD_HOST)
