@@ -96,7 +96,7 @@ BAD_PATH = (400, b"bad path")
 # empty 400); the path rules are checked for them directly below
 SERVER_REFUSES = {"nul_raw": (400, b"Invalid HTTP request received."),
                   "raw_latin1_name_255_chars": (400, b"Invalid HTTP request received.")}
-GATEWAY_SERVER_REFUSES = {name: (400, b"") for name in SERVER_REFUSES}
+GATEWAY_SERVER_REFUSES = dict.fromkeys(SERVER_REFUSES, (400, b""))
 
 
 def expected_gateway(name: str) -> tuple[int, bytes]:
