@@ -929,7 +929,7 @@ def recommend(summary: list[dict], results: dict, cases: list[Case]) -> tuple[st
             if met else f"no setup met p99 ≤ {GOAL_P99:g}× nginx's at ≥ {CHOICE_MIN_CONNECTIONS} connections; "
             f"{label} came closest")
     if pick == DEFAULT_SERVER:
-        verdict = f"{label}, the default, ({goal})"
+        verdict = f"{label}, the default ({goal})"
     else:
         verdict = (f"{label} ({goal}) rather than the default {DEFAULT_SERVER[0]} {DEFAULT_SERVER[1]}w; one run on a "
                    "shared machine is not enough to change the default: repeat it on a quiet one")
@@ -1044,6 +1044,12 @@ def print_report(servers, cases, results, summary) -> None:
 CONTROLS = ("uvicorn+uvloop", "uvicorn+asyncio", "granian+uvloop")
 
 
+def tail_shape(cell: dict, connections: int) -> float:
+    """p99 ÷ mean latency of one wrk cell; the mean from Little's law (connections ÷ req/s), in ms."""
+    mean_ms = 1000.0 * connections / max(cell["rps"], 1e-9)
+    return cell["p99"] / mean_ms
+
+
 def analysis(servers: list[Server], cases: list[Case], results: dict, summary: list[dict], controls: dict) -> list[str]:
     """The "Reading the numbers" part: fixed explanations plus the sentences that depend on this run."""
     by_key = {s["server"].key: s for s in summary}
@@ -1085,12 +1091,40 @@ def analysis(servers: list[Server], cases: list[Case], results: dict, summary: l
             "wake-up and granian accepts on its own Rust thread, so neither has that queue. Any burst of new "
             "connections does the same in production (viewers reconnecting after a restart, a balancer "
             "re-spreading cameras).")
+    shapes = []
+    for s in summary:
+        if s["server"].workers != 1 or s["ref"] is None:
+            continue
+        for key, label in ((s["ref"].key, s["ref"].label), (s["server"].key, s["server"].label)):
+            vals = [tail_shape(results[c.label][key], c.connections) for c in hi if key in results[c.label]]
+            if vals and label not in (x[0] for x in shapes):
+                shapes.append((label, vals))
+    if shapes:
+        out.append(
+            "* Tail shape, p99 ÷ mean latency (mean = connections ÷ requests/s, Little's law), in the segment cells "
+            f"with ≥ {CHOICE_MIN_CONNECTIONS} connections: "
+            + "; ".join(f"{label} {', '.join(f'{v:.1f}' for v in vals)}" for label, vals in shapes)
+            + ". Near nginx's shape, a p99 ratio above 2× comes from requests/s, not from a tail of the server's "
+              "own; far above it (uvicorn on uvloop), from requests that waited.")
     if controls:
         cc = controls["connections"]
         parts = [f"{name} p99 {controls[name]['p99']:.0f} ms, {controls[name].get('accept_late', 0)} connections "
                  "unaccepted after 0.5 s" for name in CONTROLS if name in controls]
         out.append(f"* The control (a bare ASGI app answering every request with the same 125 KiB, no gateway code, "
                    f"c={cc}) shows the same: " + "; ".join(parts) + ".")
+        ref = next((s["ref"] for s in summary if s["server"].workers == 1 and s["ref"] is not None), None)
+        cell = next((c for c in cases if c.segment and c.size == "125KB" and c.connections == cc), None)
+        if ref is not None and cell is not None and ref.key in results[cell.label]:
+            ng = results[cell.label][ref.key]
+            ratios = [f"{name} {controls[name]['rps'] / max(ng['rps'], 1):.2f}× the req/s, "
+                      f"{controls[name]['p99'] / max(ng['p99'], 0.001):.1f}× the p99"
+                      for name in CONTROLS if name in controls]
+            out.append(
+                f"* The control is also the ceiling for one Python worker: against {ref.label} on the same 125 KB "
+                f"at c={cc} ({ng['rps']:,.0f} req/s, p99 {ng['p99']:.1f} ms) the bare app reaches "
+                + "; ".join(ratios) + ". A server that only copies the body from Python already misses p99 ≤ 2× "
+                "there, so the gateway's 1-worker p99 goal at 500 connections needs a cheaper hit (sendfile, more "
+                "workers: issue 15, part B), not a different server.")
     out.append(
         "* granian's `backpressure` (set from `limit_concurrency`) caps the connections it serves at once; the "
         "rest wait unaccepted in the listen backlog. A cap below the connection count makes wrk's p99 look "
