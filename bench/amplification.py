@@ -50,6 +50,7 @@ from bench.common import (
     machine_line,
     pct,
     system_busy,
+    tree_cpu_seconds,
     write_section,
 )
 from bench.synthetic_pod import GW_HOST, NAIVE_SOURCE, POD_HOST, SyntheticSetup
@@ -88,12 +89,12 @@ def run_pass(setup: SyntheticSetup, args, which: str, n: int) -> dict:
         tasks = await watch(urls, stats, stop, spread=join_s, seed=n)
         try:
             await asyncio.sleep(join_s + td + 1.0)  # every viewer has joined and settled into its reload cycle
-            mark["w0"], mark["cpu_proxy0"], mark["cpu_pod0"] = time.time(), cpu_seconds(proxy_pid), cpu_seconds(pod_pid)
+            mark["w0"], mark["cpu_proxy0"], mark["cpu_pod0"] = time.time(), tree_cpu_seconds(proxy_pid), cpu_seconds(pod_pid)
             t = os.times()
             mark["own0"], mark["busy0"] = t.user + t.system, system_busy()
             seg0, pl0 = stats.segments, stats.playlists
             await asyncio.sleep(a.window)
-            mark["w1"], mark["cpu_proxy1"], mark["cpu_pod1"] = time.time(), cpu_seconds(proxy_pid), cpu_seconds(pod_pid)
+            mark["w1"], mark["cpu_proxy1"], mark["cpu_pod1"] = time.time(), tree_cpu_seconds(proxy_pid), cpu_seconds(pod_pid)
             t = os.times()
             mark["own1"], mark["busy1"] = t.user + t.system, system_busy()
             mark["viewer_segments"], mark["viewer_playlists"] = stats.segments - seg0, stats.playlists - pl0

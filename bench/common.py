@@ -90,6 +90,46 @@ def child_pids(pid: int) -> list[int]:
     return kids
 
 
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and all its live descendants (a server's worker processes: granian, the gateway's
+    default, serves from a forked worker, so the process that was started is only its supervisor)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        if os.path.exists(f"/proc/{p}"):
+            out.append(p)
+            todo += child_pids(p)
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """:func:`cpu_seconds` summed over :func:`tree_pids` (processes that vanish meanwhile count 0)."""
+    total = 0.0
+    for p in tree_pids(pid):
+        with contextlib.suppress(OSError, ValueError):
+            total += cpu_seconds(p)
+    return total
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """:func:`rss_bytes` summed over :func:`tree_pids` (pages a forked worker still shares with its
+    supervisor count twice; :func:`tree_memory_detail`'s ``Pss`` does not)."""
+    total = 0
+    for p in tree_pids(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += rss_bytes(p)
+    return total
+
+
+def tree_memory_detail(pid: int) -> dict[str, int]:
+    """:func:`memory_detail` summed over :func:`tree_pids`."""
+    out: dict[str, int] = {}
+    for p in tree_pids(pid):
+        for k, v in memory_detail(p).items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
 def proc_name(pid: int) -> str:
     """The ``comm`` name of ``pid`` ("" if it is gone)."""
     with contextlib.suppress(OSError):

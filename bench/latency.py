@@ -50,12 +50,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "dev"))
 from stack import Stack, wait_until
 
 from bench.common import (
-    cpu_seconds,
     install_signal_exit,
     loadavg,
     machine_info,
     machine_line,
     pct,
+    tree_cpu_seconds,
     write_section,
 )
 from bench.viewers import HttpConn
@@ -292,10 +292,10 @@ def measure_viewers(s: Stack, viewers: int, seconds: float) -> ViewerRun:
         stop = time.monotonic() + seconds
         await asyncio.gather(*(ll_viewer(s, run, stop, i) for i in range(viewers)))
 
-    before, cpu0, me0 = pod_counts(s), cpu_seconds(gw), time.process_time()
+    before, cpu0, me0 = pod_counts(s), tree_cpu_seconds(gw), time.process_time()
     asyncio.run(main())
     after = pod_counts(s)
-    run.gateway_cpu_s = cpu_seconds(gw) - cpu0
+    run.gateway_cpu_s = tree_cpu_seconds(gw) - cpu0
     run.client_cpu_s = time.process_time() - me0
     run.pod = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(after) | set(before)}
     return run

@@ -49,6 +49,8 @@ from bench.common import (
     proc_name,
     rss_bytes,
     start_camera,
+    tree_memory_detail,
+    tree_rss_bytes,
     wait_for,
     write_section,
 )
@@ -85,7 +87,7 @@ def run_gateway(args, workdir: Path) -> dict:
         setup.start()
         pid = setup.procs.items["gateway"].pid
         time.sleep(1.0)
-        res: dict = {"fresh": rss_bytes(pid)}
+        res: dict = {"fresh": tree_rss_bytes(pid)}
         cams = setup.cameras
         first_users = 0
 
@@ -107,7 +109,7 @@ def run_gateway(args, workdir: Path) -> dict:
         async def sample_rss(seconds: float, into: list[int]) -> None:
             end = time.monotonic() + seconds
             while time.monotonic() < end:
-                into.append(rss_bytes(pid))
+                into.append(tree_rss_bytes(pid))
                 await asyncio.sleep(0.5)
 
         async def session() -> None:
@@ -120,7 +122,7 @@ def run_gateway(args, workdir: Path) -> dict:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.sleep(1.0)
-            res["idle"] = rss_bytes(pid)
+            res["idle"] = tree_rss_bytes(pid)
             res["idle_cache"] = await asyncio.to_thread(gateway_metric, setup, "platebridge_gateway_cache_bytes")
             # the viewers
             stats = ViewerStats()
@@ -140,7 +142,7 @@ def run_gateway(args, workdir: Path) -> dict:
                     active = await asyncio.to_thread(gateway_metric, setup, "platebridge_gateway_active_viewers")
                     res["steps"].append({"viewers": n, "rss_end": samples[-1], "rss_max": max(samples),
                                          "rss_mean": statistics.fmean(samples), "cache": cache, "active": active,
-                                         "detail": memory_detail(pid), "segments": stats.segments,
+                                         "detail": tree_memory_detail(pid), "segments": stats.segments,
                                          "errors": stats.errors, "missed": stats.missed, "sessions": stats.sessions})
                     print(f"    {n} viewers: gateway RSS {mb(samples[-1])} (max {mb(max(samples))}), cache "
                           f"{mb(cache)}, active viewers {active:.0f}, viewer errors {stats.errors}", flush=True)
@@ -149,7 +151,7 @@ def run_gateway(args, workdir: Path) -> dict:
                 await asyncio.gather(*tasks, return_exceptions=True)
             res["viewer_errors"] = stats.error_samples
             await asyncio.sleep(3.0)
-            res["after"] = rss_bytes(pid)
+            res["after"] = tree_rss_bytes(pid)
 
         try:
             import uvloop
@@ -287,7 +289,7 @@ def docs_section(g: dict | None, pod: list[dict] | None, args, info: dict, load:
           ]
     if g:
         errs = sum(s["errors"] for s in g["steps"][-1:])
-        L += [f"* Gateway: `platebridge-gateway` (one process, access log off, `cache_max_bytes` 256 MiB) in front of "
+        L += [f"* Gateway: `platebridge-gateway` (granian: a supervisor and one worker process, RSS summed over both; access log off, `cache_max_bytes` 256 MiB) in front of "
               f"`bench/synthetic_pod.py` (the real pod HLS app on 127.0.0.2) playing {args.cameras} live cameras, "
               f"{TARGET:g} s segments of {SEGMENT_BYTES:,} bytes (≈ 0.5 Mbit/s each). Viewers: `bench/viewers.py` in "
               "the benchmark process (hls.js-like: JWT → 302 → grant, the init segment, then every segment, playlist "

@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = camera_ids(a.cameras)
     writer = LiveWriter([base / cid for cid in ids], a.target, a.segment_bytes, a.list_size)
     writer.prefill()
-    streamers = {cid: SimpleNamespace(dir=base / cid, status=lambda: {"state": "running"}) for cid in ids}
+    streamers = {cid: SimpleNamespace(dir=base / cid, packaged=False, status=lambda: {"state": "running"}) for cid in ids}
     app = create_hls_app(pod_id=a.pod_id, token_keys=[Keyring.single(os.environ["PB_BENCH_SECRET"])],
                          streamers=streamers, tailnet_host=a.host)
     writer.start()

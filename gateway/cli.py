@@ -1,36 +1,33 @@
 """``platebridge-gateway`` command line.
 
     platebridge-gateway --config gateway.yaml [--host 127.0.0.1] [--port 8080]
-                        [--server uvicorn|granian] [--workers N] [--loop uvloop|asyncio]
+                        [--server granian|uvicorn] [--workers N] [--loop uvloop|asyncio]
     platebridge-gateway check --config gateway.yaml
 
 Environment variables override the file (see :mod:`gateway.config`). Exit
-codes: 0 after Ctrl-C, 143 after SIGTERM (uvicorn re-raises the signal once it
-has shut down cleanly; systemd units list it in ``SuccessExitStatus``), 2 bad
-config (message names the key path). ``check`` (see :mod:`gateway.check`): 0 all
-passed, 1 a check failed, 2 bad config.
+codes: 0 after Ctrl-C or SIGTERM (granian, the default server; uvicorn re-raises
+SIGTERM once it has shut down cleanly, exit 143, which systemd units list in
+``SuccessExitStatus``), 2 bad config or a server that is not installed (message names
+the key path). ``check`` (see :mod:`gateway.check`): 0 all passed, 1 a check failed, 2
+bad config.
 
-The default server is uvicorn (uvloop + httptools) with one process, the app
-built here; ``loop: asyncio`` swaps uvloop for the standard event loop.
-``server: granian`` (needs the ``bench`` extra's ``granian``) and ``--workers`` > 1
-(benchmarks only: each worker has its own cache) start workers that each build the app from
-:func:`gateway.asgi.create_app_from_env`, the config path passed in env
-``PLATEBRIDGE_GATEWAY_CONFIG``; each worker then has its own caches (see
-``docs/benchmarks.md`` before raising ``workers``).
+The server is granian (HTTP/1.1, ASGI, the app on uvloop) by default; ``server: uvicorn``
+(httptools) stays selectable, ``loop: asyncio`` swaps uvloop for the standard event loop.
+:mod:`gateway.server` runs them and says why granian is the default. ``--workers`` > 1 is
+for benchmarks only: each worker has its own segment cache (see ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
-from pathlib import Path
-from typing import Any
 
-from gateway.config import CONFIG_PATH_ENV, GatewayConfig, load_config
+from gateway.config import load_config
 from gateway.errors import ConfigError
+from gateway.server import ServerUnavailable, serve
 from protocol.logfmt import setup_logging
+
+__all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", "-c", help="path to gateway.yaml (optional if env configures everything)")
     p.add_argument("--host", help="listen address (overrides config)")
     p.add_argument("--port", type=int, help="listen port (overrides config)")
-    p.add_argument("--server", choices=("uvicorn", "granian"), help="HTTP server (overrides config `server`)")
+    p.add_argument("--server", choices=("granian", "uvicorn"), help="HTTP server (overrides config `server`)")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes, for benchmarks only: each has its own cache (grants are stateless, "
                         "but without grant_secret or pod_signing_key_file each worker has its own grant key)")
@@ -57,55 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"platebridge-gateway: config error: {exc}", file=sys.stderr)
         return 2
-    server = args.server or cfg.server
-    workers = args.workers
-    loop = args.loop or cfg.loop
     host, port = args.host or cfg.host, args.port or cfg.port
     setup_logging(cfg.log_level)
-    if workers > 1:
-        logging.getLogger("platebridge.gateway").warning(
-            "%d workers: each has its own segment cache (up to %d pod fetches per segment)", workers, workers)
-    if server == "granian" or workers > 1:
-        # workers import the app by name and load the same config (file + the inherited env)
-        if args.config:
-            os.environ[CONFIG_PATH_ENV] = str(Path(args.config).resolve())
-        else:
-            os.environ.pop(CONFIG_PATH_ENV, None)  # env alone, as loaded here
-    if server == "granian":
-        return _run_granian(cfg, host, port, workers, loop)
-    import uvicorn
-
-    common: dict[str, Any] = {"host": host, "port": port, "loop": loop, "http": "httptools", "access_log": False,
-              "log_config": None, "log_level": cfg.log_level.lower(), "proxy_headers": False,
-              "limit_concurrency": cfg.limit_concurrency, "timeout_keep_alive": cfg.timeout_keep_alive}
-    if workers > 1:
-        uvicorn.run(FACTORY, factory=True, workers=workers, **common)
-        return 0
-    from gateway.app import create_app
-
-    uvicorn.run(create_app(cfg), **common)
-    return 0
-
-
-FACTORY = "gateway.asgi:create_app_from_env"
-
-
-def _run_granian(cfg: GatewayConfig, host: str, port: int, workers: int, loop: str) -> int:
-    """Serve with granian (ASGI interface, HTTP/1.1, ``loop`` for the app); returns the exit code."""
     try:
-        from granian import Granian
-        from granian.constants import HTTPModes, Interfaces, Loops
-        from granian.log import LogLevels
-    except ImportError:
-        print("platebridge-gateway: config error: $.server: granian is not installed "
-              "(pip install granian, or the bench extra)", file=sys.stderr)
+        return serve(cfg, host=host, port=port, server=args.server or cfg.server, workers=args.workers,
+                     loop=args.loop or cfg.loop, config_path=args.config)
+    except ServerUnavailable as exc:
+        print(f"platebridge-gateway: config error: $.server: {exc}", file=sys.stderr)
         return 2
-    Granian(
-        FACTORY, factory=True, address=host, port=port, interface=Interfaces.ASGI, loop=Loops(loop),
-        http=HTTPModes.http1, websockets=False, workers=workers, backpressure=cfg.limit_concurrency,
-        log_enabled=True, log_level=LogLevels(cfg.log_level.lower()), log_access=False,
-    ).serve()
-    return 0
 
 
 def _check(argv: list[str]) -> int:

@@ -91,12 +91,17 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     port: int = 8080
     hlsjs_path: str | None = None
     access_log: bool = True
-    admin_token: str | None = None
-    limit_concurrency: int = 4096  # connections + tasks; beyond it uvicorn answers 503
-    timeout_keep_alive: int = 15  # portal service key for POST /pods/{pod_id}/nudge
-    # HTTP server: uvicorn (uvloop + httptools) or granian (ASGI); see docs/benchmarks.md. One
-    # process: the segment cache lives in it (the CLI's --workers exists for benchmarks).
-    server: Literal["uvicorn", "granian"] = "uvicorn"
+    admin_token: str | None = None  # portal service key for POST /pods/{pod_id}/nudge
+    # connections served at once; beyond it granian leaves new ones in the listen backlog
+    # (its backpressure), uvicorn answers 503 (it counts connections + tasks)
+    limit_concurrency: int = 4096
+    # s: an idle keep-alive connection, or one whose request headers are not in yet, is closed
+    # (granian: HTTP/1 header read timeout, at most 60 s)
+    timeout_keep_alive: int = 15
+    # HTTP server: granian (ASGI, HTTP/1.1) or uvicorn (httptools); gateway/server.py and
+    # docs/benchmarks.md say why granian is the default. One worker process: the segment cache
+    # lives in it (the CLI's --workers exists for benchmarks).
+    server: Literal["granian", "uvicorn"] = "granian"
     loop: Literal["uvloop", "asyncio"] = "uvloop"  # the event loop that runs the app
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -289,8 +294,10 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
     for key in ("port", "pod_port"):
         if not 1 <= getattr(cfg, key) <= 65535:
             raise _fail(f"$.{key}", "must be 1-65535")
-    if cfg.limit_concurrency < 16 or cfg.timeout_keep_alive < 1:
-        raise _fail("$.limit_concurrency", "limit_concurrency must be >= 16 and timeout_keep_alive >= 1")
+    if cfg.limit_concurrency < 16:
+        raise _fail("$.limit_concurrency", "must be >= 16 connections")
+    if not 1 <= cfg.timeout_keep_alive <= 60:
+        raise _fail("$.timeout_keep_alive", "must be 1-60 seconds")
     if cfg.segment_max_age < 1:
         raise _fail("$.segment_max_age", "must be >= 1 second (and at least the playlist window)")
     if cfg.admin_token is not None and len(cfg.admin_token) < 16:

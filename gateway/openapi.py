@@ -31,7 +31,8 @@ STREAMS_PATH = "/streams/{camera_id}/{path}"
 NUDGE_PATH = "/pods/{pod_id}/nudge"
 
 _TEXT = {"text/plain": {"schema": {"type": "string"}}}
-_MEDIA_TYPES = ("application/vnd.apple.mpegurl", "video/mp4", "video/mp2t", "audio/aac", "text/vtt")
+_MEDIA_TYPES = ("application/vnd.apple.mpegurl", "video/mp4", "video/mp2t", "audio/aac", "text/vtt",
+                "application/octet-stream")  # the last: EXT-X-KEY keys (.key)
 _CORS_HEADERS = {
     "Vary": {"description": "Always `Origin`.", "schema": {"type": "string"}},
     "Access-Control-Allow-Origin": {
@@ -94,7 +95,8 @@ def _get_responses(*, head: bool = False) -> dict[str, Any]:
     body = {} if head else {"content": {m: {"schema": {"type": "string"}} for m in _MEDIA_TYPES}}
     return {
         "200": {"description": "A rewritten playlist (every URI relative, with a fresh grant; `Cache-Control: "
-                               "no-cache, private`) or a segment from the gateway's cache.",
+                               "no-cache, private`), a segment from the gateway's cache, or an `EXT-X-KEY` key "
+                               "(`.key`, `Cache-Control: private, no-store`).",
                 **body, "headers": {"Cache-Control": {"schema": {"type": "string"}}, **_CORS_HEADERS}},
         "206": {"description": "The requested byte range of a segment.",
                 **({} if head else {"content": {m: {"schema": {"type": "string"}} for m in _MEDIA_TYPES[1:]}}),

@@ -67,7 +67,7 @@ from gateway.responses import PREFLIGHT, Cors, Headers, parse_range, send_body, 
 from gateway.session import ROOT_PLAYLIST, SessionGuard, _header
 from gateway.upstream import Upstream
 from protocol.ids import is_camera_id
-from protocol.paths import UnsafePath, content_type_for, safe_relative_path
+from protocol.paths import KEY_MEDIA_TYPE, UnsafePath, content_type_for, safe_relative_path
 from protocol.redact import redact
 
 log = logging.getLogger("platebridge.gateway")
@@ -419,6 +419,7 @@ class StreamProxy:
     async def _segment(self, scope, send, cors: Headers, grant: Grant, camera_id: str, base_url: str, rel: str,
                        query: str, ctype: str) -> int:
         is_init = rel.endswith(".mp4")
+        is_key = ctype == KEY_MEDIA_TYPE  # EXT-X-KEY: revalidated like init, never stored by browsers
         pod_id = grant.pod_id
         key = (pod_id, camera_id, rel, query)
         live = self._live.get((pod_id, camera_id))
@@ -438,17 +439,18 @@ class StreamProxy:
                                          kind="init" if is_init else "segment", stale=stale)
 
         before = self.segments.misses
-        flight = self.segments.get_or_fetch(key, fetch, revalidate=is_init)
+        flight = self.segments.get_or_fetch(key, fetch, revalidate=is_init or is_key)
         (self._cache_miss if self.segments.misses != before else self._cache_hit).inc()
+        cache_control = b"private, no-store" if is_key else b"private, no-cache" if is_init else self.segment_cc
         with flight.held():  # held from here: a body that leaves the cache stays readable (and charged) for us
-            return await self._serve_segment(scope, send, cors, flight, pod_id, ctype, is_init)
+            return await self._serve_segment(scope, send, cors, flight, pod_id, ctype, cache_control)
 
     async def _serve_segment(self, scope, send, cors: Headers, flight: Flight, pod_id: str, ctype: str,
-                             is_init: bool) -> int:
+                             cache_control: bytes) -> int:
         await flight.ready.wait()
         self._raise_for(flight, pod_id)
         headers = [(b"content-type", ctype.encode()), (b"accept-ranges", b"bytes"),
-                   (b"cache-control", b"private, no-cache" if is_init else self.segment_cc), *cors]
+                   (b"cache-control", cache_control), *cors]
         head = scope["method"] == "HEAD"
         rng = _header(scope, b"range")
         if rng is not None:

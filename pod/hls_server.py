@@ -63,7 +63,7 @@ from pod.metrics import HLS_REQUESTS, REGISTRY
 from pod.streamer import PLAYLIST, CameraStreamer
 from protocol.errors import TokenError
 from protocol.messages import Nudge
-from protocol.paths import UnsafePath, content_type_for, safe_relative_path
+from protocol.paths import KEY_MEDIA_TYPE, UnsafePath, content_type_for, safe_relative_path
 from protocol.tokens import DEFAULT_POD_CLOCK_SKEW, VerifyKeys, bearer_token, verify_pod_token
 
 VERSION = "0.1.0"
@@ -83,6 +83,8 @@ def _kind(path: str) -> str:
         return "playlist"
     if path.endswith(".mp4"):
         return "init"
+    if path.endswith(".key"):
+        return "key"
     return "segment" if path.endswith((".m4s", ".ts")) else "other"
 
 
@@ -108,7 +110,8 @@ def _from_disk(request: Request, streamer: CameraStreamer, rel: str, ctype: str,
     is_playlist = ctype == M3U8
     headers = {
         "ETag": etag,
-        "Cache-Control": "no-cache" if is_playlist or rel.endswith(".mp4") else "max-age=300",
+        "Cache-Control": ("no-store" if ctype == KEY_MEDIA_TYPE else "no-cache" if is_playlist or rel.endswith(".mp4")
+                          else "max-age=300"),
     }
     if request.headers.get("if-none-match") == etag:
         HLS_REQUESTS.labels(kind, "304").inc()

@@ -16,7 +16,7 @@ WATCHDOG_TRIPS = Counter(
 SEGMENT_AGE = Gauge("platebridge_pod_last_segment_age_seconds", "Age of the newest segment", ["camera_id"],
                     registry=REGISTRY)
 HLS_REQUESTS = Counter(
-    "platebridge_pod_hls_requests_total", "HLS requests by kind (playlist/init/segment/other) and status",
+    "platebridge_pod_hls_requests_total", "HLS requests by kind (playlist/init/segment/part/key/other) and status",
     ["kind", "status"], registry=REGISTRY,
 )
 MQTT_MESSAGES = Counter("platebridge_pod_mqtt_messages_total", "Frigate MQTT messages by result", ["result"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-__all__ = ["MAX_PATH_LENGTH", "UnsafePath", "content_type_for", "safe_relative_path"]
+__all__ = ["KEY_MEDIA_TYPE", "MAX_PATH_LENGTH", "UnsafePath", "content_type_for", "safe_relative_path"]
 
 MAX_PATH_LENGTH = 255
 
@@ -82,6 +82,9 @@ def safe_relative_path(path: str) -> str:
     return decoded
 
 
+#: media type of an ``EXT-X-KEY`` key file (``.key``; RFC 8216 §5.1: 16 octets for AES-128)
+KEY_MEDIA_TYPE = "application/octet-stream"
+
 _CONTENT_TYPES = {
     "m3u8": "application/vnd.apple.mpegurl",
     "m3u": "application/vnd.apple.mpegurl",
@@ -90,6 +93,7 @@ _CONTENT_TYPES = {
     "m4s": "video/mp4",
     "aac": "audio/aac",
     "vtt": "text/vtt",
+    "key": KEY_MEDIA_TYPE,
 }
 
 
@@ -98,7 +102,8 @@ def content_type_for(path: str) -> str | None:
 
     ``.m3u8``/``.m3u`` → ``application/vnd.apple.mpegurl`` (RFC 8216 §4),
     ``.ts`` → ``video/mp2t``, ``.mp4``/``.m4s`` → ``video/mp4``,
-    ``.aac`` → ``audio/aac``, ``.vtt`` → ``text/vtt``. Only the last path
+    ``.aac`` → ``audio/aac``, ``.vtt`` → ``text/vtt``, ``.key`` (an ``EXT-X-KEY``
+    key, RFC 8216 §4.3.2.4) → :data:`KEY_MEDIA_TYPE`. Only the last path
     segment is looked at; a query or fragment is not expected in *path*.
     """
     name = path.rsplit("/", 1)[-1]

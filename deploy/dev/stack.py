@@ -467,21 +467,24 @@ class Stack:
         wait_until(ready, timeout, what="pod /health running")
         return proc
 
-    def start_gateway(self, timeout: float = 20.0) -> Proc:
-        """Start the gateway; wait for ``/healthz``."""
-        cfg = self.workdir / "gateway.yaml"
-        cfg.write_text(yaml.safe_dump(self.gateway_config()))
+    def start_gateway(self, timeout: float = 20.0, *, name: str = "gateway", port: int | None = None) -> Proc:
+        """Start the gateway; wait for ``/healthz``. ``name`` and ``port`` start another
+        instance next to the stack's own (same keys and pods: several gateway hosts behind a
+        balancer), with its config in ``<name>.yaml`` and its log in ``<name>.log``."""
+        port = self.gateway_port if port is None else port
+        cfg = self.workdir / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump({**self.gateway_config(), "port": port}))
         own = self.gateway_bin == VENV_BIN / "platebridge-gateway"
-        proc = _spawn("gateway", [str(self.gateway_bin), "--config", str(cfg)], self.workdir,
+        proc = _spawn(name, [str(self.gateway_bin), "--config", str(cfg)], self.workdir,
                       cwd=ROOT if own else self.workdir)
-        self.procs["gateway"] = proc
+        self.procs[name] = proc
 
         def ready():
             if proc.popen.poll() is not None:
-                raise ProcessDied(f"gateway exited:\n{proc.tail()}")
-            return httpx.get(f"{self.gateway_url}/healthz", timeout=1).status_code == 200
+                raise ProcessDied(f"{name} exited:\n{proc.tail()}")
+            return httpx.get(f"http://{self.gateway_host}:{port}/healthz", timeout=1).status_code == 200
 
-        wait_until(ready, timeout, what="gateway /healthz")
+        wait_until(ready, timeout, what=f"{name} /healthz")
         return proc
 
     def user_token(self, ttl: float = 600, user_id: str = "demo-user") -> str:

@@ -219,6 +219,67 @@ def test_gateway_unit():
     assert "ReadWritePaths" not in svc, "the gateway keeps no state on disk"
 
 
+_MDWE = """import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN (Linux 6.3+)
+    sys.exit(77)
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def test_default_server_runs_under_the_units_memory_deny_write_execute(tmp_path):
+    """The unit sets ``MemoryDenyWriteExecute=yes``: no writable-and-executable memory, ever.
+    The gateway with its default server (granian: a Rust extension, its worker forked) serves
+    under the same rule, applied with the kernel's PR_SET_MDWE, which forks and execs inherit."""
+    import socket
+    import sys
+
+    import httpx
+
+    assert parse_unit(GW_UNIT)["Service"]["MemoryDenyWriteExecute"] == ["yes"]
+    # control: under the wrapper, writable + executable memory is refused
+    wx = "import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)"
+    control = subprocess.run([sys.executable, "-c", _MDWE, sys.executable, "-c", wx], capture_output=True, text=True,
+                             timeout=30)
+    if control.returncode == 77:
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
+    assert control.returncode != 0 and "PermissionError" in control.stderr, control.stderr
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text("stream_secret: " + "s" * 40 + "\npods: {gate-1: 'http://127.0.0.2:8000'}\nlog_level: WARNING\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).parent / "platebridge-gateway"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLATEBRIDGE_") and k != "POD_STREAM_SECRET"}
+    out = tmp_path / "out"
+    with open(out, "wb") as fh:
+        p = subprocess.Popen([sys.executable, "-c", _MDWE, str(exe), "--config", str(cfg), "--port", str(port)],
+                             stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if p.poll() is not None:
+                if p.returncode == 77:
+                    pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
+                pytest.fail(f"gateway exited {p.returncode} under MDWE:\n{out.read_text(errors='replace')}")
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2, trust_env=False)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, out.read_text(errors="replace")
+                time.sleep(0.1)
+        assert r.status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/streams/cam-1/index.m3u8", timeout=5,
+                         trust_env=False).status_code == 401  # the app in the worker answers, too
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
 def test_tailscaled_userspace_unit():
     u = parse_unit(TS_UNIT)
     svc = u["Service"]

@@ -1,9 +1,10 @@
-"""Gateway server choice: ``server`` / ``workers`` / ``loop`` config and CLI flags, and the
+"""Gateway server choice: ``server`` / ``workers`` / ``loop`` config and CLI flags, the
 import-by-name app factory (``gateway.asgi:create_app_from_env``) that granian and uvicorn
-workers use."""
+workers use, and the default server's process lifecycle (issue 15: granian by default)."""
 
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,20 +23,31 @@ ROOT = Path(__file__).resolve().parents[2]
 OK = {"stream_secret": "z" * 40, "pods": {"gate-1": "http://127.0.0.2:8000"}}
 
 
-def test_defaults_are_uvicorn_on_uvloop():
+def test_defaults_are_granian_on_uvloop():
     cfg = parse_config(OK, env={})
-    assert (cfg.server, cfg.loop) == ("uvicorn", "uvloop")
+    assert (cfg.server, cfg.loop) == ("granian", "uvloop")
 
 
 def test_server_and_loop_from_file_and_env():
-    cfg = parse_config({**OK, "server": "granian"}, env={"PLATEBRIDGE_GATEWAY_LOOP": "asyncio"})
-    assert (cfg.server, cfg.loop) == ("granian", "asyncio")
+    cfg = parse_config({**OK, "server": "uvicorn"}, env={"PLATEBRIDGE_GATEWAY_LOOP": "asyncio"})
+    assert (cfg.server, cfg.loop) == ("uvicorn", "asyncio")
+
+
+def test_granian_is_a_runtime_dependency():
+    """The default server is installed with the package, not only with an extra."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert any(r.startswith("granian") for r in project["dependencies"]), project["dependencies"]
 
 
 @pytest.mark.parametrize("over,path", [
     ({"workers": 2}, "$.workers"),  # not a config key: several workers break viewer sessions
     ({"server": "gunicorn"}, "$.server"),
     ({"loop": "trio"}, "$.loop"),
+    ({"timeout_keep_alive": 61}, "$.timeout_keep_alive"),  # granian's header timeout stops at 60 s
+    ({"timeout_keep_alive": 0}, "$.timeout_keep_alive"),
+    ({"limit_concurrency": 8}, "$.limit_concurrency"),
 ])
 def test_bad_server_options_name_the_key(over, path):
     with pytest.raises(ConfigError) as ei:
@@ -113,6 +125,21 @@ def _workers(pgid: int) -> list[int]:
     return [pid for pid in _group(pgid) if "multiprocessing.spawn import spawn_main" in _cmdline(pid)]
 
 
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) child processes of ``pid`` (granian forks its workers)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[1]) == pid:
+                out.append(int(d))
+    return out
+
+
 def _maps_uvloop(pid: int) -> bool:
     """Whether ``pid`` has uvloop's extension module (uvloop/loop.*.so) mapped."""
     with open(f"/proc/{pid}/maps") as f:
@@ -120,8 +147,8 @@ def _maps_uvloop(pid: int) -> bool:
 
 
 def test_granian_missing_is_a_clear_config_error(tmp_path):
-    """Without the optional granian package, ``--server granian`` exits 2 naming the key and
-    the fix instead of a traceback (``server: granian`` needs ``pip install -e '.[bench]'``)."""
+    """Should granian be missing (a broken install: it is a runtime dependency), the gateway
+    exits 2 naming the key and the fix instead of a traceback."""
     f = tmp_path / "gw.yaml"
     f.write_text("stream_secret: " + "s" * 40 + "\n")
     env = _env()
@@ -135,18 +162,20 @@ def test_granian_missing_is_a_clear_config_error(tmp_path):
 
 
 @pytest.mark.parametrize("flags,workers,uvloop", [
-    pytest.param(["--server", "uvicorn"], 1, True, id="uvicorn-default"),  # the control: uvloop is mapped
+    pytest.param([], "granian", True, id="default-granian"),  # the default: granian, the app on uvloop
+    pytest.param(["--loop", "asyncio"], "granian", False, id="granian-asyncio"),
+    pytest.param(["--server", "uvicorn"], 1, True, id="uvicorn"),
     pytest.param(["--server", "uvicorn", "--workers", "2"], 2, True, id="uvicorn-workers2"),
     pytest.param(["--server", "uvicorn", "--loop", "asyncio"], 1, False, id="uvicorn-asyncio"),
-    pytest.param(["--server", "granian"], None, None, id="granian"),  # granian: in the test extra
 ])
 def test_cli_serves_with_each_server_choice(tmp_path, flags, workers, uvloop):
-    """The gateway serves with each choice, and the choice is really applied: ``--workers 2``
-    logs its warning and runs exactly 2 uvicorn worker processes; the serving process maps
-    uvloop's extension module by default and does not with ``--loop asyncio``."""
+    """The gateway serves with each choice, and the choice is really applied: the default is
+    granian, serving from one forked worker process; ``--workers 2`` logs its warning and runs
+    exactly 2 uvicorn worker processes; the serving process maps uvloop's extension module by
+    default and does not with ``--loop asyncio``."""
     f = tmp_path / "gw.yaml"
     f.write_text("stream_secret: " + "s" * 40 + "\npods: {gate-1: 'http://127.0.0.2:8000'}\naccess_log: false\n"
-                 "log_level: WARNING\n")
+                 "log_level: INFO\n")
     port = _free_port()
     out = tmp_path / "gateway.out"
     with open(out, "wb") as fh:  # a file, not a PIPE nobody reads: the gateway can never block on its output
@@ -166,8 +195,17 @@ def test_cli_serves_with_each_server_choice(tmp_path, flags, workers, uvloop):
         # the hot path is served by the app each worker built: no token → 401, not a server error
         r = httpx.get(f"http://127.0.0.1:{port}/streams/cam-1/index.m3u8", timeout=5, trust_env=False)
         assert r.status_code == 401
-        if workers is not None:
-            text = out.read_text(errors="replace")
+        text = out.read_text(errors="replace")
+        if workers == "granian":
+            assert "workers:" not in text and "Traceback" not in text, text
+            serving = _children(p.pid)
+            assert len(serving) == 1 and _workers(p.pid) == [], [_cmdline(pid) for pid in _group(p.pid)]
+            # granian imports uvloop in every process (its loop registry), so the mapping says
+            # nothing: the worker logs the loop its app runs on
+            loop = "uvloop.Loop" if uvloop else "asyncio.unix_events._UnixSelectorEventLoop"
+            assert f"worker {serving[0]} serving (event loop {loop})" in text, text
+            return
+        else:
             spawned = _workers(p.pid)
             if workers > 1:
                 assert f"{workers} workers: each has its own segment cache" in text, text
@@ -181,11 +219,11 @@ def test_cli_serves_with_each_server_choice(tmp_path, flags, workers, uvloop):
                 assert "workers:" not in text, text
                 assert spawned == [], [_cmdline(pid) for pid in _group(p.pid)]
                 serving = [p.pid]
-            # a worker may still be importing when it is first seen: mappings only ever get added
-            deadline = time.monotonic() + 15
-            while [_maps_uvloop(pid) for pid in serving] != [uvloop] * len(serving) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert [_maps_uvloop(pid) for pid in serving] == [uvloop] * len(serving), (flags, serving)
+        # a worker may still be importing when it is first seen: mappings only ever get added
+        deadline = time.monotonic() + 15
+        while [_maps_uvloop(pid) for pid in serving] != [uvloop] * len(serving) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [_maps_uvloop(pid) for pid in serving] == [uvloop] * len(serving), (flags, serving)
     finally:
         os.killpg(p.pid, 15)
         try:
@@ -193,3 +231,102 @@ def test_cli_serves_with_each_server_choice(tmp_path, flags, workers, uvloop):
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, 9)
             p.wait()
+
+
+def _launch(tmp_path: Path, extra_config: str = "", flags: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int, Path]:
+    """Start ``python -m gateway`` (the default server unless ``flags`` say otherwise) in its own
+    session; wait for /healthz. Returns the process, its port and its output file."""
+    f = tmp_path / "gw.yaml"
+    f.write_text("stream_secret: " + "s" * 40 + "\npods: {gate-1: 'http://127.0.0.2:8000'}\naccess_log: false\n"
+                 "log_level: WARNING\n" + extra_config)
+    port = _free_port()
+    out = tmp_path / "gateway.out"
+    with open(out, "wb") as fh:
+        p = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(f), "--port", str(port), *flags],
+                             stdout=fh, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+    deadline = time.monotonic() + 30
+    while True:
+        assert p.poll() is None, out.read_text(errors="replace")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2, trust_env=False).status_code == 200:
+                return p, port, out
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "gateway did not come up"
+        time.sleep(0.1)
+
+
+def _stop_group(p: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while _group(p.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    p.wait(5)
+
+
+def _wait(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_default_server_stops_on_sigterm_with_exit_0_and_no_process_left(tmp_path):
+    p, _, out = _launch(tmp_path)
+    try:
+        assert _wait(lambda: len(_children(p.pid)) == 1, 10)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(20) == 0, out.read_text(errors="replace")
+        assert _wait(lambda: not _group(p.pid), 10), [_cmdline(pid) for pid in _group(p.pid)]
+    finally:
+        _stop_group(p)
+
+
+def test_a_killed_gateway_leaves_no_worker_serving_its_port(tmp_path):
+    """``kill -9`` of the gateway process (the OOM killer, a crashed host agent) takes its
+    worker down too: nothing is left answering on the port for a gateway that is gone."""
+    p, port, _ = _launch(tmp_path)
+    try:
+        assert _wait(lambda: len(_children(p.pid)) == 1, 10)
+        [worker] = _children(p.pid)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(5)
+        assert _wait(lambda: worker not in _group(p.pid), 10), "the worker outlived its gateway"
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2, trust_env=False)
+    finally:
+        _stop_group(p)
+
+
+def _closed_after(port: int, first: bytes, limit: float) -> float:
+    """Send ``first`` on a new connection, read whatever answer comes, then wait for the server
+    to close the connection; seconds from sending until the close (``limit`` + 1 if it did not)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=limit + 1) as s:
+        t0 = time.monotonic()
+        s.sendall(first)
+        try:
+            while s.recv(65536):
+                pass
+        except TimeoutError:
+            return limit + 1
+        return time.monotonic() - t0
+
+
+def test_timeout_keep_alive_closes_idle_and_slow_header_connections(tmp_path):
+    """``timeout_keep_alive`` (2 s here) reaches the default server: an idle keep-alive
+    connection and one whose request headers never complete are both closed after it, not
+    after granian's own 30 s."""
+    p, port, _ = _launch(tmp_path, "timeout_keep_alive: 2\n")
+    try:
+        idle = _closed_after(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 8)
+        slow = _closed_after(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", 8)
+        assert 1.5 <= idle <= 6, idle
+        assert 1.5 <= slow <= 6, slow
+    finally:
+        _stop_group(p)

@@ -107,6 +107,8 @@ def test_never_returns_dot_segment_for_dot_heavy_text(path: str) -> None:
         ("audio.aac", "audio/aac"),
         ("subs.vtt", "text/vtt"),
         ("key.bin", None),
+        ("keys/k1.key", "application/octet-stream"),  # EXT-X-KEY (RFC 8216 §4.3.2.4)
+        ("K1.KEY", "application/octet-stream"),
         ("README", None),
         ("m3u8", None),
         ("seg.ts.bak", None),

@@ -91,15 +91,17 @@ PATH_RULES_ACCEPT = {
     "raw_latin1_name_255_chars": (403, b"forbidden: a playlist grant cannot open a media", 404, b"not found"),
 }
 BAD_PATH = (400, b"bad path")
-# raw NUL and raw non-ASCII bytes in the request target: the HTTP server (uvicorn) refuses the
-# request before either app sees it; the path rules are checked for them directly below
+# raw NUL and raw non-ASCII bytes in the request target: the HTTP server refuses the request
+# before either app sees it (the pod's uvicorn with its message, the gateway's granian with an
+# empty 400); the path rules are checked for them directly below
 SERVER_REFUSES = {"nul_raw": (400, b"Invalid HTTP request received."),
                   "raw_latin1_name_255_chars": (400, b"Invalid HTTP request received.")}
+GATEWAY_SERVER_REFUSES = dict.fromkeys(SERVER_REFUSES, (400, b""))
 
 
 def expected_gateway(name: str) -> tuple[int, bytes]:
-    if name in SERVER_REFUSES:
-        return SERVER_REFUSES[name]
+    if name in GATEWAY_SERVER_REFUSES:
+        return GATEWAY_SERVER_REFUSES[name]
     return PATH_RULES_ACCEPT[name][:2] if name in PATH_RULES_ACCEPT else BAD_PATH
 
 

@@ -1,0 +1,145 @@
+"""Running the gateway's HTTP server: granian (the default) or uvicorn.
+
+:func:`serve` starts the server chosen by ``server`` / ``loop`` / ``--workers`` and blocks
+until it stops. Why granian is the default: ``docs/benchmarks.md`` ("Gateway vs nginx").
+In short, uvicorn on uvloop accepts one new connection per event-loop iteration (libuv ≥
+1.45, libuv/libuv#3696), so under load a burst of new connections waits seconds in the
+kernel's accept queue; granian accepts on its own Rust thread, and its tail stays close to
+nginx's.
+
+* **granian** (``server: granian``): ASGI over HTTP/1.1, ``loop`` runs the app. Granian
+  always serves from worker processes (one by default) that build the app by name,
+  :data:`FACTORY`, from the config file named in env ``PLATEBRIDGE_GATEWAY_CONFIG``;
+  ``limit_concurrency`` becomes granian's ``backpressure`` (connections served at once;
+  beyond it new connections wait in the listen backlog, unaccepted) and
+  ``timeout_keep_alive`` its HTTP/1 header read timeout (a keep-alive connection idle that
+  long, or a client that has not sent its headers by then, is closed). SIGTERM/SIGINT:
+  graceful stop, exit 0.
+* **uvicorn** (``server: uvicorn``): httptools, ``loop`` for the event loop; with one
+  worker the app is built here, in this process; with ``--workers`` > 1 each spawned worker
+  builds it from :data:`FACTORY`. ``limit_concurrency``: beyond it uvicorn answers 503.
+  After SIGTERM uvicorn re-raises the signal once it has shut down (exit 143).
+
+Worker processes die with the process that started them (:func:`die_with_supervisor`): a
+``kill -9`` of the gateway never leaves a worker serving on the port.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from gateway.config import CONFIG_PATH_ENV, GatewayConfig
+
+ServerKind = Literal["uvicorn", "granian"]
+LoopKind = Literal["uvloop", "asyncio"]
+#: the app factory worker processes import by name
+FACTORY = "gateway.asgi:create_app_from_env"
+#: pid of the process that started the workers; set by :func:`serve`, read by
+#: :func:`die_with_supervisor` in each worker (not a config key: no ``PLATEBRIDGE_GATEWAY_`` prefix)
+SUPERVISOR_PID_ENV = "PLATEBRIDGE_SUPERVISOR_PID"
+#: granian's HTTP/1 header read timeout is at most 60 s
+GRANIAN_MAX_HEADER_TIMEOUT = 60
+#: listen backlog of either server (connections the kernel completes before they are accepted)
+BACKLOG = 2048
+
+log = logging.getLogger("platebridge.gateway")
+_PR_SET_PDEATHSIG = 1
+
+
+class ServerUnavailable(Exception):
+    """The chosen server's package cannot be imported; ``str(exc)`` says what to install."""
+
+
+def serve(cfg: GatewayConfig, *, host: str, port: int, server: ServerKind, workers: int, loop: LoopKind,
+          config_path: str | None) -> int:
+    """Serve the gateway on ``host:port`` until stopped; returns the exit code.
+
+    ``config_path`` is the config file the workers load (None: the environment alone, as
+    ``cfg`` was loaded). Raises :class:`ServerUnavailable` when ``server``'s package is not
+    installed.
+    """
+    if workers > 1:
+        log.warning("%d workers: each has its own segment cache (up to %d pod fetches per segment)", workers, workers)
+    if server == "granian" or workers > 1:
+        # workers import the app by name and load the same config (file + the inherited env)
+        if config_path:
+            os.environ[CONFIG_PATH_ENV] = str(Path(config_path).resolve())
+        else:
+            os.environ.pop(CONFIG_PATH_ENV, None)
+        os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
+    if server == "granian":
+        return _serve_granian(cfg, host, port, workers, loop)
+    return _serve_uvicorn(cfg, host, port, workers, loop)
+
+
+def _serve_granian(cfg: GatewayConfig, host: str, port: int, workers: int, loop: LoopKind) -> int:
+    try:
+        from granian import Granian
+        from granian.constants import HTTPModes, Interfaces, Loops
+        from granian.http import HTTP1Settings
+        from granian.log import LogLevels
+    except ImportError:
+        raise ServerUnavailable("granian is not installed (pip install granian)") from None
+    header_timeout_ms = 1000 * min(cfg.timeout_keep_alive, GRANIAN_MAX_HEADER_TIMEOUT)
+    Granian(
+        FACTORY, factory=True, address=host, port=port, interface=Interfaces.ASGI, loop=Loops(loop),
+        http=HTTPModes.http1, websockets=False, workers=workers, backpressure=cfg.limit_concurrency,
+        backlog=BACKLOG,
+        http1_settings=HTTP1Settings(header_read_timeout=header_timeout_ms),
+        log_enabled=True, log_level=LogLevels(cfg.log_level.lower()), log_access=False,
+    ).serve()
+    return 0
+
+
+def _serve_uvicorn(cfg: GatewayConfig, host: str, port: int, workers: int, loop: LoopKind) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        raise ServerUnavailable("uvicorn is not installed (pip install uvicorn)") from None
+    common: dict[str, Any] = {
+        "host": host, "port": port, "loop": loop, "http": "httptools", "access_log": False, "log_config": None,
+        "log_level": cfg.log_level.lower(), "proxy_headers": False, "limit_concurrency": cfg.limit_concurrency,
+        "timeout_keep_alive": cfg.timeout_keep_alive, "backlog": BACKLOG}
+    if workers > 1:
+        uvicorn.run(FACTORY, factory=True, workers=workers, **common)
+        return 0
+    from gateway.app import create_app
+
+    uvicorn.run(create_app(cfg), **common)
+    return 0
+
+
+def die_with_supervisor() -> None:
+    """In a worker process started by :func:`serve`: ask Linux to send SIGTERM when the
+    process that started it dies (``PR_SET_PDEATHSIG``), so a worker never outlives a
+    killed gateway and keeps its port. Does nothing outside such a worker (env
+    ``PLATEBRIDGE_SUPERVISOR_PID`` unset or not the parent's pid) or off Linux. If the
+    supervisor is already gone, this process terminates itself at once."""
+    want = os.environ.get(SUPERVISOR_PID_ENV, "")
+    if not want.isdigit() or not sys.platform.startswith("linux") or os.getpid() == int(want):
+        return
+    if os.getppid() != int(want):
+        if not _alive(int(want)):  # orphaned before we could ask
+            os.kill(os.getpid(), signal.SIGTERM)
+        return  # started some other way (e.g. by hand with the variable set): not ours to tie
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("could not tie this worker to its supervisor (prctl errno %d)", ctypes.get_errno())
+    elif os.getppid() != int(want):  # the supervisor died between the check and prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
