@@ -148,6 +148,9 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         the stream-secret keyring. Raises :class:`ConfigError` for an unreadable or wrong key file."""
         if not self.pod_signing_key_file:
             return self.keyring()
+        if "-----BEGIN" in self.pod_signing_key_file or "\n" in self.pod_signing_key_file:
+            raise _fail("$.pod_signing_key_file", "expected the path of a PEM file, got key text (not shown); "
+                        "write the key to a file with mode 0600 and give its path")
         path = Path(self.pod_signing_key_file)
         try:
             pem = path.read_bytes()
@@ -202,6 +205,8 @@ def _fail(path: str, reason: str) -> ConfigError:
 
 
 def _check_base_url(path: str, url: str) -> None:
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise _fail(path, "must not contain spaces or control characters (CR, LF, tab)")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
@@ -248,6 +253,8 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
             ("user_token_secret", cfg.user_token_secrets, cfg.user_token_secret, cfg.user_token_secret_primary),
             ("grant_secret", cfg.grant_secrets, cfg.grant_secret, cfg.grant_secret_primary),
             ("stream_secret", cfg.stream_secrets, cfg.stream_secret, cfg.stream_secret_primary)):
+        if single is not None and not single:
+            raise _fail(f"$.{key}", "must not be empty (leave the key out instead)")
         ring = _ring(many, single)
         for kid, secret in ring.items():
             if not secret:

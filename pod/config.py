@@ -24,6 +24,7 @@ import re
 from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -293,6 +294,20 @@ def parse_bitrate(value: int | str) -> int | None:
     return round(float(m.group(1)) * scale)
 
 
+def _check_http_url(path: str, url: str) -> None:
+    """Raise :class:`ConfigError` at ``path`` unless ``url`` is ``http(s)://host[:port][/path]``
+    with no spaces or control characters."""
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise _fail(path, "must not contain spaces or control characters (CR, LF, tab)")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise _fail(path, "is not a valid URL (host or port)") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _fail(path, "must be an http(s)://host[:port] URL")
+
+
 def _fail(path: str, reason: str) -> ConfigError:
     return ConfigError(f"{path}: {reason}")
 
@@ -318,10 +333,15 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
         raise _fail("$.rtsp_timeout_seconds", "must be > 0 seconds")
     if cfg.tailnet_wait_seconds < 0:
         raise _fail("$.tailnet_wait_seconds", "must be >= 0 seconds (0 = wait forever)")
-    if not cfg.portal_url.startswith(("http://", "https://")):
-        raise _fail("$.portal_url", "must start with http:// or https://")
+    for key in ("portal_url", "frigate_url"):
+        _check_http_url(f"$.{key}", getattr(cfg, key))
     if not cfg.pod_api_key:
         raise _fail("$.pod_api_key", "must not be empty")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in cfg.pod_api_key):
+        # a YAML block scalar (`pod_api_key: |`) leaves a trailing newline: httpx refuses the
+        # header locally and every detection would be parked
+        raise _fail("$.pod_api_key", "must not contain whitespace or control characters (a YAML `|` block "
+                    "adds a newline: write the key on the same line)")
     if cfg.timezone is not None:
         try:
             ZoneInfo(cfg.timezone)

@@ -233,7 +233,7 @@ class Outbox:
                "next_attempt = ? WHERE state = 'failed'")
         args: list[object] = [float(now)]
         if reason is not None:
-            sql += " AND park_reason = ?"
+            sql += " AND COALESCE(park_reason, 'rejected') = ?"
             args.append(reason)
         if keys is not None:
             keys = list(keys)
@@ -266,7 +266,7 @@ class Outbox:
             where.append("state = ?")
             args.append(state)
         if reason is not None:
-            where.append("park_reason = ?")
+            where.append("COALESCE(park_reason, 'rejected') = ?")
             args.append(reason)
         if not where:
             raise ValueError("drop needs keys, a state or a reason")
@@ -337,7 +337,7 @@ class Outbox:
         sql = f"SELECT {_COLUMNS} FROM outbox WHERE state = ?"
         args: list[object] = [state]
         if reason is not None:
-            sql += " AND park_reason = ?"
+            sql += " AND COALESCE(park_reason, 'rejected') = ?"
             args.append(reason)
         sql += " ORDER BY id"
         if limit is not None:

@@ -67,7 +67,8 @@ def add_parser(sub: Any) -> None:
         if name == "list":
             c.add_argument("--state", choices=("pending", "parked", "all"), default="all")
             c.add_argument("--reason", help="only rows parked for this reason (auth, rejected, attempts, …)")
-            c.add_argument("--limit", type=int, default=200, help="at most this many rows per kind (default 200)")
+            c.add_argument("--limit", type=_positive_int, default=200,
+                           help="at most this many rows per kind (default 200)")
             c.add_argument("--json", action="store_true", help="one JSON object per line")
         else:
             c.add_argument("keys", nargs="*", metavar="KEY", help="event ids (idempotency keys)")
@@ -95,6 +96,10 @@ def main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None
         print(f"platebridge-pod outbox {cmd}: name rows: KEY…, --reason R" + (" or --all" if cmd == "retry" else ""),
               file=err)
         return EXIT_USAGE
+    foreign = _not_state_file(path)
+    if foreign:
+        print(f"platebridge-pod: {path}: not a PlateBridge state file ({foreign}); nothing changed", file=err)
+        return EXIT_STATE
     try:
         db = StateDB(path, [OUTBOX_TABLE, UPLOADS_TABLE, clipjobs.TABLE], name="state", heal=False)
     except (sqlite3.Error, OSError) as exc:
@@ -113,6 +118,23 @@ def main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None
         return EXIT_STATE
     finally:
         db.close()
+
+
+def _not_state_file(path: Path) -> str | None:
+    """Why the file at ``path`` is not an agent's state file (opened read-only: an empty or
+    another program's SQLite file must not get our tables), or None. A damaged file is left
+    to :class:`~pod.db.StateDB`'s own error."""
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = sorted(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    if "outbox" in tables:
+        return None
+    return f"tables: {', '.join(tables[:8])}" if tables else "an empty file"
 
 
 def _wants(args: argparse.Namespace, kind: str) -> bool:
@@ -211,6 +233,17 @@ def _retry(args: argparse.Namespace, outbox: Outbox, uploads: UploadQueue, out: 
     return EXIT_OK if total else EXIT_NONE
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (raises :class:`argparse.ArgumentTypeError` otherwise)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def _drop(args: argparse.Namespace, outbox: Outbox, uploads: UploadQueue, out: TextIO) -> int:
     keys = list(args.keys) or None
     dropped_det: list[Item] = []
@@ -218,8 +251,11 @@ def _drop(args: argparse.Namespace, outbox: Outbox, uploads: UploadQueue, out: T
     if _wants(args, "detect"):
         dropped_det = outbox.drop(keys=keys, reason=args.reason, state="failed" if args.reason else None)
     if _wants(args, "clip"):
-        ckeys = keys if keys is not None else [u.event_id for u in uploads.rows(("failed",))
-                                                if (u.park_reason or "rejected") == args.reason]
+        if args.reason is None:
+            ckeys = keys or []
+        else:  # as for detections: only parked rows, parked for that reason (among ``keys`` if given)
+            ckeys = [u.event_id for u in uploads.rows(("failed",))
+                     if (u.park_reason or "rejected") == args.reason and (keys is None or u.event_id in keys)]
         dropped_clip = uploads.drop(ckeys)
     out.writelines(f"dropped detect {it.key} ("
                    f"{'parked ' + (it.park_reason or 'rejected') if it.state == 'failed' else 'pending'})\n"

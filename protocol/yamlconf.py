@@ -1,8 +1,10 @@
 """Strict YAML and typed conversion for config files (pure: text in, data out).
 
 Like ``yaml.safe_load`` but refuses what would otherwise be silently wrong or
-crash later: duplicate keys (the last one would win), non-UTF-8 bytes, and
-pathologically deep nesting. Errors are ``ValueError`` with line/column.
+crash later: duplicate keys (the last one would win), non-UTF-8 bytes,
+pathologically deep nesting, and aliases (``*name``: a few nested ones expand to
+billions of nodes, the "billion laughs" attack, and config files never need them).
+Errors are ``ValueError`` with line/column.
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ MAX_DEPTH = 50
 
 
 class _StrictLoader(yaml.SafeLoader):
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            mark = event.start_mark
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{event.anchor}) are not supported in config files: write the value out",
+                mark)
+        return super().compose_node(parent, index)
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
