@@ -33,7 +33,7 @@ import msgspec
 from gateway.errors import ConfigError
 from protocol.ids import is_dns_label
 from protocol.tokens import Keyring, SigningKey
-from protocol.yamlconf import ConfigValueError, check_known_keys, convert_config, load_yaml
+from protocol.yamlconf import ConfigValueError, check_known_keys, convert_config, http_url_problem, load_yaml
 
 DiscoveryMode = Literal["static", "localapi", "tailscale_api"]
 ENV_PREFIX = "PLATEBRIDGE_GATEWAY_"
@@ -205,17 +205,9 @@ def _fail(path: str, reason: str) -> ConfigError:
 
 
 def _check_base_url(path: str, url: str) -> None:
-    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
-        raise _fail(path, "must not contain spaces or control characters (CR, LF, tab)")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        raise _fail(path, "is not a valid URL (host or port)") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _fail(path, "must be an http(s)://host:port URL")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
-        raise _fail(path, "must be scheme://host:port only (no path, query or credentials)")
+    problem = http_url_problem(url, origin_only=True)
+    if problem:
+        raise _fail(path, problem)
 
 
 def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConfig:

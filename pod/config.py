@@ -24,7 +24,6 @@ import re
 from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -32,7 +31,7 @@ import msgspec
 from pod.errors import BindRefused, ConfigError
 from protocol.ids import TAILNET_V4, TAILNET_V6, is_camera_id, is_dns_label
 from protocol.tokens import Keyring, PublicKeyring, VerifyKeys
-from protocol.yamlconf import ConfigValueError, check_known_keys, convert_config, load_yaml
+from protocol.yamlconf import ConfigValueError, check_known_keys, convert_config, http_url_problem, load_yaml
 
 LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
 _KID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
@@ -294,20 +293,6 @@ def parse_bitrate(value: int | str) -> int | None:
     return round(float(m.group(1)) * scale)
 
 
-def _check_http_url(path: str, url: str) -> None:
-    """Raise :class:`ConfigError` at ``path`` unless ``url`` is ``http(s)://host[:port][/path]``
-    with no spaces or control characters."""
-    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
-        raise _fail(path, "must not contain spaces or control characters (CR, LF, tab)")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        raise _fail(path, "is not a valid URL (host or port)") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _fail(path, "must be an http(s)://host[:port] URL")
-
-
 def _fail(path: str, reason: str) -> ConfigError:
     return ConfigError(f"{path}: {reason}")
 
@@ -334,7 +319,9 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
     if cfg.tailnet_wait_seconds < 0:
         raise _fail("$.tailnet_wait_seconds", "must be >= 0 seconds (0 = wait forever)")
     for key in ("portal_url", "frigate_url"):
-        _check_http_url(f"$.{key}", getattr(cfg, key))
+        problem = http_url_problem(getattr(cfg, key))
+        if problem:
+            raise _fail(f"$.{key}", problem)
     if not cfg.pod_api_key:
         raise _fail("$.pod_api_key", "must not be empty")
     if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in cfg.pod_api_key):

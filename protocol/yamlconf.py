@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 import yaml
@@ -110,3 +111,24 @@ def convert_config(data: Any, typ: type[T]) -> T:
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigValueError(f"$.{name}", "must be a finite number")
     return cfg
+
+
+def http_url_problem(url: str, *, origin_only: bool = False) -> str | None:
+    """Why ``url`` is not a usable ``http(s)://host[:port][/path]`` URL (RFC 3986), or None.
+
+    Refuses spaces and control characters (``urlsplit`` would silently drop CR/LF/tab),
+    a bad port, another scheme and a missing host; with ``origin_only`` also any path,
+    query, fragment or credentials. Pure: the caller raises with its key path."""
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        return "must not contain spaces or control characters (CR, LF, tab)"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return "is not a valid URL (host or port)"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http(s)://host:port URL" if origin_only else "must be an http(s)://host[:port] URL"
+    if origin_only and (parts.path not in ("", "/") or parts.query or parts.fragment or parts.username
+                        or parts.password):
+        return "must be scheme://host:port only (no path, query or credentials)"
+    return None

@@ -204,8 +204,11 @@ def test_duplicate_keys_refused(tmp_path):
 def test_cli_unusable_hls_dir_and_busy_port_exit_with_a_message(tmp_path):
     import socket
 
+    with socket.socket() as probe:  # a free port: the guide's 8000 may be taken on a busy machine
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
     cfg = base(stream_bind="127.0.0.2", hls_dir="/etc/passwd/hls", state_dir=str(tmp_path / "state"),
-               enable_mqtt=False)
+               enable_mqtt=False, stream_port=free)
     f = tmp_path / "config.yaml"
     f.write_text(yaml.safe_dump(cfg))
     r = _run_cli(["run", "--config", str(f)], tmp_path)
