@@ -324,11 +324,13 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
             raise _fail(f"$.{key}", problem)
     if not cfg.pod_api_key:
         raise _fail("$.pod_api_key", "must not be empty")
-    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in cfg.pod_api_key):
+    if (cfg.pod_api_key != cfg.pod_api_key.strip()
+            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in cfg.pod_api_key)):
         # a YAML block scalar (`pod_api_key: |`) leaves a trailing newline: httpx refuses the
-        # header locally and every detection would be parked
-        raise _fail("$.pod_api_key", "must not contain whitespace or control characters (a YAML `|` block "
-                    "adds a newline: write the key on the same line)")
+        # header locally (RFC 9110 §5.5: no CR/LF/NUL, no edge whitespace) and every detection
+        # would be parked
+        raise _fail("$.pod_api_key", "must not start or end with whitespace or contain control characters "
+                    "(a YAML `|` block adds a newline: write the key on the same line)")
     if cfg.timezone is not None:
         try:
             ZoneInfo(cfg.timezone)

@@ -56,7 +56,7 @@ def cli(*argv):
 
 # --- pod config -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("key", ["pbk_k\n", "   ", "pbk_k\r\nX-Evil: 1"])
+@pytest.mark.parametrize("key", ["pbk_k\n", "   ", "pbk_k\r\nX-Evil: 1", " pbk_k", "pbk_\x00k"])
 def test_api_key_that_cannot_be_sent_is_a_config_error(tmp_path, key):
     from pod.config import load_config
     with pytest.raises(ConfigError, match=r"\$\.pod_api_key"):
