@@ -31,8 +31,19 @@ def health(s) -> dict:
 
 
 def wait_health(s, pred, timeout: float, what: str, interval: float = 0.1) -> dict:
-    """Poll ``/health`` until ``pred(health)`` holds; returns that health document."""
-    return wait_until(lambda: (h := health(s)) and pred(h) and h, timeout, interval, what=what)
+    """Poll ``/health`` until ``pred(health)`` holds; returns that health document. On a
+    timeout the TimeoutError carries the last document's ``clips`` and ``outbox`` parts."""
+    last: dict = {}
+
+    def check():
+        last["h"] = h = health(s)
+        return pred(h) and h
+
+    try:
+        return wait_until(check, timeout, interval, what=what)
+    except TimeoutError as exc:
+        h = last.get("h") or {}
+        raise TimeoutError(f"{exc}; last /health clips={h.get('clips')!r} outbox={h.get('outbox')!r}") from None
 
 
 def metric(s, name: str, **labels: str) -> float:

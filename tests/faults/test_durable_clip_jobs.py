@@ -35,7 +35,7 @@ def test_clip_jobs_are_rebuilt_after_a_kill_or_reported_lost(tmp_path, figure):
     """Two SIGKILLs while clip jobs wait for their post-roll:
 
     1. Job C: the pod is killed, and the camera's HLS segments are deleted while it is down
-       (a long outage outlives the buffer the same way). After the restart C ends ``lost``
+       (a long outage outlives the buffer the same way); it stays down until C's window is over. After the restart C ends ``lost``
        with the reason, in /health, in ``platebridge-pod outbox list`` and in /metrics.
     2. Jobs A and P: the pod is killed ~1 s into their post-roll, its state file's and
        write-ahead log's headers and its whitelist cache overwritten with random bytes, and
@@ -63,6 +63,11 @@ def test_clip_jobs_are_rebuilt_after_a_kill_or_reported_lost(tmp_path, figure):
         kill_pod(s)
         for f in hls.iterdir():
             f.unlink()
+        # The outage outlives C's window (plus a segment and ffmpeg's program-date-time lag):
+        # a pod back sooner films the window's last second again, and a clip of that is
+        # built (with the pre-roll reported missing) instead of the job being reported lost.
+        window_over = float(c.split("-")[0]) + OVERRIDES["recording_duration"] + 4.0
+        wait_until(lambda: time.time() > window_over, 20, interval=0.2, what="the outage to outlive C's window")
         s.start_pod(timeout=60)
         h = wait_health(s, lambda h: h["clips"]["jobs"]["lost"] == 1, 30, "C reported lost")
         [lost] = [x for x in h["clips"]["recent_lost"] if x["event_id"] == c]
