@@ -9,6 +9,7 @@ installed), ``/metrics`` (Prometheus text format) and ``/schema/openapi.json``
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import html
 import logging
@@ -22,7 +23,7 @@ from litestar.enums import ScopeType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery
 from litestar.types import Receive, Scope, Send
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.config import GatewayConfig
 from gateway.discovery import Discovery, make_discovery
@@ -35,7 +36,8 @@ from gateway.errors import (
     status_of,
 )
 from gateway.grants import GrantSigner
-from gateway.metrics import REGISTRY
+from gateway.hoststore import HostStore
+from gateway.metrics import exposition, gauge_refresher
 from gateway.openapi import openapi_config
 from gateway.proxy import StreamProxy
 from gateway.session import SessionGuard, UserTokenVerifier, legacy_token_verifier
@@ -140,6 +142,7 @@ def create_app(
     proxy = StreamProxy(
         guard=guard, discovery=discovery, upstream=upstream, allowed_origins=cfg.allowed_origins,
         cache_max_bytes=cfg.cache_max_bytes, segment_max_age=cfg.segment_max_age, access_log_enabled=cfg.access_log,
+        host_store=HostStore(cfg.host_cache_dir, max_bytes=cfg.cache_max_bytes) if cfg.host_cache_dir else None,
     )
     hlsjs = Path(cfg.hlsjs_path) if cfg.hlsjs_path else default_hlsjs()
 
@@ -229,14 +232,23 @@ def create_app(
 
     @get("/metrics", sync_to_thread=False, media_type="text/plain")
     def metrics() -> Response:
-        return Response(content=generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(content=exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    tasks: list[asyncio.Task[None]] = []
+
+    def startup() -> None:
+        tasks.append(asyncio.create_task(gauge_refresher()))
 
     async def shutdown() -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await upstream.aclose()
         await discovery.aclose()
 
     app = Litestar(
         route_handlers=[watch, watch_js, hls_js, nudge, healthz, readyz, metrics],
+        on_startup=[startup],
         on_shutdown=[shutdown],
         openapi_config=openapi_config(_version()),
         logging_config=None,

@@ -31,7 +31,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.errors import Overloaded
 from gateway.llhls import PlaylistInfo
@@ -78,6 +78,19 @@ class ByteBudget:
         self.used -= n
 
 
+class FlightSink(Protocol):
+    """Told of a :class:`Flight`'s progress as it happens (see ``Flight.sink``). Must not raise."""
+
+    def started(self, status: int, headers: dict[str, str]) -> None:
+        """The pod answered ``status`` with ``headers``."""
+
+    def wrote(self, chunk: bytes) -> None:
+        """``chunk`` was appended to the body."""
+
+    def finished(self, flight: Flight) -> None:
+        """The flight is complete (``flight.error`` set if it broke)."""
+
+
 class Flight:
     """One shared upstream response.
 
@@ -86,11 +99,16 @@ class Flight:
     With a ``budget``, every appended byte is charged to it until :meth:`release`.
     ``verdict``: what the proxy concluded about a playlist body, once per upstream response
     (None: not looked at yet; otherwise the proxy's checked view of it or the error it maps to).
+    ``born``: :func:`time.monotonic` seconds when the pod's answer began (its headers); a body
+    copied from the host store (:mod:`gateway.hoststore`) is back-dated to its fetch.
+    ``sink``: an optional :class:`FlightSink` told of every start, chunk and finish (the host
+    store writes the body to a file for the other worker processes as it arrives).
     """
 
     __slots__ = (
         "_joined",
         "_waiters",
+        "born",
         "budget",
         "cached",
         "charged",
@@ -103,6 +121,7 @@ class Flight:
         "headers",
         "readers",
         "ready",
+        "sink",
         "size",
         "status",
         "task",
@@ -128,6 +147,8 @@ class Flight:
         self.readers = 0  # viewers being sent this body (its bytes stay charged)
         self.counted = False  # its size is in SegmentCache.size_bytes
         self.verdict: object = None
+        self.born = self.created
+        self.sink: FlightSink | None = None
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -139,6 +160,9 @@ class Flight:
         """Record the upstream status line and headers; wakes header waiters."""
         self.status, self.headers = status, headers
         self.etag = headers.get("etag")
+        self.born = time.monotonic()
+        if self.sink is not None:
+            self.sink.started(status, headers)
         self.ready.set()
 
     def append(self, chunk: bytes) -> None:
@@ -148,6 +172,8 @@ class Flight:
                 if not self.budget.charge(len(chunk)):
                     raise Overloaded("gateway memory budget (cache_max_bytes) is full of bodies in flight")
                 self.charged += len(chunk)
+            if self.sink is not None:
+                self.sink.wrote(chunk)
             self.chunks.append(chunk)
             self.size += len(chunk)
             self._wake()
@@ -185,6 +211,9 @@ class Flight:
             error.__traceback__ = error.__context__ = error.__cause__ = None
         self.error = error
         self.done = True
+        if self.sink is not None:
+            sink, self.sink = self.sink, None
+            sink.finished(self)
         self.ready.set()
         self._wake()
         self.release()
@@ -254,14 +283,17 @@ class SegmentCache:
 
     Only complete 200 responses stay cached; errors and non-200s are shared by
     the requests that overlapped them, then dropped. Entries bigger than a
-    quarter of the budget are streamed but not kept.
+    quarter of the budget are streamed but not kept. With ``keep=False`` no complete
+    entry is kept at all (single-flight only: the host store keeps them, see
+    :mod:`gateway.hoststore`).
     """
 
-    def __init__(self, budget: ByteBudget | int, *, revalidate_after: float = 1.0) -> None:
+    def __init__(self, budget: ByteBudget | int, *, revalidate_after: float = 1.0, keep: bool = True) -> None:
         self.budget = budget if isinstance(budget, ByteBudget) else ByteBudget(budget)
         self.budget.add_evictor(self._evict)
         self.max_bytes = self.budget.limit
         self.revalidate_after = revalidate_after
+        self.keep = keep
         self._entries: OrderedDict[Any, Flight] = OrderedDict()
         self._bytes = 0
         self.hits = 0
@@ -335,7 +367,7 @@ class SegmentCache:
         if self._entries.get(key) is not flight:
             flight.uncache()
             return
-        if not _kept(flight) or flight.size > self.max_bytes // 4:
+        if not self.keep or not _kept(flight) or flight.size > self.max_bytes // 4:
             self._drop(key)
             return
         self._bytes += flight.size
@@ -454,7 +486,7 @@ class PlaylistCache:
         current = self._newest.get(channel)
         if current is not None and not info.newer_than(current.info):
             return False
-        self._newest[channel] = Newest(flight, info, time.monotonic())
+        self._newest[channel] = Newest(flight, info, flight.born)  # a copy from the host store: its age
         self._newest.move_to_end(channel)
         if current is not None:
             current.flight.uncache()

@@ -20,6 +20,7 @@ for benchmarks only: each worker has its own segment cache (see ``docs/benchmark
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from gateway.config import load_config
@@ -42,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", help="listen address (overrides config)")
     p.add_argument("--port", type=int, help="listen port (overrides config)")
     p.add_argument("--server", choices=("granian", "uvicorn"), help="HTTP server (overrides config `server`)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="worker processes, for benchmarks only: each has its own cache (grants are stateless, "
-                        "but without grant_secret or pod_signing_key_file each worker has its own grant key)")
+    p.add_argument("--workers", type=int,
+                   help="worker processes (overrides config `workers`; default one per CPU); they share one "
+                        "host store, so each segment costs one pod fetch per host")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), help="event loop (overrides config `loop`)")
     args = p.parse_args(argv)
     try:
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     host, port = args.host or cfg.host, args.port or cfg.port
     setup_logging(cfg.log_level)
     try:
-        return serve(cfg, host=host, port=port, server=args.server or cfg.server, workers=args.workers,
+        workers = args.workers or cfg.workers or os.cpu_count() or 1
+        return serve(cfg, host=host, port=port, server=args.server or cfg.server, workers=workers,
                      loop=args.loop or cfg.loop, config_path=args.config)
     except ServerUnavailable as exc:
         print(f"platebridge-gateway: config error: $.server: {exc}", file=sys.stderr)

@@ -99,9 +99,15 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # (granian: HTTP/1 header read timeout, at most 60 s)
     timeout_keep_alive: int = 15
     # HTTP server: granian (ASGI, HTTP/1.1) or uvicorn (httptools); gateway/server.py and
-    # docs/benchmarks.md say why granian is the default. One worker process: the segment cache
-    # lives in it (the CLI's --workers exists for benchmarks).
+    # docs/benchmarks.md say why granian is the default.
     server: Literal["granian", "uvicorn"] = "granian"
+    # worker processes (None: one per CPU). They share one host store (host_cache_dir), so a
+    # segment costs one pod fetch per host however many workers serve it
+    workers: int | None = None
+    # the host store's directory, on a tmpfs (gateway/hoststore.py); None: with more than one
+    # worker, a fresh private directory under /dev/shm for each run. Its kept bodies are
+    # bounded by cache_max_bytes
+    host_cache_dir: str | None = None
     loop: Literal["uvloop", "asyncio"] = "uvloop"  # the event loop that runs the app
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -172,6 +178,11 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if isinstance(signer, SigningKey):
             return [signer.derive(GRANT_KEY_INFO)]
         return [os.urandom(32)]
+
+    def grant_keys_configured(self) -> bool:
+        """Whether the grant key comes from config (``grant_secret(s)`` or ``pod_signing_key_file``),
+        so every worker and every restart derives the same one."""
+        return bool(_ring(self.grant_secrets, self.grant_secret)) or bool(self.pod_signing_key_file)
 
     def legacy_warnings(self) -> list[str]:
         """One line per role that falls back to the shared legacy ``stream_secret``."""
@@ -305,6 +316,10 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
         raise _fail("$.grant_ttl", "must be >= 10 seconds (players fetch segments after the playlist)")
     if cfg.cache_max_bytes < 1024 * 1024:
         raise _fail("$.cache_max_bytes", "must be >= 1 MiB")
+    if cfg.workers is not None and not 1 <= cfg.workers <= 64:
+        raise _fail("$.workers", "must be 1-64 worker processes (or left out: one per CPU)")
+    if cfg.host_cache_dir is not None and not os.path.isabs(cfg.host_cache_dir):
+        raise _fail("$.host_cache_dir", "must be an absolute path (a directory on a tmpfs, mode 0700)")
     if cfg.upstream_proxy:
         try:
             proxy = urlsplit(cfg.upstream_proxy)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import email.utils
 import logging
+import math
 import re
 import time
 from collections import deque
@@ -60,8 +61,9 @@ from gateway.errors import (
     UpstreamStatus,
 )
 from gateway.grants import GRANT_PARAM, Grant, Kind
+from gateway.hoststore import HostStore, Stored, key_name
 from gateway.llhls import MAX_HOLD_TARGET, Directives, PlaylistInfo, inspect_playlist, parse_directives
-from gateway.metrics import BYTES_OUT, CACHE, CACHE_BYTES, PLAYLISTS, REQUESTS, UPSTREAM, VIEWERS
+from gateway.metrics import BYTES_OUT, CACHE, CACHE_BYTES, PLAYLISTS, REQUESTS, UPSTREAM, VIEWERS, live_gauge
 from gateway.playlist import Template, compile_playlist, part_target, target_duration
 from gateway.responses import PREFLIGHT, Cors, Headers, parse_range, send_body, send_error, send_start
 from gateway.session import ROOT_PLAYLIST, SessionGuard, _header
@@ -77,6 +79,8 @@ M3U8 = "application/vnd.apple.mpegurl"
 PREFIX = b"/streams/"
 _DESCRIPTION = re.compile(r'error_description="([^"]{0,200})"')
 _REFUSAL_LOG_EVERY = 60.0
+#: the ASGI path-send extension (granian): the server sends a file's bytes itself
+_PATHSEND = "http.response.pathsend"
 
 
 class PlaylistView:
@@ -135,13 +139,16 @@ class StreamProxy:
         cache_max_bytes: int = 256 * 1024 * 1024,
         segment_max_age: int = 60,
         access_log_enabled: bool = True,
+        host_store: HostStore | None = None,
     ) -> None:
         self.guard = guard
         self.discovery = discovery
         self.upstream = upstream
         self.cors = Cors(allowed_origins)
         self.budget = ByteBudget(cache_max_bytes)
-        self.segments = SegmentCache(self.budget)
+        self.host = host_store
+        # with a host store, complete segments live there (one copy per host, sent from the file)
+        self.segments = SegmentCache(self.budget, keep=host_store is None)
         self.playlists = PlaylistCache(budget=self.budget,
                                        max_inflight=3 * MAX_HOLD_TARGET + upstream.deadline + 5.0)
         self.segment_cc = f"private, max-age={int(segment_max_age)}, immutable".encode()
@@ -152,8 +159,8 @@ class StreamProxy:
         self._live: dict[tuple[str, str], CameraLive] = {}
         self._from = {source: PLAYLISTS.labels(source) for source in ("newest", "joined", "fetched")}
         self._refusals_logged: dict[str, float] = {}
-        VIEWERS.set_function(self.active_viewers)
-        CACHE_BYTES.set_function(lambda: self.budget.used)
+        live_gauge(VIEWERS, self.active_viewers)
+        live_gauge(CACHE_BYTES, lambda: self.budget.used)
 
     def active_viewers(self, window: float = 30.0) -> int:
         """Distinct viewing sessions that loaded a playlist in the last ``window`` s."""
@@ -377,7 +384,7 @@ class StreamProxy:
                                                   if directives is not None else "") if q)
             hold = live.hold if generation is not None and live is not None else 0.0
 
-            async def fetch(flight: Flight) -> None:
+            async def from_pod(flight: Flight, _stale: Flight | None = None) -> None:
                 url = self.upstream.url(base_url, camera_id, rel, upstream_query)
                 UPSTREAM.labels("playlist").inc()
                 if hold:  # the pod holds it up to `hold` s, then it still has the normal time to answer
@@ -386,6 +393,20 @@ class StreamProxy:
                                              deadline=hold + self.upstream.deadline)
                 else:
                     await self.upstream.fill(flight, url, pod_id=pod_id, camera_id=camera_id, kind="playlist")
+
+            def shared_for(flight: Flight) -> float | None:
+                """Seconds the other workers may reuse this answer: the same pacing as here."""
+                try:
+                    info = self._view(flight, pod_id, camera_id, base_url, rel).info
+                except PlaylistError:
+                    return None
+                return info.reload_ttl() if generation is None else info.hold()
+
+            async def fetch(flight: Flight) -> None:
+                if self.host is None:
+                    await from_pod(flight)
+                else:  # one fetch per host: the other workers follow or reuse it
+                    await self.host.fill(("playlist", channel, generation), flight, from_pod, ttl=shared_for)
 
             def settle(flight: Flight) -> PlaylistInfo | None:
                 try:
@@ -427,7 +448,16 @@ class StreamProxy:
         # starts, so it gets the hold time on top of the normal deadline, from the held pool
         hold = live.hold if live is not None and rel in live.hints else 0.0
 
-        async def fetch(flight: Flight, stale: Flight | None) -> None:
+        cache_control = b"private, no-store" if is_key else b"private, no-cache" if is_init else self.segment_cc
+        if self.host is not None:
+            entry = self.host.lookup(key_name(key))
+            if entry is not None and entry.fresh(time.time()):
+                sent = await self._send_stored(scope, send, cors, entry, ctype, cache_control)
+                if sent:
+                    self._cache_hit.inc()
+                    return sent
+
+        async def from_pod(flight: Flight, stale: Flight | None) -> None:
             url = self.upstream.url(base_url, camera_id, rel, query)
             UPSTREAM.labels("init" if is_init else "segment").inc()
             if hold:
@@ -438,12 +468,50 @@ class StreamProxy:
                 await self.upstream.fill(flight, url, pod_id=pod_id, camera_id=camera_id,
                                          kind="init" if is_init else "segment", stale=stale)
 
+        revalidate = is_init or is_key
+        host = self.host
+
+        async def fetch(flight: Flight, stale: Flight | None) -> None:
+            if host is None:
+                await from_pod(flight, stale)
+            else:  # one fetch per host: the other workers follow this one or reuse its file
+                ttl = self.segments.revalidate_after if revalidate else math.inf
+                await host.fill(key, flight, from_pod, ttl=lambda _f: ttl, revalidate=revalidate)
+
         before = self.segments.misses
-        flight = self.segments.get_or_fetch(key, fetch, revalidate=is_init or is_key)
+        flight = self.segments.get_or_fetch(key, fetch, revalidate=revalidate)
         (self._cache_miss if self.segments.misses != before else self._cache_hit).inc()
-        cache_control = b"private, no-store" if is_key else b"private, no-cache" if is_init else self.segment_cc
         with flight.held():  # held from here: a body that leaves the cache stays readable (and charged) for us
             return await self._serve_segment(scope, send, cors, flight, pod_id, ctype, cache_control)
+
+    async def _send_stored(self, scope, send, cors: Headers, entry: Stored, ctype: str, cache_control: bytes) -> int:
+        """Answer from a kept host-store entry; 0 when its file went away (the caller fetches).
+
+        Without a Range header, under a server offering the ASGI path-send extension
+        (granian), the server sends the file itself (no copy through Python); otherwise the
+        body is read and sent as a complete flight (ranges: :meth:`_range`)."""
+        head = scope["method"] == "HEAD"
+        rng = _header(scope, b"range")
+        if rng is None and (head or _PATHSEND in (scope.get("extensions") or {})):
+            headers = [(b"content-type", ctype.encode()), (b"accept-ranges", b"bytes"),
+                       (b"cache-control", cache_control), (b"content-length", str(entry.size).encode()), *cors]
+            await send_start(send, 200, headers)
+            if head:
+                await send({"type": "http.response.body", "body": b""})
+            else:
+                await send({"type": _PATHSEND, "path": str(entry.path)})
+                BYTES_OUT.inc(entry.size)
+            return 200
+        assert self.host is not None
+        data = self.host.read(entry)
+        if data is None:
+            return 0
+        flight = Flight()
+        flight.cached = True  # held here: a finished flight nobody holds lets its body go
+        flight.start(200, dict(entry.headers))
+        flight.append(data)
+        flight.finish()
+        return await self._serve_segment(scope, send, cors, flight, "", ctype, cache_control)
 
     async def _serve_segment(self, scope, send, cors: Headers, flight: Flight, pod_id: str, ctype: str,
                              cache_control: bytes) -> int:

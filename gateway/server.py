@@ -29,12 +29,15 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import secrets
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.config import CONFIG_PATH_ENV, GatewayConfig
+from gateway.config import CONFIG_PATH_ENV, ENV_PREFIX, GatewayConfig
 
 ServerKind = Literal["uvicorn", "granian"]
 LoopKind = Literal["uvloop", "asyncio"]
@@ -43,8 +46,15 @@ FACTORY = "gateway.asgi:create_app_from_env"
 #: pid of the process that started the workers; set by :func:`serve`, read by
 #: :func:`die_with_supervisor` in each worker (not a config key: no ``PLATEBRIDGE_GATEWAY_`` prefix)
 SUPERVISOR_PID_ENV = "PLATEBRIDGE_SUPERVISOR_PID"
+#: prometheus_client's multiprocess directory (gateway.metrics.MULTIPROC_ENV). Not imported from
+#: there: prometheus_client picks its value store when first imported, which must happen in each
+#: worker after this variable is set, never in the process that forks them
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: granian's HTTP/1 header read timeout is at most 60 s
 GRANIAN_MAX_HEADER_TIMEOUT = 60
+#: s: granian kills a worker that has not stopped this long after SIGTERM (one still starting
+#: up when the signal came would otherwise keep the gateway from exiting)
+WORKERS_KILL_TIMEOUT = 10
 #: listen backlog of either server (connections the kernel completes before they are accepted)
 BACKLOG = 2048
 
@@ -64,8 +74,7 @@ def serve(cfg: GatewayConfig, *, host: str, port: int, server: ServerKind, worke
     ``cfg`` was loaded). Raises :class:`ServerUnavailable` when ``server``'s package is not
     installed.
     """
-    if workers > 1:
-        log.warning("%d workers: each has its own segment cache (up to %d pod fetches per segment)", workers, workers)
+    own_store = own_metrics = None
     if server == "granian" or workers > 1:
         # workers import the app by name and load the same config (file + the inherited env)
         if config_path:
@@ -73,9 +82,35 @@ def serve(cfg: GatewayConfig, *, host: str, port: int, server: ServerKind, worke
         else:
             os.environ.pop(CONFIG_PATH_ENV, None)
         os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
-    if server == "granian":
-        return _serve_granian(cfg, host, port, workers, loop)
-    return _serve_uvicorn(cfg, host, port, workers, loop)
+    if workers > 1:
+        if cfg.host_cache_dir is None:  # one host store for this run's workers, gone when it ends
+            own_store = tempfile.mkdtemp(prefix="platebridge-gateway-", dir=_tmpfs())
+            os.environ[ENV_PREFIX + "HOST_CACHE_DIR"] = own_store
+        if not cfg.grant_keys_configured():
+            # the workers must verify each other's grants: one random key for this run (sessions
+            # end with it, as they would with one worker); config keys keep them across restarts
+            os.environ[ENV_PREFIX + "GRANT_SECRET"] = secrets.token_urlsafe(48)
+        if not os.environ.get(MULTIPROC_ENV):  # /metrics sums over the workers (prometheus_client)
+            own_metrics = tempfile.mkdtemp(prefix="platebridge-gateway-metrics-", dir=_tmpfs())
+            os.environ[MULTIPROC_ENV] = own_metrics
+        log.info("%d workers sharing the host store %s", workers, cfg.host_cache_dir or own_store)
+    try:
+        if server == "granian":
+            return _serve_granian(cfg, host, port, workers, loop)
+        return _serve_uvicorn(cfg, host, port, workers, loop)
+    finally:
+        for own in (own_store, own_metrics):
+            if own is not None:
+                shutil.rmtree(own, ignore_errors=True)
+
+
+#: where a run's own host store goes (a tmpfs on Linux); mkdtemp makes a fresh 0700 directory in it
+SHM_DIR = "/dev/shm"  # noqa: S108 - a private mkdtemp directory inside it, never a fixed name
+
+
+def _tmpfs() -> str | None:
+    """:data:`SHM_DIR` when this user can write there, else the default temp dir."""
+    return SHM_DIR if os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK | os.X_OK) else None
 
 
 def _serve_granian(cfg: GatewayConfig, host: str, port: int, workers: int, loop: LoopKind) -> int:
@@ -90,7 +125,7 @@ def _serve_granian(cfg: GatewayConfig, host: str, port: int, workers: int, loop:
     Granian(
         FACTORY, factory=True, address=host, port=port, interface=Interfaces.ASGI, loop=Loops(loop),
         http=HTTPModes.http1, websockets=False, workers=workers, backpressure=cfg.limit_concurrency,
-        backlog=BACKLOG,
+        backlog=BACKLOG, workers_kill_timeout=WORKERS_KILL_TIMEOUT,
         http1_settings=HTTP1Settings(header_read_timeout=header_timeout_ms),
         log_enabled=True, log_level=LogLevels(cfg.log_level.lower()), log_access=False,
     ).serve()

@@ -4,6 +4,7 @@ workers use, and the default server's process lifecycle (issue 15: granian by de
 
 import importlib.util
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -42,7 +43,9 @@ def test_granian_is_a_runtime_dependency():
 
 
 @pytest.mark.parametrize("over,path", [
-    ({"workers": 2}, "$.workers"),  # not a config key: several workers break viewer sessions
+    ({"workers": 0}, "$.workers"),
+    ({"workers": 65}, "$.workers"),
+    ({"host_cache_dir": "relative/store"}, "$.host_cache_dir"),
     ({"server": "gunicorn"}, "$.server"),
     ({"loop": "trio"}, "$.loop"),
     ({"timeout_keep_alive": 61}, "$.timeout_keep_alive"),  # granian's header timeout stops at 60 s
@@ -53,6 +56,13 @@ def test_bad_server_options_name_the_key(over, path):
     with pytest.raises(ConfigError) as ei:
         parse_config({**OK, **over}, env={})
     assert str(ei.value).startswith(path), str(ei.value)
+
+
+def test_workers_default_to_one_per_cpu_and_share_a_host_store():
+    cfg = parse_config(OK, env={})
+    assert cfg.workers is None and cfg.host_cache_dir is None  # None: os.cpu_count(), a fresh /dev/shm dir
+    cfg = parse_config({**OK, "workers": 4, "host_cache_dir": "/dev/shm/pb"}, env={})
+    assert (cfg.workers, cfg.host_cache_dir) == (4, "/dev/shm/pb")
 
 
 def test_config_path_env_is_not_a_config_key():
@@ -161,18 +171,22 @@ def test_granian_missing_is_a_clear_config_error(tmp_path):
     assert "$.server: granian is not installed" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+CPUS = os.cpu_count() or 1
+
+
 @pytest.mark.parametrize("flags,workers,uvloop", [
-    pytest.param([], "granian", True, id="default-granian"),  # the default: granian, the app on uvloop
-    pytest.param(["--loop", "asyncio"], "granian", False, id="granian-asyncio"),
-    pytest.param(["--server", "uvicorn"], 1, True, id="uvicorn"),
+    # the default: granian, one forked worker per CPU, the app on uvloop
+    pytest.param([], ("granian", CPUS), True, id="default-granian"),
+    pytest.param(["--loop", "asyncio", "--workers", "1"], ("granian", 1), False, id="granian-asyncio"),
+    pytest.param(["--server", "uvicorn", "--workers", "1"], 1, True, id="uvicorn"),
     pytest.param(["--server", "uvicorn", "--workers", "2"], 2, True, id="uvicorn-workers2"),
-    pytest.param(["--server", "uvicorn", "--loop", "asyncio"], 1, False, id="uvicorn-asyncio"),
+    pytest.param(["--server", "uvicorn", "--loop", "asyncio", "--workers", "1"], 1, False, id="uvicorn-asyncio"),
 ])
 def test_cli_serves_with_each_server_choice(tmp_path, flags, workers, uvloop):
     """The gateway serves with each choice, and the choice is really applied: the default is
-    granian, serving from one forked worker process; ``--workers 2`` logs its warning and runs
-    exactly 2 uvicorn worker processes; the serving process maps uvloop's extension module by
-    default and does not with ``--loop asyncio``."""
+    granian, serving from one forked worker process per CPU; ``--workers 2`` logs the host store
+    its workers share and runs exactly 2 uvicorn worker processes; the serving process maps
+    uvloop's extension module by default and does not with ``--loop asyncio``."""
     f = tmp_path / "gw.yaml"
     f.write_text("stream_secret: " + "s" * 40 + "\npods: {gate-1: 'http://127.0.0.2:8000'}\naccess_log: false\n"
                  "log_level: INFO\n")
@@ -196,19 +210,23 @@ def test_cli_serves_with_each_server_choice(tmp_path, flags, workers, uvloop):
         r = httpx.get(f"http://127.0.0.1:{port}/streams/cam-1/index.m3u8", timeout=5, trust_env=False)
         assert r.status_code == 401
         text = out.read_text(errors="replace")
-        if workers == "granian":
-            assert "workers:" not in text and "Traceback" not in text, text
+        if isinstance(workers, tuple):
+            n = workers[1]
+            assert "Traceback" not in text, text
+            assert (f"{n} workers sharing the host store" in text) == (n > 1), text
+            assert _wait(lambda: len(_children(p.pid)) == n, 15), [_cmdline(pid) for pid in _group(p.pid)]
             serving = _children(p.pid)
-            assert len(serving) == 1 and _workers(p.pid) == [], [_cmdline(pid) for pid in _group(p.pid)]
+            assert _workers(p.pid) == [], [_cmdline(pid) for pid in _group(p.pid)]
             # granian imports uvloop in every process (its loop registry), so the mapping says
-            # nothing: the worker logs the loop its app runs on
+            # nothing: each worker logs the loop its app runs on
             loop = "uvloop.Loop" if uvloop else "asyncio.unix_events._UnixSelectorEventLoop"
-            assert f"worker {serving[0]} serving (event loop {loop})" in text, text
+            assert _wait(lambda: all(f"worker {pid} serving (event loop {loop})" in out.read_text(errors="replace")
+                                     for pid in serving), 15), out.read_text(errors="replace")
             return
         else:
             spawned = _workers(p.pid)
             if workers > 1:
-                assert f"{workers} workers: each has its own segment cache" in text, text
+                assert f"{workers} workers sharing the host store" in text, text
                 # both workers up (the first one may answer /healthz before the second is serving)
                 deadline = time.monotonic() + 15
                 while len(spawned := _workers(p.pid)) < workers and time.monotonic() < deadline:
@@ -233,12 +251,13 @@ def test_cli_serves_with_each_server_choice(tmp_path, flags, workers, uvloop):
             p.wait()
 
 
-def _launch(tmp_path: Path, extra_config: str = "", flags: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int, Path]:
+def _launch(tmp_path: Path, extra_config: str = "", flags: tuple[str, ...] = (),
+            log_level: str = "WARNING") -> tuple[subprocess.Popen, int, Path]:
     """Start ``python -m gateway`` (the default server unless ``flags`` say otherwise) in its own
     session; wait for /healthz. Returns the process, its port and its output file."""
     f = tmp_path / "gw.yaml"
     f.write_text("stream_secret: " + "s" * 40 + "\npods: {gate-1: 'http://127.0.0.2:8000'}\naccess_log: false\n"
-                 "log_level: WARNING\n" + extra_config)
+                 f"log_level: {log_level}\n" + extra_config)
     port = _free_port()
     out = tmp_path / "gateway.out"
     with open(out, "wb") as fh:
@@ -278,14 +297,23 @@ def _wait(predicate, timeout: float) -> bool:
 
 
 def test_default_server_stops_on_sigterm_with_exit_0_and_no_process_left(tmp_path):
-    p, _, out = _launch(tmp_path)
+    p, _, out = _launch(tmp_path, log_level="INFO")
     try:
-        assert _wait(lambda: len(_children(p.pid)) == 1, 10)
+        assert _wait(lambda: len(_children(p.pid)) == CPUS, 10)
+        assert _wait(lambda: out.read_text(errors="replace").count("serving (event loop") == CPUS, 15)
+        store = _store_dir(out)
         p.send_signal(signal.SIGTERM)
         assert p.wait(20) == 0, out.read_text(errors="replace")
         assert _wait(lambda: not _group(p.pid), 10), [_cmdline(pid) for pid in _group(p.pid)]
+        assert store is None or not store.exists()  # the run's own host store goes with it
     finally:
         _stop_group(p)
+
+
+def _store_dir(out: Path) -> Path | None:
+    """The host store the gateway logged for its workers (None with one worker)."""
+    m = re.search(r"workers sharing the host store (\S+?)\"", out.read_text(errors="replace"))
+    return Path(m.group(1)) if m else None
 
 
 def test_a_killed_gateway_leaves_no_worker_serving_its_port(tmp_path):
@@ -293,11 +321,11 @@ def test_a_killed_gateway_leaves_no_worker_serving_its_port(tmp_path):
     worker down too: nothing is left answering on the port for a gateway that is gone."""
     p, port, _ = _launch(tmp_path)
     try:
-        assert _wait(lambda: len(_children(p.pid)) == 1, 10)
-        [worker] = _children(p.pid)
+        assert _wait(lambda: len(_children(p.pid)) == CPUS, 10)
+        workers = _children(p.pid)
         os.kill(p.pid, signal.SIGKILL)
         p.wait(5)
-        assert _wait(lambda: worker not in _group(p.pid), 10), "the worker outlived its gateway"
+        assert _wait(lambda: not set(workers) & set(_group(p.pid)), 10), "a worker outlived its gateway"
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2, trust_env=False)
     finally:
