@@ -35,8 +35,9 @@ def test_clip_jobs_are_rebuilt_after_a_kill_or_reported_lost(tmp_path, figure):
     """Two SIGKILLs while clip jobs wait for their post-roll:
 
     1. Job C: the pod is killed, and the camera's HLS segments are deleted while it is down
-       (a long outage outlives the buffer the same way); it stays down until C's window is over. After the restart C ends ``lost``
-       with the reason, in /health, in ``platebridge-pod outbox list`` and in /metrics.
+       (a long outage outlives the buffer the same way); it stays down until C's window is
+       over. After the restart C ends ``lost`` with the reason, in /health, in
+       ``platebridge-pod outbox list`` and in /metrics.
     2. Jobs A and P: the pod is killed ~1 s into their post-roll, its state file's and
        write-ahead log's headers and its whitelist cache overwritten with random bytes, and
        it is restarted at once, the portal answering 401 for a while: the jobs are salvaged

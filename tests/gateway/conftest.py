@@ -125,9 +125,12 @@ def pod():
     return p
 
 
-@pytest.fixture
-def gw_config():
-    return parse_config({**keys(), "pods": {POD: POD_URL}, "allowed_origins": [ORIGIN]}, env={})
+@pytest.fixture(params=["memory", "host-store"])
+def gw_config(request, tmp_path):
+    """The gateway config; every proxy test runs twice: with the in-process cache of one worker,
+    and with the host store several workers share (gateway/hoststore.py, files in ``tmp_path``)."""
+    store = {"host_cache_dir": str(tmp_path / "host-store")} if request.param == "host-store" else {}
+    return parse_config({**keys(), "pods": {POD: POD_URL}, "allowed_origins": [ORIGIN], **store}, env={})
 
 
 @pytest.fixture

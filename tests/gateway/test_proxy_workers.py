@@ -1,0 +1,113 @@
+"""Two gateway workers (two apps, as two processes would build them) sharing one host store
+(issue 15, point 2): a viewer's requests may reach either; the pod sees one fetch; hits leave
+through the ASGI path-send extension when the server offers it (granian), ranges and HEAD
+from the stored file otherwise. Pods are programmed at the transport seam (counted there)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+from litestar.testing import AsyncTestClient
+
+from gateway.app import create_app
+from gateway.config import parse_config
+from gateway.discovery import StaticDiscovery
+from tests.gateway.conftest import CAM, POD, POD_URL, keys, start_session, uris
+
+
+@pytest.fixture
+def store(tmp_path) -> Path:
+    return tmp_path / "host-store"
+
+
+@pytest.fixture
+async def workers(pod, store):
+    """Two gateway apps with the same keys and one host store; ``(clients, apps)``."""
+    cfg = parse_config({**keys(), "pods": {POD: POD_URL}, "host_cache_dir": str(store)}, env={})
+    apps = [create_app(cfg, discovery=StaticDiscovery(cfg.pods), transport=httpx.MockTransport(pod.handler))
+            for _ in range(2)]
+    async with AsyncTestClient(app=apps[0], base_url="http://gw.test") as a, \
+            AsyncTestClient(app=apps[1], base_url="http://gw.test") as b:
+        a.follow_redirects = b.follow_redirects = False
+        yield (a, b), apps
+
+
+async def test_a_session_from_one_worker_plays_through_the_other_with_one_pod_fetch(workers, pod):
+    (a, b), _ = workers
+    pod.delay = 0.05  # the two workers' requests overlap
+    playlist_url = await start_session(a)
+    reloads = await asyncio.gather(a.get(playlist_url), b.get(playlist_url))  # the reloads reach both workers
+    assert [r.status_code for r in reloads] == [200, 200]
+    text = reloads[1].text
+    segs = [u for u in uris(text) if u.startswith("seg_")]
+    answers = await asyncio.gather(*(c.get(f"/streams/{CAM}/{u}") for u in segs for c in (a, b, a, b)))
+    assert [r.status_code for r in answers] == [200] * len(answers)
+    assert {r.content for r in answers if "seg_100" in str(r.url)} == {bytes([100]) * 5000}
+    for path in ("seg_100.m4s", "seg_101.m4s"):
+        assert pod.count(f"/cameras/{CAM}/{path}") == 1, path
+    assert pod.count(f"/cameras/{CAM}/index.m3u8") == 1  # the playlist too: one fetch for both workers
+
+
+async def test_ranges_and_head_are_answered_from_the_stored_file(workers, pod):
+    (a, b), _ = workers
+    text = (await a.get(await start_session(a))).text
+    seg = next(u for u in uris(text) if u.startswith("seg_101"))
+    assert (await a.get(f"/streams/{CAM}/{seg}")).status_code == 200  # now kept in the store
+    r = await b.get(f"/streams/{CAM}/{seg}", headers={"Range": "bytes=10-19"})
+    assert r.status_code == 206 and r.content == bytes([101]) * 10 and r.headers["content-range"] == "bytes 10-19/5000"
+    r = await b.head(f"/streams/{CAM}/{seg}")
+    assert r.status_code == 200 and r.headers["content-length"] == "5000" and r.content == b""
+    assert pod.count(f"/cameras/{CAM}/seg_101.m4s") == 1
+
+
+async def call_asgi(app, path: str, *, extensions: dict) -> list[dict]:
+    """One GET through the raw ASGI interface; the messages the app sent."""
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    path_only, _, query = path.partition("?")
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path_only, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
+             "headers": [(b"host", b"gw.test")], "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8080),
+             "extensions": extensions}
+    await app(scope, receive, send)
+    return sent
+
+
+async def test_a_hit_leaves_through_path_send_when_the_server_offers_it(workers, pod, store):
+    (a, _), apps = workers
+    text = (await a.get(await start_session(a))).text
+    seg = next(u for u in uris(text) if u.startswith("seg_100"))
+    assert (await a.get(f"/streams/{CAM}/{seg}")).status_code == 200  # fetched, kept
+    sent = await call_asgi(apps[1], f"/streams/{CAM}/{seg}", extensions={"http.response.pathsend": {}})
+    start, body = sent
+    assert start["type"] == "http.response.start" and start["status"] == 200
+    assert dict(start["headers"])[b"content-length"] == b"5000"
+    assert body["type"] == "http.response.pathsend"
+    path = Path(body["path"])
+    assert path.parent == store and path.read_bytes() == bytes([100]) * 5000
+    # without the extension (uvicorn) the same hit is sent as a body
+    sent = await call_asgi(apps[1], f"/streams/{CAM}/{seg}", extensions={})
+    assert sent[-1]["type"] == "http.response.body"
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == path.read_bytes()
+    assert pod.count(f"/cameras/{CAM}/seg_100.m4s") == 1
+
+
+async def test_an_evicted_file_is_fetched_again_not_half_served(workers, pod, store):
+    (a, b), _ = workers
+    text = (await a.get(await start_session(a))).text
+    seg = next(u for u in uris(text) if u.startswith("seg_100"))
+    assert (await a.get(f"/streams/{CAM}/{seg}")).status_code == 200
+    for f in store.glob("*.data"):
+        f.unlink()  # evicted by a worker in between
+    r = await b.get(f"/streams/{CAM}/{seg}")
+    assert r.status_code == 200 and r.content == bytes([100]) * 5000
+    assert pod.count(f"/cameras/{CAM}/seg_100.m4s") == 2
