@@ -24,7 +24,8 @@ load is busy):
             Pod tokens live 60 s, so the config is rewritten with a fresh token and
             nginx reloaded (SIGHUP) before every nginx run.
 
-Every gateway is warmed until each of its workers holds both segments (counted at the pod).
+Every gateway is warmed until the pod has served both segments (its workers share one host
+store, so once per host) and then over new connections, so every worker has served them.
 Then, per case (segment 125 KB / 1 MB, playlist) and connection count, ``wrk -t2 -c<N>
 -d<duration>s --latency`` runs against every server, interleaved, ``--repeat`` times (the run
 with the most requests/s is kept). A gateway with N workers is compared with nginx with N
@@ -33,7 +34,8 @@ per run, and the server's accept queue is sampled (connections wrk opened that t
 not accepted yet complete no request, so wrk's percentiles cannot show their wait). Two
 functional checks per gateway: pod fetches per new segment when ``--viewers`` players ask for it
 at once (one connection each), and how many segment requests fail when a player's playlist and
-segment requests travel on different connections. A control serves the same 125 KB from a bare
+segment requests travel on different connections; and the fetch goal's matrix: granian
+gateways with 1, 2 and 4 workers, 20, 100 and 500 players at once. A control serves the same 125 KB from a bare
 ASGI app under each server (no gateway code). Then the gateways named by ``--profile`` are
 sampled with py-spy during a short wrk run. The tables go to stdout and, with the profiles and
 machine info, to ``docs/benchmarks.md`` — only its own "## Gateway vs nginx" section is
@@ -84,6 +86,18 @@ CAMERA_ID = "bench-cam"
 FRESH_CAM = "bench-fresh"  # new segments for the pod-fetch count
 SPLIT_CAM = "bench-split"  # playlist on one connection, segment on others
 FRESH_SEGMENTS = [f"fresh_{i}.m4s" for i in range(4)]
+#: the fetch-count matrix (issue 15 goal): gateways with these worker counts, these many players at once
+FETCH_WORKERS = (1, 2, 4)
+FETCH_VIEWERS = (20, 100, 500)
+
+
+def fresh_names(tag: str) -> list[str]:
+    """New segment names for one fetch check (each check needs segments no gateway has seen)."""
+    return [f"fresh_{tag}_{i}.m4s" for i in range(4)]
+
+
+def all_fresh_names() -> list[str]:
+    return FRESH_SEGMENTS + [n for w in FETCH_WORKERS for v in FETCH_VIEWERS for n in fresh_names(f"w{w}v{v}")]
 SPLIT_SEGMENT = "split.m4s"
 SEGMENTS = {"125KB": ("seg_125k.m4s", 125 * 1024), "1MB": ("seg_1m.m4s", 1024 * 1024)}
 PLAYLIST = "index.m3u8"
@@ -299,7 +313,7 @@ def make_pod_dir(base: Path) -> Path:
         for name, _ in SEGMENTS.values():
             lines += ["#EXTINF:2.000,", name if i == 0 else name.replace(".m4s", f"_{i}.m4s")]
     (d / PLAYLIST).write_text("\n".join(lines) + "\n")
-    for camera, names in ((FRESH_CAM, FRESH_SEGMENTS), (SPLIT_CAM, [SPLIT_SEGMENT])):
+    for camera, names in ((FRESH_CAM, all_fresh_names()), (SPLIT_CAM, [SPLIT_SEGMENT])):
         d = _write_camera(root, camera, [(n, 125 * 1024) for n in names])
         lines = ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-TARGETDURATION:2", "#EXT-X-MEDIA-SEQUENCE:0",
                  '#EXT-X-MAP:URI="init.mp4"']
@@ -619,10 +633,11 @@ def measured_wrk(srv: Server, url: str, connections: int, duration: int, pod_pgi
 
 
 # ---------------------------------------------------------------------------- gateway checks
-def start_gateway(procs: Procs, srv: Server, cfg: Path) -> None:
-    """Start ``platebridge-gateway`` for ``srv`` on a free port and wait for /healthz."""
+def start_gateway(procs: Procs, srv: Server, cfg: Path, name: str | None = None) -> str:
+    """Start ``platebridge-gateway`` for ``srv`` on a free port and wait for /healthz; returns
+    its name among ``procs``."""
     srv.port = free_port(HOST)
-    name = f"gateway-{srv.kind}-{srv.workers}w"
+    name = name or f"gateway-{srv.kind}-{srv.workers}w"
     srv.popen = procs.spawn(name, [str(VENV_BIN / "platebridge-gateway"), "--config", str(cfg), "--port", str(srv.port),
                                    "--server", srv.server, "--loop", srv.loop, "--workers", str(srv.workers)],
                         env=child_env())
@@ -633,14 +648,16 @@ def start_gateway(procs: Procs, srv: Server, cfg: Path) -> None:
         return http_get(f"http://{HOST}:{srv.port}/healthz").status_code == 200
 
     wait_until(up, 30, 0.1, name)
+    return name
 
 
 def warm_gateway(srv: Server, pod_port: int) -> int:
-    """Load the playlist and both segments over new connections until every worker has fetched
-    each segment from the pod once (counted at the pod); returns the rounds it took."""
+    """Load the playlist and both segments over new connections until the pod has served each
+    segment (the workers share one host store: one fetch per host), then as many more rounds
+    over new connections as every worker needs to have served them; returns the pod fetches."""
     before = pod_counts(pod_port)
     paths = [f"/cameras/{CAMERA_ID}/{name}" for name, _ in SEGMENTS.values()]
-    for rounds in range(1, 40 * srv.workers + 1):  # noqa: B007 - read after the loop
+    for _ in range(40):
         if http_get(srv.url(PLAYLIST)).status_code != 200:
             raise RuntimeError(f"{srv.label}: playlist not served")
         for label, (name, size) in SEGMENTS.items():
@@ -648,23 +665,25 @@ def warm_gateway(srv: Server, pod_port: int) -> int:
             if r.status_code == 200 and len(r.content) != size:
                 raise RuntimeError(f"{srv.label} {label}: {len(r.content)} bytes, expected {size}")
         now = pod_counts(pod_port)
-        if all(now[p] - before[p] >= srv.workers for p in paths):
+        if all(now[p] - before[p] >= 1 for p in paths):
             break
     else:
-        raise RuntimeError(f"{srv.label}: not every worker fetched the segments after {rounds} rounds")
-    for _ in range(4 * srv.workers):  # every new connection, whichever worker takes it, is served
+        raise RuntimeError(f"{srv.label}: the segments were never fetched")
+    for _ in range(8 * srv.workers):  # every new connection, whichever worker takes it, is served
         for label, (name, size) in SEGMENTS.items():
             r = http_get(srv.url(name))
             if r.status_code != 200 or len(r.content) != size:
                 raise RuntimeError(f"{srv.label} {label}: HTTP {r.status_code}, {len(r.content)} bytes: {r.text[:200]}")
-    return rounds
+    now = pod_counts(pod_port)
+    return sum(now[p] - before[p] for p in paths)
 
 
-def fetch_check(srv: Server, pod_port: int, viewers: int) -> dict:
+def fetch_check(srv: Server, pod_port: int, viewers: int, names: list[str] = FRESH_SEGMENTS) -> dict:
     """``viewers`` players (one keep-alive connection each) load the FRESH_CAM playlist, then ask
-    for the same new segments at the same moment: pod fetches per segment. Then one connection
-    loads the SPLIT_CAM playlist and ``viewers`` new connections ask for its segment (a player
-    whose playlist and segment requests use different connections): how many are refused."""
+    for the same new segments ``names`` at the same moment: pod fetches per segment. Then one
+    connection loads the SPLIT_CAM playlist and ``viewers`` new connections ask for its segment
+    (a player whose playlist and segment requests use different connections): how many are
+    refused."""
     before = pod_counts(pod_port)
     barrier = threading.Barrier(viewers)
     statuses: collections.Counter[int] = collections.Counter()
@@ -675,7 +694,7 @@ def fetch_check(srv: Server, pod_port: int, viewers: int) -> dict:
         with httpx.Client(trust_env=False, timeout=10.0, limits=httpx.Limits(max_connections=1)) as c:
             codes.append(c.get(srv.url(PLAYLIST, FRESH_CAM)).status_code)
             barrier.wait(10)
-            for name in FRESH_SEGMENTS:
+            for name in names:
                 codes.append(c.get(srv.url(name, FRESH_CAM)).status_code)
         with lock:
             statuses.update(codes)
@@ -686,12 +705,32 @@ def fetch_check(srv: Server, pod_port: int, viewers: int) -> dict:
     for t in threads:
         t.join(60)
     after = pod_counts(pod_port)
-    fetches = [after[f"/cameras/{FRESH_CAM}/{n}"] - before[f"/cameras/{FRESH_CAM}/{n}"] for n in FRESH_SEGMENTS]
+    fetches = [after[f"/cameras/{FRESH_CAM}/{n}"] - before[f"/cameras/{FRESH_CAM}/{n}"] for n in names]
     if http_get(srv.url(PLAYLIST, SPLIT_CAM)).status_code != 200:
         raise RuntimeError(f"{srv.label}: split playlist not served")
     split = collections.Counter(http_get(srv.url(SPLIT_SEGMENT, SPLIT_CAM)).status_code for _ in range(viewers))
     return {"fetches": fetches, "viewer_status": dict(statuses), "split": dict(split), "viewers": viewers,
-            "segments": len(FRESH_SEGMENTS)}
+            "segments": len(names)}
+
+
+def fetch_matrix(procs: Procs, cfg: Path, pod_port: int, signer) -> list[dict]:
+    """The issue-15 fetch goal: a granian gateway with each of :data:`FETCH_WORKERS` worker
+    counts (started for this, stopped after), :data:`FETCH_VIEWERS` players at once on new
+    segments each time; one row per (workers, viewers)."""
+    rows = []
+    for w in FETCH_WORKERS:
+        srv = Server("granian", w)
+        srv.signer = signer
+        name = start_gateway(procs, srv, cfg, name=f"fetch-check-granian-{w}w")
+        try:
+            for v in FETCH_VIEWERS:
+                chk = fetch_check(srv, pod_port, v, fresh_names(f"w{w}v{v}"))
+                rows.append({"workers": w, **chk})
+                print(f"  fetch check granian {w}w, {v} viewers: pod fetches per new segment {chk['fetches']}, "
+                      f"split-connection statuses {chk['split']}", flush=True)
+        finally:
+            procs.stop(name)
+    return rows
 
 
 # ---------------------------------------------------------------------------- profile
@@ -1139,27 +1178,47 @@ def analysis(servers: list[Server], cases: list[Case], results: dict, summary: l
             f = chk.get("fetches") or [0]
             split = chk.get("split") or {}
             refused = sum(v for k, v in split.items() if k != 200)
-            parts.append(f"{s['server'].label}: {sum(f) / len(f):.1f} pod fetches per new segment, {refused} of "
+            parts.append(f"{s['server'].label}: {sum(f) / len(f):.2f} pod fetches per new segment, {refused} of "
                          f"{sum(split.values())} split-connection segment requests refused")
         out.append(
             "* Several workers: grants are bound to their URI and verified with the key alone, so any worker "
-            "accepts any viewer's request (with `grant_secret` or `pod_signing_key_file` configured: every worker "
-            "then has the same grant key); but each worker process has its own segment cache. Measured here: "
-            + "; ".join(parts) + ". Single-flight holds only within a worker, so a new segment costs up to one pod "
-            "fetch per worker until the workers share one cache (issue 15, part B).")
+            "accepts any viewer's request (without `grant_secret` or `pod_signing_key_file` the gateway makes one "
+            "random grant key per run for all its workers), and the workers share one host store: the worker that "
+            "takes a key's lock fetches, the others stream the part file as it grows, so a new segment costs one pod "
+            "fetch per host. Measured here: " + "; ".join(parts) + ".")
     out.append(
         "* Quick wins tried for the 125 KB case: none kept. `gc.freeze()` (the collector hardly runs: about 10 "
         "young-generation collections per ~10,000 requests), granian's HTTP/1 buffer size and its runtime options "
         "(`--runtime-mode st`, `--task-impl rust`, `--runtime-threads 2`, `--loop asyncio`) moved the numbers by "
         "less than the noise. The remaining Python work is spread over many small steps and the body copy is "
-        "bound by the kernel; serving hot segments with `sendfile` (nginx's way) needs the cache on disk (tmpfs) "
-        "and the ASGI path-send extension, which granian supports (issue 15, part B).")
+        "bound by the kernel. Cache hits now leave from the host store's file through the ASGI path-send "
+        "extension (granian sends the file itself), the nearest a Python data plane gets to nginx's `sendfile`.")
     return out
+
+
+def fmt_matrix(matrix: list[dict]) -> list[str]:
+    """The fetch-goal table: pod fetches per new segment and refused split-connection requests
+    for each (workers, players) pair; empty without a matrix."""
+    if not matrix:
+        return []
+    out = ["Pod fetches per new segment with 1, 2 and 4 granian workers (one host store) when 20, 100 and 500 "
+           "players ask for 4 new 125 KiB segments at the same moment, and segment requests refused when the "
+           "playlist came on another connection (goal: 1.00 and 0 in every cell):", "",
+           "| workers | players | pod fetches per new segment (mean, max) | player answers | split-connection "
+           "requests refused |", "|---|---|---|---|---|"]
+    for row in matrix:
+        f = row["fetches"]
+        refused = sum(v for k, v in row["split"].items() if k != 200)
+        answers = ", ".join(f"{v}× {k}" for k, v in sorted(row["viewer_status"].items()))
+        ok = max(f) == 1 and min(f) == 1 and refused == 0
+        out.append(f"| {row['workers']} | {row['viewers']} | {sum(f) / len(f):.2f}, {max(f)} | {answers} | "
+                   f"{refused} of {sum(row['split'].values())} {'(goal met)' if ok else '(goal NOT met)'} |")
+    return [*out, ""]
 
 
 def write_docs(servers: list[Server], cases: list[Case], results: dict, summary: list[dict], info: dict, args,
                profiles: list[tuple[str, dict | None, str]], elapsed: float, others: list[float],
-               controls: dict) -> None:
+               controls: dict, matrix: list[dict]) -> None:
     """Replace this benchmark's section of docs/benchmarks.md (other sections are kept)."""
     t = fmt_tables(servers, cases, results)
     verdict, reasons = recommend(summary, results, cases)
@@ -1200,6 +1259,7 @@ def write_docs(servers: list[Server], cases: list[Case], results: dict, summary:
         "one keep-alive connection each (playlist first, as a player does); counted at the pod. "
         "Refused requests: one connection loads a playlist, then new connections ask for a segment it lists, as a "
         "browser may when it spreads requests over its connection pool.", "",
+        *fmt_matrix(matrix),
         "### Requests/s", "",
         "Gateway cells: requests/s (ratio to nginx with the same number of workers).", "",
         *t["rps"], "",
@@ -1242,8 +1302,10 @@ def write_docs(servers: list[Server], cases: list[Case], results: dict, summary:
         "`uvicorn` = uvloop, `uvicorn-asyncio` = the standard asyncio loop; with granian or several workers the app "
         "is built per worker by `gateway.asgi:create_app_from_env`), static discovery, access log off, log level "
         "WARNING; every request "
-        "carries a `pb_grant` that is verified (HMAC) before the cache lookup. Each gateway is warmed until every "
-        "worker has fetched both segments once (counted at the pod).",
+        "carries a `pb_grant` that is verified (HMAC) before the cache lookup. The workers of one gateway share "
+        "one host store (files on /dev/shm, `gateway/hoststore.py`); a hit goes out through the ASGI path-send "
+        "extension under granian (the server sends the file), as a body copied through Python under uvicorn. Each "
+        "gateway is warmed until the pod has served both segments once and then over 8 new connections per worker.",
         "* nginx: 1 or 2 worker processes, `secure_link` md5(expires + uri + secret) checked on every request, "
         "`proxy_pass` to the pod with `Authorization: Bearer <pod token>`, `proxy_cache` + `proxy_cache_lock on` + "
         "`proxy_cache_valid 200 10m`, `sendfile on`, `tcp_nopush off`. Pod tokens live 60 s, so the config is "
@@ -1252,7 +1314,7 @@ def write_docs(servers: list[Server], cases: list[Case], results: dict, summary:
         f"(wrk, the server under test and the idle pod share the {info['nproc']} CPUs; all servers run at once, "
         "only the one under load is busy); runs are interleaved across servers and the order is reversed on "
         "every other repeat.",
-        "* Playlist rows: the gateway fetches the pod playlist at most once per half target duration (per worker) "
+        "* Playlist rows: the gateway fetches the pod playlist at most once per half target duration (per host) "
         "and rewrites it per viewer (a fresh grant per URI); nginx proxies the playlist uncached, so its "
         "number is bounded by the pod's Python server. Not part of the goals.", "",
         *analysis(servers, cases, results, summary, controls), "",
@@ -1303,6 +1365,8 @@ def main() -> int:
     ap.add_argument("--profile", default="granian:1,uvicorn:1", help="gateways to sample with py-spy (kind:workers)")
     ap.add_argument("--viewers", type=int, default=20, help="simultaneous players in the pod-fetch check")
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy runs")
+    ap.add_argument("--no-fetch-matrix", action="store_true",
+                    help="skip the pod-fetch checks with 1, 2 and 4 workers and 20, 100 and 500 players")
     ap.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     ap.add_argument("--json", type=Path, help="also write every kept run (per case and server) to this JSON file")
     ap.add_argument("--docs", type=Path, default=DOCS, help="markdown file whose section to replace (default: %(default)s)")
@@ -1404,7 +1468,7 @@ def main() -> int:
                     raise RuntimeError(f"{srv.label} served a segment without a secure link")
             else:
                 rounds = warm_gateway(srv, pod_port)
-                print(f"  {srv.label}: every worker warm after {rounds} round(s)", flush=True)
+                print(f"  {srv.label}: warm ({rounds} pod fetches for {len(SEGMENTS)} segments)", flush=True)
             r = http_get(srv.url(PLAYLIST))
             if r.status_code != 200 or "#EXTM3U" not in r.text:
                 raise RuntimeError(f"{srv.label} playlist: HTTP {r.status_code}: {r.text[:200]}")
@@ -1416,6 +1480,9 @@ def main() -> int:
                 checks[srv.key] = chk = fetch_check(srv, pod_port, args.viewers)
                 print(f"  {srv.label}: pod fetches per new segment {chk['fetches']}, viewer statuses "
                       f"{chk['viewer_status']}, split-connection statuses {chk['split']}", flush=True)
+
+        # 4b. the fetch goal: 1, 2, 4 workers; 20, 100, 500 players at once
+        matrix = [] if args.no_fetch_matrix else fetch_matrix(procs, cfg, pod_port, signer)
 
         # 5. runs
         cases = [Case(f"segment {label} hit, c={c}", name, c, True, label) for label, (name, _) in SEGMENTS.items()
@@ -1508,7 +1575,8 @@ def main() -> int:
                            "results": {f"{k[0]}:{k[1]}": {m: v for m, v in r.items() if m != "raw"}
                                        for k, r in results[c.label].items()}} for c in cases]}, indent=1))
         if not args.no_docs:
-            write_docs(servers, cases, results, summary, machine_info(), args, profiles, elapsed, others, controls)
+            write_docs(servers, cases, results, summary, machine_info(), args, profiles, elapsed, others, controls,
+                       matrix)
             print(f"wrote {args.docs}")
         return 0
     except Exception as exc:

@@ -65,6 +65,8 @@ from gateway.errors import (
 
 log = logging.getLogger("platebridge.gateway.hoststore")
 
+#: share of the store's filesystem the kept bodies may fill (the rest: bodies being fetched)
+FS_SHARE = 0.75
 #: s: fetch files (lock, header, part, end) of a key nobody fetches are swept after this long
 SWEEP_AFTER = 120.0
 #: s: a follower waits at most this long for the writer's headers or next bytes
@@ -176,6 +178,14 @@ class HostStore:
     def __init__(self, root: str | os.PathLike[str], *, max_bytes: int, max_entries: int = 20_000) -> None:
         self.root = open_store_dir(root)
         self.max_bytes = max_bytes
+        fs = os.statvfs(self.root)
+        room = int(fs.f_blocks * fs.f_frsize * FS_SHARE)
+        if 0 < room < max_bytes:  # e.g. Docker's 64 MiB /dev/shm: a full tmpfs would keep nothing
+            log.warning("host store %s: its filesystem holds %d MiB, so it keeps at most %d MiB of bodies instead "
+                        "of cache_max_bytes (%d MiB); give it a bigger tmpfs (docker run --shm-size, or "
+                        "host_cache_dir on /run)", self.root, fs.f_blocks * fs.f_frsize >> 20, room >> 20,
+                        max_bytes >> 20)
+            self.max_bytes = room
         self.max_entries = max_entries
         self._memo: OrderedDict[str, tuple[Stored, float]] = OrderedDict()  # name → (entry, last touch)
         self.hits = self.fetches = self.follows = self.evicted = 0
@@ -367,7 +377,10 @@ class HostStore:
             if not kept:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._path(name, "part"))
-        if kept and (time.monotonic() - self._evicted_at >= EVICT_EVERY or flight.size >= self.max_bytes // 64):
+        if writer.failed is not None:  # e.g. ENOSPC: make room for the next one at once
+            log.warning("host store: %s not kept (%s)", name[:12], writer.failed)
+            self.evict()
+        elif kept and (time.monotonic() - self._evicted_at >= EVICT_EVERY or flight.size >= self.max_bytes // 64):
             self.evict()
 
     def _keep(self, name: str, flight: Flight, ttl: Ttl) -> bool:

@@ -275,3 +275,17 @@ def test_key_names_are_fixed_length_hex_whatever_the_key_holds():
     for key in [("../../etc/passwd",), ("a/b", "\x00", "c" * 5000), "é"]:
         name = key_name(key)
         assert len(name) == 64 and set(name) <= set("0123456789abcdef")
+
+
+def test_a_small_tmpfs_caps_the_store_with_a_warning(tmp_path, monkeypatch, caplog):
+    """Docker's default /dev/shm is 64 MiB: the store keeps at most 3/4 of its filesystem, and says so."""
+    real = os.statvfs
+
+    class Small:
+        f_blocks, f_frsize = 16384, 4096  # 64 MiB
+
+    monkeypatch.setattr("gateway.hoststore.os.statvfs",
+                        lambda p: Small() if str(p).startswith(str(tmp_path)) else real(p))
+    s = HostStore(tmp_path / "shm", max_bytes=256 << 20)
+    assert s.max_bytes == 48 << 20
+    assert "holds 64 MiB" in caplog.text and "--shm-size" in caplog.text
