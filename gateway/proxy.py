@@ -475,7 +475,8 @@ class StreamProxy:
             if host is None:
                 await from_pod(flight, stale)
             else:  # one fetch per host: the other workers follow this one or reuse its file
-                ttl = self.segments.revalidate_after if revalidate else math.inf
+                # a key (EXT-X-KEY) is shared while in flight but never written to the store
+                ttl = None if is_key else self.segments.revalidate_after if is_init else math.inf
                 await host.fill(key, flight, from_pod, ttl=lambda _f: ttl, revalidate=revalidate)
 
         before = self.segments.misses

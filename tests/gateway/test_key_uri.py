@@ -5,9 +5,11 @@ URI kind the rewriter emits can be fetched"); the pod serves ``.key`` files the 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
+import pytest
 from litestar.testing import TestClient
 
 from pod.hls_server import create_hls_app
@@ -88,3 +90,19 @@ def test_pod_serves_key_files_no_store(tmp_path):
         assert r.headers["content-type"] == "application/octet-stream"
         assert r.headers["cache-control"] == "no-store"
         assert c.get("/cameras/cam1/keys/k100.key").status_code == 401  # still a token-checked route
+
+
+async def test_a_key_never_lands_in_the_host_store(client, pod, gw_config):
+    """Keys are secrets: with the workers' host store, a key is shared while in flight but
+    never written to the tmpfs; segments are."""
+    if gw_config.host_cache_dir is None:
+        pytest.skip("the in-process variant keeps nothing on disk")
+    pod.routes[f"/cameras/{CAM}/index.m3u8"] = httpx.Response(200, text=ENCRYPTED)
+    pod.routes[f"/cameras/{CAM}/keys/k100.key"] = httpx.Response(200, content=KEY)
+    playlist = (await client.get(await start_session(client))).text
+    for uri in (_key_uri(playlist), next(u for u in uris(playlist) if u.startswith("seg_100"))):
+        assert (await client.get(f"/streams/{CAM}/{uri}")).status_code == 200
+
+    stored = [p.read_bytes() for p in Path(gw_config.host_cache_dir).glob("*.data")]
+    assert bytes([100]) * 5000 in stored and KEY not in stored
+    assert not any(KEY in p.read_bytes() for p in Path(gw_config.host_cache_dir).iterdir() if p.is_file())
