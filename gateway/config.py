@@ -106,7 +106,7 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     workers: int | None = None
     # the host store's directory, on a tmpfs (gateway/hoststore.py); None: with more than one
     # worker, a fresh private directory under /dev/shm for each run. Its kept bodies are
-    # bounded by cache_max_bytes
+    # bounded by cache_max_bytes, and the workers' memory by the same again (an even share each)
     host_cache_dir: str | None = None
     loop: Literal["uvloop", "asyncio"] = "uvloop"  # the event loop that runs the app
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -178,6 +178,14 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if isinstance(signer, SigningKey):
             return [signer.derive(GRANT_KEY_INFO)]
         return [os.urandom(32)]
+
+    def worker_memory_bytes(self) -> int:
+        """Bytes of pod bodies one worker process may hold in memory: all of ``cache_max_bytes``
+        without a host store; with one (several workers), an even share of it (the kept bodies
+        live in the store, bounded by ``cache_max_bytes`` on their own), at least 1 MiB."""
+        if not self.host_cache_dir:
+            return self.cache_max_bytes
+        return max(1024 * 1024, self.cache_max_bytes // max(1, self.workers or 1))
 
     def grant_keys_configured(self) -> bool:
         """Whether the grant key comes from config (``grant_secret(s)`` or ``pod_signing_key_file``),

@@ -36,6 +36,9 @@ VIEWERS = Gauge("platebridge_gateway_active_viewers", "Distinct viewer sessions 
                 registry=REGISTRY, multiprocess_mode="livesum")
 CACHE_BYTES = Gauge("platebridge_gateway_cache_bytes", "Bytes of pod bodies held in the workers' memory",
                     registry=REGISTRY, multiprocess_mode="livesum")
+CACHE_PEAK = Gauge("platebridge_gateway_cache_peak_bytes",
+                   "Most bytes of pod bodies each worker held in memory at once since it started, summed",
+                   registry=REGISTRY, multiprocess_mode="livesum")
 DISCOVERY_CONFLICTS = Gauge("platebridge_gateway_discovery_conflicts",
                             "pod_ids claimed by more than one tailnet device (routed to none)", registry=REGISTRY,
                             multiprocess_mode="max")

@@ -63,7 +63,17 @@ from gateway.errors import (
 from gateway.grants import GRANT_PARAM, Grant, Kind
 from gateway.hoststore import HostStore, Stored, key_name
 from gateway.llhls import MAX_HOLD_TARGET, Directives, PlaylistInfo, inspect_playlist, parse_directives
-from gateway.metrics import BYTES_OUT, CACHE, CACHE_BYTES, PLAYLISTS, REQUESTS, UPSTREAM, VIEWERS, live_gauge
+from gateway.metrics import (
+    BYTES_OUT,
+    CACHE,
+    CACHE_BYTES,
+    CACHE_PEAK,
+    PLAYLISTS,
+    REQUESTS,
+    UPSTREAM,
+    VIEWERS,
+    live_gauge,
+)
 from gateway.playlist import Template, compile_playlist, part_target, target_duration
 from gateway.responses import PREFLIGHT, Cors, Headers, parse_range, send_body, send_error, send_start
 from gateway.session import ROOT_PLAYLIST, SessionGuard, _header
@@ -161,6 +171,7 @@ class StreamProxy:
         self._refusals_logged: dict[str, float] = {}
         live_gauge(VIEWERS, self.active_viewers)
         live_gauge(CACHE_BYTES, lambda: self.budget.used)
+        live_gauge(CACHE_PEAK, lambda: self.budget.peak)
 
     def active_viewers(self, window: float = 30.0) -> int:
         """Distinct viewing sessions that loaded a playlist in the last ``window`` s."""

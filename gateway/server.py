@@ -82,6 +82,7 @@ def serve(cfg: GatewayConfig, *, host: str, port: int, server: ServerKind, worke
         else:
             os.environ.pop(CONFIG_PATH_ENV, None)
         os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
+        os.environ[ENV_PREFIX + "WORKERS"] = str(workers)  # each worker takes its share of cache_max_bytes
     if workers > 1:
         if cfg.host_cache_dir is None:  # one host store for this run's workers, gone when it ends
             own_store = tempfile.mkdtemp(prefix="platebridge-gateway-", dir=_tmpfs())

@@ -96,6 +96,32 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def tree_rss_bytes(pid: int) -> int:
+    """:func:`rss_bytes` of ``pid`` and every live descendant, summed: the gateway serves from
+    worker processes (granian forks them), so the process a test started is only their
+    supervisor and its own RSS never grows with the load."""
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                parent[int(d)] = int(fields[1])
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += [c for c, pp in parent.items() if pp == p]
+    total = 0
+    for p in tree:
+        with contextlib.suppress(OSError, RuntimeError):
+            total += rss_bytes(p)
+    return total
+
+
 def raise_fd_limit(want: int = 8192) -> None:
     """Raise this process's open-file soft limit (children started later inherit it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -167,5 +193,6 @@ __all__ = [
     "rss_bytes",
     "started",
     "tmpfs_mounted",
+    "tree_rss_bytes",
     "wait_until",
 ]

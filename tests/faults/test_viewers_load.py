@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from tests.faults.conftest import make_stack, raise_fd_limit, rss_bytes, started, wait_until
+from tests.faults.conftest import make_stack, raise_fd_limit, started, tree_rss_bytes, wait_until
 
 VIEWERS = 500
 SLOW = 50  # half of them read 1 KB/s, half never read
@@ -254,13 +254,13 @@ def test_500_viewers_with_slow_readers_latency_and_memory_bounded(load_stack, fi
     warm = httpx.get(f"{s.gateway_url}/streams/{s.camera_id}/index.m3u8?token={tokens[0]}", timeout=10)
     assert warm.status_code == 302
     wait_until(lambda: s.pod_health()["cameras"][s.camera_id]["state"] == "running", 20, what="camera running")
-    rss_before = rss_bytes(gw_pid)
+    rss_before = tree_rss_bytes(gw_pid)
     peak = [rss_before]
     stop = threading.Event()
 
     def sample():
         while not stop.is_set():
-            peak[0] = max(peak[0], rss_bytes(gw_pid))
+            peak[0] = max(peak[0], tree_rss_bytes(gw_pid))
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)

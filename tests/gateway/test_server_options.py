@@ -358,3 +358,23 @@ def test_timeout_keep_alive_closes_idle_and_slow_header_connections(tmp_path):
         assert 1.5 <= slow <= 6, slow
     finally:
         _stop_group(p)
+
+
+def test_each_worker_holds_its_share_of_the_memory_budget():
+    mib = 1024 * 1024
+    assert parse_config({**OK, "cache_max_bytes": 64 * mib}, env={}).worker_memory_bytes() == 64 * mib
+    shared = {**OK, "cache_max_bytes": 64 * mib, "host_cache_dir": "/dev/shm/pb", "workers": 4}
+    assert parse_config(shared, env={}).worker_memory_bytes() == 16 * mib
+    assert parse_config({**shared, "workers": 64}, env={}).worker_memory_bytes() == 1 * mib  # never below 1 MiB
+
+
+def test_the_cli_starts_without_importing_prometheus_client():
+    """prometheus_client picks its value store at import: the process that forks granian's workers
+    must not import it before PROMETHEUS_MULTIPROC_DIR is set, or /metrics stops summing them."""
+    code = "import sys, gateway.cli; print('prometheus_client' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.stdout.strip() == "False", r.stdout + r.stderr
+    from gateway.metrics import MULTIPROC_ENV
+    from gateway.server import MULTIPROC_ENV as SERVER_ENV
+
+    assert MULTIPROC_ENV == SERVER_ENV == "PROMETHEUS_MULTIPROC_DIR"
