@@ -1162,8 +1162,8 @@ def analysis(servers: list[Server], cases: list[Case], results: dict, summary: l
                 f"* The control is also the ceiling for one Python worker: against {ref.label} on the same 125 KB "
                 f"at c={cc} ({ng['rps']:,.0f} req/s, p99 {ng['p99']:.1f} ms) the bare app reaches "
                 + "; ".join(ratios) + ". Where a bare app alone is near or above 2× nginx's p99, the gateway's "
-                "1-worker p99 goal at that connection count needs a cheaper hit (sendfile, more workers: issue 15, "
-                "part B), not a different server.")
+                "1-worker p99 goal at that connection count needs a cheaper hit (path-send from the host store) or "
+                "more workers, not a different server.")
     out.append(
         "* granian's `backpressure` (set from `limit_concurrency`) caps the connections it serves at once; the "
         "rest wait unaccepted in the listen backlog. A cap below the connection count makes wrk's p99 look "

@@ -289,7 +289,7 @@ def docs_section(g: dict | None, pod: list[dict] | None, args, info: dict, load:
           ]
     if g:
         errs = sum(s["errors"] for s in g["steps"][-1:])
-        L += [f"* Gateway: `platebridge-gateway` (granian: a supervisor and one worker process, RSS summed over both; access log off, `cache_max_bytes` 256 MiB) in front of "
+        L += [f"* Gateway: `platebridge-gateway` (granian: a supervisor and its worker processes, one per CPU, RSS summed over them; their host store on /dev/shm is page cache, not RSS; access log off, `cache_max_bytes` 256 MiB) in front of "
               f"`bench/synthetic_pod.py` (the real pod HLS app on 127.0.0.2) playing {args.cameras} live cameras, "
               f"{TARGET:g} s segments of {SEGMENT_BYTES:,} bytes (≈ 0.5 Mbit/s each). Viewers: `bench/viewers.py` in "
               "the benchmark process (hls.js-like: JWT → 302 → grant, the init segment, then every segment, playlist "

@@ -9,10 +9,10 @@
 
 The config file is named by env ``PLATEBRIDGE_GATEWAY_CONFIG`` (optional: the
 usual ``PLATEBRIDGE_GATEWAY_<KEY>`` / ``POD_STREAM_SECRET`` overrides alone may
-configure the gateway). Each worker process builds its own app, so each has its
-own segment cache and playlist cache (see
-``docs/benchmarks.md`` for what that costs with several workers). A worker started by
-``platebridge-gateway`` dies with it (:func:`gateway.server.die_with_supervisor`).
+configure the gateway). Each worker process builds its own app; with several workers
+they share one host store (``host_cache_dir``, :mod:`gateway.hoststore`), so a segment
+costs one pod fetch per host. A worker started by ``platebridge-gateway`` dies with it
+(:func:`gateway.server.die_with_supervisor`).
 """
 
 from __future__ import annotations

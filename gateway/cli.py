@@ -13,8 +13,9 @@ bad config.
 
 The server is granian (HTTP/1.1, ASGI, the app on uvloop) by default; ``server: uvicorn``
 (httptools) stays selectable, ``loop: asyncio`` swaps uvloop for the standard event loop.
-:mod:`gateway.server` runs them and says why granian is the default. ``--workers`` > 1 is
-for benchmarks only: each worker has its own segment cache (see ``docs/benchmarks.md``).
+:mod:`gateway.server` runs them and says why granian is the default. ``--workers`` (default
+one per CPU) worker processes share one host store (:mod:`gateway.hoststore`): one pod fetch
+per segment per host.
 """
 
 from __future__ import annotations
