@@ -137,7 +137,10 @@ class _Writer:
 
     def __init__(self, store: HostStore, name: str, gen: str) -> None:
         self.store, self.name, self.gen = store, name, gen
-        self.fd = os.open(store._path(name, "part"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        part = store._path(name, "part")
+        with contextlib.suppress(FileNotFoundError):  # a new inode: a follower of a dead fetch keeps the old one
+            os.unlink(part)
+        self.fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self.size = 0
         self.failed: str | None = None  # a write error: the body is streamed on, but not kept
         self.answered = False
@@ -454,9 +457,13 @@ class HostStore:
                     err = end.get("error")
                     flight.finish(_error(str(err)) if err else None)
                     return True
-                if not self._locked(name) and self._read_json(name, end_kind) is None:
+                # our writer is gone: another fetch replaced its header, or nobody holds the lock
+                gone = self._read_json(name, "hdr") != hdr or not self._locked(name)
+                if gone and self._read_json(name, end_kind) is None:  # (it did not just finish)
                     flight.finish(UpstreamError("the worker fetching it stopped mid-transfer"))
                     return True
+                if gone:
+                    continue  # it finished meanwhile: read the rest, then its end file
                 if time.monotonic() > deadline:
                     flight.finish(UpstreamTimeout("the transfer being followed stalled"))
                     return True

@@ -289,3 +289,26 @@ def test_a_small_tmpfs_caps_the_store_with_a_warning(tmp_path, monkeypatch, capl
     s = HostStore(tmp_path / "shm", max_bytes=256 << 20)
     assert s.max_bytes == 48 << 20
     assert "holds 64 MiB" in caplog.text and "--shm-size" in caplog.text
+
+
+async def test_a_follower_of_a_dead_fetch_stops_when_another_worker_fetches_again(root):
+    """The writer died (SIGKILL: no end file) and another worker has already taken the lock for a
+    new fetch: the old fetch's follower reports the break at once, and never reads the new
+    fetch's bytes as the rest of its body."""
+    name = key_name(KEY)
+    dead = os.open(root / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(dead, fcntl.LOCK_EX)
+    (root / f"{name}.hdr").write_text('{"gen":"old","status":200,"headers":{}}')
+    (root / f"{name}.part").write_bytes(b"OLD-BYTES")
+    b = HostStore(root, max_bytes=1 << 20)
+    fb = held()
+    tb = asyncio.create_task(b.fill(KEY, fb, Pod([b"never"]), ttl=FOREVER))
+    await wait_for(lambda: fb.size == 9)
+    os.close(dead)  # the writer dies ...
+    a = HostStore(root, max_bytes=1 << 20)
+    pod = Pod([b"NEW-" * 10], gated=True)
+    ta = asyncio.create_task(a.fill(KEY, held(), pod, ttl=FOREVER))  # ... and a new fetch starts at once
+    assert await tb == "followed"
+    assert isinstance(fb.error, UpstreamError) and body(fb) == b"OLD-BYTES"
+    pod.step()
+    assert await ta == "fetched"
