@@ -43,6 +43,17 @@ DISCOVERY_CONFLICTS = Gauge("platebridge_gateway_discovery_conflicts",
                             "pod_ids claimed by more than one tailnet device (routed to none)", registry=REGISTRY,
                             multiprocess_mode="max")
 
+# the series every gateway has, present (at 0) from the start: with several workers a family
+# with no sample yet would be missing from /metrics altogether
+for _kind in ("playlist", "segment"):
+    REQUESTS.labels(_kind, "200")
+for _result in ("hit", "miss"):
+    CACHE.labels(_result)
+for _source in ("newest", "joined", "fetched"):
+    PLAYLISTS.labels(_source)
+for _upstream in ("playlist", "segment", "init"):
+    UPSTREAM.labels(_upstream)
+
 
 def multiprocess() -> bool:
     """Whether this process writes its samples to ``$PROMETHEUS_MULTIPROC_DIR`` (several workers)."""

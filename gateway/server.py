@@ -152,23 +152,32 @@ def _serve_uvicorn(cfg: GatewayConfig, host: str, port: int, workers: int, loop:
 
 
 def die_with_supervisor() -> None:
-    """In a worker process started by :func:`serve`: ask Linux to send SIGTERM when the
+    """In a worker process started by :func:`serve`: ask Linux to send SIGKILL when the
     process that started it dies (``PR_SET_PDEATHSIG``), so a worker never outlives a
-    killed gateway and keeps its port. Does nothing outside such a worker (env
+    killed gateway and keeps its port. SIGKILL, not SIGTERM: a granian worker catches
+    SIGTERM and then waits for its dead supervisor for ever; and a graceful stop never
+    needs this signal (the supervisor stops its workers before it exits). Does nothing outside such a worker (env
     ``PLATEBRIDGE_SUPERVISOR_PID`` unset or not the parent's pid) or off Linux. If the
-    supervisor is already gone, this process terminates itself at once."""
+    supervisor is already gone, this process exits at once (:func:`os._exit`)."""
     want = os.environ.get(SUPERVISOR_PID_ENV, "")
     if not want.isdigit() or not sys.platform.startswith("linux") or os.getpid() == int(want):
         return
     if os.getppid() != int(want):
         if not _alive(int(want)):  # orphaned before we could ask
-            os.kill(os.getpid(), signal.SIGTERM)
+            _orphaned()
         return  # started some other way (e.g. by hand with the variable set): not ours to tie
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         log.warning("could not tie this worker to its supervisor (prctl errno %d)", ctypes.get_errno())
     elif os.getppid() != int(want):  # the supervisor died between the check and prctl
-        os.kill(os.getpid(), signal.SIGTERM)
+        _orphaned()
+
+
+def _orphaned() -> None:
+    """Leave at once: the supervisor died while this worker was starting. A SIGTERM here would
+    reach a server that has not set up its shutdown yet (granian then never stops the worker)."""
+    log.warning("worker %d: the gateway that started it is gone; exiting", os.getpid())
+    os._exit(0)
 
 
 def _alive(pid: int) -> bool:
