@@ -24,7 +24,7 @@ import argparse
 import os
 import sys
 
-from gateway.config import load_config
+from gateway.config import MAX_WORKERS, load_config
 from gateway.errors import ConfigError
 from gateway.server import ServerUnavailable, serve
 from protocol.logfmt import setup_logging
@@ -51,20 +51,29 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config)
-        if args.workers is not None and not 1 <= args.workers <= 64:
-            raise ConfigError("--workers: must be 1-64 worker processes")
+        if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
+            raise ConfigError(f"--workers: must be 1-{MAX_WORKERS} worker processes")
     except ConfigError as exc:
         print(f"platebridge-gateway: config error: {exc}", file=sys.stderr)
         return 2
     host, port = args.host or cfg.host, args.port or cfg.port
     setup_logging(cfg.log_level)
     try:
-        workers = args.workers or cfg.workers or os.cpu_count() or 1
+        workers = worker_count(args.workers, cfg.workers)
         return serve(cfg, host=host, port=port, server=args.server or cfg.server, workers=workers,
                      loop=args.loop or cfg.loop, config_path=args.config)
     except ServerUnavailable as exc:
         print(f"platebridge-gateway: config error: $.server: {exc}", file=sys.stderr)
         return 2
+    except ConfigError as exc:  # found before any worker starts, e.g. an unusable host_cache_dir
+        print(f"platebridge-gateway: config error: {exc}", file=sys.stderr)
+        return 2
+
+
+def worker_count(flag: int | None, configured: int | None) -> int:
+    """Worker processes to run: the ``--workers`` flag, else config ``workers``, else one per
+    CPU (at most :data:`~gateway.config.MAX_WORKERS`)."""
+    return flag or configured or min(os.cpu_count() or 1, MAX_WORKERS)
 
 
 def _check(argv: list[str]) -> int:

@@ -39,6 +39,8 @@ DiscoveryMode = Literal["static", "localapi", "tailscale_api"]
 ENV_PREFIX = "PLATEBRIDGE_GATEWAY_"
 #: names the config file for :func:`gateway.asgi.create_app_from_env`; not a config key
 CONFIG_PATH_ENV = "PLATEBRIDGE_GATEWAY_CONFIG"
+#: most worker processes (``workers``); the default, one per CPU, is capped here too
+MAX_WORKERS = 64
 _KID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 
 
@@ -324,7 +326,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
         raise _fail("$.grant_ttl", "must be >= 10 seconds (players fetch segments after the playlist)")
     if cfg.cache_max_bytes < 1024 * 1024:
         raise _fail("$.cache_max_bytes", "must be >= 1 MiB")
-    if cfg.workers is not None and not 1 <= cfg.workers <= 64:
+    if cfg.workers is not None and not 1 <= cfg.workers <= MAX_WORKERS:
         raise _fail("$.workers", "must be 1-64 worker processes (or left out: one per CPU)")
     if cfg.host_cache_dir is not None and not os.path.isabs(cfg.host_cache_dir):
         raise _fail("$.host_cache_dir", "must be an absolute path (a directory on a tmpfs, mode 0700)")

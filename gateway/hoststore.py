@@ -21,10 +21,15 @@ writes:
   copying it through Python).
 * **bounded.** After each new entry the store evicts the least recently used entries
   (data file mtime = last use, refreshed at most once a second per process) until it holds
-  at most ``max_bytes`` and ``max_entries``. Entries bigger than a quarter of ``max_bytes``
-  are streamed, never kept. A file handed to the server is the most recently used entry,
-  so it goes last; an entry evicted while a worker sends it stays readable to that worker
-  (unlink(2) keeps an open file).
+  at most ``max_bytes`` and ``max_entries`` — but never one used in the last
+  :data:`EVICT_GRACE` seconds, since the server opens a path-sent file after the lookup
+  (the bound can then be exceeded by what the workers keep meanwhile). Entries bigger than
+  a quarter of ``max_bytes`` are streamed, never kept. Only immutable media segments are
+  path-sent; init segments (replaced on revalidation) are read and sent as bytes.
+* **no room** (a full tmpfs): the fetching worker reserves the body's ``Content-Length``
+  (``fallocate``) and the end file's slot before any other worker can see the fetch; when
+  that fails it stops sharing and releases the lock, so the other workers fetch for
+  themselves rather than follow a body that cannot be written.
 
 Layout of ``root`` (mode 0700, owned by this user; every file 0600; names are the SHA-256
 of the cache key, so no key can name a path): ``<h>.lock``, ``<h>.hdr``, ``<h>.part``,
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -65,6 +71,9 @@ from gateway.errors import (
 
 log = logging.getLogger("platebridge.gateway.hoststore")
 
+#: s: an entry used this recently is never evicted (a server may be about to open its file for a
+#: path-send); the store then waits above ``max_bytes`` until its entries age
+EVICT_GRACE = 10.0
 #: share of the store's filesystem the kept bodies may fill (the rest: bodies being fetched)
 FS_SHARE = 0.75
 #: s: fetch files (lock, header, part, end) of a key nobody fetches are swept after this long
@@ -101,14 +110,19 @@ class Stored:
     path: Path
     size: int
     ino: int
-    ctime_ns: int
     headers: dict[str, str]
     fetched_at: float
     fresh_until: float
 
     def fresh(self, now: float) -> bool:
-        """Whether it may be served without asking the pod at Unix time ``now``."""
-        return now < self.fresh_until
+        """Whether it may be served without asking the pod at Unix time ``now`` (not when the
+        clock has gone back past its fetch: it would otherwise stay fresh that much longer)."""
+        return self.fetched_at - 1.0 <= now < self.fresh_until
+
+    @property
+    def immutable(self) -> bool:
+        """A media segment: its file is never replaced, only evicted."""
+        return math.isinf(self.fresh_until)
 
 
 def open_store_dir(path: str | os.PathLike[str], *, create: bool = True) -> Path:
@@ -121,54 +135,121 @@ def open_store_dir(path: str | os.PathLike[str], *, create: bool = True) -> Path
     try:
         if create:
             root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = root.stat()
+        st = root.lstat()  # a symlink is refused: whoever owns it could point it elsewhere later
     except OSError as exc:
         raise ConfigError(f"$.host_cache_dir: cannot use {root}: {exc.strerror or exc}") from None
     if not stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"$.host_cache_dir: {root} is not a directory")
+        raise ConfigError(f"$.host_cache_dir: {root} is not a directory (a symlink is not accepted)")
     if st.st_uid != os.geteuid() or st.st_mode & 0o077:
         raise ConfigError(f"$.host_cache_dir: {root} must be owned by this user (uid {os.geteuid()}) with mode "
                           f"0700 (it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})")
     return root
 
 
-class _Writer:
-    """The :class:`~gateway.cache.FlightSink` of the worker fetching a key: header file, part file."""
+class _Lock:
+    """An exclusive ``flock`` on a key's lock file (its descriptor), released at most once."""
 
-    def __init__(self, store: HostStore, name: str, gen: str) -> None:
-        self.store, self.name, self.gen = store, name, gen
-        part = store._path(name, "part")
-        with contextlib.suppress(FileNotFoundError):  # a new inode: a follower of a dead fetch keeps the old one
-            os.unlink(part)
-        self.fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+
+class _Writer:
+    """The :class:`~gateway.cache.FlightSink` of the worker fetching a key: header, part and end
+    files. Before anything is visible to other workers it reserves the room it needs (the end
+    file's slot; the body's ``Content-Length`` with ``fallocate``); when the store has no room
+    it *gives up sharing*: it releases the lock at once, so every other worker fetches for
+    itself instead of following a body that could not be written (never a cut-off body)."""
+
+    def __init__(self, store: HostStore, name: str, gen: str, lock: _Lock) -> None:
+        self.store, self.name, self.gen, self.lock = store, name, gen, lock
         self.size = 0
-        self.failed: str | None = None  # a write error: the body is streamed on, but not kept
+        self.failed: str | None = None  # why the body is not shared or kept (e.g. the tmpfs is full)
         self.answered = False
+        self.shared = True
+        self.end_fd: int | None = None
+        self.fd: int | None = None
+        self.ino = 0
+        try:
+            # the end file's slot first: writing the end later can then never fail for room
+            self.end_fd = os.open(store._path(name, f"end-{gen}"), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                  0o600)
+            os.write(self.end_fd, b" " * _END_SLOT)
+            part = store._path(name, "part")
+            with contextlib.suppress(FileNotFoundError):  # a new inode: a follower of a dead fetch keeps the old one
+                os.unlink(part)
+            self.fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            self.ino = os.fstat(self.fd).st_ino
+        except OSError as exc:
+            self._give_up(f"cannot start: {exc.strerror or exc}")
+
+    def _give_up(self, why: str) -> None:
+        """Stop sharing: nothing more is written, and the lock goes now (other workers fetch)."""
+        self.failed = self.failed or why
+        if self.shared:
+            self.shared = False
+            self.lock.release()
 
     def started(self, status: int, headers: dict[str, str]) -> None:
         self.answered = True
+        if not self.shared:
+            return
+        length = headers.get("content-length", "")
         try:
+            if length.isdigit() and self.fd is not None:
+                _reserve(self.fd, int(length))
             self.store._write_json(self.name, "hdr", {"gen": self.gen, "status": status, "headers": headers})
-        except OSError as exc:
-            self.failed = self.failed or f"header file: {exc.strerror or exc}"
+        except OSError as exc:  # no room: nobody follows this fetch
+            self._give_up(f"no room in the store: {exc.strerror or exc}")
 
     def wrote(self, chunk: bytes) -> None:
-        if self.failed is not None:
+        if not self.shared or self.failed is not None or self.fd is None:
             return
         try:
             view = memoryview(chunk)
             while view:
                 view = view[os.write(self.fd, view):]
             self.size += len(chunk)
-        except OSError as exc:  # e.g. the tmpfs is full: followers see the end file say so
+        except OSError as exc:  # only without a Content-Length to reserve: followers get the end file's error
             self.failed = f"part file: {exc.strerror or exc}"
 
     def finished(self, flight: Flight) -> None:
         pass  # the store finishes the files once the fetch function returns
 
-    def close(self) -> None:
+    def end(self, error: str | None) -> None:
+        """Write the end file in its reserved slot (in place: no new room needed)."""
+        if self.end_fd is None:
+            return
+        doc = json.dumps({"size": self.size, "error": None if error is None else error[:300]}).encode()
         with contextlib.suppress(OSError):
-            os.close(self.fd)
+            os.pwrite(self.end_fd, doc.ljust(_END_SLOT), 0)
+
+    def close(self) -> None:
+        for fd in (self.fd, self.end_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.fd = self.end_fd = None
+
+
+_END_SLOT = 512  # bytes reserved for an end file: {"size": …, "error": up to 300 characters}
+_FALLOC_FL_KEEP_SIZE = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate ``size`` bytes for the file behind ``fd`` without changing its length (readers
+    see only what was written). Raises OSError (ENOSPC) when there is no room; a filesystem
+    without ``fallocate`` reserves nothing."""
+    if size and _LIBC.fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, size) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EOPNOTSUPP, errno.ENOSYS):
+            raise OSError(err, os.strerror(err))
 
 
 class HostStore:
@@ -228,7 +309,7 @@ class HostStore:
             if memo is not None:
                 del self._memo[name]
             return None
-        if memo is None or (memo[0].ino, memo[0].size, memo[0].ctime_ns) != (st.st_ino, st.st_size, st.st_ctime_ns):
+        if memo is None or (memo[0].ino, memo[0].size) != (st.st_ino, st.st_size):
             entry = self._load(name, path, st)
             if entry is None:
                 self._memo.pop(name, None)
@@ -255,7 +336,7 @@ class HostStore:
             return None
         if fresh is not None and not isinstance(fresh, int | float):
             return None
-        return Stored(path=path, size=st.st_size, ino=st.st_ino, ctime_ns=st.st_ctime_ns,
+        return Stored(path=path, size=st.st_size, ino=st.st_ino,
                       headers={str(k): str(v) for k, v in headers.items()}, fetched_at=float(fetched),
                       fresh_until=math.inf if fresh is None else float(fresh))
 
@@ -284,8 +365,9 @@ class HostStore:
             if entry is not None and entry.fresh(time.time()) and self._copy(entry, flight):
                 self.hits += 1
                 return "hit"
-            lock = self._try_lock(name)
-            if lock is not None:
+            fd = self._try_lock(name)
+            if fd is not None:
+                lock = _Lock(fd)
                 try:
                     entry = self.lookup(name)  # kept while we took the lock
                     if entry is not None and entry.fresh(time.time()) and self._copy(entry, flight):
@@ -293,10 +375,10 @@ class HostStore:
                         return "hit"
                     stale = self._stale(entry) if revalidate and entry is not None else None
                     self.fetches += 1
-                    await self._fetch(name, flight, fetch, stale, ttl)
+                    await self._fetch(name, flight, fetch, stale, ttl, lock)
                     return "fetched"
                 finally:
-                    os.close(lock)  # closing the descriptor releases the flock
+                    lock.release()
             if await self._follow(name, flight):
                 self.follows += 1
                 return "followed"
@@ -306,15 +388,25 @@ class HostStore:
             await asyncio.sleep(_POLL_MIN)  # the writer is between two steps: look again
 
     def _try_lock(self, name: str) -> int | None:
-        fd = os.open(self._path(name, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
+        """The descriptor holding the key's lock, or None when another process holds it. A lock
+        on a file the sweep unlinked meanwhile is no lock: it is dropped and taken again."""
+        path = self._path(name, "lock")
+        for _ in range(8):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    return None
+                raise
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return None
-            raise
-        return fd
+        return None
 
     def _locked(self, name: str) -> bool:
         """Whether some process holds the key's lock (a fetch is running)."""
@@ -351,11 +443,12 @@ class HostStore:
         stale.finish()
         return stale
 
-    async def _fetch(self, name: str, flight: Flight, fetch: Fetch, stale: Flight | None, ttl: Ttl) -> None:
+    async def _fetch(self, name: str, flight: Flight, fetch: Fetch, stale: Flight | None, ttl: Ttl,
+                     lock: _Lock) -> None:
         gen = secrets.token_hex(8)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(name, "hdr"))  # a follower must never take an older fetch's headers for ours
-        writer = _Writer(self, name, gen)
+        writer = _Writer(self, name, gen, lock)
         flight.sink = writer
         error: str | None = "the fetch was cancelled"
         kept = False
@@ -364,34 +457,36 @@ class HostStore:
             error = None if flight.error is None else type(flight.error).__name__ + ": " + str(flight.error)
         finally:
             flight.sink = None
-            writer.close()
-            if error is None and writer.failed is None and flight.done and flight.status == 200 \
-                    and writer.size == flight.size:
-                try:
-                    kept = self._keep(name, flight, ttl)
-                except OSError as exc:
-                    log.warning("host store: cannot keep %s: %s", name[:12], exc.strerror or exc)
-            try:  # named for this fetch: a later fetch of the key never hides it from our followers
+            if writer.shared:
                 if not writer.answered:  # failed before the pod answered: followers share the error
-                    self._write_json(name, "hdr", {"gen": gen, "status": 0, "headers": {}})
-                self._write_json(name, f"end-{gen}", {"size": writer.size, "error": error or writer.failed})
-            except OSError as exc:
-                log.warning("host store: cannot finish %s: %s", name[:12], exc.strerror or exc)
+                    with contextlib.suppress(OSError):
+                        self._write_json(name, "hdr", {"gen": gen, "status": 0, "headers": {}})
+                if error is None and writer.failed is None and flight.done and flight.status == 200 \
+                        and writer.size == flight.size:
+                    try:
+                        kept = self._keep(name, flight, ttl, writer.ino)
+                    except OSError as exc:
+                        log.warning("host store: cannot keep %s: %s", name[:12], exc.strerror or exc)
+                writer.end(error or writer.failed)
+            writer.close()
             if not kept:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._path(name, "part"))
+                    if writer.ino and os.stat(self._path(name, "part")).st_ino == writer.ino:
+                        os.unlink(self._path(name, "part"))
         if writer.failed is not None:  # e.g. ENOSPC: make room for the next one at once
-            log.warning("host store: %s not kept (%s)", name[:12], writer.failed)
+            log.warning("host store: %s not shared or kept (%s)", name[:12], writer.failed)
             self.evict()
         elif kept and (time.monotonic() - self._evicted_at >= EVICT_EVERY or flight.size >= self.max_bytes // 64):
             self.evict()
 
-    def _keep(self, name: str, flight: Flight, ttl: Ttl) -> bool:
+    def _keep(self, name: str, flight: Flight, ttl: Ttl, ino: int) -> bool:
         seconds = ttl(flight)
         if seconds is None or flight.size > self.max_bytes // 4:
             return False
         part, data = self._path(name, "part"), self._path(name, "data")
-        ino = os.stat(part).st_ino
+        st = os.stat(part)
+        if st.st_ino != ino or st.st_size != flight.size:  # not the file this fetch wrote: keep nothing
+            return False
         fetched = time.time() - max(0.0, time.monotonic() - flight.born)
         os.replace(part, data)
         self._write_json(name, "meta", {"ino": ino, "size": flight.size, "headers": flight.headers,
@@ -421,9 +516,12 @@ class HostStore:
         if not isinstance(gen, str) or not isinstance(status, int) or not isinstance(headers, dict):
             return False
         end_kind = f"end-{gen}"
-        if status == 0:  # the fetch failed before the pod answered: its error is ours
+        if status == 0:  # a fetch that failed before the pod answered: its error is ours if it is the latest
+            while self._locked(name) and self._read_json(name, "hdr") == hdr and time.monotonic() < deadline:
+                await asyncio.sleep(poll)  # its writer is finishing, or a new fetch is replacing the header
+                poll = min(_POLL_MAX, poll * 2)
             end = self._read_json(name, end_kind)
-            if end is None:
+            if end is None or self._read_json(name, "hdr") != hdr:
                 return False
             flight.finish(_error(str(end.get("error") or "UpstreamError: pod unreachable")))
             return True
@@ -495,7 +593,7 @@ class HostStore:
         self._evicted_at = time.monotonic()
         now = time.time()
         kept: list[tuple[float, int, str]] = []  # (last use, bytes, name)
-        loose: list[tuple[float, Path]] = []
+        loose: list[tuple[float, str, str]] = []  # (mtime, name, kind) of fetch files and metas
         with os.scandir(self.root) as it:
             for e in it:
                 stem, _, kind = e.name.partition(".")
@@ -505,15 +603,17 @@ class HostStore:
                     continue
                 if kind == "data":
                     kept.append((st.st_mtime, st.st_size, stem))
-                elif kind in ("hdr", "part", "lock") or kind.startswith("end-") or kind.endswith(".tmp"):
-                    loose.append((st.st_mtime, Path(e.path)))
+                elif kind in ("hdr", "part", "lock", "meta") or kind.startswith("end-") or kind.endswith(".tmp"):
+                    loose.append((st.st_mtime, stem, kind))
         total = sum(size for _, size, _ in kept)
         count = len(kept)
         kept.sort()
         deleted = 0
-        for _, size, name in kept:
+        for last_use, size, name in kept:
             if total <= self.max_bytes and count <= self.max_entries:
                 break
+            if now - last_use < EVICT_GRACE:
+                break  # used a moment ago: a server may be about to open it (path-send); the store waits
             for kind in ("data", "meta"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._path(name, kind))
@@ -521,12 +621,35 @@ class HostStore:
             total -= size
             count -= 1
             deleted += 1
-        for mtime, path in loose:
-            if now - mtime >= SWEEP_AFTER and not (path.suffix == ".lock" and self._locked(path.stem)):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+        for mtime, name, kind in loose:
+            if now - mtime < SWEEP_AFTER:
+                continue
+            if kind == "meta" and (self._path(name, "data")).exists():
+                continue  # a kept entry's meta
+            if kind == "lock":
+                self._sweep_lock(name)
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.root / f"{name}.{kind}")
         self.evicted += deleted
         return deleted
+
+    def _sweep_lock(self, name: str) -> None:
+        """Delete an idle key's lock file while holding its lock, so nobody can hold a lock on a
+        file that is gone (:meth:`_try_lock` also checks the inode it locked is still linked)."""
+        path = self._path(name, "lock")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(path)
+        except OSError:
+            pass  # in use, or already gone
+        finally:
+            os.close(fd)
 
     def size_bytes(self) -> int:
         """Bytes of kept bodies now in the store (a directory scan)."""

@@ -12,6 +12,7 @@ process only). A viewer whose requests reach two workers counts once in each.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable
 
@@ -89,6 +90,27 @@ async def gauge_refresher() -> None:
         while True:
             for gauge, value in _LIVE:
                 gauge.set(value())
+            _forget_dead_workers()
             await asyncio.sleep(GAUGE_REFRESH)
     finally:
         mark_process_dead(os.getpid())
+
+
+def _forget_dead_workers() -> None:
+    """Drop the live gauges of workers that died without saying so (killed, then respawned by
+    the server): their last values would otherwise stay in the sums for ever."""
+    directory = os.environ.get(MULTIPROC_ENV, "")
+    pids: set[int] = set()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            if name.startswith("gauge_live") and name.endswith(".db"):
+                digits = name[:-3].rpartition("_")[2]
+                if digits.isdigit():
+                    pids.add(int(digits))
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid)
+        except PermissionError:
+            pass

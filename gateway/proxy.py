@@ -460,8 +460,9 @@ class StreamProxy:
         hold = live.hold if live is not None and rel in live.hints else 0.0
 
         cache_control = b"private, no-store" if is_key else b"private, no-cache" if is_init else self.segment_cc
-        if self.host is not None:
-            entry = self.host.lookup(key_name(key))
+        host = None if is_key else self.host  # keys (secrets) never go through the host store's files
+        if host is not None:
+            entry = host.lookup(key_name(key))
             if entry is not None and entry.fresh(time.time()):
                 sent = await self._send_stored(scope, send, cors, entry, ctype, cache_control)
                 if sent:
@@ -480,31 +481,36 @@ class StreamProxy:
                                          kind="init" if is_init else "segment", stale=stale)
 
         revalidate = is_init or is_key
-        host = self.host
 
         async def fetch(flight: Flight, stale: Flight | None) -> None:
             if host is None:
                 await from_pod(flight, stale)
-            else:  # one fetch per host: the other workers follow this one or reuse its file
-                # a key (EXT-X-KEY) is shared while in flight but never written to the store
-                ttl = None if is_key else self.segments.revalidate_after if is_init else math.inf
-                await host.fill(key, flight, from_pod, ttl=lambda _f: ttl, revalidate=revalidate)
+                return
+            # one fetch per host: the other workers follow this one or reuse its file
+            ttl = self.segments.revalidate_after if is_init else math.inf
+            outcome = await host.fill(key, flight, from_pod, ttl=lambda _f: ttl, revalidate=revalidate)
+            (self._cache_miss if outcome == "fetched" else self._cache_hit).inc()  # a miss: the pod was asked
 
         before = self.segments.misses
         flight = self.segments.get_or_fetch(key, fetch, revalidate=revalidate)
-        (self._cache_miss if self.segments.misses != before else self._cache_hit).inc()
+        if self.segments.misses == before:
+            self._cache_hit.inc()  # joined this worker's flight
+        elif host is None:
+            self._cache_miss.inc()
         with flight.held():  # held from here: a body that leaves the cache stays readable (and charged) for us
             return await self._serve_segment(scope, send, cors, flight, pod_id, ctype, cache_control)
 
     async def _send_stored(self, scope, send, cors: Headers, entry: Stored, ctype: str, cache_control: bytes) -> int:
         """Answer from a kept host-store entry; 0 when its file went away (the caller fetches).
 
-        Without a Range header, under a server offering the ASGI path-send extension
-        (granian), the server sends the file itself (no copy through Python); otherwise the
-        body is read and sent as a complete flight (ranges: :meth:`_range`)."""
+        A media segment without a Range header, under a server offering the ASGI path-send
+        extension (granian), goes out as the file itself (no copy through Python; the server
+        opens it after this returns, which the store's eviction grace allows for); anything
+        else is read and sent as a complete flight (ranges: :meth:`_range`), so an init
+        segment replaced meanwhile is never sent under the old one's length."""
         head = scope["method"] == "HEAD"
         rng = _header(scope, b"range")
-        if rng is None and (head or _PATHSEND in (scope.get("extensions") or {})):
+        if rng is None and (head or (entry.immutable and _PATHSEND in (scope.get("extensions") or {}))):
             headers = [(b"content-type", ctype.encode()), (b"accept-ranges", b"bytes"),
                        (b"cache-control", cache_control), (b"content-length", str(entry.size).encode()), *cors]
             await send_start(send, 200, headers)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.config import CONFIG_PATH_ENV, ENV_PREFIX, GatewayConfig
+from gateway.hoststore import open_store_dir
 
 ServerKind = Literal["uvicorn", "granian"]
 LoopKind = Literal["uvloop", "asyncio"]
@@ -72,7 +73,7 @@ def serve(cfg: GatewayConfig, *, host: str, port: int, server: ServerKind, worke
 
     ``config_path`` is the config file the workers load (None: the environment alone, as
     ``cfg`` was loaded). Raises :class:`ServerUnavailable` when ``server``'s package is not
-    installed.
+    installed, :class:`~gateway.errors.ConfigError` for an unusable ``host_cache_dir``.
     """
     own_store = own_metrics = None
     if server == "granian" or workers > 1:
@@ -83,6 +84,8 @@ def serve(cfg: GatewayConfig, *, host: str, port: int, server: ServerKind, worke
             os.environ.pop(CONFIG_PATH_ENV, None)
         os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
         os.environ[ENV_PREFIX + "WORKERS"] = str(workers)  # each worker takes its share of cache_max_bytes
+    if cfg.host_cache_dir is not None:
+        open_store_dir(cfg.host_cache_dir)  # ConfigError now, not a traceback in every worker
     if workers > 1:
         if cfg.host_cache_dir is None:  # one host store for this run's workers, gone when it ends
             own_store = tempfile.mkdtemp(prefix="platebridge-gateway-", dir=_tmpfs())
@@ -126,7 +129,7 @@ def _serve_granian(cfg: GatewayConfig, host: str, port: int, workers: int, loop:
     Granian(
         FACTORY, factory=True, address=host, port=port, interface=Interfaces.ASGI, loop=Loops(loop),
         http=HTTPModes.http1, websockets=False, workers=workers, backpressure=cfg.limit_concurrency,
-        backlog=BACKLOG, workers_kill_timeout=WORKERS_KILL_TIMEOUT,
+        backlog=BACKLOG, workers_kill_timeout=WORKERS_KILL_TIMEOUT, respawn_failed_workers=True,
         http1_settings=HTTP1Settings(header_read_timeout=header_timeout_ms),
         log_enabled=True, log_level=LogLevels(cfg.log_level.lower()), log_access=False,
     ).serve()

@@ -8,6 +8,7 @@ descriptions). No sockets: the "pod" is a fetch function the test drives chunk b
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import math
 import os
@@ -312,3 +313,98 @@ async def test_a_follower_of_a_dead_fetch_stops_when_another_worker_fetches_agai
     assert isinstance(fb.error, UpstreamError) and body(fb) == b"OLD-BYTES"
     pod.step()
     assert await ta == "fetched"
+
+
+@pytest.mark.parametrize("where", ["body", "header"])
+async def test_no_room_for_the_body_means_each_worker_fetches_for_itself_never_a_cut_off_body(
+        root, monkeypatch, where):
+    """A full tmpfs (ENOSPC): the fetching worker cannot reserve the body (or write its header),
+    so it stops sharing at once and the follower fetches from the pod itself, getting a whole
+    body, instead of waiting for a fetch it cannot follow or streaming a body that breaks off."""
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "body":
+        monkeypatch.setattr("gateway.hoststore._reserve", full)
+    else:
+        real = HostStore._write_json
+
+        def no_header(self, name, kind, doc):
+            if kind == "hdr":
+                full()
+            return real(self, name, kind, doc)
+
+        monkeypatch.setattr(HostStore, "_write_json", no_header)
+    a, b = HostStore(root, max_bytes=1 << 20), HostStore(root, max_bytes=1 << 20)
+    pod = Pod([b"x" * 4000, b"y" * 4000], gated=True, headers={"content-length": "8000"})
+    fa, fb = held(), held()
+    ta = asyncio.create_task(a.fill(KEY, fa, pod, ttl=FOREVER))
+    await wait_for(lambda: fa.ready.is_set())
+    tb = asyncio.create_task(b.fill(KEY, fb, pod, ttl=FOREVER))
+    await wait_for(lambda: pod.calls == 2, 2.0)  # B did not wait for A's transfer to end
+    pod.step(4)
+    assert await ta == "fetched" and await tb == "fetched"
+    assert body(fa) == body(fb) == b"x" * 4000 + b"y" * 4000 and fb.error is None
+    assert a.lookup(key_name(KEY)) is None  # nothing half-written kept
+
+
+async def test_a_stale_error_is_not_replayed_to_the_followers_of_a_new_fetch(root):
+    """The header of a fetch that failed before the pod answered stays until the next fetch
+    replaces it; a follower that finds it while a new fetch holds the lock waits for the new
+    fetch rather than report the old error."""
+    name = key_name(KEY)
+    (root / f"{name}.hdr").write_text('{"gen":"old","status":0,"headers":{}}')
+    (root / f"{name}.end-old").write_text('{"size":0,"error":"UpstreamError: pod unreachable: ConnectError"}')
+    new_writer = os.open(root / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(new_writer, fcntl.LOCK_EX)  # the new fetch took the lock, has not replaced the header yet
+    b = HostStore(root, max_bytes=1 << 20)
+    fb = held()
+    pod = Pod([b"fresh"])
+    tb = asyncio.create_task(b.fill(KEY, fb, pod, ttl=FOREVER))
+    await asyncio.sleep(0.2)
+    assert not fb.done  # no replay of the old error
+    (root / f"{name}.hdr").unlink()
+    os.close(new_writer)  # (that fetch gave up; B fetches itself)
+    assert await tb == "fetched" and body(fb) == b"fresh" and fb.error is None
+
+
+def test_a_symlinked_store_directory_is_refused(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(ConfigError, match="symlink"):
+        HostStore(tmp_path / "link", max_bytes=1 << 20)
+
+
+async def test_a_clock_stepped_back_does_not_keep_an_entry_fresh(root, monkeypatch):
+    s = HostStore(root, max_bytes=1 << 20)
+    await s.fill(("playlist", "cam"), held(), Pod([b"#EXTM3U\n"]), ttl=lambda _f: 1.0)
+    entry = s.lookup(key_name(("playlist", "cam")))
+    assert entry is not None and entry.fresh(entry.fetched_at + 0.5)
+    assert not entry.fresh(entry.fetched_at - 3600)  # an hour back: stale, asked again
+
+
+async def test_a_held_lock_file_is_never_swept_and_an_idle_one_is(root, monkeypatch):
+    s = HostStore(root, max_bytes=1 << 20)
+    name = key_name(KEY)
+    fd = s._try_lock(name)
+    assert fd is not None
+    lock = root / f"{name}.lock"
+    os.utime(lock, (1000, 1000))
+    s._evict_locked()
+    assert lock.exists()  # held: kept
+    os.close(fd)
+    s._evict_locked()
+    assert not lock.exists()  # idle and old: swept
+    assert s._try_lock(name) is not None  # and taken again on a fresh file
+
+
+async def test_lookups_reuse_what_they_read(root, monkeypatch):
+    s = HostStore(root, max_bytes=1 << 20)
+    await s.fill(KEY, held(), Pod([b"z" * 100]), ttl=FOREVER)
+    loads = []
+    real = HostStore._load
+    monkeypatch.setattr(HostStore, "_load", lambda self, *a: loads.append(1) or real(self, *a))
+    for _ in range(50):
+        assert s.lookup(key_name(KEY)) is not None
+    assert len(loads) <= 1

@@ -111,3 +111,31 @@ async def test_an_evicted_file_is_fetched_again_not_half_served(workers, pod, st
     r = await b.get(f"/streams/{CAM}/{seg}")
     assert r.status_code == 200 and r.content == bytes([100]) * 5000
     assert pod.count(f"/cameras/{CAM}/seg_100.m4s") == 2
+
+
+async def test_an_init_segment_hit_is_sent_as_bytes_not_by_path(workers, pod):
+    """An init segment is replaced in the store when it is revalidated: a path-send could send
+    the new file under the old one's length, so it goes out as the bytes read and checked."""
+    (a, _), apps = workers
+    text = (await a.get(await start_session(a))).text
+    init = next(u for u in uris(text) if u.startswith("init.mp4"))
+    assert (await a.get(f"/streams/{CAM}/{init}")).status_code == 200
+    sent = await call_asgi(apps[1], f"/streams/{CAM}/{init}", extensions={"http.response.pathsend": {}})
+    assert [m["type"] for m in sent][-1] == "http.response.body"
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == b"INIT" * 100
+
+
+async def test_cache_misses_count_pod_fetches_whichever_worker_asked(workers, pod):
+    from gateway.metrics import CACHE
+
+    (a, b), _ = workers
+    misses, hits = CACHE.labels("miss")._value.get(), CACHE.labels("hit")._value.get()
+    text = (await a.get(await start_session(a))).text
+    segs = [u for u in uris(text) if u.startswith("seg_")]
+    for c in (a, b, a, b):
+        for u in segs:
+            assert (await c.get(f"/streams/{CAM}/{u}")).status_code == 200
+    fetched = sum(pod.count(f"/cameras/{CAM}/seg_{n}.m4s") for n in (100, 101))
+    assert fetched == 2
+    assert CACHE.labels("miss")._value.get() - misses == fetched
+    assert CACHE.labels("hit")._value.get() - hits == 4 * len(segs) - fetched

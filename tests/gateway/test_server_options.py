@@ -378,3 +378,43 @@ def test_the_cli_starts_without_importing_prometheus_client():
     from gateway.server import MULTIPROC_ENV as SERVER_ENV
 
     assert MULTIPROC_ENV == SERVER_ENV == "PROMETHEUS_MULTIPROC_DIR"
+
+
+def test_the_default_worker_count_is_capped(monkeypatch):
+    from gateway.cli import worker_count
+    from gateway.config import MAX_WORKERS
+
+    monkeypatch.setattr("gateway.cli.os.cpu_count", lambda: 96)
+    assert worker_count(None, None) == MAX_WORKERS == 64  # a 96-CPU host starts (its workers accept 64)
+    assert worker_count(None, 3) == 3 and worker_count(2, 3) == 2
+    monkeypatch.setattr("gateway.cli.os.cpu_count", lambda: None)
+    assert worker_count(None, None) == 1
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_unusable_host_store_is_a_config_error_before_any_worker_starts(tmp_path, workers):
+    store = tmp_path / "store"
+    store.mkdir(mode=0o755)
+    store.chmod(0o755)
+    f = tmp_path / "gw.yaml"
+    f.write_text("stream_secret: " + "s" * 40 + f"\nhost_cache_dir: {store}\n")
+    r = subprocess.run([sys.executable, "-m", "gateway", "--config", str(f), "--workers", workers,
+                        "--port", str(_free_port())], capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "config error: $.host_cache_dir:" in r.stderr and "mode 0700" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_killed_worker_is_replaced_and_the_gateway_keeps_serving(tmp_path):
+    p, port, _ = _launch(tmp_path, flags=("--workers", "2"), log_level="INFO")
+    try:
+        assert _wait(lambda: len(_children(p.pid)) == 2, 10)
+        victim = _children(p.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        assert _wait(lambda: victim not in _children(p.pid) and len(_children(p.pid)) == 2, 15), \
+            [_cmdline(pid) for pid in _group(p.pid)]
+        assert p.poll() is None
+        codes = [httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5, trust_env=False).status_code
+                 for _ in range(20)]
+        assert codes == [200] * 20
+    finally:
+        _stop_group(p)
