@@ -1164,8 +1164,8 @@ def analysis(servers: list[Server], cases: list[Case], results: dict, summary: l
                 f"* The control is also the ceiling for one Python worker: against {ref.label} on the same 125 KB "
                 f"at c={cc} ({ng['rps']:,.0f} req/s, p99 {ng['p99']:.1f} ms) the bare app reaches "
                 + "; ".join(ratios) + ". Where a bare app alone is near or above 2× nginx's p99, the gateway's "
-                "1-worker p99 goal at that connection count needs a cheaper hit (path-send from the host store) or "
-                "more workers, not a different server.")
+                "1-worker p99 goal at that connection count needs a cheaper hit or more cores, not a different "
+                "server.")
     out.append(
         "* granian's `backpressure` (set from `limit_concurrency`) caps the connections it serves at once; the "
         "rest wait unaccepted in the listen backlog. A cap below the connection count makes wrk's p99 look "
@@ -1193,8 +1193,22 @@ def analysis(servers: list[Server], cases: list[Case], results: dict, summary: l
         "young-generation collections per ~10,000 requests), granian's HTTP/1 buffer size and its runtime options "
         "(`--runtime-mode st`, `--task-impl rust`, `--runtime-threads 2`, `--loop asyncio`) moved the numbers by "
         "less than the noise. The remaining Python work is spread over many small steps and the body copy is "
-        "bound by the kernel. Cache hits now leave from the host store's file through the ASGI path-send "
-        "extension (granian sends the file itself), the nearest a Python data plane gets to nginx's `sendfile`.")
+        "bound by the kernel.")
+    out.append(
+        "* Cheap hits (issue 15, point 3), measured by hand on 2026-12-05 with this script "
+        "(`--duration 2 --connections 10,100 --repeat 1`) and two temporary switches that are not in the code: "
+        "(1) granian's ASGI path-send (the server opens the stored file and sends it; no body copy through "
+        "Python) against the bytes read and sent by the app, granian 2w with the host store: 125 KB 6,945 / "
+        "7,667 req/s with path-send vs 6,610 / 7,479 without (c = 10 / 100), 1 MB 1,992 / 2,041 vs 2,908 / "
+        "2,362 — no gain on 125 KB, a loss on 1 MB (granian 2.8 reads the file on its own runtime after the "
+        "app returns), so hits are sent as bytes; (2) the host store against no shared store (each worker its "
+        "own memory cache, 2 pod fetches per segment): 125 KB 8,399 / 9,665 vs 9,495 / 10,081 req/s, 1 MB "
+        "2,798 / 2,490 vs 3,004 / 2,715 — the store costs 4-12 % of the hit rate for one pod fetch per host. "
+        "On this 2-core box, 2 workers serve fewer hits than 1 (granian 1w 11,679 / 13,641 on 125 KB in the "
+        "same run): wrk takes most of a core, and each worker's Rust HTTP threads compete with the other "
+        "worker's Python thread. A Python data plane does not reach 0.7× nginx on 125 KB here; the remaining "
+        "option in the issue, an nginx data plane that verifies the path-bound grant and serves its own cache, "
+        "is not built (it needs the grant MAC in nginx: `secure_link` is MD5 only, so njs or a module).")
     return out
 
 
@@ -1305,8 +1319,8 @@ def write_docs(servers: list[Server], cases: list[Case], results: dict, summary:
         "is built per worker by `gateway.asgi:create_app_from_env`), static discovery, access log off, log level "
         "WARNING; every request "
         "carries a `pb_grant` that is verified (HMAC) before the cache lookup. The workers of one gateway share "
-        "one host store (files on /dev/shm, `gateway/hoststore.py`); a hit goes out through the ASGI path-send "
-        "extension under granian (the server sends the file), as a body copied through Python under uvicorn. Each "
+        "one host store (files on /dev/shm, `gateway/hoststore.py`); a hit is the stored file's bytes, read and "
+        "sent by the app (see \"Cheap hits\" below for why not the ASGI path-send extension). Each "
         "gateway is warmed until the pod has served both segments once and then over 8 new connections per worker.",
         "* nginx: 1 or 2 worker processes, `secure_link` md5(expires + uri + secret) checked on every request, "
         "`proxy_pass` to the pod with `Authorization: Bearer <pod token>`, `proxy_cache` + `proxy_cache_lock on` + "

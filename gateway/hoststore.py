@@ -16,16 +16,13 @@ writes:
   A follower whose writer died (lock free, no end file) reports the transfer broken.
 * **complete 200s are kept** as a data file plus a meta file (headers, ETag, when fetched,
   until when fresh: never for media segments, which are immutable; ``revalidate_after``
-  for init segments and keys; half a target duration for a playlist). Hits are served by
-  the caller straight from the file (``http.response.pathsend``: granian sends it without
-  copying it through Python).
+  for init segments; half a target duration for a playlist). A hit is the file's bytes,
+  read and checked against the inode the lookup saw (:meth:`HostStore.read`).
 * **bounded.** After each new entry the store evicts the least recently used entries
   (data file mtime = last use, refreshed at most once a second per process) until it holds
-  at most ``max_bytes`` and ``max_entries`` — but never one used in the last
-  :data:`EVICT_GRACE` seconds, since the server opens a path-sent file after the lookup
-  (the bound can then be exceeded by what the workers keep meanwhile). Entries bigger than
-  a quarter of ``max_bytes`` are streamed, never kept. Only immutable media segments are
-  path-sent; init segments (replaced on revalidation) are read and sent as bytes.
+  at most ``max_bytes`` and ``max_entries``. Entries bigger than a quarter of
+  ``max_bytes`` are streamed, never kept. A file evicted between a lookup and its read is
+  a miss (the caller fetches again).
 * **no room** (a full tmpfs): the fetching worker reserves the body's ``Content-Length``
   (``fallocate``) and the end file's slot before any other worker can see the fetch; when
   that fails it stops sharing and releases the lock, so the other workers fetch for
@@ -71,9 +68,6 @@ from gateway.errors import (
 
 log = logging.getLogger("platebridge.gateway.hoststore")
 
-#: s: an entry used this recently is never evicted (a server may be about to open its file for a
-#: path-send); the store then waits above ``max_bytes`` until its entries age
-EVICT_GRACE = 10.0
 #: share of the store's filesystem the kept bodies may fill (the rest: bodies being fetched)
 FS_SHARE = 0.75
 #: s: fetch files (lock, header, part, end) of a key nobody fetches are swept after this long
@@ -119,10 +113,6 @@ class Stored:
         clock has gone back past its fetch: it would otherwise stay fresh that much longer)."""
         return self.fetched_at - 1.0 <= now < self.fresh_until
 
-    @property
-    def immutable(self) -> bool:
-        """A media segment: its file is never replaced, only evicted."""
-        return math.isinf(self.fresh_until)
 
 
 def open_store_dir(path: str | os.PathLike[str], *, create: bool = True) -> Path:
@@ -609,11 +599,9 @@ class HostStore:
         count = len(kept)
         kept.sort()
         deleted = 0
-        for last_use, size, name in kept:
+        for _, size, name in kept:
             if total <= self.max_bytes and count <= self.max_entries:
                 break
-            if now - last_use < EVICT_GRACE:
-                break  # used a moment ago: a server may be about to open it (path-send); the store waits
             for kind in ("data", "meta"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._path(name, kind))

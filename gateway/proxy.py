@@ -89,8 +89,6 @@ M3U8 = "application/vnd.apple.mpegurl"
 PREFIX = b"/streams/"
 _DESCRIPTION = re.compile(r'error_description="([^"]{0,200})"')
 _REFUSAL_LOG_EVERY = 60.0
-#: the ASGI path-send extension (granian): the server sends a file's bytes itself
-_PATHSEND = "http.response.pathsend"
 
 
 class PlaylistView:
@@ -501,25 +499,11 @@ class StreamProxy:
             return await self._serve_segment(scope, send, cors, flight, pod_id, ctype, cache_control)
 
     async def _send_stored(self, scope, send, cors: Headers, entry: Stored, ctype: str, cache_control: bytes) -> int:
-        """Answer from a kept host-store entry; 0 when its file went away (the caller fetches).
-
-        A media segment without a Range header, under a server offering the ASGI path-send
-        extension (granian), goes out as the file itself (no copy through Python; the server
-        opens it after this returns, which the store's eviction grace allows for); anything
-        else is read and sent as a complete flight (ranges: :meth:`_range`), so an init
-        segment replaced meanwhile is never sent under the old one's length."""
-        head = scope["method"] == "HEAD"
-        rng = _header(scope, b"range")
-        if rng is None and (head or (entry.immutable and _PATHSEND in (scope.get("extensions") or {}))):
-            headers = [(b"content-type", ctype.encode()), (b"accept-ranges", b"bytes"),
-                       (b"cache-control", cache_control), (b"content-length", str(entry.size).encode()), *cors]
-            await send_start(send, 200, headers)
-            if head:
-                await send({"type": "http.response.body", "body": b""})
-            else:
-                await send({"type": _PATHSEND, "path": str(entry.path)})
-                BYTES_OUT.inc(entry.size)
-            return 200
+        """Answer from a kept host-store entry: its bytes, read and checked against the inode the
+        lookup saw (ranges: :meth:`_range`); 0 when the file went away meanwhile (evicted or
+        replaced: the caller fetches). Not the ASGI path-send extension: under granian 2.8 it
+        was slower than sending the bytes (docs/benchmarks.md, "Cheap hits"), and the server
+        opens the path only after this returns, when the entry may have been replaced."""
         assert self.host is not None
         data = self.host.read(entry)
         if data is None:
