@@ -26,6 +26,7 @@ from tests.e2e.conftest import (
     started,
     wait_until,
 )
+from tests.proctable import descendants
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "dev"))
@@ -100,21 +101,7 @@ def tree_rss_bytes(pid: int) -> int:
     """:func:`rss_bytes` of ``pid`` and every live descendant, summed: the gateway serves from
     worker processes (granian forks them), so the process a test started is only their
     supervisor and its own RSS never grows with the load."""
-    parent: dict[int, int] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    fields = f.read().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                parent[int(d)] = int(fields[1])
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo += [c for c, pp in parent.items() if pp == p]
+    tree = descendants(pid)
     total = 0
     for p in tree:
         with contextlib.suppress(OSError, RuntimeError):

@@ -19,6 +19,7 @@ from gateway.app import GatewayASGI
 from gateway.asgi import create_app_from_env
 from gateway.config import CONFIG_PATH_ENV, parse_config
 from gateway.errors import ConfigError
+from tests.proctable import live_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 OK = {"stream_secret": "z" * 40, "pods": {"gate-1": "http://127.0.0.2:8000"}}
@@ -117,17 +118,7 @@ def _cmdline(pid: int) -> str:
 
 def _group(pgid: int) -> list[int]:
     """Live processes of process group ``pgid`` (the gateway started in its own session)."""
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    fields = f.read().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if fields[0] != "Z" and int(fields[2]) == pgid:
-                out.append(int(d))
-    return out
+    return [pid for pid, (_, group) in live_processes().items() if group == pgid]
 
 
 def _workers(pgid: int) -> list[int]:
@@ -137,17 +128,7 @@ def _workers(pgid: int) -> list[int]:
 
 def _children(pid: int) -> list[int]:
     """Live (not zombie) child processes of ``pid`` (granian forks its workers)."""
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    fields = f.read().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if fields[0] != "Z" and int(fields[1]) == pid:
-                out.append(int(d))
-    return out
+    return [child for child, (parent, _) in live_processes().items() if parent == pid]
 
 
 def _maps_uvloop(pid: int) -> bool:
