@@ -309,7 +309,7 @@ async def test_a_follower_of_a_dead_fetch_stops_when_another_worker_fetches_agai
     a = HostStore(root, max_bytes=1 << 20)
     pod = Pod([b"NEW-" * 10], gated=True)
     ta = asyncio.create_task(a.fill(KEY, held(), pod, ttl=FOREVER))  # ... and a new fetch starts at once
-    assert await tb == "followed"
+    assert await asyncio.wait_for(tb, 5) == "followed"  # at once, not after the follow timeout
     assert isinstance(fb.error, UpstreamError) and body(fb) == b"OLD-BYTES"
     pod.step()
     assert await ta == "fetched"
