@@ -283,17 +283,14 @@ class SegmentCache:
 
     Only complete 200 responses stay cached; errors and non-200s are shared by
     the requests that overlapped them, then dropped. Entries bigger than a
-    quarter of the budget are streamed but not kept. With ``keep=False`` no complete
-    entry is kept at all (single-flight only: the host store keeps them, see
-    :mod:`gateway.hoststore`).
+    quarter of the budget are streamed but not kept.
     """
 
-    def __init__(self, budget: ByteBudget | int, *, revalidate_after: float = 1.0, keep: bool = True) -> None:
+    def __init__(self, budget: ByteBudget | int, *, revalidate_after: float = 1.0) -> None:
         self.budget = budget if isinstance(budget, ByteBudget) else ByteBudget(budget)
         self.budget.add_evictor(self._evict)
         self.max_bytes = self.budget.limit
         self.revalidate_after = revalidate_after
-        self.keep = keep
         self._entries: OrderedDict[Any, Flight] = OrderedDict()
         self._bytes = 0
         self.hits = 0
@@ -367,7 +364,7 @@ class SegmentCache:
         if self._entries.get(key) is not flight:
             flight.uncache()
             return
-        if not self.keep or not _kept(flight) or flight.size > self.max_bytes // 4:
+        if not _kept(flight) or flight.size > self.max_bytes // 4:
             self._drop(key)
             return
         self._bytes += flight.size

@@ -17,7 +17,9 @@ writes:
 * **complete 200s are kept** as a data file plus a meta file (headers, ETag, when fetched,
   until when fresh: never for media segments, which are immutable; ``revalidate_after``
   for init segments; half a target duration for a playlist). A hit is the file's bytes,
-  read and checked against the inode the lookup saw (:meth:`HostStore.read`).
+  read and checked against the inode the lookup saw (:meth:`HostStore.read`); each worker
+  then keeps the segment in its own memory cache too (:class:`gateway.cache.SegmentCache`,
+  its share of ``cache_max_bytes``), so the file is read about once per worker.
 * **bounded.** After each new entry the store evicts the least recently used entries
   (data file mtime = last use, refreshed at most once a second per process) until it holds
   at most ``max_bytes`` and ``max_entries``. Entries bigger than a quarter of

@@ -61,7 +61,7 @@ from gateway.errors import (
     UpstreamStatus,
 )
 from gateway.grants import GRANT_PARAM, Grant, Kind
-from gateway.hoststore import HostStore, Stored, key_name
+from gateway.hoststore import HostStore
 from gateway.llhls import MAX_HOLD_TARGET, Directives, PlaylistInfo, inspect_playlist, parse_directives
 from gateway.metrics import (
     BYTES_OUT,
@@ -155,8 +155,9 @@ class StreamProxy:
         self.cors = Cors(allowed_origins)
         self.budget = ByteBudget(cache_max_bytes)
         self.host = host_store
-        # with a host store, complete segments live there (one copy per host, sent from the file)
-        self.segments = SegmentCache(self.budget, keep=host_store is None)
+        # complete segments stay in this worker's memory too (its share of cache_max_bytes): a hit
+        # then costs no file read; a miss here is a hit in the host store, or one fetch per host
+        self.segments = SegmentCache(self.budget)
         self.playlists = PlaylistCache(budget=self.budget,
                                        max_inflight=3 * MAX_HOLD_TARGET + upstream.deadline + 5.0)
         self.segment_cc = f"private, max-age={int(segment_max_age)}, immutable".encode()
@@ -459,13 +460,6 @@ class StreamProxy:
 
         cache_control = b"private, no-store" if is_key else b"private, no-cache" if is_init else self.segment_cc
         host = None if is_key else self.host  # keys (secrets) never go through the host store's files
-        if host is not None:
-            entry = host.lookup(key_name(key))
-            if entry is not None and entry.fresh(time.time()):
-                sent = await self._send_stored(scope, send, cors, entry, ctype, cache_control)
-                if sent:
-                    self._cache_hit.inc()
-                    return sent
 
         async def from_pod(flight: Flight, stale: Flight | None) -> None:
             url = self.upstream.url(base_url, camera_id, rel, query)
@@ -497,23 +491,6 @@ class StreamProxy:
             self._cache_miss.inc()
         with flight.held():  # held from here: a body that leaves the cache stays readable (and charged) for us
             return await self._serve_segment(scope, send, cors, flight, pod_id, ctype, cache_control)
-
-    async def _send_stored(self, scope, send, cors: Headers, entry: Stored, ctype: str, cache_control: bytes) -> int:
-        """Answer from a kept host-store entry: its bytes, read and checked against the inode the
-        lookup saw (ranges: :meth:`_range`); 0 when the file went away meanwhile (evicted or
-        replaced: the caller fetches). Not the ASGI path-send extension: under granian 2.8 it
-        was slower than sending the bytes (docs/benchmarks.md, "Cheap hits"), and the server
-        opens the path only after this returns, when the entry may have been replaced."""
-        assert self.host is not None
-        data = self.host.read(entry)
-        if data is None:
-            return 0
-        flight = Flight()
-        flight.cached = True  # held here: a finished flight nobody holds lets its body go
-        flight.start(200, dict(entry.headers))
-        flight.append(data)
-        flight.finish()
-        return await self._serve_segment(scope, send, cors, flight, "", ctype, cache_control)
 
     async def _serve_segment(self, scope, send, cors: Headers, flight: Flight, pod_id: str, ctype: str,
                              cache_control: bytes) -> int:
