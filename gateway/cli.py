@@ -72,8 +72,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def worker_count(flag: int | None, configured: int | None) -> int:
     """Worker processes to run: the ``--workers`` flag, else config ``workers``, else one per
-    CPU (at most :data:`~gateway.config.MAX_WORKERS`)."""
-    return flag or configured or min(os.cpu_count() or 1, MAX_WORKERS)
+    CPU this process may run on (its affinity: a container's cpuset, ``taskset``; not a CFS
+    quota), at most :data:`~gateway.config.MAX_WORKERS`."""
+    return flag or configured or min(_usable_cpus(), MAX_WORKERS)
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _check(argv: list[str]) -> int:

@@ -26,9 +26,11 @@ Worker processes die with the process that started them (:func:`die_with_supervi
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -87,15 +89,18 @@ def serve(cfg: GatewayConfig, *, host: str, port: int, server: ServerKind, worke
     if cfg.host_cache_dir is not None:
         open_store_dir(cfg.host_cache_dir)  # ConfigError now, not a traceback in every worker
     if workers > 1:
+        remove_leftovers(_tmpfs() or tempfile.gettempdir())
         if cfg.host_cache_dir is None:  # one host store for this run's workers, gone when it ends
-            own_store = tempfile.mkdtemp(prefix="platebridge-gateway-", dir=_tmpfs())
+            own_store = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-", dir=_tmpfs())
             os.environ[ENV_PREFIX + "HOST_CACHE_DIR"] = own_store
         if not cfg.grant_keys_configured():
             # the workers must verify each other's grants: one random key for this run (sessions
             # end with it, as they would with one worker); config keys keep them across restarts
             os.environ[ENV_PREFIX + "GRANT_SECRET"] = secrets.token_urlsafe(48)
         if not os.environ.get(MULTIPROC_ENV):  # /metrics sums over the workers (prometheus_client)
-            own_metrics = tempfile.mkdtemp(prefix="platebridge-gateway-metrics-", dir=_tmpfs())
+            # next to the store (systemd: in its RuntimeDirectory), a fresh one for each run
+            own_metrics = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}metrics-{os.getpid()}-",
+                                           dir=cfg.host_cache_dir or _tmpfs())
             os.environ[MULTIPROC_ENV] = own_metrics
         log.info("%d workers sharing the host store %s", workers, cfg.host_cache_dir or own_store)
     try:
@@ -110,6 +115,29 @@ def serve(cfg: GatewayConfig, *, host: str, port: int, server: ServerKind, worke
 
 #: where a run's own host store goes (a tmpfs on Linux); mkdtemp makes a fresh 0700 directory in it
 SHM_DIR = "/dev/shm"  # noqa: S108 - a private mkdtemp directory inside it, never a fixed name
+#: names of a run's own directories: ``<prefix>[metrics-]<supervisor pid>-<random>``
+RUN_DIR_PREFIX = "platebridge-gateway-"
+_RUN_DIR = re.compile(rf"^{re.escape(RUN_DIR_PREFIX)}(?:metrics-)?(\d+)-[A-Za-z0-9_]+$")
+
+
+def remove_leftovers(parent: str) -> list[str]:
+    """Delete this user's run directories in ``parent`` (host stores, metrics) whose supervisor
+    is gone: one killed with SIGKILL never ran its cleanup, and a tmpfs holds them in RAM.
+    Returns the names removed."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(parent):
+            m = _RUN_DIR.match(entry.name)
+            if not m or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.geteuid():
+                    shutil.rmtree(entry.path)
+                    removed.append(entry.name)
+    if removed:
+        log.info("removed %d host store/metrics directories of gateways that were killed: %s", len(removed),
+                 ", ".join(removed[:5]))
+    return removed
 
 
 def _tmpfs() -> str | None:

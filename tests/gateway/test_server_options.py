@@ -152,7 +152,7 @@ def test_granian_missing_is_a_clear_config_error(tmp_path):
     assert "$.server: granian is not installed" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-CPUS = os.cpu_count() or 1
+CPUS = min(len(os.sched_getaffinity(0)), 64)
 
 
 @pytest.mark.parametrize("flags,workers,uvloop", [
@@ -365,11 +365,12 @@ def test_the_default_worker_count_is_capped(monkeypatch):
     from gateway.cli import worker_count
     from gateway.config import MAX_WORKERS
 
-    monkeypatch.setattr("gateway.cli.os.cpu_count", lambda: 96)
+    monkeypatch.setattr("gateway.cli.os.sched_getaffinity", lambda _pid: set(range(96)))
     assert worker_count(None, None) == MAX_WORKERS == 64  # a 96-CPU host starts (its workers accept 64)
     assert worker_count(None, 3) == 3 and worker_count(2, 3) == 2
-    monkeypatch.setattr("gateway.cli.os.cpu_count", lambda: None)
-    assert worker_count(None, None) == 1
+    monkeypatch.setattr("gateway.cli.os.sched_getaffinity", lambda _pid: {0, 1})  # a cpuset of 2 on a big host
+    monkeypatch.setattr("gateway.cli.os.cpu_count", lambda: 96)
+    assert worker_count(None, None) == 2
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -399,3 +400,19 @@ def test_a_killed_worker_is_replaced_and_the_gateway_keeps_serving(tmp_path):
         assert codes == [200] * 20
     finally:
         _stop_group(p)
+
+
+def test_run_directories_of_killed_gateways_are_removed_and_live_ones_kept(tmp_path):
+    from gateway.server import RUN_DIR_PREFIX, remove_leftovers
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = tmp_path / f"{RUN_DIR_PREFIX}{gone.pid}-abc123"
+    dead_metrics = tmp_path / f"{RUN_DIR_PREFIX}metrics-{gone.pid}-def456"
+    live = tmp_path / f"{RUN_DIR_PREFIX}{os.getppid()}-ghi789"
+    other = tmp_path / "platebridge-gateway-notes"
+    for d in (dead, dead_metrics, live, other):
+        d.mkdir()
+    (dead / "x.data").write_bytes(b"segment")
+    assert sorted(remove_leftovers(str(tmp_path))) == sorted([dead.name, dead_metrics.name])
+    assert not dead.exists() and not dead_metrics.exists() and live.exists() and other.exists()
