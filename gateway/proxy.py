@@ -486,7 +486,7 @@ class StreamProxy:
         before = self.segments.misses
         flight = self.segments.get_or_fetch(key, fetch, revalidate=revalidate)
         if self.segments.misses == before:
-            self._cache_hit.inc()  # joined this worker's flight
+            self._cache_hit.inc()  # in this worker's memory, or its fetch already running
         elif host is None:
             self._cache_miss.inc()
         with flight.held():  # held from here: a body that leaves the cache stays readable (and charged) for us
