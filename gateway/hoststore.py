@@ -117,16 +117,15 @@ class Stored:
 
 
 
-def open_store_dir(path: str | os.PathLike[str], *, create: bool = True) -> Path:
-    """The store directory ``path``, created with mode 0700 if missing (and ``create``).
+def open_store_dir(path: str | os.PathLike[str]) -> Path:
+    """The store directory ``path``, created with mode 0700 if missing.
 
     Raises :class:`ConfigError` (field ``$.host_cache_dir``) when it cannot be created or
     is not a directory owned by this user that only this user can write (another local
     user could otherwise plant bodies the gateway would serve)."""
     root = Path(path)
     try:
-        if create:
-            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = root.lstat()  # a symlink is refused: whoever owns it could point it elsewhere later
     except OSError as exc:
         raise ConfigError(f"$.host_cache_dir: cannot use {root}: {exc.strerror or exc}") from None
