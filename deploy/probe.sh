@@ -72,10 +72,17 @@ runs() { has "$1" && "$@" >/dev/null 2>&1; }  # runs <command> [args]: present a
 runs chromium --version || fail "chromium" chromium
 runs chromedriver --version || fail "chromedriver" chromium-driver
 
-# ---- benchmarks and deploy checks: nginx with secure_link, wrk, caddy, sqlite3, shellcheck, systemd-analyze
+# ---- benchmarks and deploy checks: nginx with secure_link and njs, wrk, caddy, sqlite3, shellcheck, systemd-analyze
 if has nginx || [ -x /usr/sbin/nginx ]; then
   nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
   "$nginx_bin" -V 2>&1 | grep -q -- '--with-http_secure_link_module' || fail "nginx with secure_link" nginx-extras
+  # the gateway's nginx data plane (gateway/nginxconf.py): njs must load and run HMAC-SHA256
+  njs_tmp="$(mktemp -d)"
+  printf 'function f(r) { return require("crypto").createHmac("sha256", "k").update("m").digest("hex"); }\nexport default {f};\n' >"$njs_tmp/p.js"
+  printf 'load_module /usr/lib/nginx/modules/ngx_http_js_module.so;\npid %s/pid;\nevents {}\nhttp { js_path "%s"; js_import p from p.js; js_set $p p.f; }\n' "$njs_tmp" "$njs_tmp" >"$njs_tmp/nginx.conf"
+  "$nginx_bin" -t -q -p "$njs_tmp" -e "$njs_tmp/error.log" -c "$njs_tmp/nginx.conf" >/dev/null 2>&1 \
+    || fail "nginx njs module (the gateway's nginx data plane)" libnginx-mod-http-js
+  rm -rf "$njs_tmp"
 else
   fail "nginx with secure_link" nginx-extras
 fi

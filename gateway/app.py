@@ -143,7 +143,8 @@ def create_app(
         guard=guard, discovery=discovery, upstream=upstream, allowed_origins=cfg.allowed_origins,
         cache_max_bytes=cfg.worker_memory_bytes(), segment_max_age=cfg.segment_max_age,
         access_log_enabled=cfg.access_log,
-        host_store=HostStore(cfg.host_cache_dir, max_bytes=cfg.cache_max_bytes) if cfg.host_cache_dir else None,
+        host_store=HostStore(cfg.host_cache_dir, max_bytes=cfg.cache_max_bytes, group_read=cfg.data_plane == "nginx")
+        if cfg.host_cache_dir else None,
     )
     hlsjs = Path(cfg.hlsjs_path) if cfg.hlsjs_path else default_hlsjs()
 

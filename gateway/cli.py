@@ -3,6 +3,7 @@
     platebridge-gateway --config gateway.yaml [--host 127.0.0.1] [--port 8080]
                         [--server granian|uvicorn] [--workers N] [--loop uvloop|asyncio]
     platebridge-gateway check --config gateway.yaml
+    platebridge-gateway nginx-conf --config gateway.yaml --out DIR [--listen 127.0.0.1:8443]
 
 Environment variables override the file (see :mod:`gateway.config`). Exit
 codes: 0 after Ctrl-C or SIGTERM (granian, the default server; uvicorn re-raises
@@ -37,9 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "check":
         return _check(argv[1:])
+    if argv and argv[0] == "nginx-conf":
+        from gateway.nginxconf import main as nginx_conf_main
+
+        return nginx_conf_main(argv[1:])
     p = argparse.ArgumentParser(prog="platebridge-gateway", description="PlateBridge tailnet HLS gateway",
                                 epilog="platebridge-gateway check --config gateway.yaml: check config, secret, "
-                                       "discovery and every pod (one PASS/WARN/FAIL line each)")
+                                       "discovery and every pod (one PASS/WARN/FAIL line each); "
+                                       "platebridge-gateway nginx-conf --config gateway.yaml --out DIR: write "
+                                       "the nginx data plane's config (data_plane: nginx)")
     p.add_argument("--config", "-c", help="path to gateway.yaml (optional if env configures everything)")
     p.add_argument("--host", help="listen address (overrides config)")
     p.add_argument("--port", type=int, help="listen port (overrides config)")

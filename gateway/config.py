@@ -110,6 +110,12 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # worker, a fresh private directory under /dev/shm for each run. Its kept bodies are
     # bounded by cache_max_bytes, and the workers' memory by the same again (an even share each)
     host_cache_dir: str | None = None
+    # who serves cached media segments: the gateway itself, or nginx in front of it, which
+    # verifies their grants and serves them straight from host_cache_dir (gateway/nginxconf.py;
+    # `platebridge-gateway nginx-conf` writes its config). "nginx" needs host_cache_dir and a
+    # configured grant key (grant_secret(s) or pod_signing_key_file); the store's directory
+    # may then be group-readable (0750, nginx's group) and its bodies are 0640
+    data_plane: Literal["gateway", "nginx"] = "gateway"
     loop: Literal["uvloop", "asyncio"] = "uvloop"  # the event loop that runs the app
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -330,6 +336,12 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
         raise _fail("$.workers", "must be 1-64 worker processes (or left out: one per CPU)")
     if cfg.host_cache_dir is not None and not os.path.isabs(cfg.host_cache_dir):
         raise _fail("$.host_cache_dir", "must be an absolute path (a directory on a tmpfs, mode 0700)")
+    if cfg.data_plane == "nginx":
+        if cfg.host_cache_dir is None:
+            raise _fail("$.host_cache_dir", "must be set with data_plane: nginx (nginx serves segments from it)")
+        if not cfg.grant_keys_configured():
+            raise _fail("$.grant_secret", "must be set (or pod_signing_key_file) with data_plane: nginx: nginx "
+                        "verifies grants with the same key, so it cannot be a random one per run")
     if cfg.upstream_proxy:
         try:
             proxy = urlsplit(cfg.upstream_proxy)

@@ -31,8 +31,13 @@ writes:
   themselves rather than follow a body that cannot be written.
 
 Layout of ``root`` (mode 0700, owned by this user; every file 0600; names are the SHA-256
-of the cache key, so no key can name a path): ``<h>.lock``, ``<h>.hdr``, ``<h>.part``,
-``<h>.end-<gen>`` while fetching; ``<h>.data`` and ``<h>.meta`` when kept; ``evict.lock``.
+of the cache key (:func:`key_name`), so no key can name a path): ``<h>.lock``, ``<h>.hdr``,
+``<h>.part``, ``<h>.end-<gen>`` while fetching; ``<h>.data`` and ``<h>.meta`` when kept;
+``evict.lock``. With ``data_plane: nginx`` the directory may be 0750 (setgid, in nginx's
+group) and bodies are 0640: nginx serves kept media segments itself, from ``<h>.data``
+(:mod:`gateway.nginxconf`). Those hits do not refresh the entry's last use, so the LRU order
+of segments nginx serves is the order they were fetched in (live segments are watched
+within a minute of being fetched).
 
 No sockets here: the caller passes the function that fetches from the pod.
 """
@@ -93,8 +98,18 @@ Ttl = Callable[[Flight], "float | None"]
 
 
 def key_name(key: Hashable) -> str:
-    """The file-name stem of a cache key: SHA-256 hex of its ``repr`` (64 characters)."""
-    return hashlib.sha256(repr(key).encode("utf-8", "surrogatepass")).hexdigest()
+    """The file-name stem of a cache key (64 hex characters).
+
+    A tuple of strings none of which holds a newline (the proxy's keys, ``(pod_id, camera_id,
+    path, query)``) is named by SHA-256 of ``"pbk1\n"`` and the strings, each followed by
+    ``"\n"``: the nginx data plane computes the same name to serve a kept media segment
+    (``gateway/njs/platebridge_grant.js``). Any other key by SHA-256 of ``"repr\n"`` and its
+    ``repr`` (the two forms cannot meet: one starts ``pbk1``, the other ``repr``)."""
+    if isinstance(key, tuple) and all(isinstance(k, str) and "\n" not in k for k in key):
+        text = "pbk1\n" + "".join(k + "\n" for k in key)
+    else:
+        text = "repr\n" + repr(key)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,23 +132,26 @@ class Stored:
 
 
 
-def open_store_dir(path: str | os.PathLike[str]) -> Path:
-    """The store directory ``path``, created with mode 0700 if missing.
+def open_store_dir(path: str | os.PathLike[str], *, group_read: bool = False) -> Path:
+    """The store directory ``path``, created if missing (mode 0700; 0750 with ``group_read``).
 
     Raises :class:`ConfigError` (field ``$.host_cache_dir``) when it cannot be created or
     is not a directory owned by this user that only this user can write (another local
-    user could otherwise plant bodies the gateway would serve)."""
+    user could otherwise plant bodies the gateway would serve). Only with ``group_read``
+    (``data_plane: nginx``: nginx's workers read the kept segments) may its group read it;
+    others never."""
     root = Path(path)
     try:
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        root.mkdir(mode=0o750 if group_read else 0o700, parents=True, exist_ok=True)
         st = root.lstat()  # a symlink is refused: whoever owns it could point it elsewhere later
     except OSError as exc:
         raise ConfigError(f"$.host_cache_dir: cannot use {root}: {exc.strerror or exc}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"$.host_cache_dir: {root} is not a directory (a symlink is not accepted)")
-    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+    allowed = 0o750 if group_read else 0o700
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o777 & ~allowed:
         raise ConfigError(f"$.host_cache_dir: {root} must be owned by this user (uid {os.geteuid()}) with mode "
-                          f"0700 (it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})")
+                          f"{allowed:04o} or stricter (it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})")
     return root
 
 
@@ -173,7 +191,9 @@ class _Writer:
             part = store._path(name, "part")
             with contextlib.suppress(FileNotFoundError):  # a new inode: a follower of a dead fetch keeps the old one
                 os.unlink(part)
-            self.fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            self.fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, store.body_mode)
+            if store.body_mode != 0o600:
+                os.fchmod(self.fd, store.body_mode)  # not narrowed by a umask (the systemd unit's is 0077)
             self.ino = os.fstat(self.fd).st_ino
         except OSError as exc:
             self._give_up(f"cannot start: {exc.strerror or exc}")
@@ -247,11 +267,16 @@ class HostStore:
     """Cross-process single-flight store of pod bodies in ``root`` (see the module doc).
 
     ``max_bytes`` and ``max_entries`` bound the kept entries (bytes of bodies, count).
+    ``group_read`` (``data_plane: nginx``): body files are 0640 and the directory may be 0750,
+    so nginx's workers, in the directory's group, can serve kept media segments.
     Raises :class:`ConfigError` for an unusable ``root``. Thread-unsafe; one per process.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, max_bytes: int, max_entries: int = 20_000) -> None:
-        self.root = open_store_dir(root)
+    def __init__(self, root: str | os.PathLike[str], *, max_bytes: int, max_entries: int = 20_000,
+                 group_read: bool = False) -> None:
+        self.root = open_store_dir(root, group_read=group_read)
+        #: mode of body files: 0640 when nginx's workers (the directory's group) serve them
+        self.body_mode = 0o640 if group_read else 0o600
         self.max_bytes = max_bytes
         fs = os.statvfs(self.root)
         room = int(fs.f_blocks * fs.f_frsize * FS_SHARE)

@@ -87,7 +87,8 @@ def serve(cfg: GatewayConfig, *, host: str, port: int, server: ServerKind, worke
         os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
         os.environ[ENV_PREFIX + "WORKERS"] = str(workers)  # each worker takes its share of cache_max_bytes
     if cfg.host_cache_dir is not None:
-        open_store_dir(cfg.host_cache_dir)  # ConfigError now, not a traceback in every worker
+        # ConfigError now, not a traceback in every worker
+        open_store_dir(cfg.host_cache_dir, group_read=cfg.data_plane == "nginx")
     if workers > 1:
         remove_leftovers(_tmpfs() or tempfile.gettempdir())
         if cfg.host_cache_dir is None:  # one host store for this run's workers, gone when it ends

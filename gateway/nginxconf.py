@@ -1,0 +1,249 @@
+"""The nginx data plane: nginx in front of the gateway serves cached media segments itself.
+
+Issue 15 asked for cache hits at nginx's speed. A Python server does not get there (granian,
+2 workers: 0.40× nginx's requests/s on 125 KB segments; docs/benchmarks.md), so with
+``data_plane: nginx`` the gateway keeps doing everything it does, and nginx, on the same host,
+answers the one hot request itself: a media segment (``.ts .m4s .aac .vtt``, RFC 8216 §3)
+that is already kept in the host store, asked for with a valid grant. Per request:
+
+1. njs (``gateway/njs/platebridge_grant.js``, Debian package ``libnginx-mod-http-js``)
+   verifies the ``pb_grant`` exactly as :meth:`gateway.grants.GrantSigner.verify` does for a
+   media grant: the MAC over camera, path and (empty) query with the gateway's grant keys, the
+   kind, the expiry. It names the store file, ``<host_cache_dir>/<key_name>.data``
+   (:func:`gateway.hoststore.key_name` of ``(pod_id, camera_id, path, "")``).
+2. nginx serves that file when it exists (``try_files``), with the gateway's headers
+   (content type, ``Cache-Control: private, max-age=<segment_max_age>, immutable``, CORS for
+   ``allowed_origins``, ``nosniff``); byte ranges work as nginx's always do.
+3. Everything else goes to the gateway unchanged: playlists, init segments (EXT-X-MAP), keys,
+   misses, and every request whose grant nginx did not accept, so every refusal and its reason
+   are the gateway's, before any upstream request, as without nginx.
+
+:func:`render` writes the config (for nginx's ``http`` context; it holds the grant keys, so
+mode 0600); ``platebridge-gateway nginx-conf`` (:func:`main`) writes it and the njs module to a
+directory. No I/O in :func:`render`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from importlib import resources
+from pathlib import Path
+
+from gateway.config import GatewayConfig, load_config
+from gateway.errors import ConfigError
+
+#: the njs module, in the package (``gateway/njs``)
+NJS_MODULE = "platebridge_grant.js"
+CONF_NAME = "platebridge-dataplane.conf"
+SERVE_NAME = "platebridge-dataplane-serve.conf"
+#: Debian's njs module (libnginx-mod-http-js); Debian's nginx.conf loads it from modules-enabled
+NJS_SO = "/usr/lib/nginx/modules/ngx_http_js_module.so"
+#: media types nginx serves, as :func:`protocol.paths.content_type_for` names them
+SERVED_TYPES: dict[str, str] = {"ts": "video/mp2t", "m4s": "video/mp4", "aac": "audio/aac", "vtt": "text/vtt"}
+
+_ADDRESS = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}\Z")
+_LISTEN = re.compile(r"^(?:(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):)?\d{1,5}(?: [a-z0-9_=]+)*\Z")
+_NAME = re.compile(r"^[A-Za-z0-9_.*-]{1,253}\Z")
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./-]*\Z")
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(?::\d{1,5})?\Z|^https?://\[[0-9A-Fa-f:.]+\](?::\d{1,5})?\Z")
+
+
+def _need(ok: bool, field: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field}: {why}")
+
+
+def render(cfg: GatewayConfig, *, listen: str, gateway: str, conf_dir: str, server_name: str = "_",
+           access_log: str = "/var/log/nginx/platebridge-dataplane.log",
+           error_log: str = "/var/log/nginx/platebridge-dataplane.error.log") -> dict[str, str]:
+    """The nginx config files of the data plane for ``cfg``: ``{file name: text}`` for
+    :data:`CONF_NAME` (``http`` context; it holds the grant keys: write it 0600) and
+    :data:`SERVE_NAME` (the lines every served media type's location includes).
+
+    ``listen``: nginx's ``listen`` value (``127.0.0.1:8443``, ``443 ssl``); ``gateway``: the
+    gateway's ``host:port`` on this host; ``conf_dir``: the directory the files and
+    :data:`NJS_MODULE` go to; ``server_name``; log paths (``access_log`` may be ``off``).
+    Raises :class:`ConfigError` (field path and reason) when ``cfg.data_plane`` is not
+    ``nginx``, or a value would not be one nginx token (no quotes, ``;``, braces or spaces
+    where nginx would split them).
+    """
+    _need(cfg.data_plane == "nginx", "$.data_plane", "must be nginx to run an nginx data plane")
+    _need(cfg.host_cache_dir is not None, "$.host_cache_dir", "must be set with data_plane: nginx")
+    store = str(cfg.host_cache_dir)
+    _need(bool(_SAFE_PATH.match(store)) and ".." not in store, "$.host_cache_dir",
+          "must be a plain absolute path (letters, digits, _ . / -) for the nginx config")
+    _need(bool(_LISTEN.match(listen)), "--listen", "must be like 127.0.0.1:8443, 8443 or '443 ssl'")
+    _need(bool(_ADDRESS.match(gateway)), "--gateway", "must be host:port of the gateway on this host")
+    _need(bool(_NAME.match(server_name)), "--server-name", "must be one host name (or _)")
+    for label, path in (("--out", conf_dir), ("--access-log", access_log), ("--error-log", error_log)):
+        off = label == "--access-log" and path == "off"
+        _need(bool(_SAFE_PATH.match(path)) or off, label, "must be a plain absolute path (letters, digits, _ . / -)"
+              + (" or off" if label == "--access-log" else ""))
+    for i, origin in enumerate(cfg.allowed_origins):
+        _need(bool(_ORIGIN.match(origin)), f"$.allowed_origins[{i}]", "must be an exact origin for the nginx map")
+    keys = ",".join(k.hex() for k in cfg.grant_keys())
+    origins = "".join(f'    "{o}" $http_origin;\n' for o in cfg.allowed_origins)
+    expose = "".join(f'    "{o}" "Content-Length, Content-Range, Accept-Ranges";\n' for o in cfg.allowed_origins)
+    cache_control = f"private, max-age={int(cfg.segment_max_age)}, immutable"
+    served = "".join(f"""
+    location ~ "^/streams/[^/]+/.+\\.{ext}$" {{
+        default_type {ctype};
+        include {conf_dir}/{SERVE_NAME};
+    }}
+""" for ext, ctype in SERVED_TYPES.items())
+    conf = f"""# PlateBridge gateway, nginx data plane (gateway/nginxconf.py). Written by
+# `platebridge-gateway nginx-conf` from the gateway's config: write it again whenever the grant
+# keys, host_cache_dir, allowed_origins or segment_max_age change, then `nginx -s reload`.
+# It holds the grant keys: mode 0600, owned by root. Needs the njs module (Debian package
+# libnginx-mod-http-js; its load_module line is in /etc/nginx/modules-enabled).
+#
+# nginx serves a media segment itself only when it is kept in the host store and its grant is
+# valid for exactly that URI; everything else (playlists, init segments, keys, misses, any
+# grant njs did not accept) goes to the gateway, which answers or refuses it as it always does.
+
+js_path "{conf_dir}";
+js_import platebridge_grant from {NJS_MODULE};
+js_set $pb_store_file platebridge_grant.store_file;
+js_var $pb_grant_keys "{keys}";
+
+map $http_origin $pb_cors_origin {{
+    default "";
+{origins}}}
+map $http_origin $pb_cors_expose {{
+    default "";
+{expose}}}
+
+upstream platebridge_gateway {{
+    server {gateway};
+    keepalive 64;
+}}
+
+# Access log without query strings: grants (?pb_grant=) and user tokens (?token=) ride in them.
+# The path as asked ($uri is the store file's name once nginx serves it); "$upstream_addr" is
+# "-" for a segment nginx served itself.
+map $request_uri $pb_request_path {{
+    "~^(?<pb_path>[^?]*)" $pb_path;
+}}
+log_format platebridge_dataplane '$remote_addr [$time_local] "$request_method $pb_request_path" $status '
+                                 '$body_bytes_sent $request_time "$upstream_addr"';
+
+server {{
+    listen {listen};
+    server_name {server_name};
+    access_log {"off" if access_log == "off" else access_log + " platebridge_dataplane"};
+    # nginx's error log can quote a request line (query included): readable by root only
+    error_log {error_log} warn;
+    log_not_found off;
+
+    large_client_header_buffers 4 16k;
+    client_max_body_size 64k;
+    client_header_timeout 10s;
+    client_body_timeout 10s;
+    send_timeout 60s;
+    keepalive_timeout 120s;
+
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host $host;
+    proxy_connect_timeout 2s;
+    proxy_send_timeout 10s;
+    # parts and segments the gateway streams while the pod sends them pass on as they arrive
+    proxy_buffering off;
+    proxy_request_buffering off;
+    proxy_read_timeout 40s;  # blocking playlist reloads (LL-HLS, RFC 8216bis §6.2.5.2)
+
+    # the host store (gateway/hoststore.py): njs names the kept file of a granted segment
+    root {store};
+{served}
+    location @platebridge_gateway {{
+        proxy_pass http://platebridge_gateway;
+    }}
+
+    # Scrape the gateway's /metrics on its own address, not through here.
+    location = /metrics {{
+        return 404;
+    }}
+
+    location / {{
+        proxy_pass http://platebridge_gateway;
+    }}
+}}
+"""
+    return {CONF_NAME: conf, SERVE_NAME: SERVE_SNIPPET.format(cache_control=cache_control)}
+
+
+#: the lines every served media type's location shares (:data:`SERVE_NAME`)
+SERVE_SNIPPET = """# PlateBridge data plane (gateway/nginxconf.py): serve the host-store file njs named, else
+# hand the request to the gateway. The headers are the gateway's own for a media segment.
+types {{ }}
+try_files $pb_store_file @platebridge_gateway;
+etag off;
+add_header Cache-Control "{cache_control}" always;
+add_header Vary Origin always;
+add_header Access-Control-Allow-Origin $pb_cors_origin always;
+add_header Access-Control-Expose-Headers $pb_cors_expose always;
+add_header X-Content-Type-Options nosniff always;
+add_header Referrer-Policy no-referrer always;
+"""
+
+
+def njs_source() -> str:
+    """The njs module's text (package data ``gateway/njs/platebridge_grant.js``)."""
+    return resources.files("gateway").joinpath("njs", NJS_MODULE).read_text(encoding="utf-8")
+
+
+def write(cfg: GatewayConfig, out_dir: str | os.PathLike[str], *, listen: str, gateway: str,
+          server_name: str = "_", access_log: str | None = None, error_log: str | None = None) -> list[Path]:
+    """Write the data plane's files to ``out_dir`` (created 0700 if missing): the config
+    (:data:`CONF_NAME`, mode 0600, it holds the grant keys), the shared location lines and
+    the njs module (0644). Returns their paths. Raises :class:`ConfigError` as :func:`render`
+    does, or when ``out_dir`` cannot be written."""
+    out = Path(out_dir).resolve()
+    logs = {k: v for k, v in (("access_log", access_log), ("error_log", error_log)) if v}
+    files = render(cfg, listen=listen, gateway=gateway, conf_dir=str(out), server_name=server_name, **logs)
+    try:
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        written = []
+        for name, text, mode in ((CONF_NAME, files[CONF_NAME], 0o600), (SERVE_NAME, files[SERVE_NAME], 0o644),
+                                 (NJS_MODULE, njs_source(), 0o644)):
+            path = out / name
+            tmp = path.with_name(f".{name}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+            written.append(path)
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot write {out}: {exc.strerror or exc}") from None
+    return written
+
+
+def main(argv: list[str]) -> int:
+    """``platebridge-gateway nginx-conf``: exit 0 written, 2 bad config or arguments."""
+    p = argparse.ArgumentParser(prog="platebridge-gateway nginx-conf",
+                                description="write the nginx data plane's config (data_plane: nginx)")
+    p.add_argument("--config", "-c", help="path to gateway.yaml (optional if env configures everything)")
+    p.add_argument("--out", required=True, help="directory for the config and the njs module, e.g. "
+                                                "/etc/nginx/platebridge")
+    p.add_argument("--listen", default="127.0.0.1:8443", help="nginx listen value (default 127.0.0.1:8443)")
+    p.add_argument("--gateway", help="the gateway's host:port on this host (default: its config host:port)")
+    p.add_argument("--server-name", default="_", help="nginx server_name (default _)")
+    p.add_argument("--access-log", help="nginx access log path, or off")
+    p.add_argument("--error-log", help="nginx error log path")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        gateway = args.gateway or f"{cfg.host}:{cfg.port}"
+        files = write(cfg, args.out, listen=args.listen, gateway=gateway, server_name=args.server_name,
+                      access_log=args.access_log, error_log=args.error_log)
+    except ConfigError as exc:
+        print(f"platebridge-gateway nginx-conf: config error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {', '.join(str(f) for f in files)}\n"
+          f"add to nginx's http context: include {files[0]};\n"
+          f"(needs the njs module: apt-get install libnginx-mod-http-js)")
+    return 0

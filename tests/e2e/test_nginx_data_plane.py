@@ -1,0 +1,259 @@
+"""The nginx data plane (issue 15, point 3), end to end: real camera, pod and gateway
+(``data_plane: nginx``, 2 workers sharing a host store), and Debian's nginx with the njs
+module, configured only by what ``platebridge-gateway nginx-conf`` writes.
+
+* A media segment kept in the host store, asked for with its grant, is served by nginx
+  itself: the gateway sees no request for it, the bytes are the pod's, the headers are the
+  gateway's (type, Cache-Control, CORS for allowed origins only, nosniff), ranges work.
+* Every request nginx does not serve reaches the gateway unchanged: playlists, init
+  segments, misses, an evicted entry. Every bad grant (tampered, another path, another
+  camera, a playlist grant, expired, none, an extra query parameter) gets the gateway's own
+  refusal, never a stored byte; traversal spellings name no file.
+* The watch page plays through nginx in headless chromium while HTTP players watch too,
+  with no failed request, and nginx serves part of their segment requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from stack import VENV_BIN, _spawn
+
+from gateway.grants import Grant, GrantSigner
+from protocol.tokens import Keyring, mint_user_token
+from tests.e2e.conftest import assert_video_plays, free_port, make_stack, pod_metric, wait_until
+from tests.e2e.test_gateway_workers import SplitPlayers
+
+pytestmark = pytest.mark.e2e
+
+NJS_SO = "/usr/lib/nginx/modules/ngx_http_js_module.so"
+ORIGIN = "https://portal.example.com"
+
+
+def start_data_plane(s, tmp: Path) -> int:
+    """Write the data plane's config with the gateway's own CLI and start nginx (its own
+    prefix, daemon off, a child of the stack) with it; returns nginx's port."""
+    tmp.mkdir(mode=0o700)
+    port = free_port("127.0.0.1")
+    out = subprocess.run([str(VENV_BIN / "platebridge-gateway"), "nginx-conf",
+                          "--config", str(s.workdir / "gateway.yaml"),
+                          "--out", str(tmp / "conf"), "--listen", f"127.0.0.1:{port}",
+                          "--access-log", str(tmp / "access.log"), "--error-log", str(tmp / "error.log")],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    conf = tmp / "conf" / "platebridge-dataplane.conf"
+    assert conf.stat().st_mode & 0o777 == 0o600  # it holds the grant keys
+    user = "user root root;\n" if os.geteuid() == 0 else ""  # as root, workers would become nobody
+    temp = "".join(f"    {d}_temp_path {tmp / d};\n" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (tmp / "nginx.conf").write_text(
+        f"load_module {NJS_SO};\nworker_processes 2;\npid {tmp / 'nginx.pid'};\n"
+        f"error_log {tmp / 'main-error.log'} warn;\n{user}events {{ worker_connections 1024; }}\n"
+        f"http {{\n{temp}    include {conf};\n}}\n")
+    nginx = "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "nginx"
+    proc = _spawn("nginx", [nginx, "-p", str(tmp), "-e", str(tmp / "main-error.log"), "-c", str(tmp / "nginx.conf"),
+                            "-g", "daemon off;"], s.workdir)
+    s.procs["nginx"] = proc
+
+    def up() -> bool:
+        assert proc.popen.poll() is None, proc.tail() + (tmp / "main-error.log").read_text(errors="replace")
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+
+    wait_until(up, 20, what="nginx data plane")
+    return port
+
+
+def gateway_requests(s, kind: str = "[a-z]+") -> float:
+    """/streams/ requests the gateway answered (summed over its workers and statuses) of ``kind``
+    (a regex; refusals before the file kind is known count as ``other``)."""
+    text = httpx.get(f"{s.gateway_url}/metrics", timeout=5).text
+    return sum(float(m.group(1)) for m in re.finditer(
+        rf'^platebridge_gateway_requests_total\{{[^}}]*kind="{kind}"[^}}]*\}} ([0-9.e+]+)$', text, re.MULTILINE))
+
+
+def gateway_segment_requests(s) -> float:
+    """Segment requests the gateway answered."""
+    return gateway_requests(s, "segment")
+
+
+def open_session(base: str, s) -> tuple[str, str]:
+    """Start a viewing session through ``base``; returns (playlist URL with its grant, playlist text)."""
+    r = httpx.get(f"{base}/streams/{s.camera_id}/index.m3u8?token={s.user_token()}", timeout=10)
+    assert r.status_code == 302, r.text
+    url = f"{base}/streams/{s.camera_id}/{r.headers['location']}"
+    r = httpx.get(url, timeout=10)
+    assert r.status_code == 200, r.text
+    return url, r.text
+
+
+def uris(playlist: str) -> list[str]:
+    """Segment URIs of a media playlist (relative, grant included), oldest first."""
+    return [ln for ln in playlist.splitlines() if ln and not ln.startswith("#")]
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory):
+    """Camera, pod, gateway (data_plane: nginx, 2 workers) and the nginx data plane."""
+    tmp = tmp_path_factory.mktemp("dataplane")
+    s = make_stack(tmp / "stack")
+    store = tmp / "store"
+    s.gateway_overrides = {"data_plane": "nginx", "host_cache_dir": str(store), "workers": 2,
+                           "allowed_origins": [ORIGIN], "access_log": False}
+    try:
+        s.start_camera()
+        s.start_pod(timeout=60)
+        s.start_gateway()
+        port = start_data_plane(s, tmp / "nginx")
+        s.nginx_url = f"http://127.0.0.1:{port}"
+        s.nginx_dir = tmp / "nginx"
+        s.store = store
+        yield s
+    finally:
+        s.stop()
+
+
+def test_a_kept_segment_is_served_by_nginx_with_the_gateways_headers(plane, figure):
+    s = plane
+    base = s.nginx_url
+    _, text = open_session(base, s)
+    seg = next(u for u in reversed(uris(text)) if u.split("?")[0].endswith((".m4s", ".ts")))
+    url = f"{base}/streams/{s.camera_id}/{seg}"
+    direct = f"{s.gateway_url}/streams/{s.camera_id}/{seg}"
+    pod0, gw0 = pod_metric(s, "segment"), gateway_segment_requests(s)
+    first = httpx.get(url, headers={"Origin": ORIGIN}, timeout=10)  # a miss: the gateway fetches and keeps it
+    assert first.status_code == 200
+    wait_until(lambda: any(p.suffix == ".data" for p in s.store.iterdir()), 5, what="the segment kept")
+    gw1 = gateway_segment_requests(s)
+    second = httpx.get(url, headers={"Origin": ORIGIN}, timeout=10)
+    other = httpx.get(url, headers={"Origin": "https://evil.example"}, timeout=10)
+    ranged = httpx.get(url, headers={"Range": "bytes=10-99"}, timeout=10)
+    head = httpx.head(url, timeout=10)
+    gw2, pod2 = gateway_segment_requests(s), pod_metric(s, "segment")
+    gateway_answer = httpx.get(direct, headers={"Origin": ORIGIN}, timeout=10)
+
+    assert gw1 == gw0 + 1 and gw2 == gw1, (gw0, gw1, gw2)  # nginx served the four repeats itself
+    assert pod2 == pod0 + 1  # one pod fetch in all
+    assert second.status_code == 200 and second.content == first.content == gateway_answer.content
+    for h in ("content-type", "cache-control", "vary", "access-control-allow-origin",
+              "access-control-expose-headers", "x-content-type-options", "referrer-policy"):
+        assert second.headers.get(h) == gateway_answer.headers.get(h), h
+    assert second.headers["content-type"] == "video/mp4" if seg.split("?")[0].endswith(".m4s") else "video/mp2t"
+    assert "access-control-allow-origin" not in other.headers and other.headers["vary"] == "Origin"
+    assert ranged.status_code == 206 and ranged.content == first.content[10:100]
+    assert ranged.headers["content-range"] == f"bytes 10-99/{len(first.content)}"
+    assert head.status_code == 200 and int(head.headers["content-length"]) == len(first.content)
+    log = (s.nginx_dir / "access.log").read_text()
+    assert "pb_grant" not in log  # grants never in nginx's access log
+    figure("repeat segment requests the gateway saw (nginx data plane)", gw2 - gw1, "requests", "== 0", gw2 == gw1)
+
+
+def test_whatever_nginx_does_not_serve_is_the_gateways(plane):
+    s = plane
+    base = s.nginx_url
+    playlist_url, text = open_session(base, s)
+    media = [u for u in uris(text) if u.split("?")[0].endswith((".m4s", ".ts"))]
+    seg, older = media[-1], media[-2]
+    url = f"{base}/streams/{s.camera_id}/{seg}"
+    assert httpx.get(url, timeout=10).status_code == 200
+    assert httpx.get(f"{base}/streams/{s.camera_id}/{older}", timeout=10).status_code == 200
+    name, grant = seg.split("?pb_grant=")
+    older_grant = older.split("?pb_grant=")[1]
+    signer = GrantSigner([s.grant_secret.encode()])
+    now = int(time.time())
+    expired = signer.mint(Grant("media", s.pod_id, now - 5, now + 60, b"expired!"), camera_id=s.camera_id, path=name)
+    playlist_grant = playlist_url.split("pb_grant=")[1]
+    flipped = grant[:-3] + ("A" if grant[-3] != "A" else "B") + grant[-2:]
+    cases = {
+        "tampered": f"/streams/{s.camera_id}/{name}?pb_grant={flipped}",
+        "another path's grant": f"/streams/{s.camera_id}/{name}?pb_grant={older_grant}",
+        "another camera": f"/streams/other-cam/{name}?pb_grant={grant}",
+        "a playlist grant": f"/streams/{s.camera_id}/{name}?pb_grant={playlist_grant}",
+        "expired": f"/streams/{s.camera_id}/{name}?pb_grant={expired}",
+        "no grant": f"/streams/{s.camera_id}/{name}",
+        "two grants": f"/streams/{s.camera_id}/{name}?pb_grant={grant}&pb_grant={grant}",
+        "an extra parameter": f"/streams/{s.camera_id}/{name}?pb_grant={grant}&x=1",
+        "the store file by name": "/" + next(p.name for p in s.store.iterdir() if p.suffix == ".data"),
+        "traversal": f"/streams/{s.camera_id}/..%2f..%2f{name}?pb_grant={grant}",
+        "encoded dots": f"/streams/{s.camera_id}/%2e%2e/%2e%2e/{name}?pb_grant={grant}",
+    }
+    body = httpx.get(url, timeout=10).content
+    for what, target in cases.items():
+        before = gateway_requests(s)
+        via_nginx = httpx.get(base + target, timeout=10)
+        assert via_nginx.status_code >= 400 and via_nginx.content != body, (what, via_nginx.status_code)
+        passed_on = gateway_requests(s) - before
+        direct = httpx.get(s.gateway_url + target, timeout=10)
+        if what != "the store file by name":
+            # the gateway's own refusal, word for word: nginx passed the request on
+            assert (via_nginx.status_code, via_nginx.content) == (direct.status_code, direct.content), what
+            assert passed_on == 1, what
+    # odd grants njs must survive without an exception (which would log the request line, grant
+    # included): wrong lengths, a pod id that is not a DNS label, bytes that are not UTF-8
+    raw = base64.urlsafe_b64decode(grant + "=" * (-len(grant) % 4))
+    odd = [raw[:19] + b"\xff\xfe" + raw[21:], raw[:18] + b"\xff" + raw[19:], raw[:18] + b"\x00" + raw[19:],
+           struct.pack(">BB", 2, 1) + b"\x00" * 60, os.urandom(40), os.urandom(110), raw + b"\x00"]
+    for junk in odd:
+        token = base64.urlsafe_b64encode(junk).rstrip(b"=").decode()
+        r = httpx.get(f"{base}/streams/{s.camera_id}/{name}?pb_grant={token}", timeout=10)
+        assert r.status_code in (400, 401, 403), r.status_code
+    errors = (s.nginx_dir / "error.log").read_text()
+    assert "js exception" not in errors and "pb_grant" not in errors, errors[-2000:]
+    # playlists and init segments always reach the gateway
+    before = gateway_segment_requests(s)
+    init = re.search(r'#EXT-X-MAP:URI="([^"]+)"', text)
+    if init:
+        r = httpx.get(f"{base}/streams/{s.camera_id}/{init.group(1)}", timeout=10)
+        assert r.status_code == 200 and r.headers["cache-control"] == "private, no-cache"
+        assert gateway_segment_requests(s) == before + 1
+    # an entry evicted from the store: the gateway fetches it again
+    for p in s.store.iterdir():
+        if p.suffix == ".data":
+            p.unlink()
+    pod0 = pod_metric(s, "segment")
+    again = httpx.get(url, timeout=10)
+    assert again.status_code == 200 and again.content == body and pod_metric(s, "segment") >= pod0
+
+
+def test_watch_page_plays_through_nginx_while_players_watch(plane, browser, figure):
+    s = plane
+    tokens = {s.camera_id: [mint_user_token(Keyring.single(s.secret), user_id=f"viewer-{j}", camera_id=s.camera_id,
+                                            pod_id=s.pod_id, ttl=600) for j in range(10)]}
+    host, port = s.nginx_url.removeprefix("http://").split(":")
+    players = SplitPlayers(host, int(port), None)  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner = asyncio.run_coroutine_threadsafe(players.run(tokens), loop)
+    try:
+        browser.get(f"{s.nginx_url}/watch/{s.camera_id}?token={s.user_token()}")
+        assert_video_plays(browser)
+        wait_until(lambda: sum(1 for e in list(players.events) if e.kind == "segment" and e.status == 200) >= 40,
+                   40, 0.2, what="players receiving segments")
+    finally:
+        loop.call_soon_threadsafe(players.stop.set)  # type: ignore[union-attr]
+        runner.result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    events = list(players.events)
+    bad = [e for e in events if e.status >= 400]
+    log = (s.nginx_dir / "access.log").read_text().splitlines()
+    segs = [ln for ln in log if re.search(r'"GET /streams/[^ ]+\.(m4s|ts)"', ln)]
+    by_nginx = [ln for ln in segs if ln.endswith('"-"')]
+    share = len(by_nginx) / max(1, len(segs))
+    # Live viewers ask for a new segment (or a preload-hinted part) together, mostly while the
+    # gateway is still fetching it: those requests follow the gateway's fetch. nginx serves the
+    # ones that come once it is kept (late joiners, slower players, retries).
+    figure("segment requests nginx served itself (11 viewers of one camera)", round(share, 2), "share", "> 0",
+           share > 0)
+    assert not bad, bad[:5]
+    odd = [ln for ln in by_nginx if not re.search(r"\" (200|206) ", ln)]  # 206: the first test's range request
+    assert by_nginx and not odd, odd

@@ -1,0 +1,163 @@
+"""The nginx data plane's config (gateway/nginxconf.py) and what the gateway changes for it:
+config checks, the store's file modes, the key names njs must compute. nginx itself runs in
+tests/e2e/test_nginx_data_plane.py."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gateway.config import parse_config
+from gateway.errors import ConfigError
+from gateway.hoststore import HostStore, key_name, open_store_dir
+from gateway.nginxconf import CONF_NAME, NJS_MODULE, SERVE_NAME, main, render, write
+from tests.gateway.conftest import signing_key_file
+
+SECRET = "s" * 32
+
+
+def cfg(tmp_path: Path, **over):
+    return parse_config({"grant_secret": SECRET, "user_token_secret": "u" * 32, "data_plane": "nginx",
+                         "pod_signing_key_file": signing_key_file(),
+                         "host_cache_dir": str(tmp_path / "store"), "allowed_origins": ["https://portal.example.com"],
+                         "pods": {"gate-1": "http://100.64.0.7:8000"}, **over}, env={})
+
+
+def test_the_config_holds_the_grant_keys_origins_store_and_headers(tmp_path):
+    files = render(cfg(tmp_path, segment_max_age=45), listen="127.0.0.1:8443", gateway="127.0.0.1:8080",
+                   conf_dir="/etc/nginx/platebridge")
+    conf, serve = files[CONF_NAME], files[SERVE_NAME]
+    assert f'js_var $pb_grant_keys "{SECRET.encode().hex()}";' in conf
+    assert f"root {tmp_path / 'store'};" in conf
+    assert '"https://portal.example.com" $http_origin;' in conf
+    assert "server 127.0.0.1:8080;" in conf and "listen 127.0.0.1:8443;" in conf
+    assert "include /etc/nginx/platebridge/platebridge-dataplane-serve.conf;" in conf
+    for ext, ctype in (("ts", "video/mp2t"), ("m4s", "video/mp4"), ("aac", "audio/aac"), ("vtt", "text/vtt")):
+        assert f'location ~ "^/streams/[^/]+/.+\\.{ext}$" {{\n        default_type {ctype};' in conf
+    assert ".mp4" not in conf and ".key" not in conf  # init segments and keys: always the gateway's
+    assert 'add_header Cache-Control "private, max-age=45, immutable" always;' in serve
+    assert "try_files $pb_store_file @platebridge_gateway;" in serve
+    assert "$request_uri" in conf and '"$request_method $uri"' not in conf  # no query (grants) in the log
+
+
+def test_rotated_keys_all_verify_signing_key_first(tmp_path):
+    c = cfg(tmp_path, grant_secret=None, grant_secrets={"old": "o" * 32, "new": "n" * 32}, grant_secret_primary="new")
+    conf = render(c, listen="8443", gateway="127.0.0.1:8080", conf_dir="/x")[CONF_NAME]
+    assert f'"{("n" * 32).encode().hex()},{("o" * 32).encode().hex()}"' in conf
+
+
+@pytest.mark.parametrize(("over", "kw", "field"), [
+    ({"data_plane": "gateway"}, {}, "$.data_plane"),
+    ({"host_cache_dir": "/run/pb store"}, {}, "$.host_cache_dir"),
+    ({"allowed_origins": ["https://a.example.com\"; evil"]}, {}, "$.allowed_origins"),
+    ({}, {"listen": "8443; include /etc/shadow"}, "--listen"),
+    ({}, {"gateway": "127.0.0.1:8080 backup; x"}, "--gateway"),
+    ({}, {"server_name": "a b"}, "--server-name"),
+    ({}, {"conf_dir": "relative/dir"}, "--out"),
+    ({}, {"access_log": "/var/log/x.log;"}, "--access-log"),
+])
+def test_a_value_nginx_would_split_is_refused_with_its_field(tmp_path, over, kw, field):
+    args = {"listen": "127.0.0.1:8443", "gateway": "127.0.0.1:8080", "conf_dir": "/etc/nginx/pb", **kw}
+    try:
+        c = cfg(tmp_path, **over)
+    except ConfigError as exc:  # refused by the gateway's own config check already
+        assert field in str(exc)
+        return
+    with pytest.raises(ConfigError, match=f"^{field.replace('$', '[$]')}"):
+        render(c, **args)
+
+
+@pytest.mark.parametrize(("over", "field"), [
+    ({"host_cache_dir": None}, "$.host_cache_dir"),
+    ({"grant_secret": None, "pod_signing_key_file": None, "stream_secret": "l" * 32},
+     "$.grant_secret"),  # legacy: a random grant key per run, which nginx could never verify
+])
+def test_data_plane_nginx_needs_a_fixed_store_and_grant_key(tmp_path, over, field):
+    with pytest.raises(ConfigError, match=field.replace("$", "[$]")):
+        cfg(tmp_path, **over)
+
+
+def test_write_makes_the_key_file_root_only_and_ships_the_njs_module(tmp_path):
+    out = tmp_path / "nginx"
+    paths = write(cfg(tmp_path), out, listen="127.0.0.1:8443", gateway="127.0.0.1:8080")
+    assert [p.name for p in paths] == [CONF_NAME, SERVE_NAME, NJS_MODULE]
+    assert stat.S_IMODE((out / CONF_NAME).stat().st_mode) == 0o600
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    assert "export default {store_file};" in (out / NJS_MODULE).read_text()
+    assert f'js_path "{out}";' in (out / CONF_NAME).read_text()
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    path = tmp_path / "gateway.yaml"
+    keys = f"grant_secret: {SECRET}\nuser_token_secret: {'u' * 32}\npod_signing_key_file: {signing_key_file()}\n"
+    path.write_text(f"{keys}data_plane: nginx\nhost_cache_dir: {tmp_path / 'store'}\n")
+    assert main(["--config", str(path), "--out", str(tmp_path / "o")]) == 0
+    assert "include " in capsys.readouterr().out
+    path.write_text(keys)
+    assert main(["--config", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "$.data_plane" in capsys.readouterr().err
+
+
+def test_njs_module_parses_in_nginx(tmp_path):
+    """Debian's nginx with the njs module loads the written config (nginx -t)."""
+    so = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")
+    if not so.exists():
+        pytest.fail("the njs module is missing: run ./run setup (libnginx-mod-http-js)")
+    out = tmp_path / "conf"
+    write(cfg(tmp_path), out, listen="127.0.0.1:1", gateway="127.0.0.1:8080", access_log=str(tmp_path / "a.log"),
+          error_log=str(tmp_path / "e.log"))
+    main_conf = tmp_path / "nginx.conf"
+    main_conf.write_text(f"load_module {so};\npid {tmp_path / 'pid'};\nevents {{}}\n"
+                         f"http {{ include {out / CONF_NAME}; }}\n")
+    r = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(main_conf), "-e", str(tmp_path / "m.log")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+
+
+# ---- the host store's side -------------------------------------------------------------
+
+def test_key_names_are_what_njs_computes():
+    """The proxy's keys are named by SHA-256 of "pbk1\\n" + each part + "\\n" (njs repeats it);
+    anything else keeps a name of its own kind."""
+    want = hashlib.sha256(b"pbk1\nmain-gate-pod\ngate-camera-1\nseg_17.m4s\n\n").hexdigest()
+    assert key_name(("main-gate-pod", "gate-camera-1", "seg_17.m4s", "")) == want
+    assert key_name(("a\nb", "c")) != key_name(("a", "b", "c"))  # a newline cannot forge another key
+    assert key_name(("a", 1)) == hashlib.sha256(b"repr\n('a', 1)").hexdigest()
+
+
+async def test_group_readable_store_for_nginx(tmp_path):
+    """data_plane: nginx: kept bodies are 0640 even under the systemd unit's UMask=0077 (nginx's
+    workers read them through the directory's group); other store files stay 0600."""
+    from gateway.cache import Flight
+
+    root = tmp_path / "store"
+    old = os.umask(0o077)
+    try:
+        store = HostStore(root, max_bytes=1 << 20, group_read=True)
+
+        async def pod(flight: Flight, _stale: Flight | None) -> None:
+            flight.start(200, {"content-type": "video/mp4"})
+            flight.append(b"segment")
+            flight.finish()
+
+        flight = Flight()
+        flight.cached = True
+        key = ("pod-1", "gate-camera-1", "seg_1.m4s", "")
+        assert await store.fill(key, flight, pod, ttl=lambda _f: float("inf")) == "fetched"
+    finally:
+        os.umask(old)
+    name = key_name(key)
+    assert stat.S_IMODE((root / f"{name}.data").stat().st_mode) == 0o640
+    assert stat.S_IMODE((root / f"{name}.meta").stat().st_mode) == 0o600
+    root.chmod(0o770)  # group-writable: another process could plant a body nginx serves
+    with pytest.raises(ConfigError, match="0750 or stricter"):
+        open_store_dir(root, group_read=True)
+    root.chmod(0o750)
+    with pytest.raises(ConfigError, match="0700 or stricter"):  # the plain store stays private
+        open_store_dir(root)
+    assert HostStore(tmp_path / "plain", max_bytes=1 << 20).body_mode == 0o600
