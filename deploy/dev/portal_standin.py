@@ -73,7 +73,8 @@ while null, fail; ``api`` = ``/api/*``, ``storage`` = ``/storage/*``, default ``
 ``unauthorized`` answers 401 as for a wrong pod API key; ``commit_hang`` lets the request
 do its work — the detection recorded, the object stored, the recording confirmed — and
 then withholds the answer until the switch changes: the pod can be killed at the worst
-moment, after the portal has its data and before the pod knows), ``GET /__standin/fault``,
+moment, after the portal has its data and before the pod knows; ``"after": n`` lets the next
+``n`` requests in scope through first), ``GET /__standin/fault``,
 ``POST /__standin/keys {"api_keys": [...]}`` (the pod API keys accepted from now on: a key
 rotation), ``POST /__standin/poison {"keys": [...], "status": 500, "scope": "all"|"detect"|"clips"}``
 (requests for those event ids — detect by ``Idempotency-Key``/``event_id``, upload-url by a
@@ -299,6 +300,7 @@ class PortalStandIn:
         self.detect_requests = 0
         self.fault_scope = "all"
         self.fault_remaining: int | None = None
+        self.fault_after = 0  # commit_hang: in-scope requests still answered before it applies
         self.faults_served = 0
         self._fault_changed = asyncio.Event()
         self._background: set[asyncio.Task] = set()
@@ -406,13 +408,15 @@ class PortalStandIn:
             return None
         return "user-" + hashlib.sha256(token.encode()).hexdigest()[:12]
 
-    def set_fault(self, mode: str, count: int | None, scope: str = "all") -> None:
+    def set_fault(self, mode: str, count: int | None, scope: str = "all", after: int = 0) -> None:
         """Switch fault injection: ``mode`` ok|error500|hang for the next ``count`` requests
         (None: until switched back) within ``scope``: ``api`` (``/api/*``), ``storage``
-        (``/storage/*``) or ``all``. Raises ``ValueError`` for an unknown scope."""
+        (``/storage/*``) or ``all``; ``commit_hang`` only after ``after`` more requests in scope
+        were answered normally. Raises ``ValueError`` for an unknown scope."""
         if scope not in FAULT_SCOPES:
             raise ValueError(f"scope must be one of {FAULT_SCOPES}")
         self.fault_mode, self.fault_remaining, self.fault_scope = mode, count, scope
+        self.fault_after = after
         self._fault_changed.set()
         self._fault_changed = asyncio.Event()
 
@@ -447,6 +451,9 @@ class PortalStandIn:
         until the fault switch changes (then 503: the pod, if still there, retries and meets
         the duplicate). None when the switch is off."""
         if self.fault_mode != "commit_hang" or self.fault_scope not in ("all", scope):
+            return None
+        if self.fault_after > 0:
+            self.fault_after -= 1
             return None
         if self.fault_remaining is not None:
             self.fault_remaining -= 1
@@ -904,13 +911,16 @@ def create_app(standin: PortalStandIn) -> Litestar:
         try:
             raw = msgspec.json.decode(await request.body())
             mode, count, scope = raw.get("mode"), raw.get("count"), raw.get("scope", "all")
+            after = raw.get("after", 0)
         except (msgspec.DecodeError, AttributeError) as exc:
             return _err(400, f"invalid body: {exc}")
         if mode not in FAULT_MODES or not (count is None or (isinstance(count, int) and count > 0)):
             return _err(400, f"mode must be {'|'.join(FAULT_MODES)} and count a positive integer or null")
         if scope not in FAULT_SCOPES:
             return _err(400, "scope must be all|api|storage")
-        s.set_fault(mode, count, scope)
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            return _err(400, "after must be a non-negative integer")
+        s.set_fault(mode, count, scope, after)
         return Response(fault_state())
 
     @post("/__standin/storage", status_code=200)
@@ -927,7 +937,7 @@ def create_app(standin: PortalStandIn) -> Litestar:
 
     def fault_state() -> dict:
         return {"mode": s.fault_mode, "count": s.fault_remaining, "scope": s.fault_scope,
-                "faults_served": s.faults_served}
+                "after": s.fault_after, "faults_served": s.faults_served}
 
     @get("/__standin/fault", sync_to_thread=False)
     def admin_fault_get() -> dict:

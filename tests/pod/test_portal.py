@@ -239,6 +239,29 @@ async def test_standin_serves_a_numeric_config_version_as_given_and_nudge_bumps_
         await s.stop()
 
 
+async def test_commit_hang_after_n_withholds_the_answer_of_the_next_request_only(portal):
+    """The stand-in's worst-moment switch: ``after: 2`` answers two detections normally, then
+    stores the third and withholds its answer until the switch changes (then 503)."""
+    await portal.admin("POST", "/__standin/fault", json={"mode": "commit_hang", "count": 1, "after": 2,
+                                                         "scope": "api"})
+    async with client(portal, retries=0) as c:
+        await c.post_detect(detect("h1"))  # answered (no PortalError)
+        await c.post_detect(detect("h2"))
+        third = asyncio.create_task(c.post_detect(detect("h3")))
+        async with asyncio.timeout(5):
+            while (await portal.admin("GET", "/__standin/fault")).json()["faults_served"] == 0:
+                await asyncio.sleep(0.01)
+        assert not third.done()
+        stored = (await portal.admin("GET", "/__standin/detections")).json()["detections"]
+        assert {d["event_id"] for d in stored} == {"h1", "h2", "h3"}  # stored before the answer
+        await portal.admin("POST", "/__standin/fault", json={"mode": "ok"})
+        with pytest.raises(PortalUnavailable) as ei:
+            await third
+        assert ei.value.status == 503
+    r = await portal.admin("POST", "/__standin/fault", json={"mode": "commit_hang", "after": -1})
+    assert r.status_code == 400
+
+
 async def test_error500_is_unavailable_and_get_plates_retries_until_fault_clears(portal):
     await portal.admin("POST", "/__standin/fault", json={"mode": "error500", "count": None})
     async with client(portal, retries=2) as c:
