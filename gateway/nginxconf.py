@@ -180,6 +180,12 @@ SERVE_SNIPPET = """# PlateBridge data plane (gateway/nginxconf.py): serve the ho
 # hand the request to the gateway. The headers are the gateway's own for a media segment.
 types {{ }}
 try_files $pb_store_file @platebridge_gateway;
+# descriptors of served files kept open: no open()/fstat() per hit. Misses are never cached
+# (a segment is kept moments after its first request); an evicted file stays readable through
+# a cached descriptor until it was unused for 20 s (its bytes are immutable, its grant checked)
+open_file_cache max=4096 inactive=20s;
+open_file_cache_valid 10s;
+open_file_cache_errors off;
 etag off;
 add_header Cache-Control "{cache_control}" always;
 add_header Vary Origin always;
