@@ -225,24 +225,33 @@ class Flight:
 
     async def body(self, start: int = 0) -> AsyncIterator[bytes]:
         """Yield the body from byte ``start`` on, as it arrives. Raises the transfer error, if any.
-        While the iteration runs, the flight's bytes stay charged to the budget."""
-        i = 0
-        offset = 0
+        While the iteration runs, the flight's bytes stay charged to the budget. A reader keeps
+        its place by byte position, so :meth:`complete_body` joining the chunks meanwhile (another
+        viewer of the finished flight) neither cuts its body short nor repeats bytes."""
+        pos = start  # the next byte to yield
+        chunks, i, offset = self.chunks, 0, 0  # chunks[i] starts at byte ``offset``
         self.readers += 1
         try:
             while True:
-                while i < len(self.chunks):
-                    chunk = self.chunks[i]
+                if self.chunks is not chunks:  # joined or replaced: find ``pos`` in the new list
+                    chunks, i, offset = self.chunks, 0, 0
+                while i < len(chunks):
+                    chunk = chunks[i]
                     i += 1
                     end = offset + len(chunk)
-                    if end > start:
-                        yield chunk if offset >= start else chunk[start - offset:]
+                    if end > pos:
+                        piece = chunk if offset >= pos else chunk[pos - offset:]
+                        pos = end
+                        yield piece
+                        if self.chunks is not chunks:
+                            break
                     offset = end
-                if self.done:
-                    if self.error is not None:
-                        raise _fresh(self.error)
-                    return
-                await self._changed()
+                else:
+                    if self.done:
+                        if self.error is not None:
+                            raise _fresh(self.error)
+                        return
+                    await self._changed()
         finally:
             self.readers -= 1
             self.release()
