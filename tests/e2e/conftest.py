@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import subprocess
@@ -16,7 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "dev"))
-from stack import Stack, free_port, wait_until  # noqa: E402
+from stack import Proc, Stack, _spawn, free_port, wait_until  # noqa: E402
+
+NGINX = "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "nginx"
 
 pytestmark = pytest.mark.e2e
 
@@ -136,5 +139,21 @@ def viewer(stack):
     return open_session
 
 
+def spawn_nginx(s: Stack, tmp: Path, include: Path, *, head: str = "", workers: int = 1) -> Proc:
+    """Debian's nginx as a child of the stack ``s`` (daemon off, its own prefix ``tmp``, its
+    temp paths in ``tmp``), its ``http`` context being ``include``; ``head`` goes first in the
+    main context (e.g. a ``load_module`` line). As root, workers run as root (they would become
+    nobody, who cannot enter the test's 0700 directories)."""
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    temp = "".join(f"    {d}_temp_path {tmp / d};\n" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (tmp / "nginx.conf").write_text(
+        f"{head}worker_processes {workers};\npid {tmp / 'nginx.pid'};\nerror_log {tmp / 'main-error.log'} warn;\n"
+        f"{user}events {{ worker_connections 1024; }}\nhttp {{\n{temp}    include {include};\n}}\n")
+    proc = _spawn("nginx", [NGINX, "-p", str(tmp), "-e", str(tmp / "main-error.log"), "-c", str(tmp / "nginx.conf"),
+                            "-g", "daemon off;"], s.workdir)
+    s.procs["nginx"] = proc
+    return proc
+
+
 __all__ = ["assert_video_plays", "ffprobe_streams", "free_port", "make_stack", "pod_metric", "pod_requests_total",
-           "started", "wait_until"]
+           "spawn_nginx", "started", "wait_until"]

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from stack import _spawn, free_port
+from stack import free_port
 
 from protocol.tokens import Keyring, mint_user_token
-from tests.e2e.conftest import ROOT, make_stack, pod_metric, wait_until
+from tests.e2e.conftest import ROOT, make_stack, pod_metric, spawn_nginx, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -121,15 +121,7 @@ def start_balancer(s, tmp: Path, instances: list[str]) -> int:
     port = free_port("127.0.0.1")
     (tmp / "balancer.conf").write_text(balancer_conf(EXAMPLE.read_text(), instances=instances, port=port,
                                                      cert=cert, key=key, tmp=tmp))
-    user = "user root root;\n" if os.geteuid() == 0 else ""  # as root, workers would become nobody
-    temp = "".join(f"    {d}_temp_path {tmp / d};\n" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    (tmp / "nginx.conf").write_text(
-        f"worker_processes 1;\npid {tmp / 'nginx.pid'};\nerror_log {tmp / 'main-error.log'} warn;\n{user}"
-        f"events {{ worker_connections 1024; }}\nhttp {{\n{temp}    include {tmp / 'balancer.conf'};\n}}\n")
-    nginx = "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "nginx"
-    proc = _spawn("nginx", [nginx, "-p", str(tmp), "-e", str(tmp / "main-error.log"), "-c", str(tmp / "nginx.conf"),
-                            "-g", "daemon off;"], s.workdir)
-    s.procs["nginx"] = proc
+    proc = spawn_nginx(s, tmp, tmp / "balancer.conf")
 
     def up() -> bool:
         assert proc.popen.poll() is None, proc.tail() + (tmp / "main-error.log").read_text(errors="replace")

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from stack import VENV_BIN, _spawn
+from stack import VENV_BIN
 
 from gateway.grants import Grant, GrantSigner
 from protocol.tokens import Keyring, mint_user_token
-from tests.e2e.conftest import assert_video_plays, free_port, make_stack, pod_metric, wait_until
+from tests.e2e.conftest import assert_video_plays, free_port, make_stack, pod_metric, spawn_nginx, wait_until
 from tests.e2e.test_gateway_workers import SplitPlayers
 
 pytestmark = pytest.mark.e2e
@@ -53,16 +53,7 @@ def start_data_plane(s, tmp: Path) -> int:
     assert out.returncode == 0, out.stderr
     conf = tmp / "conf" / "platebridge-dataplane.conf"
     assert conf.stat().st_mode & 0o777 == 0o600  # it holds the grant keys
-    user = "user root root;\n" if os.geteuid() == 0 else ""  # as root, workers would become nobody
-    temp = "".join(f"    {d}_temp_path {tmp / d};\n" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    (tmp / "nginx.conf").write_text(
-        f"load_module {NJS_SO};\nworker_processes 2;\npid {tmp / 'nginx.pid'};\n"
-        f"error_log {tmp / 'main-error.log'} warn;\n{user}events {{ worker_connections 1024; }}\n"
-        f"http {{\n{temp}    include {conf};\n}}\n")
-    nginx = "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "nginx"
-    proc = _spawn("nginx", [nginx, "-p", str(tmp), "-e", str(tmp / "main-error.log"), "-c", str(tmp / "nginx.conf"),
-                            "-g", "daemon off;"], s.workdir)
-    s.procs["nginx"] = proc
+    proc = spawn_nginx(s, tmp, conf, head=f"load_module {NJS_SO};\n", workers=2)
 
     def up() -> bool:
         assert proc.popen.poll() is None, proc.tail() + (tmp / "main-error.log").read_text(errors="replace")
