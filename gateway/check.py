@@ -68,6 +68,21 @@ _DISCOVERY_FIX = {
 }
 
 
+def check_data_plane(cfg: GatewayConfig) -> list[CheckResult]:
+    """``data_plane: nginx``: can nginx's workers read the host store? (Nothing for ``gateway``.)"""
+    if cfg.data_plane != "nginx":
+        return []
+    from gateway.nginxconf import store_access_problem
+
+    problem = store_access_problem(str(cfg.host_cache_dir))
+    if problem:
+        return [CheckResult("WARN", "data plane", f"nginx cannot serve kept segments: {problem}",
+                            "until fixed, every segment goes to the gateway (deploy/gateway/README.md, "
+                            "\"nginx data plane\")")]
+    return [CheckResult("PASS", "data plane", f"nginx's workers can read the host store {cfg.host_cache_dir} "
+                        "(is nginx's config current? platebridge-gateway nginx-conf after any key change)")]
+
+
 async def check_discovery(cfg: GatewayConfig, discovery: Discovery) -> tuple[list[CheckResult], dict[str, PodInfo]]:
     """Ask the backend once; one line for the backend, pods listed with their online state, and a
     FAIL line per pod_id that two devices claim."""
@@ -193,6 +208,7 @@ async def run_checks(cfg: GatewayConfig, *, emit: Callable[[CheckResult], None] 
                 emit(r)
 
     add(check_secret(cfg))
+    add(check_data_plane(cfg))
     discovery = discovery or make_discovery(cfg)
     upstream = Upstream(cfg.pod_signer(), connect_timeout=cfg.upstream_connect_timeout,
                         read_timeout=cfg.upstream_read_timeout, deadline=min(cfg.upstream_deadline, 10.0),

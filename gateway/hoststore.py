@@ -33,8 +33,8 @@ writes:
 Layout of ``root`` (mode 0700, owned by this user; every file 0600; names are the SHA-256
 of the cache key (:func:`key_name`), so no key can name a path): ``<h>.lock``, ``<h>.hdr``,
 ``<h>.part``, ``<h>.end-<gen>`` while fetching; ``<h>.data`` and ``<h>.meta`` when kept;
-``evict.lock``. With ``data_plane: nginx`` the directory may be 0750 (setgid, in nginx's
-group) and bodies are 0640: nginx serves kept media segments itself, from ``<h>.data``
+``evict.lock``. With ``data_plane: nginx`` the directory may be 0750 and bodies are 0640
+(nginx's workers read them through the group): nginx serves kept media segments itself, from ``<h>.data``
 (:mod:`gateway.nginxconf`). Those hits do not refresh the entry's last use, so the LRU order
 of segments nginx serves is the order they were fetched in (live segments are watched
 within a minute of being fetched).
@@ -142,7 +142,12 @@ def open_store_dir(path: str | os.PathLike[str], *, group_read: bool = False) ->
     others never."""
     root = Path(path)
     try:
-        root.mkdir(mode=0o750 if group_read else 0o700, parents=True, exist_ok=True)
+        try:
+            root.mkdir(mode=0o700, parents=True)
+            if group_read:
+                os.chmod(root, 0o750)  # noqa: S103 - nginx reads through the group; whatever the umask
+        except FileExistsError:
+            pass
         st = root.lstat()  # a symlink is refused: whoever owns it could point it elsewhere later
     except OSError as exc:
         raise ConfigError(f"$.host_cache_dir: cannot use {root}: {exc.strerror or exc}") from None

@@ -26,8 +26,10 @@ directory. No I/O in :func:`render`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import stat
 import sys
 from importlib import resources
 from pathlib import Path
@@ -45,7 +47,7 @@ NJS_SO = "/usr/lib/nginx/modules/ngx_http_js_module.so"
 SERVED_TYPES: dict[str, str] = {"ts": "video/mp2t", "m4s": "video/mp4", "aac": "audio/aac", "vtt": "text/vtt"}
 
 _ADDRESS = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}\Z")
-_LISTEN = re.compile(r"^(?:(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):)?\d{1,5}(?: [a-z0-9_=]+)*\Z")
+_LISTEN = re.compile(r"^(?:(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):)?(?P<port>\d{1,5})(?P<opts>(?: [a-z0-9_=]+)*)\Z")
 _NAME = re.compile(r"^[A-Za-z0-9_.*-]{1,253}\Z")
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./-]*\Z")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(?::\d{1,5})?\Z|^https?://\[[0-9A-Fa-f:.]+\](?::\d{1,5})?\Z")
@@ -75,8 +77,13 @@ def render(cfg: GatewayConfig, *, listen: str, gateway: str, conf_dir: str, serv
     store = str(cfg.host_cache_dir)
     _need(bool(_SAFE_PATH.match(store)) and ".." not in store, "$.host_cache_dir",
           "must be a plain absolute path (letters, digits, _ . / -) for the nginx config")
-    _need(bool(_LISTEN.match(listen)), "--listen", "must be like 127.0.0.1:8443, 8443 or '443 ssl'")
-    _need(bool(_ADDRESS.match(gateway)), "--gateway", "must be host:port of the gateway on this host")
+    m = _LISTEN.match(listen)
+    _need(m is not None and 1 <= int(m["port"]) <= 65535, "--listen",
+          "must be like 127.0.0.1:8443 or 8443 (a port 1-65535; options such as backlog=4096 may follow)")
+    _need(m is not None and "ssl" not in m["opts"].split(), "--listen",
+          "no ssl here: TLS belongs to the front (Caddy or the balancer), which proxies to this address")
+    _need(bool(_ADDRESS.match(gateway)) and 1 <= int(gateway.rsplit(":", 1)[1]) <= 65535, "--gateway",
+          "must be host:port of the gateway on this host")
     _need(bool(_NAME.match(server_name)), "--server-name", "must be one host name (or _)")
     for label, path in (("--out", conf_dir), ("--access-log", access_log), ("--error-log", error_log)):
         off = label == "--access-log" and path == "off"
@@ -85,8 +92,10 @@ def render(cfg: GatewayConfig, *, listen: str, gateway: str, conf_dir: str, serv
     for i, origin in enumerate(cfg.allowed_origins):
         _need(bool(_ORIGIN.match(origin)), f"$.allowed_origins[{i}]", "must be an exact origin for the nginx map")
     keys = ",".join(k.hex() for k in cfg.grant_keys())
-    origins = "".join(f'    "{o}" $http_origin;\n' for o in cfg.allowed_origins)
-    expose = "".join(f'    "{o}" "Content-Length, Content-Range, Accept-Ranges";\n' for o in cfg.allowed_origins)
+    # regexes: a map compares plain strings without case, the gateway's check is exact
+    origins = "".join(f'    "~^{re.escape(o)}$" $http_origin;\n' for o in cfg.allowed_origins)
+    expose = "".join(f'    "~^{re.escape(o)}$" "Content-Length, Content-Range, Accept-Ranges";\n'
+                     for o in cfg.allowed_origins)
     cache_control = f"private, max-age={int(cfg.segment_max_age)}, immutable"
     served = "".join(f"""
     location ~ "^/streams/[^/]+/.+\\.{ext}$" {{
@@ -109,6 +118,12 @@ js_import platebridge_grant from {NJS_MODULE};
 js_set $pb_store_file platebridge_grant.store_file;
 js_var $pb_grant_keys "{keys}";
 
+# a whole segment is immutable; a ranged answer is not kept (nginx turns an unsatisfiable range
+# into a 416 after the headers are set, which must not be cached for a minute)
+map $http_range $pb_segment_cache_control {{
+    "" "{cache_control}";
+    default "private, no-store";
+}}
 map $http_origin $pb_cors_origin {{
     default "";
 {origins}}}
@@ -134,9 +149,13 @@ server {{
     listen {listen};
     server_name {server_name};
     access_log {"off" if access_log == "off" else access_log + " platebridge_dataplane"};
-    # nginx's error log can quote a request line (query included): readable by root only
-    error_log {error_log} warn;
+    # At "error" or "crit" nginx quotes the request line, grant included, whenever the gateway
+    # is unreachable or a store file cannot be read: only alerts here. An unreadable store shows
+    # as every segment going to the gateway (access log) and in `platebridge-gateway check`.
+    error_log {error_log} alert;
     log_not_found off;
+    server_tokens off;
+    max_ranges 1;  # as the gateway: one byte range (several: the whole file, never a multipart body)
 
     large_client_header_buffers 4 16k;
     client_max_body_size 64k;
@@ -162,8 +181,9 @@ server {{
         proxy_pass http://platebridge_gateway;
     }}
 
-    # Scrape the gateway's /metrics on its own address, not through here.
-    location = /metrics {{
+    # Scrape the gateway's /metrics on its own address, not through here (a prefix, so that
+    # /metrics/ and /metrics%2F are refused too).
+    location ^~ /metrics {{
         return 404;
     }}
 
@@ -172,13 +192,13 @@ server {{
     }}
 }}
 """
-    return {CONF_NAME: conf, SERVE_NAME: SERVE_SNIPPET.format(cache_control=cache_control)}
+    return {CONF_NAME: conf, SERVE_NAME: SERVE_SNIPPET}
 
 
 #: the lines every served media type's location shares (:data:`SERVE_NAME`)
 SERVE_SNIPPET = """# PlateBridge data plane (gateway/nginxconf.py): serve the host-store file njs named, else
 # hand the request to the gateway. The headers are the gateway's own for a media segment.
-types {{ }}
+types { }
 try_files $pb_store_file @platebridge_gateway;
 # descriptors of served files kept open: no open()/fstat() per hit. Misses are never cached
 # (a segment is kept moments after its first request); an evicted file stays readable through
@@ -187,13 +207,48 @@ open_file_cache max=4096 inactive=20s;
 open_file_cache_valid 10s;
 open_file_cache_errors off;
 etag off;
-add_header Cache-Control "{cache_control}" always;
+add_header Cache-Control $pb_segment_cache_control always;
 add_header Vary Origin always;
 add_header Access-Control-Allow-Origin $pb_cors_origin always;
 add_header Access-Control-Expose-Headers $pb_cors_expose always;
 add_header X-Content-Type-Options nosniff always;
 add_header Referrer-Policy no-referrer always;
 """
+
+
+def store_access_problem(store: str | os.PathLike[str], nginx_conf: str = "/etc/nginx/nginx.conf") -> str | None:
+    """Why nginx's workers could not read kept segments in ``store``, or None when they can.
+
+    Looks at the directory (it must exist, with group read and search and no group write) and
+    at the user nginx's workers run as (the ``user`` directive of ``nginx_conf``; Debian's
+    default ``www-data``; root reads anything), which must be in the directory's group."""
+    import grp
+    import pwd
+
+    try:
+        st = os.stat(store)
+    except OSError as exc:
+        return f"{store}: {exc.strerror or exc} (the gateway creates it when it starts)"
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o050 != 0o050:
+        return f"{store} is mode {mode:04o}: nginx's workers (its group) cannot read it; chmod 0750"
+    user = "www-data"
+    try:
+        m = re.search(r"^\s*user\s+([A-Za-z0-9_.-]+)", Path(nginx_conf).read_text(errors="replace"), re.MULTILINE)
+        user = m.group(1) if m else user
+    except OSError:
+        pass
+    if user == "root":
+        return None
+    try:
+        group = grp.getgrgid(st.st_gid)
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return f"nginx's worker user {user} or the group of {store} does not exist"
+    if pw.pw_gid != st.st_gid and user not in group.gr_mem:
+        return (f"nginx's workers run as {user}, who is not in {group.gr_name}, the group of {store}: "
+                f"usermod -aG {group.gr_name} {user} (then restart nginx)")
+    return None
 
 
 def njs_source() -> str:
@@ -207,21 +262,29 @@ def write(cfg: GatewayConfig, out_dir: str | os.PathLike[str], *, listen: str, g
     (:data:`CONF_NAME`, mode 0600, it holds the grant keys), the shared location lines and
     the njs module (0644). Returns their paths. Raises :class:`ConfigError` as :func:`render`
     does, or when ``out_dir`` cannot be written."""
-    out = Path(out_dir).resolve()
+    out = Path(os.path.abspath(out_dir))
     logs = {k: v for k, v in (("access_log", access_log), ("error_log", error_log)) if v}
     files = render(cfg, listen=listen, gateway=gateway, conf_dir=str(out), server_name=server_name, **logs)
     try:
         out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = out.lstat()
+        # nginx (root) loads these files: nobody else may be able to replace them or plant links
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o022:
+            raise ConfigError(f"--out: {out} must be a directory owned by this user (uid {os.geteuid()}) that only "
+                              f"it can write (it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}; a symlink is "
+                              "not accepted)")
         written = []
         for name, text, mode in ((CONF_NAME, files[CONF_NAME], 0o600), (SERVE_NAME, files[SERVE_NAME], 0o644),
                                  (NJS_MODULE, njs_source(), 0o644)):
             path = out / name
             tmp = path.with_name(f".{name}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)  # a leftover (or a link): removed, never followed
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
+                os.fchmod(f.fileno(), mode)
                 f.write(text)
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)
+            os.replace(tmp, path)  # replaces a link at ``path`` itself, never its target
             written.append(path)
     except OSError as exc:
         raise ConfigError(f"--out: cannot write {out}: {exc.strerror or exc}") from None
@@ -243,7 +306,8 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config)
-        gateway = args.gateway or f"{cfg.host}:{cfg.port}"
+        host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(cfg.host, cfg.host)  # noqa: S104 - a bind-all address
+        gateway = args.gateway or f"{host}:{cfg.port}"
         files = write(cfg, args.out, listen=args.listen, gateway=gateway, server_name=args.server_name,
                       access_log=args.access_log, error_log=args.error_log)
     except ConfigError as exc:
@@ -252,4 +316,10 @@ def main(argv: list[str]) -> int:
     print(f"wrote {', '.join(str(f) for f in files)}\n"
           f"add to nginx's http context: include {files[0]};\n"
           f"(needs the njs module: apt-get install libnginx-mod-http-js)")
+    if args.listen.split(":")[0] in ("0.0.0.0", "[::]") or ":" not in args.listen.split()[0]:  # noqa: S104
+        print(f"warning: --listen {args.listen} is plain HTTP on every address; let only the TLS front reach it",
+              file=sys.stderr)
+    problem = store_access_problem(str(cfg.host_cache_dir))
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
     return 0

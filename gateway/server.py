@@ -89,6 +89,14 @@ def serve(cfg: GatewayConfig, *, host: str, port: int, server: ServerKind, worke
     if cfg.host_cache_dir is not None:
         # ConfigError now, not a traceback in every worker
         open_store_dir(cfg.host_cache_dir, group_read=cfg.data_plane == "nginx")
+        if cfg.data_plane == "nginx":
+            from gateway.nginxconf import store_access_problem
+
+            problem = store_access_problem(cfg.host_cache_dir)
+            log.info("data plane: nginx serves kept media segments from %s", cfg.host_cache_dir)
+            if problem:
+                log.warning("data plane: nginx cannot serve kept segments, so every segment comes to the "
+                            "gateway: %s", problem)
     if workers > 1:
         remove_leftovers(_tmpfs() or tempfile.gettempdir())
         if cfg.host_cache_dir is None:  # one host store for this run's workers, gone when it ends

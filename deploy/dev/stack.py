@@ -473,6 +473,8 @@ class Stack:
         balancer), with its config in ``<name>.yaml`` and its log in ``<name>.log``."""
         port = self.gateway_port if port is None else port
         cfg = self.workdir / f"{name}.yaml"
+        cfg.touch(mode=0o600)  # it holds the user-token secret, grant secret and admin token
+        cfg.chmod(0o600)
         cfg.write_text(yaml.safe_dump({**self.gateway_config(), "port": port}))
         own = self.gateway_bin == VENV_BIN / "platebridge-gateway"
         proc = _spawn(name, [str(self.gateway_bin), "--config", str(cfg)], self.workdir,

@@ -78,8 +78,11 @@ function check(r) {
     if (r.method !== 'GET' && r.method !== 'HEAD') {
         return NONE;
     }
-    const m = URI.exec(r.variables.uri);
-    if (!m || m[1].indexOf('..') !== -1) {
+    // the path exactly as sent: nginx decodes and normalises $uri (dot segments, "//", %2F),
+    // the gateway refuses such spellings, and so nothing is served here that it would refuse
+    const asked = (r.variables.request_uri || '').split('?')[0];
+    const m = URI.exec(asked);
+    if (!m || asked !== r.variables.uri || m[1].indexOf('..') !== -1 || asked.length > 320) {
         return NONE;
     }
     const camera = m[1];

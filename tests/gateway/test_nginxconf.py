@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -34,15 +35,18 @@ def test_the_config_holds_the_grant_keys_origins_store_and_headers(tmp_path):
     conf, serve = files[CONF_NAME], files[SERVE_NAME]
     assert f'js_var $pb_grant_keys "{SECRET.encode().hex()}";' in conf
     assert f"root {tmp_path / 'store'};" in conf
-    assert '"https://portal.example.com" $http_origin;' in conf
+    assert '"~^https://portal\\.example\\.com$" $http_origin;' in conf  # exact, case and all
     assert "server 127.0.0.1:8080;" in conf and "listen 127.0.0.1:8443;" in conf
     assert "include /etc/nginx/platebridge/platebridge-dataplane-serve.conf;" in conf
     for ext, ctype in (("ts", "video/mp2t"), ("m4s", "video/mp4"), ("aac", "audio/aac"), ("vtt", "text/vtt")):
         assert f'location ~ "^/streams/[^/]+/.+\\.{ext}$" {{\n        default_type {ctype};' in conf
     assert ".mp4" not in conf and ".key" not in conf  # init segments and keys: always the gateway's
-    assert 'add_header Cache-Control "private, max-age=45, immutable" always;' in serve
+    assert '    "" "private, max-age=45, immutable";\n    default "private, no-store";' in conf  # by Range
+    assert "add_header Cache-Control $pb_segment_cache_control always;" in serve
     assert "try_files $pb_store_file @platebridge_gateway;" in serve
     assert "$request_uri" in conf and '"$request_method $uri"' not in conf  # no query (grants) in the log
+    # at error/crit nginx quotes request lines (grants) when the gateway is down or a file unreadable
+    assert re.search(r"^    error_log \S+ alert;$", conf, re.MULTILINE)
 
 
 def test_rotated_keys_all_verify_signing_key_first(tmp_path):
@@ -56,6 +60,8 @@ def test_rotated_keys_all_verify_signing_key_first(tmp_path):
     ({"host_cache_dir": "/run/pb store"}, {}, "$.host_cache_dir"),
     ({"allowed_origins": ["https://a.example.com\"; evil"]}, {}, "$.allowed_origins"),
     ({}, {"listen": "8443; include /etc/shadow"}, "--listen"),
+    ({}, {"listen": "127.0.0.1:99999"}, "--listen"),
+    ({}, {"listen": "127.0.0.1:8443 ssl"}, "--listen"),  # no certificate lines: TLS is the front's
     ({}, {"gateway": "127.0.0.1:8080 backup; x"}, "--gateway"),
     ({}, {"server_name": "a b"}, "--server-name"),
     ({}, {"conf_dir": "relative/dir"}, "--out"),
@@ -152,6 +158,7 @@ async def test_group_readable_store_for_nginx(tmp_path):
     finally:
         os.umask(old)
     name = key_name(key)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o750  # created so, whatever the umask
     assert stat.S_IMODE((root / f"{name}.data").stat().st_mode) == 0o640
     assert stat.S_IMODE((root / f"{name}.meta").stat().st_mode) == 0o600
     root.chmod(0o770)  # group-writable: another process could plant a body nginx serves
@@ -161,3 +168,56 @@ async def test_group_readable_store_for_nginx(tmp_path):
     with pytest.raises(ConfigError, match="0700 or stricter"):  # the plain store stays private
         open_store_dir(root)
     assert HostStore(tmp_path / "plain", max_bytes=1 << 20).body_mode == 0o600
+
+
+def test_store_access_problem_names_what_keeps_nginx_out(tmp_path):
+    """The check behind the gateway's start warning and ``platebridge-gateway check``: the
+    directory's mode, and whether nginx's worker user (its config's ``user``) is in its group."""
+    import grp
+    import pwd
+
+    from gateway.check import check_data_plane
+    from gateway.nginxconf import store_access_problem
+
+    store = tmp_path / "store"
+    conf = tmp_path / "nginx.conf"
+    conf.write_text("user nobody;\nworker_processes auto;\n")
+    assert "No such file" in store_access_problem(store, str(conf))
+    store.mkdir(mode=0o700)
+    store.chmod(0o700)
+    assert "mode 0700" in store_access_problem(store, str(conf))
+    store.chmod(0o750)
+    nobody = pwd.getpwnam("nobody")
+    other = next(g for g in grp.getgrall() if g.gr_gid != nobody.pw_gid and "nobody" not in g.gr_mem)
+    os.chown(store, -1, other.gr_gid)
+    assert f"usermod -aG {other.gr_name} nobody" in store_access_problem(store, str(conf))
+    os.chown(store, -1, nobody.pw_gid)
+    assert store_access_problem(store, str(conf)) is None
+    conf.write_text("user root;\n")
+    os.chown(store, -1, other.gr_gid)
+    assert store_access_problem(store, str(conf)) is None  # root reads anything
+
+    c = cfg(tmp_path)  # host_cache_dir = tmp_path / "store"
+    store.chmod(0o700)
+    [line] = check_data_plane(c)
+    assert line.status == "WARN" and "mode 0700" in line.detail
+    assert check_data_plane(cfg(tmp_path, data_plane="gateway", host_cache_dir=None)) == []
+
+
+def test_write_refuses_an_out_dir_others_can_write_and_never_follows_links(tmp_path):
+    """nginx (root) loads what ``write`` puts in ``--out``: a directory another user can write
+    is refused, and a planted link where a temporary file goes is replaced, not followed."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ConfigError, match="only it can write"):
+        write(cfg(tmp_path), shared, listen="127.0.0.1:8443", gateway="127.0.0.1:8080")
+    out = tmp_path / "out"
+    out.mkdir(mode=0o700)
+    loot = tmp_path / "loot"
+    loot.write_text("")
+    (out / f".{CONF_NAME}.tmp").symlink_to(loot)
+    (out / CONF_NAME).symlink_to(loot)
+    write(cfg(tmp_path), out, listen="127.0.0.1:8443", gateway="127.0.0.1:8080")
+    assert loot.read_text() == "" and not (out / CONF_NAME).is_symlink()
+    assert stat.S_IMODE((out / CONF_NAME).stat().st_mode) == 0o600
