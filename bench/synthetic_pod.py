@@ -203,7 +203,8 @@ class SyntheticSetup:
         cfg = self.workdir / "gateway.yaml"
         cfg.write_text(f"stream_secret: {self.secret}\ndiscovery: static\npods:\n  {POD_ID}: {self.pod_url}\n"
                        f"host: {GW_HOST}\nport: {self.gw_port}\npublic_base_url: {self.gateway_url}\n"
-                       "access_log: false\nlog_level: WARNING\n" + self.gateway_extra)
+                       # the gateway's own processes, /metrics on its port: no nginx data plane here
+                       "access_log: false\nlog_level: WARNING\ndata_plane: gateway\n" + self.gateway_extra)
         cfg.chmod(0o600)
         self.procs.spawn("gateway", [str(VENV_BIN / "platebridge-gateway"), "--config", str(cfg)], env=env)
         wait_for(lambda: self._alive("gateway") and self.http.get(f"{self.gateway_url}/healthz").status_code == 200,

@@ -69,7 +69,20 @@ _DISCOVERY_FIX = {
 
 
 def check_data_plane(cfg: GatewayConfig) -> list[CheckResult]:
-    """``data_plane: nginx``: can nginx's workers read the host store? (Nothing for ``gateway``.)"""
+    """The data plane: ``auto``/``managed``, is nginx with njs installed for the gateway to run
+    (``auto`` without it: WARN, ``managed``: FAIL)? ``nginx``: can nginx's workers read the host
+    store? (Nothing for ``gateway``.)"""
+    if cfg.data_plane in ("auto", "managed"):
+        from gateway.dataplane import Found, find_nginx
+
+        found = find_nginx(cfg)
+        if isinstance(found, Found):
+            return [CheckResult("PASS", "data plane", f"the gateway runs nginx ({found.nginx}, njs {found.njs_module}) "
+                                "in front of its workers; it serves kept segments")]
+        return [CheckResult("FAIL" if cfg.data_plane == "managed" else "WARN", "data plane",
+                            f"{cfg.data_plane}: {found}",
+                            "without nginx the gateway serves every segment itself, with a longer tail under load "
+                            "(docs/benchmarks.md)")]
     if cfg.data_plane != "nginx":
         return []
     from gateway.nginxconf import store_access_problem

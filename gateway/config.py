@@ -107,15 +107,30 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # segment costs one pod fetch per host however many workers serve it
     workers: int | None = None
     # the host store's directory, on a tmpfs (gateway/hoststore.py); None: with more than one
-    # worker, a fresh private directory under /dev/shm for each run. Its kept bodies are
-    # bounded by cache_max_bytes, and the workers' memory by the same again (an even share each)
+    # worker or a data plane the gateway runs, a fresh private directory under /dev/shm for each
+    # run. Its kept bodies are bounded by cache_max_bytes, and the workers' memory by the same
+    # again (an even share each)
     host_cache_dir: str | None = None
     # who serves cached media segments: the gateway itself, or nginx in front of it, which
     # verifies their grants and serves them straight from host_cache_dir (gateway/nginxconf.py;
     # `platebridge-gateway nginx-conf` writes its config). "nginx" needs host_cache_dir and a
     # configured grant key (grant_secret(s) or pod_signing_key_file); the store's directory
     # may then be group-readable (0750, nginx's group) and its bodies are 0640
-    data_plane: Literal["gateway", "nginx"] = "gateway"
+    #
+    # "auto" (the default): the gateway runs that nginx itself (gateway/dataplane.py) when nginx
+    # and its njs module are installed, else serves segments itself; "managed": it must run
+    # nginx itself (a missing nginx is an error); "nginx": an nginx you run, configured by
+    # `platebridge-gateway nginx-conf`; "gateway": no nginx. docs/benchmarks.md says why: only
+    # the nginx data plane keeps the p99 of cache hits within 2x nginx's
+    data_plane: Literal["auto", "managed", "nginx", "gateway"] = "auto"
+    # with a data plane the gateway runs itself: the port its workers listen on at 127.0.0.1
+    # behind nginx (scrape /metrics there); 0: a free port picked at each start (logged)
+    internal_port: int = 0
+    nginx_bin: str | None = None  # None: /usr/sbin/nginx, /usr/local/sbin/nginx, nginx on PATH
+    njs_module: str | None = None  # None: Debian's /usr/lib/nginx/modules/ngx_http_js_module.so
+    # that nginx's access log (a file; None: off): the requests it served itself, which the
+    # gateway's metrics and access log never see. Paths only, never query strings (grants, tokens)
+    nginx_access_log: str | None = None
     loop: Literal["uvloop", "asyncio"] = "uvloop"  # the event loop that runs the app
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -336,6 +351,14 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
         raise _fail("$.workers", "must be 1-64 worker processes (or left out: one per CPU)")
     if cfg.host_cache_dir is not None and not os.path.isabs(cfg.host_cache_dir):
         raise _fail("$.host_cache_dir", "must be an absolute path (a directory on a tmpfs, mode 0700)")
+    if not 0 <= cfg.internal_port <= 65535:
+        raise _fail("$.internal_port", "must be a TCP port 1-65535 (or 0: a free one at each start)")
+    if cfg.internal_port and cfg.internal_port == cfg.port:
+        raise _fail("$.internal_port", "must differ from port (nginx listens there, the workers here)")
+    for key in ("nginx_bin", "njs_module", "nginx_access_log"):
+        value = getattr(cfg, key)
+        if value is not None and not os.path.isabs(value):
+            raise _fail(f"$.{key}", "must be an absolute path")
     if cfg.data_plane == "nginx":
         if cfg.host_cache_dir is None:
             raise _fail("$.host_cache_dir", "must be set with data_plane: nginx (nginx serves segments from it)")

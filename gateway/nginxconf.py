@@ -67,7 +67,8 @@ def render(cfg: GatewayConfig, *, listen: str, gateway: str, conf_dir: str, serv
 
     ``listen``: nginx's ``listen`` value (``127.0.0.1:8443``, ``443 ssl``); ``gateway``: the
     gateway's ``host:port`` on this host; ``conf_dir``: the directory the files and
-    :data:`NJS_MODULE` go to; ``server_name``; log paths (``access_log`` may be ``off``).
+    :data:`NJS_MODULE` go to; ``server_name``; log paths (``access_log`` may be ``off``,
+    ``error_log`` ``stderr``).
     Raises :class:`ConfigError` (field path and reason) when ``cfg.data_plane`` is not
     ``nginx``, or a value would not be one nginx token (no quotes, ``;``, braces or spaces
     where nginx would split them).
@@ -85,10 +86,10 @@ def render(cfg: GatewayConfig, *, listen: str, gateway: str, conf_dir: str, serv
     _need(bool(_ADDRESS.match(gateway)) and 1 <= int(gateway.rsplit(":", 1)[1]) <= 65535, "--gateway",
           "must be host:port of the gateway on this host")
     _need(bool(_NAME.match(server_name)), "--server-name", "must be one host name (or _)")
-    for label, path in (("--out", conf_dir), ("--access-log", access_log), ("--error-log", error_log)):
-        off = label == "--access-log" and path == "off"
-        _need(bool(_SAFE_PATH.match(path)) or off, label, "must be a plain absolute path (letters, digits, _ . / -)"
-              + (" or off" if label == "--access-log" else ""))
+    for label, path, word in (("--out", conf_dir, ""), ("--access-log", access_log, "off"),
+                              ("--error-log", error_log, "stderr")):
+        _need(bool(_SAFE_PATH.match(path)) or bool(word and path == word), label,
+              "must be a plain absolute path (letters, digits, _ . / -)" + (f" or {word}" if word else ""))
     for i, origin in enumerate(cfg.allowed_origins):
         _need(bool(_ORIGIN.match(origin)), f"$.allowed_origins[{i}]", "must be an exact origin for the nginx map")
     keys = ",".join(k.hex() for k in cfg.grant_keys())
@@ -159,10 +160,12 @@ server {{
 
     large_client_header_buffers 4 16k;
     client_max_body_size 64k;
-    client_header_timeout 10s;
+    # timeout_keep_alive, as the gateway's own server applies it: idle keep-alive connections
+    # and requests whose headers are not in yet are closed after it
+    client_header_timeout {int(cfg.timeout_keep_alive)}s;
     client_body_timeout 10s;
     send_timeout 60s;
-    keepalive_timeout 120s;
+    keepalive_timeout {int(cfg.timeout_keep_alive)}s;
 
     proxy_http_version 1.1;
     proxy_set_header Connection "";

@@ -22,6 +22,11 @@ nginx's.
 
 Worker processes die with the process that started them (:func:`die_with_supervisor`): a
 ``kill -9`` of the gateway never leaves a worker serving on the port.
+
+In front of the server, by default (``data_plane: auto``, nginx and njs installed), the
+gateway runs nginx as its data plane (:mod:`gateway.dataplane`): nginx takes ``host:port``
+and serves kept media segments itself, and the server above listens behind it on
+``127.0.0.1:<internal_port>``. That is what keeps the default's p99 within 2× nginx's.
 """
 
 from __future__ import annotations
@@ -39,7 +44,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.config import CONFIG_PATH_ENV, ENV_PREFIX, GatewayConfig
+import msgspec
+
+from gateway.config import CONFIG_PATH_ENV, ENV_PREFIX, GatewayConfig, load_config
+from gateway.dataplane import Found, ManagedNginx, find_nginx, free_loopback_port
+from gateway.errors import ConfigError
 from gateway.hoststore import open_store_dir
 
 ServerKind = Literal["uvicorn", "granian"]
@@ -60,6 +69,8 @@ GRANIAN_MAX_HEADER_TIMEOUT = 60
 WORKERS_KILL_TIMEOUT = 10
 #: listen backlog of either server (connections the kernel completes before they are accepted)
 BACKLOG = 2048
+#: listen backlog of the nginx data plane the gateway runs (as the bench's nginx baseline)
+NGINX_BACKLOG = 4096
 
 log = logging.getLogger("platebridge.gateway")
 _PR_SET_PDEATHSIG = 1
@@ -71,14 +82,20 @@ class ServerUnavailable(Exception):
 
 def serve(cfg: GatewayConfig, *, host: str, port: int, server: ServerKind, workers: int, loop: LoopKind,
           config_path: str | None) -> int:
-    """Serve the gateway on ``host:port`` until stopped; returns the exit code.
+    """Serve the gateway on ``host:port`` until stopped; returns the exit code (1 when the
+    nginx data plane it ran exited on its own).
 
     ``config_path`` is the config file the workers load (None: the environment alone, as
-    ``cfg`` was loaded). Raises :class:`ServerUnavailable` when ``server``'s package is not
-    installed, :class:`~gateway.errors.ConfigError` for an unusable ``host_cache_dir``.
+    ``cfg`` was loaded). With ``data_plane: auto`` or ``managed`` and nginx installed, nginx
+    (:mod:`gateway.dataplane`) takes ``host:port`` and the workers listen behind it on
+    ``127.0.0.1:<internal_port>``. Raises :class:`ServerUnavailable` when ``server``'s package
+    is not installed, :class:`~gateway.errors.ConfigError` for an unusable ``host_cache_dir``
+    or, with ``data_plane: managed``, an nginx that is missing or refuses its config.
     """
+    found = _data_plane_nginx(cfg)
     own_store = own_metrics = None
-    if server == "granian" or workers > 1:
+    nginx = None
+    if server == "granian" or workers > 1 or found:
         # workers import the app by name and load the same config (file + the inherited env)
         if config_path:
             os.environ[CONFIG_PATH_ENV] = str(Path(config_path).resolve())
@@ -97,36 +114,85 @@ def serve(cfg: GatewayConfig, *, host: str, port: int, server: ServerKind, worke
             if problem:
                 log.warning("data plane: nginx cannot serve kept segments, so every segment comes to the "
                             "gateway: %s", problem)
-    if workers > 1:
+    if workers > 1 or found:
         remove_leftovers(_tmpfs() or tempfile.gettempdir())
         if cfg.host_cache_dir is None:  # one host store for this run's workers, gone when it ends
             own_store = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-", dir=_tmpfs())
             os.environ[ENV_PREFIX + "HOST_CACHE_DIR"] = own_store
         if not cfg.grant_keys_configured():
-            # the workers must verify each other's grants: one random key for this run (sessions
-            # end with it, as they would with one worker); config keys keep them across restarts
+            # the workers (and nginx) must verify each other's grants: one random key for this run
+            # (sessions end with it, as they would with one worker); config keys keep them across restarts
             os.environ[ENV_PREFIX + "GRANT_SECRET"] = secrets.token_urlsafe(48)
         if not os.environ.get(MULTIPROC_ENV):  # /metrics sums over the workers (prometheus_client)
             # next to the store (systemd: in its RuntimeDirectory), a fresh one for each run
             own_metrics = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}metrics-{os.getpid()}-",
                                            dir=cfg.host_cache_dir or _tmpfs())
             os.environ[MULTIPROC_ENV] = own_metrics
-        log.info("%d workers sharing the host store %s", workers, cfg.host_cache_dir or own_store)
+        if workers > 1:
+            log.info("%d workers sharing the host store %s", workers, cfg.host_cache_dir or own_store)
     try:
+        if found:
+            nginx = _start_nginx(cfg, found, host=host, port=port, workers=workers,
+                                 store=cfg.host_cache_dir or str(own_store))
+            if nginx is not None:
+                host, port = "127.0.0.1", int(nginx.internal.rsplit(":", 1)[1])
+                if server == "uvicorn" and workers == 1:  # the app is built here: with nginx's store and key
+                    cfg = load_config(config_path)
         if server == "granian":
-            return _serve_granian(cfg, host, port, workers, loop)
-        return _serve_uvicorn(cfg, host, port, workers, loop)
+            rc = _serve_granian(cfg, host, port, workers, loop)
+        else:
+            rc = _serve_uvicorn(cfg, host, port, workers, loop)
+        return 1 if nginx is not None and nginx.failed else rc
     finally:
+        if nginx is not None:
+            nginx.stop()
         for own in (own_store, own_metrics):
             if own is not None:
                 shutil.rmtree(own, ignore_errors=True)
 
 
+def _data_plane_nginx(cfg: GatewayConfig) -> Found | None:
+    """The nginx this run starts as its data plane (``auto``/``managed``), or None.
+    Raises :class:`ConfigError` for ``managed`` without a usable nginx."""
+    if cfg.data_plane not in ("auto", "managed"):
+        return None
+    found = find_nginx(cfg)
+    if isinstance(found, Found):
+        return found
+    if cfg.data_plane == "managed":
+        raise ConfigError(f"$.data_plane: managed needs nginx with njs: {found}")
+    log.warning("data plane: the gateway serves every segment itself (slower, with a longer tail; "
+                "docs/benchmarks.md): %s", found)
+    return None
+
+
+def _start_nginx(cfg: GatewayConfig, found: Found, *, host: str, port: int, workers: int,
+                 store: str) -> ManagedNginx | None:
+    """Prepare and start this run's nginx; None when ``auto`` falls back (nginx refused its config)."""
+    keys = {} if cfg.grant_keys_configured() else {"grant_secret": os.environ[ENV_PREFIX + "GRANT_SECRET"],
+                                                    "grant_secrets": None}
+    effective = msgspec.structs.replace(cfg, host_cache_dir=store, **keys)
+    run_dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}nginx-{os.getpid()}-", dir=_tmpfs())
+    nginx = ManagedNginx(effective, found, run_dir=run_dir, host=host, port=port,
+                         internal_port=cfg.internal_port or free_loopback_port(), workers=workers,
+                         backlog=NGINX_BACKLOG)
+    try:
+        nginx.prepare()
+    except ConfigError as exc:
+        nginx.stop()
+        if cfg.data_plane == "managed":
+            raise
+        log.warning("data plane: the gateway serves every segment itself: %s", exc)
+        return None
+    nginx.start()
+    return nginx
+
+
 #: where a run's own host store goes (a tmpfs on Linux); mkdtemp makes a fresh 0700 directory in it
 SHM_DIR = "/dev/shm"  # noqa: S108 - a private mkdtemp directory inside it, never a fixed name
-#: names of a run's own directories: ``<prefix>[metrics-]<supervisor pid>-<random>``
+#: names of a run's own directories: ``<prefix>[metrics-|nginx-]<supervisor pid>-<random>``
 RUN_DIR_PREFIX = "platebridge-gateway-"
-_RUN_DIR = re.compile(rf"^{re.escape(RUN_DIR_PREFIX)}(?:metrics-)?(\d+)-[A-Za-z0-9_]+$")
+_RUN_DIR = re.compile(rf"^{re.escape(RUN_DIR_PREFIX)}(?:metrics-|nginx-)?(\d+)-[A-Za-z0-9_]+$")
 
 
 def remove_leftovers(parent: str) -> list[str]:

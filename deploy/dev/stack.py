@@ -208,6 +208,8 @@ class Stack:
     pod_port: int = 0
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 0
+    #: where the gateway's workers listen behind the nginx data plane it runs (data_plane: auto)
+    gateway_internal_port: int = 0
     pod_id: str = "main-gate-pod"
     camera_id: str = "gate-camera-1"
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))  # user-token secret (portal + gateway)
@@ -238,6 +240,7 @@ class Stack:
         self.camera_port = free_port(self.camera_host, self.camera_port)
         self.pod_port = free_port(self.pod_host, self.pod_port, also=("127.0.0.1",))  # /health listens there too
         self.gateway_port = free_port(self.gateway_host, self.gateway_port)
+        self.gateway_internal_port = free_port("127.0.0.1", self.gateway_internal_port)
         self.mqtt_port = free_port("127.0.0.1", self.mqtt_port)
         self.portal_port = free_port("127.0.0.1", self.portal_port)
 
@@ -262,6 +265,23 @@ class Stack:
     @property
     def gateway_url(self) -> str:
         return f"http://{self.gateway_host}:{self.gateway_port}"
+
+    @property
+    def gateway_direct_url(self) -> str:
+        """The gateway's workers themselves: behind the nginx data plane the gateway runs
+        (``data_plane: auto`` with nginx installed), their internal address; else
+        :attr:`gateway_url`."""
+        internal = f"http://127.0.0.1:{self.gateway_internal_port}"
+        try:
+            with socket.create_connection(("127.0.0.1", self.gateway_internal_port), timeout=1):
+                return internal
+        except OSError:
+            return self.gateway_url
+
+    @property
+    def gateway_metrics_url(self) -> str:
+        """The gateway's ``/metrics`` (never served through nginx: on :attr:`gateway_direct_url`)."""
+        return f"{self.gateway_direct_url}/metrics"
 
     @property
     def pod_url(self) -> str:
@@ -406,6 +426,7 @@ class Stack:
             "pods": {self.pod_id: self.pod_url},
             "host": self.gateway_host,
             "port": self.gateway_port,
+            "internal_port": self.gateway_internal_port,
             "admin_token": self.admin_token,
             **self.gateway_overrides,
         }
@@ -475,7 +496,10 @@ class Stack:
         cfg = self.workdir / f"{name}.yaml"
         cfg.touch(mode=0o600)  # it holds the user-token secret, grant secret and admin token
         cfg.chmod(0o600)
-        cfg.write_text(yaml.safe_dump({**self.gateway_config(), "port": port}))
+        settings = {**self.gateway_config(), "port": port}
+        if name != "gateway" and "internal_port" not in self.gateway_overrides:
+            settings["internal_port"] = free_port("127.0.0.1")  # another instance: its own
+        cfg.write_text(yaml.safe_dump(settings))
         own = self.gateway_bin == VENV_BIN / "platebridge-gateway"
         proc = _spawn(name, [str(self.gateway_bin), "--config", str(cfg)], self.workdir,
                       cwd=ROOT if own else self.workdir)

@@ -116,7 +116,7 @@ def test_workers_share_one_pod_fetch_per_segment_with_split_connections(tmp_path
         time.sleep(WINDOW)
         q1 = call(players.quiesce())
         fetched1, playlists1 = pod_metric(s, "segment"), pod_metric(s, "playlist")
-        metrics = httpx.get(f"{s.gateway_url}/metrics", timeout=5).text
+        metrics = httpx.get(s.gateway_metrics_url, timeout=5).text
         loop.call_soon_threadsafe(players.stop.set)  # type: ignore[union-attr]
         call(players.resume())
         runner.result(30)

@@ -141,7 +141,7 @@ def test_metrics_cover_the_operational_signals(stack, viewer):
                  "platebridge_pod_hls_requests_total"):
         assert name in pod, name
     assert re.search(r'platebridge_pod_segments_total\{camera_id="gate-camera-1"\} [1-9]', pod)
-    gw = httpx.get(f"{stack.gateway_url}/metrics", timeout=5).text
+    gw = httpx.get(stack.gateway_metrics_url, timeout=5).text
     for name in ("platebridge_gateway_requests_total", "platebridge_gateway_cache_total",
                  "platebridge_gateway_upstream_fetches_total", "platebridge_gateway_bytes_out_total",
                  "platebridge_gateway_active_viewers"):

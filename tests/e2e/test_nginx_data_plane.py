@@ -1,6 +1,7 @@
-"""The nginx data plane (issue 15, point 3), end to end: real camera, pod and gateway
-(``data_plane: nginx``, 2 workers sharing a host store), and Debian's nginx with the njs
-module, configured only by what ``platebridge-gateway nginx-conf`` writes.
+"""The nginx data plane (issue 15, points 3 and 4), end to end: real camera, pod and gateway
+(2 workers sharing a host store), and Debian's nginx with the njs module, both ways it runs:
+configured only by what ``platebridge-gateway nginx-conf`` writes (``data_plane: nginx``), and
+started by the gateway itself (the default, ``data_plane: auto``).
 
 * A media segment kept in the host store, asked for with its grant, is served by nginx
   itself: the gateway sees no request for it, the bytes are the pod's, the headers are the
@@ -66,7 +67,7 @@ def start_data_plane(s, tmp: Path) -> int:
 def gateway_requests(s, kind: str = "[a-z]+") -> float:
     """/streams/ requests the gateway answered (summed over its workers and statuses) of ``kind``
     (a regex; refusals before the file kind is known count as ``other``)."""
-    text = httpx.get(f"{s.gateway_url}/metrics", timeout=5).text
+    text = httpx.get(f"{s.direct_url}/metrics", timeout=5).text
     return sum(float(m.group(1)) for m in re.finditer(
         rf'^platebridge_gateway_requests_total\{{[^}}]*kind="{kind}"[^}}]*\}} ([0-9.e+]+)$', text, re.MULTILINE))
 
@@ -115,22 +116,33 @@ def uris(playlist: str) -> list[str]:
     return [ln for ln in playlist.splitlines() if ln and not ln.startswith("#")]
 
 
-@pytest.fixture(scope="module")
-def plane(tmp_path_factory):
-    """Camera, pod, gateway (data_plane: nginx, 2 workers) and the nginx data plane."""
-    tmp = tmp_path_factory.mktemp("dataplane")
+@pytest.fixture(scope="module", params=["external", "managed"])
+def plane(request, tmp_path_factory):
+    """Camera, pod, gateway (2 workers) and its nginx data plane: ``external``, an nginx started
+    here with what ``platebridge-gateway nginx-conf`` writes (``data_plane: nginx``); ``managed``,
+    the default: the gateway runs nginx itself (``data_plane: auto``). Attributes: ``nginx_url``
+    (through nginx), ``direct_url`` (the gateway's workers), ``store``, ``access_log``,
+    ``error_log`` (where nginx writes them)."""
+    tmp = tmp_path_factory.mktemp(f"dataplane-{request.param}")
     s = make_stack(tmp / "stack")
     store = tmp / "store"
-    s.gateway_overrides = {"data_plane": "nginx", "host_cache_dir": str(store), "workers": 2,
-                           "allowed_origins": [ORIGIN], "access_log": False}
+    common = {"host_cache_dir": str(store), "workers": 2, "allowed_origins": [ORIGIN], "access_log": False}
+    if request.param == "external":
+        s.gateway_overrides = {"data_plane": "nginx", **common}
+    else:
+        s.gateway_overrides = {**common, "nginx_access_log": str(tmp / "access.log")}
     try:
         s.start_camera()
         s.start_pod(timeout=60)
         s.start_gateway()
-        port = start_data_plane(s, tmp / "nginx")
-        s.nginx_url = f"http://127.0.0.1:{port}"
-        s.nginx_dir = tmp / "nginx"
         s.store = store
+        if request.param == "external":
+            port = start_data_plane(s, tmp / "nginx")
+            s.nginx_url, s.direct_url = f"http://127.0.0.1:{port}", s.gateway_url
+            s.access_log, s.error_log = tmp / "nginx" / "access.log", tmp / "nginx" / "error.log"
+        else:
+            s.nginx_url, s.direct_url = s.gateway_url, f"http://127.0.0.1:{s.gateway_internal_port}"
+            s.access_log, s.error_log = tmp / "access.log", s.workdir / "gateway.log"  # nginx's alerts: stderr
         yield s
     finally:
         s.stop()
@@ -142,7 +154,7 @@ def test_a_kept_segment_is_served_by_nginx_with_the_gateways_headers(plane, figu
     _, text = open_session(base, s)
     seg = next(u for u in reversed(uris(text)) if u.split("?")[0].endswith((".m4s", ".ts")))
     url = f"{base}/streams/{s.camera_id}/{seg}"
-    direct = f"{s.gateway_url}/streams/{s.camera_id}/{seg}"
+    direct = f"{s.direct_url}/streams/{s.camera_id}/{seg}"
     pod0, gw0 = pod_metric(s, "segment"), gateway_segment_requests(s)
     first = httpx.get(url, headers={"Origin": ORIGIN}, timeout=10)  # a miss: the gateway fetches and keeps it
     assert first.status_code == 200
@@ -166,7 +178,7 @@ def test_a_kept_segment_is_served_by_nginx_with_the_gateways_headers(plane, figu
     assert ranged.status_code == 206 and ranged.content == first.content[10:100]
     assert ranged.headers["content-range"] == f"bytes 10-99/{len(first.content)}"
     assert head.status_code == 200 and int(head.headers["content-length"]) == len(first.content)
-    log = (s.nginx_dir / "access.log").read_text()
+    log = s.access_log.read_text()
     assert "pb_grant" not in log  # grants never in nginx's access log
     figure("repeat segment requests the gateway saw (nginx data plane)", gw2 - gw1, "requests", "== 0", gw2 == gw1)
 
@@ -174,8 +186,15 @@ def test_a_kept_segment_is_served_by_nginx_with_the_gateways_headers(plane, figu
 def test_whatever_nginx_does_not_serve_is_the_gateways(plane):
     s = plane
     base = s.nginx_url
-    playlist_url, text = open_session(base, s)
-    media = [u for u in uris(text) if u.split("?")[0].endswith((".m4s", ".ts"))]
+    got: dict = {}
+
+    def two_segments() -> bool:  # a pod that has just started lists one
+        got["url"], got["text"] = open_session(base, s)
+        got["media"] = [u for u in uris(got["text"]) if u.split("?")[0].endswith((".m4s", ".ts"))]
+        return len(got["media"]) >= 2
+
+    wait_until(two_segments, 30, 0.5, what="two media segments in the playlist")
+    playlist_url, text, media = got["url"], got["text"], got["media"]
     seg, older = media[-1], media[-2]
     url = f"{base}/streams/{s.camera_id}/{seg}"
     assert httpx.get(url, timeout=10).status_code == 200
@@ -211,7 +230,7 @@ def test_whatever_nginx_does_not_serve_is_the_gateways(plane):
         via_nginx = raw_get(base, target)
         assert via_nginx[0] >= 400 and via_nginx[1] != body, (what, via_nginx[0])
         passed_on = gateway_requests(s) - before
-        direct = raw_get(s.gateway_url, target)
+        direct = raw_get(s.direct_url, target)
         if what != "the store file by name":
             # the gateway's own refusal, word for word: nginx passed the request on
             assert via_nginx == direct, what
@@ -225,7 +244,7 @@ def test_whatever_nginx_does_not_serve_is_the_gateways(plane):
         token = base64.urlsafe_b64encode(junk).rstrip(b"=").decode()
         r = httpx.get(f"{base}/streams/{s.camera_id}/{name}?pb_grant={token}", timeout=10)
         assert r.status_code in (400, 401, 403), r.status_code
-    errors = (s.nginx_dir / "error.log").read_text()
+    errors = s.error_log.read_text()
     assert "js exception" not in errors and "pb_grant" not in errors, errors[-2000:]
     # never through nginx: /metrics in any spelling
     for target in ("/metrics", "/metrics/", "/metrics%2F"):
@@ -257,7 +276,7 @@ def test_watch_page_plays_through_nginx_while_players_watch(plane, browser, figu
     s = plane
     tokens = {s.camera_id: [mint_user_token(Keyring.single(s.secret), user_id=f"viewer-{j}", camera_id=s.camera_id,
                                             pod_id=s.pod_id, ttl=600) for j in range(10)]}
-    seen = len((s.nginx_dir / "access.log").read_text().splitlines())  # the other tests' requests
+    seen = len(s.access_log.read_text().splitlines())  # the other tests' requests
     host, port = s.nginx_url.removeprefix("http://").split(":")
     players = SplitPlayers(host, int(port), None)  # type: ignore[arg-type]
     loop = asyncio.new_event_loop()
@@ -276,7 +295,7 @@ def test_watch_page_plays_through_nginx_while_players_watch(plane, browser, figu
         thread.join(5)
     events = list(players.events)
     bad = [e for e in events if e.status >= 400]
-    log = (s.nginx_dir / "access.log").read_text().splitlines()[seen:]
+    log = s.access_log.read_text().splitlines()[seen:]
     segs = [ln for ln in log if re.search(r'"GET /streams/[^ ]+\.(m4s|ts)"', ln)]
     by_nginx = [ln for ln in segs if ln.endswith('"-"')]
     share = len(by_nginx) / max(1, len(segs))

@@ -63,7 +63,7 @@ def alive(pid: int) -> bool:
 def gateway_upstream_fetches(s, kind: str) -> float:
     """Counter platebridge_gateway_upstream_fetches_total{kind} from the gateway's /metrics:
     fetches from pods the gateway has started (it counts one just before sending it)."""
-    text = httpx.get(f"{s.gateway_url}/metrics", timeout=5).text
+    text = httpx.get(s.gateway_metrics_url, timeout=5).text
     m = re.search(rf'^platebridge_gateway_upstream_fetches_total{{kind="{kind}"}} ([0-9.e+]+)$', text, re.MULTILINE)
     return float(m.group(1)) if m else 0.0
 

@@ -271,7 +271,7 @@ def test_500_viewers_with_slow_readers_latency_and_memory_bounded(load_stack, fi
     finally:
         stop.set()
         sampler.join()
-    metrics = httpx.get(f"{s.gateway_url}/metrics", timeout=5).text
+    metrics = httpx.get(s.gateway_metrics_url, timeout=5).text
     cache_bytes = float(re.search(r"^platebridge_gateway_cache_bytes ([0-9.e+]+)$", metrics, re.MULTILINE).group(1))
     gateway_alive = s.procs["gateway"].popen.poll() is None
 

@@ -127,8 +127,16 @@ def _workers(pgid: int) -> list[int]:
 
 
 def _children(pid: int) -> list[int]:
-    """Live (not zombie) child processes of ``pid`` (granian forks its workers)."""
-    return [child for child, (parent, _) in live_processes().items() if parent == pid]
+    """Live (not zombie) worker processes of ``pid`` (granian forks its workers): its children
+    but the nginx master of its data plane (:func:`_nginx`)."""
+    return [child for child, (parent, _) in live_processes().items()
+            if parent == pid and not _cmdline(child).startswith("nginx:")]
+
+
+def _nginx(pid: int) -> list[int]:
+    """The nginx master the gateway ``pid`` started as its data plane (data_plane: auto)."""
+    return [child for child, (parent, _) in live_processes().items()
+            if parent == pid and _cmdline(child).startswith("nginx: master")]
 
 
 def _maps_uvloop(pid: int) -> bool:

@@ -141,7 +141,7 @@ def _series(text: str, name: str) -> list[tuple[str, float]]:
 
 def gateway_counters(stack) -> GatewayCounters:
     """Read :class:`GatewayCounters` from the gateway's ``/metrics``."""
-    text = httpx.get(f"{stack.gateway_url}/metrics", timeout=5).text
+    text = httpx.get(stack.gateway_metrics_url, timeout=5).text
     assert "platebridge_gateway_requests_total" in text, text[:300]
     served = sum(v for labels, v in _series(text, "platebridge_gateway_requests_total")
                  if re.search(r'status="(200|206|302)"', labels))

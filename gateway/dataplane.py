@@ -1,0 +1,271 @@
+"""The nginx data plane run by the gateway itself (``data_plane: auto`` or ``managed``).
+
+Issue 15 asks that the default server's p99 stay within 2× nginx's at 100 and 500
+connections. No Python server does that on cache hits (docs/benchmarks.md: granian 2.5×
+with 1 worker, 3.5× with 2), while nginx in front of the gateway, serving kept segments
+itself (:mod:`gateway.nginxconf`), stays within 1.8×. So by default the gateway starts that
+nginx as its own child process, and no nginx setup by hand is needed:
+
+* nginx listens on the gateway's ``host:port`` with ``worker_processes`` = the gateway's
+  worker count, answers kept media segments from the host store, and passes everything else
+  to the gateway's workers, which listen on ``127.0.0.1:<internal_port>``.
+* Its files live in a private run directory (mode 0700, removed when the gateway stops):
+  ``nginx.conf``, the data plane's config (it holds the grant keys, 0600), the njs module,
+  the pid file and nginx's temp directories. nginx's workers run as the gateway's own user,
+  so the host store stays 0700.
+* nginx logs alerts only, to the gateway's stderr (its lower levels quote request lines with
+  grants). It gets ``SIGTERM`` when the process that started it dies (``PR_SET_PDEATHSIG``).
+  If nginx exits on its own, the gateway stops too (exit 1), so its service manager restarts
+  both together: a gateway never keeps running with its public port unserved.
+
+``data_plane: auto`` (the default) uses this when an nginx binary and Debian's njs module
+(package ``libnginx-mod-http-js``) are installed and ``nginx -t`` accepts the config, and the
+gateway's own data plane otherwise (with a warning saying why). ``data_plane: managed``
+requires it: a missing nginx is a config error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import grp
+import logging
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import msgspec
+
+from gateway.config import GatewayConfig
+from gateway.errors import ConfigError
+from gateway.nginxconf import NJS_SO, write
+
+log = logging.getLogger("platebridge.gateway")
+
+#: where nginx is looked for when ``nginx_bin`` is not set (Debian puts it in /usr/sbin, which
+#: is not on an unprivileged user's PATH)
+NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx")
+MAIN_NAME = "nginx.conf"
+#: s: how long a stopping nginx gets for its graceful shutdown before SIGKILL
+STOP_TIMEOUT = 5.0
+#: s: ``nginx -t`` time limit
+TEST_TIMEOUT = 20.0
+#: s: how long nginx waits for the gateway's workers to accept connections before it starts anyway
+READY_TIMEOUT = 60.0
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Found:
+    """An nginx that can run the data plane: its binary and the njs module it loads."""
+
+    nginx: str
+    njs_module: str
+
+
+def find_nginx(cfg: GatewayConfig) -> Found | str:
+    """The nginx binary and njs module to run, or a sentence saying what is missing.
+
+    ``cfg.nginx_bin`` (else the first of :data:`NGINX_CANDIDATES` / ``nginx`` on PATH that is
+    executable) and ``cfg.njs_module`` (else Debian's :data:`~gateway.nginxconf.NJS_SO`)."""
+    candidates = [cfg.nginx_bin] if cfg.nginx_bin else [*NGINX_CANDIDATES, shutil.which("nginx") or ""]
+    nginx = next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
+    if nginx is None:
+        where = cfg.nginx_bin or ", ".join(NGINX_CANDIDATES)
+        return f"no nginx binary at {where} (Debian: apt-get install nginx-light libnginx-mod-http-js)"
+    njs = cfg.njs_module or NJS_SO
+    if not os.path.isfile(njs):
+        return f"no njs module at {njs} (Debian: apt-get install libnginx-mod-http-js)"
+    return Found(nginx=nginx, njs_module=njs)
+
+
+def free_loopback_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on at ``host`` right now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def listen_value(host: str, port: int, backlog: int) -> str:
+    """nginx's ``listen`` value for the gateway's public ``host`` and ``port``:
+    ``0.0.0.0:8080 backlog=2048``, ``[::1]:8080 backlog=2048``."""
+    addr = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"{addr}:{port} backlog={backlog}"
+
+
+def render_main(*, run_dir: str, njs_module: str, workers: int, worker_connections: int,
+                user: str | None) -> str:
+    """The ``nginx.conf`` of a managed data plane (no I/O): main and events context, the
+    temp paths in ``run_dir``, and an ``include`` of the data plane's ``http`` config there.
+
+    ``workers``: nginx worker processes; ``worker_connections`` per worker; ``user``:
+    ``"name group"`` for the ``user`` directive (only when nginx starts as root), else None."""
+    temp = "".join(f"    {kind}_temp_path {run_dir}/temp-{kind};\n"
+                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return f"""# PlateBridge gateway: the nginx data plane it runs itself (gateway/dataplane.py).
+# Written for one run of the gateway and removed when it stops; not for editing.
+{f"user {user};" if user else "# no user directive: the workers run as the gateway's user"}
+daemon off;
+master_process on;
+worker_processes {workers};
+worker_rlimit_nofile {max(1024, 2 * worker_connections + 64)};
+pid {run_dir}/nginx.pid;
+error_log stderr alert;
+load_module {njs_module};
+
+events {{
+    worker_connections {worker_connections};
+}}
+
+http {{
+{temp}    sendfile on;
+    tcp_nopush off;
+    default_type application/octet-stream;
+    include {run_dir}/platebridge-dataplane.conf;
+}}
+"""
+
+
+def _user_directive() -> str | None:
+    """``user`` for nginx when it starts as root (its workers then run as root too, as the
+    gateway does); None otherwise (nginx cannot change user, and need not)."""
+    if os.geteuid() != 0:
+        return None
+    return f"{pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name}"
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _accepts(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections at ``host:port`` now."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL what is left of nginx's process group (it has its own: the master's pid)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+class ManagedNginx:
+    """One nginx data plane for one run of the gateway.
+
+    ``prepare()`` writes the run directory and checks the config with ``nginx -t``;
+    ``start()`` starts nginx and a thread that watches it; ``stop()`` stops it (graceful,
+    then SIGKILL after :data:`STOP_TIMEOUT` seconds) and removes the run directory.
+    ``failed`` is True when nginx exited while the gateway still ran (the watcher then
+    sends the gateway SIGTERM). Raises :class:`ConfigError` from ``prepare()`` with nginx's
+    own message when it refuses the config.
+    """
+
+    def __init__(self, cfg: GatewayConfig, found: Found, *, run_dir: str, host: str, port: int,
+                 internal_port: int, workers: int, backlog: int) -> None:
+        self.cfg = msgspec.structs.replace(cfg, data_plane="nginx")
+        self.found = found
+        self.run_dir = run_dir
+        self.listen = listen_value(host, port, backlog)
+        self.internal = f"127.0.0.1:{internal_port}"
+        self.workers = workers
+        self.failed = False
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def main_conf(self) -> str:
+        return os.path.join(self.run_dir, MAIN_NAME)
+
+    def _argv(self, *extra: str) -> list[str]:
+        return [self.found.nginx, "-p", self.run_dir, "-c", self.main_conf, "-e", "stderr", *extra]
+
+    def prepare(self) -> None:
+        """Write the run directory's files and test them with ``nginx -t``."""
+        write(self.cfg, self.run_dir, listen=self.listen, gateway=self.internal,
+              access_log=self.cfg.nginx_access_log or "off", error_log="stderr")
+        text = render_main(run_dir=self.run_dir, njs_module=self.found.njs_module, workers=self.workers,
+                           worker_connections=max(1024, self.cfg.limit_concurrency), user=_user_directive())
+        fd = os.open(self.main_conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        try:
+            r = subprocess.run(self._argv("-t", "-q"), capture_output=True, text=True, timeout=TEST_TIMEOUT,
+                               check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ConfigError(f"$.data_plane: {self.found.nginx} -t did not run: {exc}") from None
+        if r.returncode != 0:
+            why = " ".join(line.strip() for line in (r.stderr or r.stdout).splitlines() if line.strip())[-600:]
+            raise ConfigError(f"$.data_plane: nginx refused the data plane's config: {why}")
+
+    def start(self) -> None:
+        """Start the thread that starts nginx (``daemon off``) once the gateway's workers accept
+        connections on the internal address (so nginx never answers 502 while they start; at
+        most :data:`READY_TIMEOUT` s), then watches it."""
+        self._watcher = threading.Thread(target=self._run, name="nginx-data-plane", daemon=True)
+        self._watcher.start()
+
+    def _run(self) -> None:
+        # this thread starts nginx and lives as long as it does: PR_SET_PDEATHSIG fires when the
+        # thread that forked the child ends, and this one ends only after nginx has exited
+        host, port = self.internal.rsplit(":", 1)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not self._stopping.is_set() and not _accepts(host, int(port)):
+            if time.monotonic() > deadline:
+                log.warning("data plane: the gateway's workers did not accept connections on %s within %.0f s; "
+                            "starting nginx anyway", self.internal, READY_TIMEOUT)
+                break
+            self._stopping.wait(0.05)
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            proc = self._proc = subprocess.Popen(
+                self._argv(), stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,  # noqa: PLW1509
+                close_fds=True, process_group=0)
+        log.info("data plane: nginx (pid %d, %d workers) on %s serves kept media segments; the gateway's workers "
+                 "listen on %s (/metrics there)", proc.pid, self.workers, self.listen.split()[0], self.internal)
+        code = proc.wait()
+        _kill_group(proc.pid)  # a master killed by a signal leaves its workers serving the port
+        if self._stopping.is_set():
+            return
+        self.failed = True
+        log.error("data plane: nginx exited (status %s) while the gateway was running; stopping the gateway so "
+                  "that its service manager restarts both", code)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def stop(self) -> None:
+        """Stop nginx (SIGQUIT: finish the requests in flight; SIGKILL after
+        :data:`STOP_TIMEOUT` s) and remove the run directory."""
+        with self._lock:
+            self._stopping.set()
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGQUIT)
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                log.warning("data plane: nginx did not stop within %.0f s; killing it", STOP_TIMEOUT)
+                proc.kill()
+                proc.wait()
+        if proc is not None:
+            _kill_group(proc.pid)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    @property
+    def pid(self) -> int | None:
+        """nginx master's pid, once started."""
+        return self._proc.pid if self._proc is not None else None
