@@ -16,7 +16,10 @@ The server is granian (HTTP/1.1, ASGI, the app on uvloop) by default; ``server: 
 (httptools) stays selectable, ``loop: asyncio`` swaps uvloop for the standard event loop.
 :mod:`gateway.server` runs them and says why granian is the default. ``--workers`` (default
 one per CPU) worker processes share one host store (:mod:`gateway.hoststore`): one pod fetch
-per segment per host.
+per segment per host. In front of them, by default, the gateway runs nginx as its data plane
+when nginx and njs are installed (``data_plane: auto``, :mod:`gateway.dataplane`): nginx
+takes ``--host``/``--port``, the workers listen on ``127.0.0.1:<internal_port>``; exit 1 when
+that nginx died while the gateway ran.
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def find_nginx(cfg: GatewayConfig) -> Found | str:
     nginx = next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
     if nginx is None:
         where = cfg.nginx_bin or ", ".join(NGINX_CANDIDATES)
-        return f"no nginx binary at {where} (Debian: apt-get install nginx-light libnginx-mod-http-js)"
+        return f"no nginx binary at {where} (Debian: apt-get install nginx libnginx-mod-http-js)"
     njs = cfg.njs_module or NJS_SO
     if not os.path.isfile(njs):
         return f"no njs module at {njs} (Debian: apt-get install libnginx-mod-http-js)"

@@ -135,6 +135,9 @@ map $http_origin $pb_cors_expose {{
 upstream platebridge_gateway {{
     server {gateway};
     keepalive 64;
+    # idle connections to the gateway are dropped here before its own server closes them
+    # (timeout_keep_alive), so a request never goes out on a connection it is closing
+    keepalive_timeout {max(1, int(cfg.timeout_keep_alive) // 2)}s;
 }}
 
 # Access log without query strings: grants (?pb_grant=) and user tokens (?token=) ride in them.

@@ -115,7 +115,8 @@ def serve(cfg: GatewayConfig, *, host: str, port: int, server: ServerKind, worke
                 log.warning("data plane: nginx cannot serve kept segments, so every segment comes to the "
                             "gateway: %s", problem)
     if workers > 1 or found:
-        remove_leftovers(_tmpfs() or tempfile.gettempdir())
+        for parent in {_tmpfs() or tempfile.gettempdir(), cfg.host_cache_dir or ""} - {""}:
+            remove_leftovers(parent)
         if cfg.host_cache_dir is None:  # one host store for this run's workers, gone when it ends
             own_store = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-", dir=_tmpfs())
             os.environ[ENV_PREFIX + "HOST_CACHE_DIR"] = own_store
@@ -172,7 +173,9 @@ def _start_nginx(cfg: GatewayConfig, found: Found, *, host: str, port: int, work
     keys = {} if cfg.grant_keys_configured() else {"grant_secret": os.environ[ENV_PREFIX + "GRANT_SECRET"],
                                                     "grant_secrets": None}
     effective = msgspec.structs.replace(cfg, host_cache_dir=store, **keys)
-    run_dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}nginx-{os.getpid()}-", dir=_tmpfs())
+    # next to the store, as the metrics directory (systemd: in its RuntimeDirectory); nginx serves
+    # only files njs names from a grant (<hash>.data), never this directory's
+    run_dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}nginx-{os.getpid()}-", dir=cfg.host_cache_dir or _tmpfs())
     nginx = ManagedNginx(effective, found, run_dir=run_dir, host=host, port=port,
                          internal_port=cfg.internal_port or free_loopback_port(), workers=workers,
                          backlog=NGINX_BACKLOG)

@@ -69,6 +69,10 @@ def main() -> int:
         stack.start_pod(timeout=60)
         print(f"demo: gateway {stack.gateway_url}", flush=True)
         stack.start_gateway()
+        direct = stack.gateway_direct_url
+        if direct != stack.gateway_url:  # data_plane: auto found nginx + njs
+            print(f"demo: gateway data plane: nginx on {stack.gateway_url} serves kept segments, the gateway's "
+                  f"workers answer behind it on {direct} (metrics: {stack.gateway_metrics_url})", flush=True)
         r = httpx.post(f"{stack.portal_url}/api/pod/stream-token", json={"camera_id": stack.camera_id},
                        headers={"Authorization": "Bearer demo-user-session"}, timeout=10)
         r.raise_for_status()

@@ -81,7 +81,9 @@ def test_workers_share_one_pod_fetch_per_segment_with_split_connections(tmp_path
     s.pod_overrides = {
         "camera_id": None, "camera_rtsp_url": None, "heartbeat_interval": 300,
         "cameras": [{"camera_id": c, "rtsp_url": s.rtsp_url, "frigate_camera": f"cam_{i}"} for i, c in enumerate(cams)]}
-    s.gateway_overrides = {"workers": workers, "access_log": False}
+    # the workers alone (no nginx data plane in front): every player request is theirs to answer
+    # and count, which is what this test measures (tests/e2e/test_nginx_data_plane.py runs nginx)
+    s.gateway_overrides = {"workers": workers, "access_log": False, "data_plane": "gateway"}
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))  # the gateway's workers write here

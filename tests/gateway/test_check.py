@@ -88,7 +88,7 @@ def test_data_plane_without_nginx(stack, tmp_path):
     rc, lines = run_check(write_config(stack, tmp_path, nginx_bin=missing))
     assert rc == 0, lines
     assert line(lines, "data plane").startswith(f"WARN data plane: auto: no nginx binary at {missing} (Debian: "
-                                                "apt-get install nginx-light libnginx-mod-http-js)")
+                                                "apt-get install nginx libnginx-mod-http-js)")
     rc, lines = run_check(write_config(stack, tmp_path, nginx_bin=missing, data_plane="managed"))
     assert rc == 1, lines
     assert line(lines, "data plane").startswith(f"FAIL data plane: managed: no nginx binary at {missing}")

@@ -66,7 +66,7 @@ def test_render_main_runs_nginx_in_the_foreground_from_its_run_directory():
 
 @pytest.mark.parametrize("host,want", [
     ("127.0.0.1", "127.0.0.1:8080 backlog=4096"),
-    ("0.0.0.0", "0.0.0.0:8080 backlog=4096"),  # noqa: S104 - the container's bind-all address
+    ("0.0.0.0", "0.0.0.0:8080 backlog=4096"),
     ("::", "[::]:8080 backlog=4096"),
     ("::1", "[::1]:8080 backlog=4096"),
 ])
@@ -77,7 +77,7 @@ def test_listen_value(host, want):
 def test_find_nginx_says_what_is_missing(tmp_path):
     missing = str(tmp_path / "nginx")
     assert find_nginx(parse_config({**OK, "nginx_bin": missing}, env={})) == (
-        f"no nginx binary at {missing} (Debian: apt-get install nginx-light libnginx-mod-http-js)")
+        f"no nginx binary at {missing} (Debian: apt-get install nginx libnginx-mod-http-js)")
     fake = tmp_path / "bin-nginx"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)

@@ -49,6 +49,28 @@ def test_the_config_holds_the_grant_keys_origins_store_and_headers(tmp_path):
     assert re.search(r"^    error_log \S+ alert;$", conf, re.MULTILINE)
 
 
+@pytest.mark.parametrize(("keep_alive", "upstream_idle"), [(15, 7), (2, 1), (1, 1)])
+def test_timeouts_follow_timeout_keep_alive(tmp_path, keep_alive, upstream_idle):
+    """As the gateway's own server: idle keep-alive connections and unfinished request headers
+    close after ``timeout_keep_alive``; idle connections to the gateway close before it does."""
+    conf = render(cfg(tmp_path, timeout_keep_alive=keep_alive), listen="8443", gateway="127.0.0.1:8080",
+                  conf_dir="/x")[CONF_NAME]
+    assert f"    keepalive_timeout {keep_alive}s;\n" in conf and f"    client_header_timeout {keep_alive}s;\n" in conf
+    upstream = conf[conf.index("upstream platebridge_gateway {"):]
+    upstream = upstream[:upstream.index("}")]
+    assert f"keepalive_timeout {upstream_idle}s;" in upstream
+
+
+def test_error_log_may_be_stderr_access_log_off(tmp_path):
+    conf = render(cfg(tmp_path), listen="8443", gateway="127.0.0.1:8080", conf_dir="/x", access_log="off",
+                  error_log="stderr")[CONF_NAME]
+    assert "    access_log off;" in conf and "    error_log stderr alert;" in conf
+    with pytest.raises(ConfigError, match=r"^--access-log:"):
+        render(cfg(tmp_path), listen="8443", gateway="127.0.0.1:8080", conf_dir="/x", access_log="stderr")
+    with pytest.raises(ConfigError, match=r"^--error-log:"):
+        render(cfg(tmp_path), listen="8443", gateway="127.0.0.1:8080", conf_dir="/x", error_log="off")
+
+
 def test_rotated_keys_all_verify_signing_key_first(tmp_path):
     c = cfg(tmp_path, grant_secret=None, grant_secrets={"old": "o" * 32, "new": "n" * 32}, grant_secret_primary="new")
     conf = render(c, listen="8443", gateway="127.0.0.1:8080", conf_dir="/x")[CONF_NAME]

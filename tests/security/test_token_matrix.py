@@ -293,7 +293,13 @@ def test_control_valid_token_reaches_the_pod(sec_stack, figure, channel):
     caused = pod_requests_total(sec_stack) - pod_before
     figure(f"pod requests caused by a valid session ({channel})", caused, "requests", ">= 1", caused >= 1)
     assert caused >= 1
-    assert gw.served >= 1 + len(followed) and gw.bytes_out > 0 and gw.segment_lookups >= 1, gw
+    # a media segment the gateway already keeps may be answered by the nginx data plane in front
+    # of it (by default), which the gateway's counters do not see: nginx's file answers carry
+    # Last-Modified, the gateway's never do
+    by_nginx = [x for x in followed if "last-modified" in x.headers]
+    assert all(str(x.request.url).split("?")[0].endswith((".m4s", ".ts")) for x in by_nginx), by_nginx
+    assert gw.served >= 1 + len(followed) - len(by_nginx) and gw.bytes_out > 0, gw
+    assert gw.segment_lookups >= 1 or by_nginx, gw
 
 
 def test_control_the_watch_page_serves_the_player_for_a_valid_token(sec_stack, figure):
