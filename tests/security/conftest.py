@@ -156,7 +156,7 @@ def gateway_counters(stack) -> GatewayCounters:
 def play_like_a_player(first: httpx.Response, max_media: int = 2) -> list[httpx.Response]:
     """What a player does with the gateway's answer ``first``: follow a redirect's
     ``Location``, then fetch the variant or media playlist and the last ``max_media`` URIs
-    of a media playlist (URI lines and ``URI="…"`` attributes), each resolved against the
+    of a media playlist (URI lines and ``URI="…"`` attributes but the preload hint's), each resolved against the
     URL it came from. A refusal (no ``Location``, not 200) ends it. Returns every response
     after ``first``."""
     out: list[httpx.Response] = []
@@ -169,7 +169,9 @@ def play_like_a_player(first: httpx.Response, max_media: int = 2) -> list[httpx.
         if r.status_code != 200 or "#EXTM3U" not in r.text:
             return out
         uris = [u.strip() for u in r.text.splitlines() if u.strip() and not u.startswith("#")]
-        uris += re.findall(r'URI="([^"]+)"', r.text)
+        # not the EXT-X-PRELOAD-HINT: a hinted part its segment ends before never exists, and
+        # the pod rightly answers 404 for it (RFC 8216bis §4.4.5.3); a player does not fail on it
+        uris += re.findall(r'^#EXT-X-(?!PRELOAD-HINT)[^\n]*URI="([^"]+)"', r.text, re.MULTILINE)
         base = str(r.request.url)
         if "#EXT-X-STREAM-INF" in r.text and uris:
             r = httpx.get(urljoin(base, uris[0]), timeout=10)
