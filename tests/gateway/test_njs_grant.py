@@ -1,0 +1,167 @@
+"""The njs grant check of the nginx data plane (``gateway/njs/platebridge_grant.js``) against
+the gateway's own minting and naming (``gateway/grants.py``, ``gateway/hoststore.py``).
+
+Real Debian nginx + njs, started as the gateway starts it (:class:`gateway.dataplane.ManagedNginx`),
+with a stand-in for the gateway's workers behind it that answers every request it is handed
+with 418: so each answer says who served it. nginx may serve a kept segment only for the exact
+URI and spelling the gateway wrote; anything else, whatever the grant's bytes, is passed on.
+Grant lengths cover every base64url tail (``len % 4`` of 0, 2 and 3), which is where a second
+spelling of the same bytes exists."""
+
+import base64
+import os
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from gateway.config import parse_config
+from gateway.dataplane import ManagedNginx, find_nginx
+from gateway.grants import Grant, GrantSigner
+from gateway.hoststore import key_name
+
+CAM = "gate-cam"
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+#: pod ids whose media grants end in each base64url tail: 37, 38 and 48 bytes
+PODS = {"p1": 2, "p12": 3, "main-gate-pod": 0}
+
+
+class _Workers(BaseHTTPRequestHandler):
+    """Stand-in for the gateway's workers: 418 for everything nginx passes on."""
+
+    def do_GET(self):
+        body = b"passed on"
+        self.send_response(418)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    run_dir = tmp_path_factory.mktemp("run")
+    os.chmod(run_dir, 0o700)
+    workers = ThreadingHTTPServer(("127.0.0.1", 0), _Workers)
+    threading.Thread(target=workers.serve_forever, daemon=True).start()
+    cfg = parse_config({"stream_secret": "z" * 40, "grant_secret": "g" * 40,
+                        "pods": dict.fromkeys(PODS, "http://127.0.0.2:8000"),
+                        "data_plane": "managed", "host_cache_dir": str(store)}, env={})
+    found = find_nginx(cfg)
+    assert not isinstance(found, str), found
+    port = _free_port()
+    nginx = ManagedNginx(cfg, found, run_dir=str(run_dir / "nginx"), host="127.0.0.1", port=port,
+                         internal_port=workers.server_address[1], workers=1, backlog=64)
+    nginx.prepare()
+    nginx.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            httpx.get(base + "/", timeout=1)
+            break
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "nginx did not start"
+            time.sleep(0.05)
+    yield base, store, GrantSigner(cfg.grant_keys())
+    nginx.stop()
+    workers.shutdown()
+
+
+def _keep(store, pod: str, path: str) -> bytes:
+    """A kept segment, as the host store names it."""
+    data = os.urandom(1000) + path.encode()
+    (store / f"{key_name((pod, CAM, path, ''))}.data").write_bytes(data)
+    return data
+
+
+def _grant(signer: GrantSigner, pod: str, path: str, *, exp_in: int = 60, kind: str = "media",
+           camera: str = CAM) -> str:
+    now = int(time.time())
+    return signer.mint(Grant(kind, pod, now + exp_in, now + 600, b"session1"), camera_id=camera, path=path)
+
+
+def _respelled(token: str) -> str:
+    """The same bytes in another base64url spelling: a bit set past the last byte (tails of 2
+    and 3 characters), or padding (whole groups)."""
+    if len(token) % 4 in (2, 3):
+        return token[:-1] + ALPHABET[ALPHABET.index(token[-1]) + 1]
+    return token + "=="
+
+
+def _raw(base: str, method: str, target: str) -> tuple[int, bytes]:
+    """``method target`` sent as written (an HTTP client would normalise dot segments)."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(f"{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def _bytes(token: str) -> bytes:
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+
+
+@pytest.mark.parametrize("pod", list(PODS))
+def test_nginx_serves_the_exact_uri_and_spelling_the_gateway_wrote(plane, pod):
+    base, store, signer = plane
+    path = f"seg_{len(pod)}.m4s"
+    data = _keep(store, pod, path)
+    grant = _grant(signer, pod, path)
+    assert len(grant) % 4 == PODS[pod]
+    ok = httpx.get(f"{base}/streams/{CAM}/{path}?pb_grant={grant}", timeout=5)
+    assert ok.status_code == 200 and ok.content == data
+    other = _respelled(grant)
+    assert other != grant and _bytes(other) == _bytes(grant)
+    refused = {
+        "another spelling": f"/streams/{CAM}/{path}?pb_grant={other}",
+        "expired": f"/streams/{CAM}/{path}?pb_grant={_grant(signer, pod, path, exp_in=-1)}",
+        "a playlist grant": f"/streams/{CAM}/{path}?pb_grant={_grant(signer, pod, path, kind='playlist')}",
+        "another path": f"/streams/{CAM}/{path}?pb_grant={_grant(signer, pod, 'x' + path)}",
+        "another camera": f"/streams/{CAM}/{path}?pb_grant={_grant(signer, pod, path, camera='cam-2')}",
+        "a second parameter": f"/streams/{CAM}/{path}?pb_grant={grant}&a=1",
+        "the grant twice": f"/streams/{CAM}/{path}?pb_grant={grant}&pb_grant={grant}",
+        "a trailing &": f"/streams/{CAM}/{path}?pb_grant={grant}&",
+        "another parameter first": f"/streams/{CAM}/{path}?a=1&pb_grant={grant}",
+        "a dot segment": f"/streams/{CAM}/x/../{path}?pb_grant={grant}",
+        "an escaped letter": f"/streams/{CAM}/%73{path[1:]}?pb_grant={grant}",
+        "a cut grant": f"/streams/{CAM}/{path}?pb_grant={grant[:-4]}",
+        "a HEAD is served, a POST passed on": f"/streams/{CAM}/{path}?pb_grant={grant}",
+    }
+    for what, target in refused.items():
+        method = "POST" if "POST" in what else "GET"
+        assert _raw(base, method, target) == (418, b"passed on"), what
+    assert _raw(base, "GET", f"/streams/{CAM}/{path}?pb_grant={grant}") == (200, data)
+    head = httpx.head(f"{base}/streams/{CAM}/{path}?pb_grant={grant}", timeout=5)
+    assert head.status_code == 200 and int(head.headers["content-length"]) == len(data)
+
+
+def test_a_long_path_goes_to_the_gateway(plane):
+    """Paths of 128 characters or more are checked by the gateway only (njs writes the MAC's
+    length prefixes as single characters, so it takes paths below 128)."""
+    base, store, signer = plane
+    for n in (127, 128, 200):
+        path = "a" * (n - 4) + ".m4s"
+        data = _keep(store, "p1", path)
+        r = httpx.get(f"{base}/streams/{CAM}/{path}?pb_grant={_grant(signer, 'p1', path)}", timeout=5)
+        if n < 128:
+            assert r.status_code == 200 and r.content == data
+        else:
+            assert (r.status_code, r.content) == (418, b"passed on"), n
