@@ -53,6 +53,7 @@ def test_bad_data_plane_settings_name_the_key(over, path):
 def test_render_main_runs_nginx_in_the_foreground_from_its_run_directory():
     text = render_main(run_dir="/dev/shm/pb-run", njs_module=NJS_SO, workers=3, worker_connections=4096, user=None)
     assert "daemon off;" in text and "worker_processes 3;" in text and "worker_connections 4096;" in text
+    assert "multi_accept on;" in text  # a burst of new connections is accepted at once
     assert f"load_module {NJS_SO};" in text
     assert "pid /dev/shm/pb-run/nginx.pid;" in text
     assert "error_log stderr alert;" in text  # lower levels quote request lines, grants included
