@@ -109,8 +109,8 @@ CHOICE_MIN_CONNECTIONS = 100  # the server-choice goal looks at the cells with t
 MAX_WRK_SECONDS = 10
 NGINX_WORKER_CONNECTIONS = 4096
 DEFAULT_SERVERS = "nginx:1,granian:1,uvicorn:1,uvicorn-asyncio:1,dataplane:1,nginx:2,granian:2,uvicorn:2,dataplane:2"
-# the gateway's default setup (gateway/dataplane.py): data_plane auto, which with nginx and njs
-# installed (setup.sh, the container, the systemd install) runs nginx in front of granian, one
+# the gateway's default setup (gateway/dataplane.py): data_plane auto, which with nginx and its Lua
+# module installed (setup.sh, the container, the systemd install) runs nginx in front of granian, one
 # worker per CPU each; this bench measures up to 2 workers (the goal is set for 2), so on a
 # bigger box the default row is 2w
 DEFAULT_SERVER = ("dataplane", max(1, min(2, os.cpu_count() or 1)))
@@ -675,7 +675,7 @@ def start_gateway(procs: Procs, srv: Server, cfg: Path, name: str | None = None)
 
 def start_dataplane(procs: Procs, srv: Server, base_cfg: str, tmp: Path) -> None:
     """``dataplane`` kind: the gateway's default setup, exactly as ``platebridge-gateway`` runs it
-    (``data_plane: managed``, which ``auto`` picks when nginx and njs are installed): the gateway
+    (``data_plane: managed``, which ``auto`` picks when nginx and its Lua module are installed): the gateway
     starts nginx with its data-plane config in front of its granian workers, ``srv.workers`` of
     each. ``srv.port`` is nginx's, ``srv.popen`` the gateway; the server's CPU is both process
     groups' (the gateway's and nginx's own)."""
@@ -1280,19 +1280,21 @@ def analysis(servers: list[Server], cases: list[Case], results: dict, summary: l
         "worker's Python thread. A Python data plane does not reach 0.7× nginx on 125 KB here, so the "
         "gateway's default is an nginx data plane that it runs itself (`data_plane: auto`, the `dataplane` "
         "rows; `data_plane: nginx` for an nginx you run): nginx checks the "
-        "path-bound grant in njs (HMAC-SHA256; `secure_link` is MD5 only) and serves the host store's file; "
-        "njs is most of what separates it from nginx on 125 KB hits. Profile (measured by hand on 2026-12-06, "
-        "nginx 1.22 + njs 0.7.9, 2 workers, the same 125 KB file, wrk c=100, `perf record` of the workers): a "
-        "static hit 55,000 req/s; an njs call that returns at once 53,500 (njs 6 % of the workers' CPU: the "
-        "VM clone is cheap); the grant check 38,000-42,000 (njs 34 %, kernel 49 %, nginx "
-        "8 %). Timed in a loop inside njs, that check took 13.5 us per hit against about 17 us for nginx's "
-        "whole static hit: njs 0.7 interprets every call and allocation (a Buffer slice 0.25 us, an HMAC "
-        "update 0.4 us, `Buffer.from([...])` 0.5 us, the HMAC 2-3.6 us, the store name's SHA-256 0.9 us). "
-        "Rewritten with one pattern over the whole request target, no slices or re-encoding and the MAC's "
-        "length prefixes as characters, it takes 7.9 us (HMAC and key 3.4, target pattern 1.4, name 0.9); "
-        "the rest is the HMAC-SHA256 the grants need (`secure_link` is MD5 only). Below that needs another "
-        "engine: LuaJIT (Debian's libnginx-mod-http-lua) with the HMAC's inner and outer SHA-256 states "
-        "computed once per key, or a C module. `multi_accept on` in the data plane's events: with one "
+        "path-bound grant (HMAC-SHA256; `secure_link` is MD5 only) and serves the host store's file. The check "
+        "runs on every hit, where nginx's whole static hit of a 125 KB file costs about 17 us of CPU, so its "
+        "engine decided the result. In njs (0.7.9) it held the data plane to 0.63-0.72x nginx on 125 KB. "
+        "Profile (measured by hand on 2026-12-06, nginx 1.22, 2 workers, the same 125 KB file, wrk c=100, "
+        "`perf record` of the workers): a static hit 55,000 req/s; an njs call that returns at once 53,500 (njs "
+        "6 % of the workers' CPU: the VM clone is cheap); the njs grant check 38,000-42,000 (njs 34 %, kernel "
+        "49 %, nginx 8 %). Timed in a loop inside njs, the check took 13.5 us per hit, 7.9 us once rewritten "
+        "(one pattern over the whole target, no Buffer slices): HMAC and key 3.4, target pattern 1.4, the store "
+        "name's SHA-256 0.9; njs interprets every call and allocation. So the check is now Lua "
+        "(`gateway/lua/platebridge_grant.lua`, LuaJIT through Debian's libnginx-mod-http-lua, which "
+        "nginx-extras already brought): the HMAC's inner and outer SHA-256 states are computed once per key "
+        "(RFC 2104) and each hit runs two SHA-256 compressions of libcrypto through the FFI, the target is "
+        "matched by PCRE's JIT. Measured by hand the same way (2 workers, c=10 / 100, 6 s each): the data "
+        "plane's config with the file name fixed (no check) 45,900 / 52,600 req/s, the njs check 33,700 / "
+        "40,400, the Lua check 42,500 / 51,100. `multi_accept on` in the data plane's events: with one "
         "accept per event-loop pass, up to 101 connections waited > 0.5 s at c=500 (1 worker), none with it.")
     return out
 
@@ -1335,7 +1337,7 @@ def write_docs(servers: list[Server], cases: list[Case], results: dict, summary:
         f"cell**. The default is picked by measurement: its p99 must be ≤ {GOAL_P99:g}× nginx's at "
         f"{CHOICE_MIN_CONNECTIONS} connections and more (against nginx with as many workers), every connection served "
         "(see \"Unaccepted connections\" below). The default is the nginx data plane the gateway runs itself "
-        "(`data_plane: auto` with nginx and njs installed; the `dataplane` rows), with granian behind it; the "
+        "(`data_plane: auto` with nginx and its Lua module installed; the `dataplane` rows), with granian behind it; the "
         "Python servers' rows show the gateway serving every segment itself (`data_plane: gateway`, or `auto` "
         "without nginx).", "",
     ]
@@ -1419,9 +1421,9 @@ def write_docs(servers: list[Server], cases: list[Case], results: dict, summary:
         "sent by the app (see \"Cheap hits\" below for why not the ASGI path-send extension). Each "
         "gateway is warmed until the pod has served both segments once and then over 8 new connections per worker.",
         "* dataplane, the gateway's default: `platebridge-gateway --workers N` with `data_plane: managed` (what "
-        "the default `auto` picks when nginx and njs are installed, `gateway/dataplane.py`): the gateway starts "
-        "nginx with N worker processes in front of its N granian workers, with the data plane's config (njs "
-        "verifies the grant, `try_files` serves the host store's file, `open_file_cache`; access log off; "
+        "the default `auto` picks when nginx and its Lua module are installed, `gateway/dataplane.py`): the gateway "
+        "starts nginx with N worker processes in front of its N granian workers, with the data plane's config "
+        "(Lua verifies the grant, `try_files` serves the host store's file, `open_file_cache`; access log off; "
         "`sendfile on`, `tcp_nopush off`, `worker_connections` 4096 as the nginx baseline); misses and playlists "
         "go to granian. The server's CPU is both process groups'. Warmed like a gateway; the run stops if a kept "
         "segment is not answered by nginx itself.",

@@ -72,17 +72,23 @@ runs() { has "$1" && "$@" >/dev/null 2>&1; }  # runs <command> [args]: present a
 runs chromium --version || fail "chromium" chromium
 runs chromedriver --version || fail "chromedriver" chromium-driver
 
-# ---- benchmarks and deploy checks: nginx with secure_link and njs, wrk, caddy, sqlite3, shellcheck, systemd-analyze
+# ---- benchmarks and deploy checks: nginx with secure_link and Lua, wrk, caddy, sqlite3, shellcheck, systemd-analyze
 if has nginx || [ -x /usr/sbin/nginx ]; then
   nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
   "$nginx_bin" -V 2>&1 | grep -q -- '--with-http_secure_link_module' || fail "nginx with secure_link" nginx-extras
-  # the gateway's nginx data plane (gateway/nginxconf.py): njs must load and run HMAC-SHA256
-  njs_tmp="$(mktemp -d)"
-  printf 'function f(r) { return require("crypto").createHmac("sha256", "k").update("m").digest("hex"); }\nexport default {f};\n' >"$njs_tmp/p.js"
-  printf 'load_module /usr/lib/nginx/modules/ngx_http_js_module.so;\npid %s/pid;\nevents {}\nhttp { js_path "%s"; js_import p from p.js; js_set $p p.f; }\n' "$njs_tmp" "$njs_tmp" >"$njs_tmp/nginx.conf"
-  "$nginx_bin" -t -q -p "$njs_tmp" -e "$njs_tmp/error.log" -c "$njs_tmp/nginx.conf" >/dev/null 2>&1 \
-    || fail "nginx njs module (the gateway's nginx data plane)" libnginx-mod-http-js
-  rm -rf "$njs_tmp"
+  # the gateway's nginx data plane (gateway/nginxconf.py): its Lua grant check must load, with
+  # lua-resty-core, and pass its HMAC self-test (nginx -t skips init_by_lua: nginx runs it and
+  # exits, 0 or 1, as gateway/dataplane.py does)
+  lua_tmp="$(mktemp -d)"
+  {
+    printf 'load_module /usr/lib/nginx/modules/ndk_http_module.so;\nload_module /usr/lib/nginx/modules/ngx_http_lua_module.so;\n'
+    printf 'pid %s/pid;\nevents {}\nhttp {\n' "$lua_tmp"
+    printf '  lua_package_path "%s/gateway/lua/?.lua;/usr/share/lua/5.1/?.lua";\n  lua_package_cpath "%s/?.so";\n' "$ROOT" "$lua_tmp"
+    printf '  init_by_lua_block { local ok = pcall(function() require("platebridge_grant").self_test() end) os.exit(ok and 0 or 1) }\n}\n'
+  } >"$lua_tmp/nginx.conf"
+  "$nginx_bin" -q -p "$lua_tmp" -e "$lua_tmp/error.log" -c "$lua_tmp/nginx.conf" >/dev/null 2>&1 \
+    || fail "nginx Lua module (the gateway's nginx data plane)" libnginx-mod-http-lua
+  rm -rf "$lua_tmp"
 else
   fail "nginx with secure_link" nginx-extras
 fi

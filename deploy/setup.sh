@@ -8,7 +8,7 @@
 #   3. npm assets    - `npm ci` in gateway/web only when hls.min.js is missing
 #   4. npm test tools - `npm ci` in tests/node (jose, typescript) only when jose or tsc is missing
 #   5. probes        - deploy/probe.sh: every capability (GStreamer elements, ffmpeg muxers,
-#                      mosquitto, chromium, nginx secure_link and njs, …); a missing one fails setup,
+#                      mosquitto, chromium, nginx secure_link and Lua, …); a missing one fails setup,
 #                      naming the Debian package that provides it
 #
 # Usage (from anywhere): bash deploy/setup.sh
@@ -25,7 +25,7 @@ trap 'rc=$?; [ $rc -eq 0 ] || printf "setup: FAILED (exit %s) at line %s: %s\n" 
 APT_PACKAGES=(
   ffmpeg mosquitto python3-gi gir1.2-gst-rtsp-server-1.0
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
-  gstreamer1.0-x gstreamer1.0-tools chromium chromium-driver nginx-extras libnginx-mod-http-js wrk sqlite3
+  gstreamer1.0-x gstreamer1.0-tools chromium chromium-driver nginx-extras libnginx-mod-http-lua wrk sqlite3
   python3 python3-venv nodejs npm fonts-dejavu-core ca-certificates
   systemd shellcheck caddy tesseract-ocr
 )

@@ -69,7 +69,7 @@ _DISCOVERY_FIX = {
 
 
 def check_data_plane(cfg: GatewayConfig) -> list[CheckResult]:
-    """The data plane: ``auto``/``managed``, is nginx with njs installed for the gateway to run
+    """The data plane: ``auto``/``managed``, is nginx with its Lua module installed for the gateway to run
     (``auto`` without it: WARN, ``managed``: FAIL)? ``nginx``: can nginx's workers read the host
     store? (Nothing for ``gateway``.)"""
     if cfg.data_plane in ("auto", "managed"):
@@ -77,7 +77,8 @@ def check_data_plane(cfg: GatewayConfig) -> list[CheckResult]:
 
         found = find_nginx(cfg)
         if isinstance(found, Found):
-            return [CheckResult("PASS", "data plane", f"the gateway runs nginx ({found.nginx}, njs {found.njs_module}) "
+            return [CheckResult("PASS", "data plane",
+                                f"the gateway runs nginx ({found.nginx}, with {found.modules[-1]}) "
                                 "in front of its workers; it serves kept segments")]
         return [CheckResult("FAIL" if cfg.data_plane == "managed" else "WARN", "data plane",
                             f"{cfg.data_plane}: {found}",

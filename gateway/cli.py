@@ -17,7 +17,7 @@ The server is granian (HTTP/1.1, ASGI, the app on uvloop) by default; ``server: 
 :mod:`gateway.server` runs them and says why granian is the default. ``--workers`` (default
 one per CPU) worker processes share one host store (:mod:`gateway.hoststore`): one pod fetch
 per segment per host. In front of them, by default, the gateway runs nginx as its data plane
-when nginx and njs are installed (``data_plane: auto``, :mod:`gateway.dataplane`): nginx
+when nginx and its Lua module are installed (``data_plane: auto``, :mod:`gateway.dataplane`): nginx
 takes ``--host``/``--port``, the workers listen on ``127.0.0.1:<internal_port>``; exit 1 when
 that nginx died while the gateway ran.
 """

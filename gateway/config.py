@@ -118,7 +118,7 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # may then be group-readable (0750, nginx's group) and its bodies are 0640
     #
     # "auto" (the default): the gateway runs that nginx itself (gateway/dataplane.py) when nginx
-    # and its njs module are installed, else serves segments itself; "managed": it must run
+    # and its Lua module are installed, else serves segments itself; "managed": it must run
     # nginx itself (a missing nginx is an error); "nginx": an nginx you run, configured by
     # `platebridge-gateway nginx-conf`; "gateway": no nginx. docs/benchmarks.md says why: only
     # the nginx data plane keeps the p99 of cache hits within 2x nginx's
@@ -127,7 +127,9 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # behind nginx (scrape /metrics there); 0: a free port picked at each start (logged)
     internal_port: int = 0
     nginx_bin: str | None = None  # None: /usr/sbin/nginx, /usr/local/sbin/nginx, nginx on PATH
-    njs_module: str | None = None  # None: Debian's /usr/lib/nginx/modules/ngx_http_js_module.so
+    # where nginx's Lua module (ngx_http_lua_module.so) and the NDK it needs (ndk_http_module.so)
+    # are; None: Debian's /usr/lib/nginx/modules
+    nginx_modules_dir: str | None = None
     # that nginx's access log (a file; None: off): the requests it served itself, which the
     # gateway's metrics and access log never see. Paths only, never query strings (grants, tokens)
     nginx_access_log: str | None = None
@@ -355,7 +357,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
         raise _fail("$.internal_port", "must be a TCP port 1-65535 (or 0: a free one at each start)")
     if cfg.internal_port and cfg.internal_port == cfg.port:
         raise _fail("$.internal_port", "must differ from port (nginx listens there, the workers here)")
-    for key in ("nginx_bin", "njs_module", "nginx_access_log"):
+    for key in ("nginx_bin", "nginx_modules_dir", "nginx_access_log"):
         value = getattr(cfg, key)
         if value is not None and not os.path.isabs(value):
             raise _fail(f"$.{key}", "must be an absolute path")

@@ -10,7 +10,7 @@ nginx as its own child process, and no nginx setup by hand is needed:
   worker count, answers kept media segments from the host store, and passes everything else
   to the gateway's workers, which listen on ``127.0.0.1:<internal_port>``.
 * Its files live in a private run directory (mode 0700, removed when the gateway stops):
-  ``nginx.conf``, the data plane's config (it holds the grant keys, 0600), the njs module,
+  ``nginx.conf``, the data plane's config (it holds the grant keys, 0600), the Lua module,
   the pid file and nginx's temp directories. nginx's workers run as the gateway's own user,
   so the host store stays 0700.
 * nginx logs alerts only, to the gateway's stderr (its lower levels quote request lines with
@@ -18,8 +18,9 @@ nginx as its own child process, and no nginx setup by hand is needed:
   If nginx exits on its own, the gateway stops too (exit 1), so its service manager restarts
   both together: a gateway never keeps running with its public port unserved.
 
-``data_plane: auto`` (the default) uses this when an nginx binary and Debian's njs module
-(package ``libnginx-mod-http-js``) are installed and ``nginx -t`` accepts the config, and the
+``data_plane: auto`` (the default) uses this when an nginx binary and Debian's Lua module
+(package ``libnginx-mod-http-lua``, with ``libnginx-mod-http-ndk`` and ``lua-resty-core``;
+``nginx-extras`` brings all three) are installed and ``nginx -t`` accepts the config, and the
 gateway's own data plane otherwise (with a warning saying why). ``data_plane: managed``
 requires it: a missing nginx is a config error.
 """
@@ -45,7 +46,7 @@ import msgspec
 
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
-from gateway.nginxconf import NJS_SO, write
+from gateway.nginxconf import LUA_SO, MODULES_DIR, NDK_SO, RESTY_LUA_DIR, render_self_test, write
 
 log = logging.getLogger("platebridge.gateway")
 
@@ -53,6 +54,8 @@ log = logging.getLogger("platebridge.gateway")
 #: is not on an unprivileged user's PATH)
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx")
 MAIN_NAME = "nginx.conf"
+#: the config of the Lua self-test run (:meth:`ManagedNginx._self_test`)
+SELF_TEST_NAME = "self-test.conf"
 #: s: how long a stopping nginx gets for its graceful shutdown before SIGKILL
 STOP_TIMEOUT = 5.0
 #: s: ``nginx -t`` time limit
@@ -64,26 +67,34 @@ _PR_SET_PDEATHSIG = 1
 
 @dataclass(frozen=True)
 class Found:
-    """An nginx that can run the data plane: its binary and the njs module it loads."""
+    """An nginx that can run the data plane: its binary and the modules it loads, in order
+    (the Nginx Development Kit, then the Lua module)."""
 
     nginx: str
-    njs_module: str
+    modules: tuple[str, ...]
 
 
 def find_nginx(cfg: GatewayConfig) -> Found | str:
-    """The nginx binary and njs module to run, or a sentence saying what is missing.
+    """The nginx binary and modules to run, or a sentence saying what is missing.
 
     ``cfg.nginx_bin`` (else the first of :data:`NGINX_CANDIDATES` / ``nginx`` on PATH that is
-    executable) and ``cfg.njs_module`` (else Debian's :data:`~gateway.nginxconf.NJS_SO`)."""
+    executable); :data:`~gateway.nginxconf.NDK_SO` and :data:`~gateway.nginxconf.LUA_SO` in
+    ``cfg.nginx_modules_dir`` (else Debian's :data:`~gateway.nginxconf.MODULES_DIR`); and
+    Debian's lua-resty-core, which the Lua module requires."""
     candidates = [cfg.nginx_bin] if cfg.nginx_bin else [*NGINX_CANDIDATES, shutil.which("nginx") or ""]
     nginx = next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
+    install = "Debian: apt-get install nginx libnginx-mod-http-lua"
     if nginx is None:
         where = cfg.nginx_bin or ", ".join(NGINX_CANDIDATES)
-        return f"no nginx binary at {where} (Debian: apt-get install nginx libnginx-mod-http-js)"
-    njs = cfg.njs_module or NJS_SO
-    if not os.path.isfile(njs):
-        return f"no njs module at {njs} (Debian: apt-get install libnginx-mod-http-js)"
-    return Found(nginx=nginx, njs_module=njs)
+        return f"no nginx binary at {where} ({install})"
+    where = cfg.nginx_modules_dir or MODULES_DIR
+    modules = tuple(os.path.join(where, name) for name in (NDK_SO, LUA_SO))
+    for module in modules:
+        if not os.path.isfile(module):
+            return f"no nginx module {module} ({install})"
+    if not os.path.isfile(os.path.join(RESTY_LUA_DIR, "resty", "core.lua")):
+        return f"no lua-resty-core in {RESTY_LUA_DIR} (Debian: apt-get install lua-resty-core)"
+    return Found(nginx=nginx, modules=modules)
 
 
 def free_loopback_port(host: str = "127.0.0.1") -> int:
@@ -100,12 +111,13 @@ def listen_value(host: str, port: int, backlog: int) -> str:
     return f"{addr}:{port} backlog={backlog}"
 
 
-def render_main(*, run_dir: str, njs_module: str, workers: int, worker_connections: int,
+def render_main(*, run_dir: str, modules: tuple[str, ...], workers: int, worker_connections: int,
                 user: str | None) -> str:
     """The ``nginx.conf`` of a managed data plane (no I/O): main and events context, the
     temp paths in ``run_dir``, and an ``include`` of the data plane's ``http`` config there.
 
-    ``workers``: nginx worker processes; ``worker_connections`` per worker; ``user``:
+    ``modules``: the dynamic modules to load, in order; ``workers``: nginx worker processes;
+    ``worker_connections`` per worker; ``user``:
     ``"name group"`` for the ``user`` directive (only when nginx starts as root), else None."""
     temp = "".join(f"    {kind}_temp_path {run_dir}/temp-{kind};\n"
                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
@@ -118,8 +130,7 @@ worker_processes {workers};
 worker_rlimit_nofile {max(1024, 2 * worker_connections + 64)};
 pid {run_dir}/nginx.pid;
 error_log stderr alert;
-load_module {njs_module};
-
+{"".join(f"load_module {m};{chr(10)}" for m in modules)}
 events {{
     worker_connections {worker_connections};
     # accept every waiting connection per wake-up: with one accept per event-loop pass, a burst
@@ -168,7 +179,8 @@ def _kill_group(pgid: int) -> None:
 class ManagedNginx:
     """One nginx data plane for one run of the gateway.
 
-    ``prepare()`` writes the run directory and checks the config with ``nginx -t``;
+    ``prepare()`` writes the run directory, checks the config with ``nginx -t`` and runs the
+    Lua grant check's self-test (RFC 4231 vectors) in that nginx;
     ``start()`` starts nginx and a thread that watches it; ``stop()`` stops it (graceful,
     then SIGKILL after :data:`STOP_TIMEOUT` seconds) and removes the run directory.
     ``failed`` is True when nginx exited while the gateway still ran (the watcher then
@@ -198,10 +210,11 @@ class ManagedNginx:
         return [self.found.nginx, "-p", self.run_dir, "-c", self.main_conf, "-e", "stderr", *extra]
 
     def prepare(self) -> None:
-        """Write the run directory's files and test them with ``nginx -t``."""
+        """Write the run directory's files, test them with ``nginx -t`` and run the Lua
+        self-test. Raises :class:`ConfigError` (``$.data_plane``, nginx's words) when either fails."""
         write(self.cfg, self.run_dir, listen=self.listen, gateway=self.internal,
               access_log=self.cfg.nginx_access_log or "off", error_log="stderr")
-        text = render_main(run_dir=self.run_dir, njs_module=self.found.njs_module, workers=self.workers,
+        text = render_main(run_dir=self.run_dir, modules=self.found.modules, workers=self.workers,
                            worker_connections=max(1024, self.cfg.limit_concurrency), user=_user_directive())
         fd = os.open(self.main_conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -214,6 +227,29 @@ class ManagedNginx:
         if r.returncode != 0:
             why = " ".join(line.strip() for line in (r.stderr or r.stdout).splitlines() if line.strip())[-600:]
             raise ConfigError(f"$.data_plane: nginx refused the data plane's config: {why}")
+        self._self_test()
+
+    def _self_test(self) -> None:
+        """Run the Lua grant check's self-test in this nginx (``nginx -t`` skips
+        ``init_by_lua``, where a missing lua-resty-core or an unexpected libcrypto would
+        otherwise first fail when nginx starts). Raises :class:`ConfigError` with nginx's words."""
+        conf = os.path.join(self.run_dir, SELF_TEST_NAME)
+        text = "".join(f"load_module {m};\n" for m in self.found.modules)
+        text += (f"daemon off;\nmaster_process off;\npid {self.run_dir}/self-test.pid;\nevents {{}}\n"
+                 f"http {{\n{render_self_test(self.run_dir)}}}\n")
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        argv = [self.found.nginx, "-p", self.run_dir, "-c", conf, "-e", "stderr"]
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=TEST_TIMEOUT, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ConfigError(f"$.data_plane: the Lua self-test in {self.found.nginx} did not run: {exc}") from None
+        if r.returncode != 0:
+            why = " ".join(line.strip() for line in (r.stderr or r.stdout).splitlines() if line.strip())[-600:]
+            status = f"signal {-r.returncode}" if r.returncode < 0 else f"status {r.returncode}"
+            raise ConfigError(f"$.data_plane: the data plane's Lua grant check failed its self-test "
+                              f"(nginx exited with {status}): {why or 'no message'}")
 
     def start(self) -> None:
         """Start the thread that starts nginx (``daemon off``) once the gateway's workers accept

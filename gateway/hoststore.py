@@ -103,7 +103,7 @@ def key_name(key: Hashable) -> str:
     A tuple of strings none of which holds a newline (the proxy's keys, ``(pod_id, camera_id,
     path, query)``) is named by SHA-256 of ``"pbk1\n"`` and the strings, each followed by
     ``"\n"``: the nginx data plane computes the same name to serve a kept media segment
-    (``gateway/njs/platebridge_grant.js``). Any other key by SHA-256 of ``"repr\n"`` and its
+    (``gateway/lua/platebridge_grant.lua``). Any other key by SHA-256 of ``"repr\n"`` and its
     ``repr`` (the two forms cannot meet: one starts ``pbk1``, the other ``repr``)."""
     if isinstance(key, tuple) and all(isinstance(k, str) and "\n" not in k for k in key):
         text = "pbk1\n" + "".join(k + "\n" for k in key)

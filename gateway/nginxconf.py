@@ -6,8 +6,9 @@ Issue 15 asked for cache hits at nginx's speed. A Python server does not get the
 answers the one hot request itself: a media segment (``.ts .m4s .aac .vtt``, RFC 8216 §3)
 that is already kept in the host store, asked for with a valid grant. Per request:
 
-1. njs (``gateway/njs/platebridge_grant.js``, Debian package ``libnginx-mod-http-js``)
-   verifies the ``pb_grant`` exactly as :meth:`gateway.grants.GrantSigner.verify` does for a
+1. Lua (``gateway/lua/platebridge_grant.lua``, LuaJIT through Debian's
+   ``libnginx-mod-http-lua``, which ``nginx-extras`` brings) verifies the ``pb_grant`` exactly
+   as :meth:`gateway.grants.GrantSigner.verify` does for a
    media grant: the MAC over camera, path and (empty) query with the gateway's grant keys, the
    kind, the expiry. It names the store file, ``<host_cache_dir>/<key_name>.data``
    (:func:`gateway.hoststore.key_name` of ``(pod_id, camera_id, path, "")``).
@@ -19,7 +20,7 @@ that is already kept in the host store, asked for with a valid grant. Per reques
    are the gateway's, before any upstream request, as without nginx.
 
 :func:`render` writes the config (for nginx's ``http`` context; it holds the grant keys, so
-mode 0600); ``platebridge-gateway nginx-conf`` (:func:`main`) writes it and the njs module to a
+mode 0600); ``platebridge-gateway nginx-conf`` (:func:`main`) writes it and the Lua module to a
 directory. No I/O in :func:`render`.
 """
 
@@ -37,12 +38,18 @@ from pathlib import Path
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
 
-#: the njs module, in the package (``gateway/njs``)
-NJS_MODULE = "platebridge_grant.js"
+#: the Lua module, in the package (``gateway/lua``)
+LUA_MODULE = "platebridge_grant.lua"
 CONF_NAME = "platebridge-dataplane.conf"
 SERVE_NAME = "platebridge-dataplane-serve.conf"
-#: Debian's njs module (libnginx-mod-http-js); Debian's nginx.conf loads it from modules-enabled
-NJS_SO = "/usr/lib/nginx/modules/ngx_http_js_module.so"
+#: Debian's nginx modules (Debian's nginx.conf loads them from modules-enabled)
+MODULES_DIR = "/usr/lib/nginx/modules"
+#: the Lua module (libnginx-mod-http-lua) and the Nginx Development Kit it needs, loaded first
+#: (libnginx-mod-http-ndk), as file names in :data:`MODULES_DIR`
+LUA_SO = "ngx_http_lua_module.so"
+NDK_SO = "ndk_http_module.so"
+#: where Debian's lua-resty-core (which the Lua module requires) and its ngx.* modules live
+RESTY_LUA_DIR = "/usr/share/lua/5.1"
 #: media types nginx serves, as :func:`protocol.paths.content_type_for` names them
 SERVED_TYPES: dict[str, str] = {"ts": "video/mp2t", "m4s": "video/mp4", "aac": "audio/aac", "vtt": "text/vtt"}
 
@@ -67,7 +74,7 @@ def render(cfg: GatewayConfig, *, listen: str, gateway: str, conf_dir: str, serv
 
     ``listen``: nginx's ``listen`` value (``127.0.0.1:8443``, ``443 ssl``); ``gateway``: the
     gateway's ``host:port`` on this host; ``conf_dir``: the directory the files and
-    :data:`NJS_MODULE` go to; ``server_name``; log paths (``access_log`` may be ``off``,
+    :data:`LUA_MODULE` go to; ``server_name``; log paths (``access_log`` may be ``off``,
     ``error_log`` ``stderr``).
     Raises :class:`ConfigError` (field path and reason) when ``cfg.data_plane`` is not
     ``nginx``, or a value would not be one nginx token (no quotes, ``;``, braces or spaces
@@ -107,17 +114,15 @@ def render(cfg: GatewayConfig, *, listen: str, gateway: str, conf_dir: str, serv
     conf = f"""# PlateBridge gateway, nginx data plane (gateway/nginxconf.py). Written by
 # `platebridge-gateway nginx-conf` from the gateway's config: write it again whenever the grant
 # keys, host_cache_dir, allowed_origins or segment_max_age change, then `nginx -s reload`.
-# It holds the grant keys: mode 0600, owned by root. Needs the njs module (Debian package
-# libnginx-mod-http-js; its load_module line is in /etc/nginx/modules-enabled).
+# It holds the grant keys: mode 0600, owned by root. Needs the Lua module (Debian package
+# libnginx-mod-http-lua, which nginx-extras brings; its load_module lines are in
+# /etc/nginx/modules-enabled).
 #
 # nginx serves a media segment itself only when it is kept in the host store and its grant is
 # valid for exactly that URI; everything else (playlists, init segments, keys, misses, any
-# grant njs did not accept) goes to the gateway, which answers or refuses it as it always does.
+# grant Lua did not accept) goes to the gateway, which answers or refuses it as it always does.
 
-js_path "{conf_dir}";
-js_import platebridge_grant from {NJS_MODULE};
-js_set $pb_store_file platebridge_grant.store_file;
-js_var $pb_grant_keys "{keys}";
+{lua_paths(conf_dir)}init_by_lua_block {{ require("platebridge_grant").init("{keys}") }}
 
 # a whole segment is immutable; a ranged answer is not kept (nginx turns an unsatisfiable range
 # into a 416 after the headers are set, which must not be cached for a minute)
@@ -180,7 +185,7 @@ server {{
     proxy_request_buffering off;
     proxy_read_timeout 40s;  # blocking playlist reloads (LL-HLS, RFC 8216bis §6.2.5.2)
 
-    # the host store (gateway/hoststore.py): njs names the kept file of a granted segment
+    # the host store (gateway/hoststore.py): Lua names the kept file of a granted segment
     root {store};
 {served}
     location @platebridge_gateway {{
@@ -201,10 +206,34 @@ server {{
     return {CONF_NAME: conf, SERVE_NAME: SERVE_SNIPPET}
 
 
+def lua_paths(conf_dir: str) -> str:
+    """The ``http``-context lines that say where Lua modules come from: ``conf_dir`` (our
+    :data:`LUA_MODULE`) and Debian's lua-resty-core only. Never ``./?.lua`` or LuaJIT's default
+    path (``;;``), which start with nginx's working directory, and no C modules."""
+    return (f"# Lua modules from {conf_dir} and Debian's lua-resty-core only (never ./?.lua: nginx's\n"
+            "# working directory is not ours), no C modules\n"
+            f'lua_package_path "{conf_dir}/?.lua;{RESTY_LUA_DIR}/?.lua";\n'
+            f'lua_package_cpath "{conf_dir}/?.so";\n')
+
+
+def render_self_test(conf_dir: str) -> str:
+    """An ``http`` context body that makes nginx exit as soon as it has loaded its config:
+    status 0 when :data:`LUA_MODULE` in ``conf_dir`` loads and its HMAC-SHA256 through
+    libcrypto passes RFC 4231's test vectors (``self_test``), else 1 with the reason on
+    stderr at ``alert``. ``nginx -t`` cannot tell: it does not run ``init_by_lua``."""
+    return (lua_paths(conf_dir)
+            + 'init_by_lua_block {\n'
+            '    local ok, err = pcall(function() require("platebridge_grant").self_test() end)\n'
+            '    if not ok then ngx.log(ngx.ALERT, "platebridge data plane self-test: ", err) os.exit(1) end\n'
+            '    os.exit(0)\n'
+            '}\n')
+
+
 #: the lines every served media type's location shares (:data:`SERVE_NAME`)
-SERVE_SNIPPET = """# PlateBridge data plane (gateway/nginxconf.py): serve the host-store file njs named, else
+SERVE_SNIPPET = """# PlateBridge data plane (gateway/nginxconf.py): serve the host-store file Lua names, else
 # hand the request to the gateway. The headers are the gateway's own for a media segment.
 types { }
+set_by_lua_block $pb_store_file { return require("platebridge_grant").store_file() }
 try_files $pb_store_file @platebridge_gateway;
 # descriptors of served files kept open: no open()/fstat() per hit. Misses are never cached
 # (a segment is kept moments after its first request); an evicted file stays readable through
@@ -257,16 +286,16 @@ def store_access_problem(store: str | os.PathLike[str], nginx_conf: str = "/etc/
     return None
 
 
-def njs_source() -> str:
-    """The njs module's text (package data ``gateway/njs/platebridge_grant.js``)."""
-    return resources.files("gateway").joinpath("njs", NJS_MODULE).read_text(encoding="utf-8")
+def lua_source() -> str:
+    """The Lua module's text (package data ``gateway/lua/platebridge_grant.lua``)."""
+    return resources.files("gateway").joinpath("lua", LUA_MODULE).read_text(encoding="utf-8")
 
 
 def write(cfg: GatewayConfig, out_dir: str | os.PathLike[str], *, listen: str, gateway: str,
           server_name: str = "_", access_log: str | None = None, error_log: str | None = None) -> list[Path]:
     """Write the data plane's files to ``out_dir`` (created 0700 if missing): the config
     (:data:`CONF_NAME`, mode 0600, it holds the grant keys), the shared location lines and
-    the njs module (0644). Returns their paths. Raises :class:`ConfigError` as :func:`render`
+    the Lua module (0644). Returns their paths. Raises :class:`ConfigError` as :func:`render`
     does, or when ``out_dir`` cannot be written."""
     out = Path(os.path.abspath(out_dir))
     logs = {k: v for k, v in (("access_log", access_log), ("error_log", error_log)) if v}
@@ -281,7 +310,7 @@ def write(cfg: GatewayConfig, out_dir: str | os.PathLike[str], *, listen: str, g
                               "not accepted)")
         written = []
         for name, text, mode in ((CONF_NAME, files[CONF_NAME], 0o600), (SERVE_NAME, files[SERVE_NAME], 0o644),
-                                 (NJS_MODULE, njs_source(), 0o644)):
+                                 (LUA_MODULE, lua_source(), 0o644)):
             path = out / name
             tmp = path.with_name(f".{name}.tmp")
             with contextlib.suppress(FileNotFoundError):
@@ -302,7 +331,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="platebridge-gateway nginx-conf",
                                 description="write the nginx data plane's config (data_plane: nginx)")
     p.add_argument("--config", "-c", help="path to gateway.yaml (optional if env configures everything)")
-    p.add_argument("--out", required=True, help="directory for the config and the njs module, e.g. "
+    p.add_argument("--out", required=True, help="directory for the config and the Lua module, e.g. "
                                                 "/etc/nginx/platebridge")
     p.add_argument("--listen", default="127.0.0.1:8443", help="nginx listen value (default 127.0.0.1:8443)")
     p.add_argument("--gateway", help="the gateway's host:port on this host (default: its config host:port)")
@@ -321,7 +350,7 @@ def main(argv: list[str]) -> int:
         return 2
     print(f"wrote {', '.join(str(f) for f in files)}\n"
           f"add to nginx's http context: include {files[0]};\n"
-          f"(needs the njs module: apt-get install libnginx-mod-http-js)")
+          f"(needs the Lua module: apt-get install libnginx-mod-http-lua)")
     if args.listen.split(":")[0] in ("0.0.0.0", "[::]") or ":" not in args.listen.split()[0]:  # noqa: S104
         print(f"warning: --listen {args.listen} is plain HTTP on every address; let only the TLS front reach it",
               file=sys.stderr)

@@ -23,7 +23,7 @@ nginx's.
 Worker processes die with the process that started them (:func:`die_with_supervisor`): a
 ``kill -9`` of the gateway never leaves a worker serving on the port.
 
-In front of the server, by default (``data_plane: auto``, nginx and njs installed), the
+In front of the server, by default (``data_plane: auto``, nginx and its Lua module installed), the
 gateway runs nginx as its data plane (:mod:`gateway.dataplane`): nginx takes ``host:port``
 and serves kept media segments itself, and the server above listens behind it on
 ``127.0.0.1:<internal_port>``. That is what keeps the default's p99 within 2× nginx's.
@@ -161,7 +161,7 @@ def _data_plane_nginx(cfg: GatewayConfig) -> Found | None:
     if isinstance(found, Found):
         return found
     if cfg.data_plane == "managed":
-        raise ConfigError(f"$.data_plane: managed needs nginx with njs: {found}")
+        raise ConfigError(f"$.data_plane: managed needs nginx with its Lua module: {found}")
     log.warning("data plane: the gateway serves every segment itself (slower, with a longer tail; "
                 "docs/benchmarks.md): %s", found)
     return None
@@ -174,7 +174,7 @@ def _start_nginx(cfg: GatewayConfig, found: Found, *, host: str, port: int, work
                                                     "grant_secrets": None}
     effective = msgspec.structs.replace(cfg, host_cache_dir=store, **keys)
     # next to the store, as the metrics directory (systemd: in its RuntimeDirectory); nginx serves
-    # only files njs names from a grant (<hash>.data), never this directory's
+    # only files Lua names from a grant (<hash>.data), never this directory's
     run_dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}nginx-{os.getpid()}-", dir=cfg.host_cache_dir or _tmpfs())
     nginx = ManagedNginx(effective, found, run_dir=run_dir, host=host, port=port,
                          internal_port=cfg.internal_port or free_loopback_port(), workers=workers,

@@ -70,7 +70,7 @@ def main() -> int:
         print(f"demo: gateway {stack.gateway_url}", flush=True)
         stack.start_gateway()
         direct = stack.gateway_direct_url
-        if direct != stack.gateway_url:  # data_plane: auto found nginx + njs
+        if direct != stack.gateway_url:  # data_plane: auto found nginx + its Lua module
             print(f"demo: gateway data plane: nginx on {stack.gateway_url} serves kept segments, the gateway's "
                   f"workers answer behind it on {direct} (metrics: {stack.gateway_metrics_url})", flush=True)
         r = httpx.post(f"{stack.portal_url}/api/pod/stream-token", json={"camera_id": stack.camera_id},

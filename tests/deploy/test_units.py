@@ -324,10 +324,10 @@ def test_dockerfile_runs_userspace_tailscaled_beside_the_gateway():
     assert cfg.upstream_proxy == "socks5://127.0.0.1:1055"
     assert cfg.discovery == "localapi"
     assert (cfg.host, cfg.port) == ("0.0.0.0", 8080)
-    # the default data plane: the gateway runs nginx + njs (from the image) on 8080, its workers on 8081
+    # the default data plane: the gateway runs nginx + its Lua module (from the image) on 8080, its workers on 8081
     assert cfg.data_plane == "auto" and cfg.internal_port == 8081
     runtime = text[text.index("# ---- runtime"):]
-    assert re.search(r"apt-get install -y --no-install-recommends .*\bnginx libnginx-mod-http-js\b", runtime)
+    assert re.search(r"apt-get install -y --no-install-recommends .*\bnginx libnginx-mod-http-lua\b", runtime)
     assert cfg.hlsjs_path is None, "hls.js comes vendored in the wheel (issue 10), not from a separate path"
     # the wheel is built with hls.js in place (setup.py vendors it) and that wheel is what the image installs
     build = text[text.index("AS build"):text.index("# ---- runtime")]

@@ -1,5 +1,5 @@
 """The nginx data plane (issue 15, points 3 and 4), end to end: real camera, pod and gateway
-(2 workers sharing a host store), and Debian's nginx with the njs module, both ways it runs:
+(2 workers sharing a host store), and Debian's nginx with the Lua module, both ways it runs:
 configured only by what ``platebridge-gateway nginx-conf`` writes (``data_plane: nginx``), and
 started by the gateway itself (the default, ``data_plane: auto``).
 
@@ -37,7 +37,7 @@ from tests.e2e.test_gateway_workers import SplitPlayers
 
 pytestmark = pytest.mark.e2e
 
-NJS_SO = "/usr/lib/nginx/modules/ngx_http_js_module.so"
+MODULES = "/usr/lib/nginx/modules/"
 ORIGIN = "https://portal.example.com"
 
 
@@ -54,7 +54,8 @@ def start_data_plane(s, tmp: Path) -> int:
     assert out.returncode == 0, out.stderr
     conf = tmp / "conf" / "platebridge-dataplane.conf"
     assert conf.stat().st_mode & 0o777 == 0o600  # it holds the grant keys
-    proc = spawn_nginx(s, tmp, conf, head=f"load_module {NJS_SO};\n", workers=2)
+    head = f"load_module {MODULES}ndk_http_module.so;\nload_module {MODULES}ngx_http_lua_module.so;\n"
+    proc = spawn_nginx(s, tmp, conf, head=head, workers=2)
 
     def up() -> bool:
         assert proc.popen.poll() is None, proc.tail() + (tmp / "main-error.log").read_text(errors="replace")
@@ -244,7 +245,7 @@ def test_whatever_nginx_does_not_serve_is_the_gateways(plane):
             # the gateway's own refusal, word for word: nginx passed the request on
             assert via_nginx == direct, what
             assert passed_on == 1, what
-    # odd grants njs must survive without an exception (which would log the request line, grant
+    # odd grants Lua must survive without an exception (which would log the request line, grant
     # included): wrong lengths, a pod id that is not a DNS label, bytes that are not UTF-8
     raw = base64.urlsafe_b64decode(grant + "=" * (-len(grant) % 4))
     odd = [raw[:19] + b"\xff\xfe" + raw[21:], raw[:18] + b"\xff" + raw[19:], raw[:18] + b"\x00" + raw[19:],

@@ -72,6 +72,9 @@ def test_wheel_carries_every_static_asset(wheel):
     static = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "gateway" / "static").iterdir() if p.is_file())
     assert static and set(static) <= names, f"missing from the wheel: {set(static) - names}"
     assert VENDORED in names and "gateway/static/vendor/hls.js.LICENSE" in names
+    # the nginx data plane's grant check: without it a wheel-installed gateway would fall back
+    # to serving every segment itself
+    assert "gateway/lua/platebridge_grant.lua" in names
     npm_copy = ROOT / "gateway/web/node_modules/hls.js/dist/hls.min.js"
     assert zipfile.ZipFile(wheel).read(VENDORED) == npm_copy.read_bytes()
 

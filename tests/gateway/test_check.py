@@ -77,8 +77,9 @@ def test_reachable_pod_passes(stack, tmp_path):
     token = line(lines, f"pod {stack.pod_id} token")
     assert token.startswith(f"PASS pod {stack.pod_id} token: GET /cameras/{stack.camera_id}/index.m3u8 → 200")
     assert stack.secret not in text and stack.grant_secret not in text
-    # data_plane: auto, and setup installs nginx with njs: the gateway will run it
-    assert line(lines, "data plane").startswith("PASS data plane: the gateway runs nginx (/usr/sbin/nginx, njs ")
+    # data_plane: auto, and setup installs nginx with its Lua module: the gateway will run it
+    assert line(lines, "data plane").startswith(
+        "PASS data plane: the gateway runs nginx (/usr/sbin/nginx, with /usr/lib/nginx/modules/ngx_http_lua_module.so)")
     assert lines[-1] == "OK: 8 passed, 0 warning(s), 0 failed"
 
 
@@ -88,7 +89,7 @@ def test_data_plane_without_nginx(stack, tmp_path):
     rc, lines = run_check(write_config(stack, tmp_path, nginx_bin=missing))
     assert rc == 0, lines
     assert line(lines, "data plane").startswith(f"WARN data plane: auto: no nginx binary at {missing} (Debian: "
-                                                "apt-get install nginx libnginx-mod-http-js)")
+                                                "apt-get install nginx libnginx-mod-http-lua)")
     rc, lines = run_check(write_config(stack, tmp_path, nginx_bin=missing, data_plane="managed"))
     assert rc == 1, lines
     assert line(lines, "data plane").startswith(f"FAIL data plane: managed: no nginx binary at {missing}")

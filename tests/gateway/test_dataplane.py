@@ -2,7 +2,7 @@
 the default's p99 within 2× nginx's needs nginx serving the hits).
 
 Pure parts (``render_main``, ``listen_value``, ``find_nginx``, config checks) without
-processes; then the real Debian nginx + njs started by ``python -m gateway`` with the default
+processes; then the real Debian nginx + Lua module started by ``python -m gateway`` with the default
 config: it takes the public port, the workers sit behind it on ``internal_port``, ``/metrics``
 is only there, and nginx's life is tied to the gateway's both ways (SIGTERM, ``kill -9`` of the
 gateway, nginx dying on its own)."""
@@ -20,20 +20,20 @@ import httpx
 import pytest
 
 from gateway.config import parse_config
-from gateway.dataplane import Found, find_nginx, listen_value, render_main
+from gateway.dataplane import Found, find_nginx, free_loopback_port, listen_value, render_main
 from gateway.errors import ConfigError
 from gateway.server import RUN_DIR_PREFIX, remove_leftovers
 from tests.proctable import live_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 OK = {"stream_secret": "z" * 40, "pods": {"gate-1": "http://127.0.0.2:8000"}}
-NJS_SO = "/usr/lib/nginx/modules/ngx_http_js_module.so"
+MODULES = ("/usr/lib/nginx/modules/ndk_http_module.so", "/usr/lib/nginx/modules/ngx_http_lua_module.so")
 
 
 # ---------------------------------------------------------------- pure parts
 def test_auto_is_the_default_data_plane():
     cfg = parse_config(OK, env={})
-    assert (cfg.data_plane, cfg.internal_port, cfg.nginx_bin, cfg.njs_module) == ("auto", 0, None, None)
+    assert (cfg.data_plane, cfg.internal_port, cfg.nginx_bin, cfg.nginx_modules_dir) == ("auto", 0, None, None)
 
 
 @pytest.mark.parametrize("over,path", [
@@ -42,7 +42,7 @@ def test_auto_is_the_default_data_plane():
     ({"internal_port": -1}, "$.internal_port"),
     ({"internal_port": 8080, "port": 8080}, "$.internal_port"),
     ({"nginx_bin": "nginx"}, "$.nginx_bin"),
-    ({"njs_module": "modules/ngx_http_js_module.so"}, "$.njs_module"),
+    ({"nginx_modules_dir": "modules"}, "$.nginx_modules_dir"),
 ])
 def test_bad_data_plane_settings_name_the_key(over, path):
     with pytest.raises(ConfigError) as ei:
@@ -51,17 +51,18 @@ def test_bad_data_plane_settings_name_the_key(over, path):
 
 
 def test_render_main_runs_nginx_in_the_foreground_from_its_run_directory():
-    text = render_main(run_dir="/dev/shm/pb-run", njs_module=NJS_SO, workers=3, worker_connections=4096, user=None)
+    text = render_main(run_dir="/dev/shm/pb-run", modules=MODULES, workers=3, worker_connections=4096, user=None)
     assert "daemon off;" in text and "worker_processes 3;" in text and "worker_connections 4096;" in text
     assert "multi_accept on;" in text  # a burst of new connections is accepted at once
-    assert f"load_module {NJS_SO};" in text
+    # the NDK before the Lua module, which needs it
+    assert f"load_module {MODULES[0]};\nload_module {MODULES[1]};\n" in text
     assert "pid /dev/shm/pb-run/nginx.pid;" in text
     assert "error_log stderr alert;" in text  # lower levels quote request lines, grants included
     assert "include /dev/shm/pb-run/platebridge-dataplane.conf;" in text
     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):  # nothing written outside the run dir
         assert f"{kind}_temp_path /dev/shm/pb-run/temp-{kind};" in text
     assert not re.search(r"^user ", text, re.MULTILINE)
-    as_root = render_main(run_dir="/r", njs_module=NJS_SO, workers=1, worker_connections=1024, user="root root")
+    as_root = render_main(run_dir="/r", modules=MODULES, workers=1, worker_connections=1024, user="root root")
     assert re.search(r"^user root root;$", as_root, re.MULTILINE)
 
 
@@ -78,19 +79,24 @@ def test_listen_value(host, want):
 def test_find_nginx_says_what_is_missing(tmp_path):
     missing = str(tmp_path / "nginx")
     assert find_nginx(parse_config({**OK, "nginx_bin": missing}, env={})) == (
-        f"no nginx binary at {missing} (Debian: apt-get install nginx libnginx-mod-http-js)")
+        f"no nginx binary at {missing} (Debian: apt-get install nginx libnginx-mod-http-lua)")
     fake = tmp_path / "bin-nginx"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
-    no_njs = str(tmp_path / "njs.so")
-    got = find_nginx(parse_config({**OK, "nginx_bin": str(fake), "njs_module": no_njs}, env={}))
-    assert got == f"no njs module at {no_njs} (Debian: apt-get install libnginx-mod-http-js)"
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    got = find_nginx(parse_config({**OK, "nginx_bin": str(fake), "nginx_modules_dir": str(modules)}, env={}))
+    assert got == f"no nginx module {modules}/ndk_http_module.so (Debian: apt-get install nginx libnginx-mod-http-lua)"
+    (modules / "ndk_http_module.so").write_bytes(b"")
+    got = find_nginx(parse_config({**OK, "nginx_bin": str(fake), "nginx_modules_dir": str(modules)}, env={}))
+    assert got == (f"no nginx module {modules}/ngx_http_lua_module.so "
+                   "(Debian: apt-get install nginx libnginx-mod-http-lua)")
 
 
-def test_find_nginx_finds_debians_nginx_and_njs():
+def test_find_nginx_finds_debians_nginx_and_lua_module():
     """setup.sh installs both: the default data plane is nginx on every machine it set up."""
     found = find_nginx(parse_config(OK, env={}))
-    assert found == Found(nginx="/usr/sbin/nginx", njs_module=NJS_SO)
+    assert found == Found(nginx="/usr/sbin/nginx", modules=MODULES)
 
 
 def test_leftover_nginx_run_directories_are_removed(tmp_path):
@@ -109,12 +115,6 @@ def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLATEBRIDGE_") and k != "POD_STREAM_SECRET"}
     env["PYTHONPATH"] = str(ROOT)
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cmdline(pid: int) -> str:
@@ -151,7 +151,7 @@ class Gateway:
     """``python -m gateway`` with the default data plane, in its own session."""
 
     def __init__(self, tmp_path: Path, extra: str = "", workers: int = 2) -> None:
-        self.port, self.internal = _free_port(), _free_port()
+        self.port, self.internal = free_loopback_port(), free_loopback_port()
         f = tmp_path / "gw.yaml"
         f.write_text("stream_secret: " + "s" * 40 + "\npods: {gate-1: 'http://127.0.0.2:8000'}\naccess_log: false\n"
                      f"log_level: INFO\ninternal_port: {self.internal}\n" + extra)
@@ -270,10 +270,11 @@ def test_managed_without_nginx_is_a_config_error(tmp_path):
     missing = tmp_path / "nowhere" / "nginx"
     f = tmp_path / "gw.yaml"
     f.write_text("stream_secret: " + "s" * 40 + f"\ndata_plane: managed\nnginx_bin: {missing}\n")
-    r = subprocess.run([sys.executable, "-m", "gateway", "--config", str(f), "--port", str(_free_port())],
+    r = subprocess.run([sys.executable, "-m", "gateway", "--config", str(f), "--port", str(free_loopback_port())],
                        capture_output=True, text=True, env=_env(), timeout=60)
     assert r.returncode == 2, r.stderr
-    assert f"config error: $.data_plane: managed needs nginx with njs: no nginx binary at {missing}" in r.stderr
+    said = f"config error: $.data_plane: managed needs nginx with its Lua module: no nginx binary at {missing}"
+    assert said in r.stderr
     assert "Traceback" not in r.stderr
 
 
@@ -293,11 +294,13 @@ def test_auto_without_nginx_serves_every_segment_itself(tmp_path):
 
 
 def test_auto_falls_back_when_nginx_refuses_its_config(tmp_path):
-    """An nginx that cannot load the njs module given: auto serves without it (and says why);
+    """An nginx that cannot load the modules given: auto serves without them (and says why);
     managed refuses to start, quoting nginx."""
-    bogus = tmp_path / "not-a-module.so"
-    bogus.write_bytes(b"not an ELF file")
-    gw = Gateway(tmp_path, extra=f"njs_module: {bogus}\n", workers=1)
+    bogus = tmp_path / "not-modules"
+    bogus.mkdir()
+    for name in ("ndk_http_module.so", "ngx_http_lua_module.so"):
+        (bogus / name).write_bytes(b"not an ELF file")
+    gw = Gateway(tmp_path, extra=f"nginx_modules_dir: {bogus}\n", workers=1)
     try:
         gw.wait_up()
         assert httpx.get(f"http://127.0.0.1:{gw.port}/metrics", timeout=5, trust_env=False).status_code == 200
@@ -305,8 +308,8 @@ def test_auto_falls_back_when_nginx_refuses_its_config(tmp_path):
     finally:
         gw.stop()
     f = tmp_path / "managed.yaml"
-    f.write_text("stream_secret: " + "s" * 40 + f"\ndata_plane: managed\nnjs_module: {bogus}\n")
-    p = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(f), "--port", str(_free_port())],
+    f.write_text("stream_secret: " + "s" * 40 + f"\ndata_plane: managed\nnginx_modules_dir: {bogus}\n")
+    p = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(f), "--port", str(free_loopback_port())],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     _, err = p.communicate(timeout=60)
     assert p.returncode == 2 and "$.data_plane: nginx refused the data plane's config:" in err, err

@@ -1,5 +1,5 @@
 """The nginx data plane's config (gateway/nginxconf.py) and what the gateway changes for it:
-config checks, the store's file modes, the key names njs must compute. nginx itself runs in
+config checks, the store's file modes, the key names Lua must compute. nginx itself runs in
 tests/e2e/test_nginx_data_plane.py."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from gateway.config import parse_config
 from gateway.errors import ConfigError
 from gateway.hoststore import HostStore, key_name, open_store_dir
-from gateway.nginxconf import CONF_NAME, NJS_MODULE, SERVE_NAME, main, render, write
+from gateway.nginxconf import CONF_NAME, LUA_MODULE, SERVE_NAME, main, render, write
 from tests.gateway.conftest import signing_key_file
 
 SECRET = "s" * 32
@@ -33,7 +33,12 @@ def test_the_config_holds_the_grant_keys_origins_store_and_headers(tmp_path):
     files = render(cfg(tmp_path, segment_max_age=45), listen="127.0.0.1:8443", gateway="127.0.0.1:8080",
                    conf_dir="/etc/nginx/platebridge")
     conf, serve = files[CONF_NAME], files[SERVE_NAME]
-    assert f'js_var $pb_grant_keys "{SECRET.encode().hex()}";' in conf
+    assert f'init_by_lua_block {{ require("platebridge_grant").init("{SECRET.encode().hex()}") }}' in conf
+    # Lua modules from the config's directory and Debian's lua-resty-core only: never ./?.lua
+    # (nginx's working directory) or the default path (";;")
+    assert 'lua_package_path "/etc/nginx/platebridge/?.lua;/usr/share/lua/5.1/?.lua";' in conf
+    assert 'lua_package_cpath "/etc/nginx/platebridge/?.so";' in conf
+    assert 'set_by_lua_block $pb_store_file { return require("platebridge_grant").store_file() }' in serve
     assert f"root {tmp_path / 'store'};" in conf
     assert '"~^https://portal\\.example\\.com$" $http_origin;' in conf  # exact, case and all
     assert "server 127.0.0.1:8080;" in conf and "listen 127.0.0.1:8443;" in conf
@@ -110,14 +115,15 @@ def test_data_plane_nginx_needs_a_fixed_store_and_grant_key(tmp_path, over, fiel
         cfg(tmp_path, **over)
 
 
-def test_write_makes_the_key_file_root_only_and_ships_the_njs_module(tmp_path):
+def test_write_makes_the_key_file_root_only_and_ships_the_lua_module(tmp_path):
     out = tmp_path / "nginx"
     paths = write(cfg(tmp_path), out, listen="127.0.0.1:8443", gateway="127.0.0.1:8080")
-    assert [p.name for p in paths] == [CONF_NAME, SERVE_NAME, NJS_MODULE]
+    assert [p.name for p in paths] == [CONF_NAME, SERVE_NAME, LUA_MODULE]
     assert stat.S_IMODE((out / CONF_NAME).stat().st_mode) == 0o600
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
-    assert "export default {store_file};" in (out / NJS_MODULE).read_text()
-    assert f'js_path "{out}";' in (out / CONF_NAME).read_text()
+    assert "function M.store_file()" in (out / LUA_MODULE).read_text()
+    assert stat.S_IMODE((out / LUA_MODULE).stat().st_mode) == 0o644
+    assert f'lua_package_path "{out}/?.lua;' in (out / CONF_NAME).read_text()
 
 
 def test_cli_exit_codes(tmp_path, capsys):
@@ -131,16 +137,17 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert "$.data_plane" in capsys.readouterr().err
 
 
-def test_njs_module_parses_in_nginx(tmp_path):
-    """Debian's nginx with the njs module loads the written config (nginx -t)."""
-    so = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")
-    if not so.exists():
-        pytest.fail("the njs module is missing: run ./run setup (libnginx-mod-http-js)")
+def test_lua_module_loads_in_nginx(tmp_path):
+    """Debian's nginx with the Lua module loads the written config (nginx -t runs
+    init_by_lua: the keys load and libcrypto's SHA-256 answers)."""
+    modules = [Path("/usr/lib/nginx/modules/ndk_http_module.so"), Path("/usr/lib/nginx/modules/ngx_http_lua_module.so")]
+    if not all(so.exists() for so in modules):
+        pytest.fail("the Lua module is missing: run ./run setup (libnginx-mod-http-lua)")
     out = tmp_path / "conf"
     write(cfg(tmp_path), out, listen="127.0.0.1:1", gateway="127.0.0.1:8080", access_log=str(tmp_path / "a.log"),
           error_log=str(tmp_path / "e.log"))
     main_conf = tmp_path / "nginx.conf"
-    main_conf.write_text(f"load_module {so};\npid {tmp_path / 'pid'};\nevents {{}}\n"
+    main_conf.write_text("".join(f"load_module {so};\n" for so in modules) + f"pid {tmp_path / 'pid'};\nevents {{}}\n"
                          f"http {{ include {out / CONF_NAME}; }}\n")
     r = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(main_conf), "-e", str(tmp_path / "m.log")],
                        capture_output=True, text=True, timeout=30)
@@ -149,8 +156,8 @@ def test_njs_module_parses_in_nginx(tmp_path):
 
 # ---- the host store's side -------------------------------------------------------------
 
-def test_key_names_are_what_njs_computes():
-    """The proxy's keys are named by SHA-256 of "pbk1\\n" + each part + "\\n" (njs repeats it);
+def test_key_names_are_what_lua_computes():
+    """The proxy's keys are named by SHA-256 of "pbk1\\n" + each part + "\\n" (Lua repeats it);
     anything else keeps a name of its own kind."""
     want = hashlib.sha256(b"pbk1\nmain-gate-pod\ngate-camera-1\nseg_17.m4s\n\n").hexdigest()
     assert key_name(("main-gate-pod", "gate-camera-1", "seg_17.m4s", "")) == want

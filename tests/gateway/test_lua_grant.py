@@ -1,7 +1,7 @@
-"""The njs grant check of the nginx data plane (``gateway/njs/platebridge_grant.js``) against
+"""The Lua grant check of the nginx data plane (``gateway/lua/platebridge_grant.lua``) against
 the gateway's own minting and naming (``gateway/grants.py``, ``gateway/hoststore.py``).
 
-Real Debian nginx + njs, started as the gateway starts it (:class:`gateway.dataplane.ManagedNginx`),
+Real Debian nginx + Lua (LuaJIT), started as the gateway starts it (:class:`gateway.dataplane.ManagedNginx`),
 with a stand-in for the gateway's workers behind it that answers every request it is handed
 with 418: so each answer says who served it. nginx may serve a kept segment only for the exact
 URI and spelling the gateway wrote; anything else, whatever the grant's bytes, is passed on.
@@ -9,6 +9,7 @@ Grant lengths cover every base64url tail (``len % 4`` of 0, 2 and 3), which is w
 spelling of the same bytes exists."""
 
 import base64
+import contextlib
 import os
 import socket
 import threading
@@ -19,7 +20,7 @@ import httpx
 import pytest
 
 from gateway.config import parse_config
-from gateway.dataplane import ManagedNginx, find_nginx
+from gateway.dataplane import ManagedNginx, find_nginx, free_loopback_port
 from gateway.grants import Grant, GrantSigner
 from gateway.hoststore import key_name
 
@@ -45,41 +46,45 @@ class _Workers(BaseHTTPRequestHandler):
         pass
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def plane(tmp_path_factory):
+@contextlib.contextmanager
+def _plane(tmp_path_factory, **settings):
+    """A managed nginx data plane for ``settings`` (grant keys), with the 418 stand-in behind it:
+    yields ``(base URL, store directory, GrantSigner of its keys)``."""
     store = tmp_path_factory.mktemp("store")
     run_dir = tmp_path_factory.mktemp("run")
     os.chmod(run_dir, 0o700)
     workers = ThreadingHTTPServer(("127.0.0.1", 0), _Workers)
     threading.Thread(target=workers.serve_forever, daemon=True).start()
-    cfg = parse_config({"stream_secret": "z" * 40, "grant_secret": "g" * 40,
+    cfg = parse_config({"stream_secret": "z" * 40, **settings,
                         "pods": dict.fromkeys(PODS, "http://127.0.0.2:8000"),
                         "data_plane": "managed", "host_cache_dir": str(store)}, env={})
     found = find_nginx(cfg)
     assert not isinstance(found, str), found
-    port = _free_port()
+    port = free_loopback_port()
     nginx = ManagedNginx(cfg, found, run_dir=str(run_dir / "nginx"), host="127.0.0.1", port=port,
                          internal_port=workers.server_address[1], workers=1, backlog=64)
     nginx.prepare()
     nginx.start()
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 10
-    while True:
-        try:
-            httpx.get(base + "/", timeout=1)
-            break
-        except httpx.TransportError:
-            assert time.monotonic() < deadline, "nginx did not start"
-            time.sleep(0.05)
-    yield base, store, GrantSigner(cfg.grant_keys())
-    nginx.stop()
-    workers.shutdown()
+    try:
+        while True:
+            try:
+                httpx.get(base + "/", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.05)
+        yield base, store, GrantSigner(cfg.grant_keys())
+    finally:
+        nginx.stop()
+        workers.shutdown()
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory):
+    with _plane(tmp_path_factory, grant_secret="g" * 40) as p:
+        yield p
 
 
 def _keep(store, pod: str, path: str) -> bytes:
@@ -154,7 +159,7 @@ def test_nginx_serves_the_exact_uri_and_spelling_the_gateway_wrote(plane, pod):
 
 
 def test_a_long_path_goes_to_the_gateway(plane):
-    """Paths of 128 characters or more are checked by the gateway only (njs writes the MAC's
+    """Paths of 128 characters or more are checked by the gateway only (Lua writes the MAC's
     length prefixes as single characters, so it takes paths below 128)."""
     base, store, signer = plane
     for n in (127, 128, 200):
@@ -165,3 +170,57 @@ def test_a_long_path_goes_to_the_gateway(plane):
             assert r.status_code == 200 and r.content == data
         else:
             assert (r.status_code, r.content) == (418, b"passed on"), n
+
+
+def test_every_configured_key_verifies_and_long_keys_are_hashed_first(tmp_path_factory):
+    """A key rotation: grants of the signing key and of the older key are both served; a key
+    longer than SHA-256's 64-byte block is hashed first (RFC 2104 §2), as Python's hmac does;
+    a grant under a key nginx was not given is passed on."""
+    with _plane(tmp_path_factory, grant_secrets={"new": "n" * 100, "old": "o" * 40},
+                grant_secret_primary="new") as (base, store, signer):
+        path = "seg_rot.m4s"
+        data = _keep(store, "p1", path)
+        now = int(time.time())
+        grant = Grant("media", "p1", now + 60, now + 600, b"session1")
+        for key in (b"n" * 100, b"o" * 40):
+            token = GrantSigner([key]).mint(grant, camera_id=CAM, path=path)
+            r = httpx.get(f"{base}/streams/{CAM}/{path}?pb_grant={token}", timeout=5)
+            assert (r.status_code, r.content) == (200, data), key[:1]
+        stranger = GrantSigner([b"x" * 40]).mint(grant, camera_id=CAM, path=path)
+        assert _raw(base, "GET", f"/streams/{CAM}/{path}?pb_grant={stranger}") == (418, b"passed on")
+        assert signer.mint(grant, camera_id=CAM, path=path) == GrantSigner([b"n" * 100]).mint(
+            grant, camera_id=CAM, path=path)
+
+
+@pytest.mark.parametrize(("broken", "said"), [
+    # an HMAC that is not RFC 2104's: the self-test names the RFC 4231 case it failed
+    (("bxor(k, 0x36)", "bxor(k, 0x37)"), "(nginx exited with status 1): "),
+    # a libcrypto without the SHA-256 calls the module declares
+    (("SHA256_Init", "SHA256_Init_gone"), "(nginx exited with status 1): "),
+])
+def test_a_wrong_hmac_fails_the_self_test_before_nginx_starts(tmp_path, monkeypatch, broken, said):
+    """The module computes HMAC-SHA256 itself over libcrypto's SHA-256 calls, which it declares
+    itself; were either ever wrong, every grant would silently go to the gateway. The gateway's prepare() runs the module's RFC 4231 self-test
+    in nginx first and refuses, with the reason (auto then serves without nginx)."""
+    from gateway import nginxconf
+    from gateway.errors import ConfigError
+
+    real = nginxconf.lua_source()
+    assert broken[0] in real
+    monkeypatch.setattr(nginxconf, "lua_source", lambda: real.replace(*broken))
+    cfg = parse_config({"stream_secret": "z" * 40, "grant_secret": "g" * 40, "data_plane": "managed",
+                        "host_cache_dir": str(tmp_path / "store")}, env={})
+    found = find_nginx(cfg)
+    assert not isinstance(found, str), found
+    nginx = ManagedNginx(cfg, found, run_dir=str(tmp_path / "run"), host="127.0.0.1", port=free_loopback_port(),
+                         internal_port=free_loopback_port(), workers=1, backlog=64)
+    with pytest.raises(ConfigError) as ei:
+        nginx.prepare()
+    msg = str(ei.value)
+    assert msg.startswith("$.data_plane: the data plane's Lua grant check failed its self-test "), msg
+    assert said in msg, msg
+    if "0x37" in broken[1]:
+        assert "HMAC-SHA256 through libcrypto is wrong (RFC 4231 case 1)" in msg, msg
+    else:
+        assert "undefined symbol: SHA256_Init_gone" in msg, msg
+    assert ("g" * 40).encode().hex() not in msg  # the keys are never quoted
