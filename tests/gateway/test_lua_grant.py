@@ -200,8 +200,9 @@ def test_every_configured_key_verifies_and_long_keys_are_hashed_first(tmp_path_f
 ])
 def test_a_wrong_hmac_fails_the_self_test_before_nginx_starts(tmp_path, monkeypatch, broken, said):
     """The module computes HMAC-SHA256 itself over libcrypto's SHA-256 calls, which it declares
-    itself; were either ever wrong, every grant would silently go to the gateway. The gateway's prepare() runs the module's RFC 4231 self-test
-    in nginx first and refuses, with the reason (auto then serves without nginx)."""
+    itself; were either ever wrong, every grant would silently go to the gateway. The gateway's
+    prepare() runs the module's RFC 4231 self-test in nginx first and refuses, with the reason
+    (auto then serves without nginx)."""
     from gateway import nginxconf
     from gateway.errors import ConfigError
 
