@@ -61,6 +61,8 @@ def test_timeouts_follow_timeout_keep_alive(tmp_path, keep_alive, upstream_idle)
     conf = render(cfg(tmp_path, timeout_keep_alive=keep_alive), listen="8443", gateway="127.0.0.1:8080",
                   conf_dir="/x")[CONF_NAME]
     assert f"    keepalive_timeout {keep_alive}s;\n" in conf and f"    client_header_timeout {keep_alive}s;\n" in conf
+    # a viewer's (or the front's pooled) connection is not closed every 1000 requests (nginx's default)
+    assert "    keepalive_requests 100000;\n" in conf
     upstream = conf[conf.index("upstream platebridge_gateway {"):]
     upstream = upstream[:upstream.index("}")]
     assert f"keepalive_timeout {upstream_idle}s;" in upstream
