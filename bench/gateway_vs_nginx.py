@@ -377,7 +377,7 @@ NGINX_CONF = NGINX_MAIN.replace("{head}", "").replace("{http}", """\
         keepalive 32;
     }}
     server {{
-        listen {host}:{port} backlog=4096;
+        listen {host}:{port} backlog=4096 reuseport;
         # playlists: no cache (the pod says no-cache; players reload them)
         location ~ ^/streams/[A-Za-z0-9][A-Za-z0-9_.-]*/[^/]+\\.m3u8$ {{
 {auth}

@@ -67,10 +67,10 @@ def test_render_main_runs_nginx_in_the_foreground_from_its_run_directory():
 
 
 @pytest.mark.parametrize("host,want", [
-    ("127.0.0.1", "127.0.0.1:8080 backlog=4096"),
-    ("0.0.0.0", "0.0.0.0:8080 backlog=4096"),
-    ("::", "[::]:8080 backlog=4096"),
-    ("::1", "[::1]:8080 backlog=4096"),
+    ("127.0.0.1", "127.0.0.1:8080 backlog=4096 reuseport"),
+    ("0.0.0.0", "0.0.0.0:8080 backlog=4096 reuseport"),
+    ("::", "[::]:8080 backlog=4096 reuseport"),
+    ("::1", "[::1]:8080 backlog=4096 reuseport"),
 ])
 def test_listen_value(host, want):
     assert listen_value(host, 8080, 4096) == want
