@@ -14,7 +14,8 @@
 --                     gateway, which answers it, or refuses it with its reason).
 --
 -- So nginx never serves a byte without a grant the gateway minted for that very URI, and never
--- refuses anything itself: every refusal, and every miss, is the gateway's. The checks are those
+-- refuses anything itself: every refusal, and every miss, is the gateway's (only a request
+-- nginx cannot parse, such as a NUL in the path, gets nginx's own 400, and TRACE its 405). The checks are those
 -- of gateway/grants.py GrantSigner.verify (the wire form is documented there):
 --
 --   grant = base64url(body || mac), no padding, 40-160 characters, one spelling
@@ -220,9 +221,14 @@ local function check()
             diff = bor(diff, bxor(digest[i], byte(raw, n + 1 + i)))
         end
         if diff == 0 then
-            -- the pod id is the gateway's own (the MAC covers it): a DNS label, plain ASCII,
-            -- which the gateway checked when it minted the grant
-            local name = "pbk1\n" .. sub(raw, HEAD + 1, n) .. "\n" .. camera .. "\n" .. path .. "\n\n"
+            -- the pod id, under the MAC: a lower-case RFC 1123 DNS label (protocol/ids.py
+            -- is_dns_label), as the gateway checks it; it never mints another, and a grant
+            -- that holds one is the gateway's to refuse
+            local pod = sub(raw, HEAD + 1, n)
+            if #pod < 1 or #pod > 63 or find(pod, "[^a-z0-9-]") or byte(pod, 1) == 45 or byte(pod, -1) == 45 then
+                return NONE
+            end
+            local name = "pbk1\n" .. pod .. "\n" .. camera .. "\n" .. path .. "\n\n"
             C.SHA256(name, #name, digest)
             return "/" .. to_hex(digest) .. ".data"
         end

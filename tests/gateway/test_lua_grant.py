@@ -12,6 +12,7 @@ import base64
 import contextlib
 import os
 import socket
+import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +22,7 @@ import pytest
 
 from gateway.config import parse_config
 from gateway.dataplane import ManagedNginx, find_nginx, free_loopback_port
-from gateway.grants import Grant, GrantSigner
+from gateway.grants import Grant, GrantError, GrantSigner
 from gateway.hoststore import key_name
 
 CAM = "gate-cam"
@@ -170,6 +171,23 @@ def test_a_long_path_goes_to_the_gateway(plane):
             assert r.status_code == 200 and r.content == data
         else:
             assert (r.status_code, r.content) == (418, b"passed on"), n
+
+
+@pytest.mark.parametrize("pod", ["", "P1", "a\x01b", "p1/../x", "-p1", "p1-", "a" * 64])
+def test_a_pod_id_the_gateway_would_refuse_is_passed_on(plane, pod):
+    """A grant under the right key whose pod id is not a DNS label (the gateway never mints
+    one, but verify() refuses it: "malformed grant"): nginx passes it on even when a file of
+    that name is kept. Found by an attack run against the Lua check."""
+    base, store, signer = plane
+    path = "seg_pod.m4s"
+    now = int(time.time())
+    raw_pod = pod.encode("latin-1")
+    body = struct.pack(">BBII8sB", 2, 1, now + 60, now + 600, b"session1", len(raw_pod)) + raw_pod
+    token = base64.urlsafe_b64encode(body + signer._mac(signer._keys[0], body, CAM, path, "")).rstrip(b"=").decode()
+    with pytest.raises(GrantError, match="malformed grant"):
+        signer.verify(token, camera_id=CAM, path=path, query="", kind="media", now=now)
+    (store / f"{key_name((pod, CAM, path, ''))}.data").write_bytes(b"kept")
+    assert _raw(base, "GET", f"/streams/{CAM}/{path}?pb_grant={token}") == (418, b"passed on")
 
 
 def test_every_configured_key_verifies_and_long_keys_are_hashed_first(tmp_path_factory):
