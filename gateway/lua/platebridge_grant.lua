@@ -57,7 +57,6 @@ typedef struct { unsigned int h[8]; unsigned int Nl, Nh; unsigned int data[16];
 int SHA256_Init(pb_sha256_ctx *c);
 int SHA256_Update(pb_sha256_ctx *c, const void *data, size_t len);
 int SHA256_Final(unsigned char *md, pb_sha256_ctx *c);
-unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *md);
 ]]
 local C = ffi.C
 
@@ -86,11 +85,21 @@ local digest = ffi.new("unsigned char[32]")
 local hex = ffi.new("char[64]")
 local captures = {}
 
+local scratch = ffi.new("pb_sha256_ctx")
+
+local function sha256(data, len)
+    -- SHA-256 of ``len`` bytes at ``data`` into ``digest``. The low-level calls: OpenSSL 3's
+    -- one-shot SHA256() goes through EVP_Q_digest, a provider fetch and a malloc per call
+    C.SHA256_Init(scratch)
+    C.SHA256_Update(scratch, data, len)
+    C.SHA256_Final(digest, scratch)
+end
+
 local function keyed(key)
     -- the SHA-256 states after (key xor ipad) and (key xor opad): HMAC's first block, the same
     -- for every message (RFC 2104 §4)
     if #key > 64 then -- longer than SHA-256's block: HMAC uses its hash (RFC 2104 §2)
-        C.SHA256(key, #key, digest)
+        sha256(key, #key)
         key = ffi.string(digest, 32)
     end
     local pad_i, pad_o = ffi.new("unsigned char[64]"), ffi.new("unsigned char[64]")
@@ -180,6 +189,23 @@ local function canonical(t)
     return v % (rest == 2 and 16 or 4) == 0
 end
 
+local function dns_label(text)
+    -- a lower-case RFC 1123 label of 1-63 characters: a-z 0-9 "-", no "-" first or last
+    -- (protocol/ids.py is_dns_label). A byte loop: LuaJIT's JIT does not compile string.find
+    -- with a pattern
+    local len = #text
+    if len < 1 or len > 63 or byte(text, 1) == 45 or byte(text, len) == 45 then
+        return false
+    end
+    for i = 1, len do
+        local x = byte(text, i)
+        if not ((x >= 97 and x <= 122) or (x >= 48 and x <= 57) or x == 45) then
+            return false
+        end
+    end
+    return true
+end
+
 local function check()
     local method = ngx.req.get_method()
     if method ~= "GET" and method ~= "HEAD" then
@@ -225,11 +251,11 @@ local function check()
             -- is_dns_label), as the gateway checks it; it never mints another, and a grant
             -- that holds one is the gateway's to refuse
             local pod = sub(raw, HEAD + 1, n)
-            if #pod < 1 or #pod > 63 or find(pod, "[^a-z0-9-]") or byte(pod, 1) == 45 or byte(pod, -1) == 45 then
+            if not dns_label(pod) then
                 return NONE
             end
             local name = "pbk1\n" .. pod .. "\n" .. camera .. "\n" .. path .. "\n\n"
-            C.SHA256(name, #name, digest)
+            sha256(name, #name)
             return "/" .. to_hex(digest) .. ".data"
         end
     end
