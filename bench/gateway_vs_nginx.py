@@ -1328,7 +1328,8 @@ def analysis(servers: list[Server], cases: list[Case], results: dict, summary: l
         "with it and one shared listening socket, the first worker to wake took every waiting connection (all "
         "10 of 10 at c=10 in some runs, 30k instead of 52k req/s), so the data plane and the baseline listen "
         "with `reuseport`; both keep a keep-alive connection for 100,000 requests (nginx's default of 1,000 "
-        "closed wrk's connections every few hundred ms and cost the c=10 p99 1.5-4 ms).")
+        "closed wrk's connections every few hundred ms and cost the c=10 p99 1.5-4 ms)."
+        " The p99 goal is not reliably met with 2 workers: over the last four full runs the data plane's c=100 runs gave p99 5.2-28 ms against nginx's 6.3-9.3 ms (2 of the 3 runs of the last one above 20 ms), and its c=10 cell 1.2-3.7 ms against 1.1-2.7; with 1 worker it met the goal in every cell of every run. Not yet explained: the stalls hit the data plane's process groups (nginx and the idle granian workers behind it) on a box where wrk takes a core.")
     return out
 
 
