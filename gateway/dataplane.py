@@ -175,6 +175,11 @@ def _accepts(host: str, port: int) -> bool:
         return False
 
 
+def _said(r: subprocess.CompletedProcess[str]) -> str:
+    """What nginx wrote (stderr, else stdout), on one line, its last 600 characters."""
+    return " ".join(line.strip() for line in (r.stderr or r.stdout).splitlines() if line.strip())[-600:]
+
+
 def _kill_group(pgid: int) -> None:
     """SIGKILL what is left of nginx's process group (it has its own: the master's pid)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -230,7 +235,7 @@ class ManagedNginx:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ConfigError(f"$.data_plane: {self.found.nginx} -t did not run: {exc}") from None
         if r.returncode != 0:
-            why = " ".join(line.strip() for line in (r.stderr or r.stdout).splitlines() if line.strip())[-600:]
+            why = _said(r)
             raise ConfigError(f"$.data_plane: nginx refused the data plane's config: {why}")
         self._self_test()
 
@@ -251,7 +256,7 @@ class ManagedNginx:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ConfigError(f"$.data_plane: the Lua self-test in {self.found.nginx} did not run: {exc}") from None
         if r.returncode != 0:
-            why = " ".join(line.strip() for line in (r.stderr or r.stdout).splitlines() if line.strip())[-600:]
+            why = _said(r)
             status = f"signal {-r.returncode}" if r.returncode < 0 else f"status {r.returncode}"
             raise ConfigError(f"$.data_plane: the data plane's Lua grant check failed its self-test "
                               f"(nginx exited with {status}): {why or 'no message'}")
