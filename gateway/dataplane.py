@@ -116,6 +116,12 @@ def listen_value(host: str, port: int, backlog: int) -> str:
     return f"{addr}:{port} backlog={backlog} reuseport"
 
 
+def load_modules(modules: tuple[str, ...]) -> str:
+    """nginx's ``load_module`` lines for ``modules`` (paths of ``.so`` files), in order, each
+    ending in a newline."""
+    return "".join(f"load_module {m};\n" for m in modules)
+
+
 def render_main(*, run_dir: str, modules: tuple[str, ...], workers: int, worker_connections: int,
                 user: str | None) -> str:
     """The ``nginx.conf`` of a managed data plane (no I/O): main and events context, the
@@ -135,7 +141,7 @@ worker_processes {workers};
 worker_rlimit_nofile {max(1024, 2 * worker_connections + 64)};
 pid {run_dir}/nginx.pid;
 error_log stderr alert;
-{"".join(f"load_module {m};{chr(10)}" for m in modules)}
+{load_modules(modules)}
 events {{
     worker_connections {worker_connections};
     # accept every waiting connection per wake-up: with one accept per event-loop pass, a burst
@@ -244,7 +250,7 @@ class ManagedNginx:
         ``init_by_lua``, where a missing lua-resty-core or an unexpected libcrypto would
         otherwise first fail when nginx starts). Raises :class:`ConfigError` with nginx's words."""
         conf = os.path.join(self.run_dir, SELF_TEST_NAME)
-        text = "".join(f"load_module {m};\n" for m in self.found.modules)
+        text = load_modules(self.found.modules)
         text += (f"daemon off;\nmaster_process off;\npid {self.run_dir}/self-test.pid;\nevents {{}}\n"
                  f"http {{\n{render_self_test(self.run_dir)}}}\n")
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
