@@ -75,7 +75,8 @@ from gateway.metrics import (
     live_gauge,
 )
 from gateway.playlist import Template, compile_playlist, part_target, target_duration
-from gateway.responses import PREFLIGHT, Cors, Headers, parse_range, send_body, send_error, send_start
+from gateway.responses import (PREFLIGHT, Cors, Headers, parse_range, send_body, send_error, send_start,
+                               send_stream)
 from gateway.session import ROOT_PLAYLIST, SessionGuard, _header
 from gateway.upstream import Upstream
 from protocol.ids import is_camera_id
@@ -510,18 +511,11 @@ class StreamProxy:
         length = flight.headers.get("content-length")
         if length is not None:
             headers.append((b"content-length", length.encode("latin-1")))
-        await send_start(send, 200, headers)
         if head:
+            await send_start(send, 200, headers)
             await send({"type": "http.response.body", "body": b""})
             return 200
-        sent = 0
-        try:
-            async for chunk in flight.body():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                sent += len(chunk)
-        finally:
-            BYTES_OUT.inc(sent)
-        await send({"type": "http.response.body", "body": b""})
+        await send_stream(send, 200, headers, flight.body(), count=BYTES_OUT.inc)
         return 200
 
     async def _range(self, send, flight: Flight, pod_id: str, rng: str, headers: Headers, head: bool) -> int:
@@ -541,18 +535,11 @@ class StreamProxy:
             raise RangeNotSatisfiable("range not satisfiable",
                                       headers=((b"content-range", f"bytes */{size}".encode()),))
         a, b = span
-        await send_start(send, 206, [*headers, (b"content-range", f"bytes {a}-{b}/{size}".encode()),
-                                     (b"content-length", str(b - a + 1).encode())])
+        headers = [*headers, (b"content-range", f"bytes {a}-{b}/{size}".encode()),
+                   (b"content-length", str(b - a + 1).encode())]
         if head:
+            await send_start(send, 206, headers)
             await send({"type": "http.response.body", "body": b""})
             return 206
-        left = b - a + 1
-        async for chunk in flight.body(start=a):
-            part = chunk[:left]
-            await send({"type": "http.response.body", "body": part, "more_body": True})
-            left -= len(part)
-            BYTES_OUT.inc(len(part))
-            if left <= 0:
-                break
-        await send({"type": "http.response.body", "body": b""})
+        await send_stream(send, 206, headers, flight.body(start=a), limit=b - a + 1, count=BYTES_OUT.inc)
         return 206

@@ -8,7 +8,8 @@ a cross-origin error without them).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from gateway.errors import GatewayError, status_of
 
@@ -49,6 +50,38 @@ async def send_body(send, status: int, body: bytes, headers: Headers, *, head: b
     """A complete response with ``Content-Length`` (no body bytes for HEAD)."""
     await send_start(send, status, [*headers, (b"content-length", str(len(body)).encode())])
     await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def send_stream(send, status: int, headers: Headers, chunks: AsyncIterator[bytes], *,
+                      limit: int | None = None, count: Callable[[int], object] | None = None) -> int:
+    """A response whose body is ``chunks`` as they arrive, at most ``limit`` bytes of it; returns
+    the body bytes sent, and hands each chunk's size (bytes) to ``count`` as it goes out.
+
+    ``http.response.start`` goes out only once the first chunk is in (or the body ended empty).
+    An error the iterator raises before its first byte therefore still propagates before
+    anything was sent, and becomes an error answer (503 for a full memory budget, 502 for a
+    broken pod) instead of a started response with no body, which servers turn into a 500. An
+    error after that propagates mid-body: the caller closes the connection unfinished."""
+    sent = 0
+    async with contextlib.aclosing(chunks):  # type: ignore[type-var]  # async generators
+        first = await anext(chunks, b"")
+        await send_start(send, status, headers)
+        chunk = first
+        while True:
+            if limit is not None:
+                chunk = chunk[:limit - sent]
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                sent += len(chunk)
+                if count is not None:
+                    count(len(chunk))
+            if limit is not None and sent >= limit:
+                break
+            chunk = await anext(chunks, None)
+            if chunk is None:
+                break
+    await send({"type": "http.response.body", "body": b""})
+    return sent
 
 
 async def send_text(send, status: int, text: str, headers: Headers, *, head: bool = False) -> None:

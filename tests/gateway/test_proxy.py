@@ -252,6 +252,28 @@ async def test_pod_statuses_mapped(client, pod):
     assert len(pod.requests) == n
 
 
+@pytest.mark.parametrize("ranged", [False, True])
+async def test_a_body_that_fails_before_its_first_byte_is_an_error_answer_not_a_started_200(client, pod, ranged):
+    """The pod answers 200 with its headers, then its body breaks before any byte. Nothing has
+    gone to the viewer yet, so the viewer gets the error's own status (502), not a started 200
+    with no body, which ASGI servers turn into a 500 or an empty 200 (seen with 16 endless bodies
+    filling the memory budget: a viewer got 500)."""
+    text = (await client.get(await start_session(client))).text
+    seg = [u for u in uris(text) if u.startswith("seg_101")][0]
+
+    async def broken():
+        await asyncio.sleep(0.2)  # the viewer is waiting for the first chunk by now
+        raise httpx.ReadError("pod went away")
+        yield b""  # an async generator
+
+    pod.routes[f"/cameras/{CAM}/seg_101.m4s"] = lambda r: httpx.Response(
+        200, content=broken(), headers={"content-length": "5000"})
+    headers = {"Range": "bytes=0-9"} if ranged else {}
+    r = await client.get(f"/streams/{CAM}/{seg}", headers=headers)
+    assert r.status_code == 502, (r.status_code, r.headers, r.content[:100])
+    assert r.headers["content-type"].startswith("text/plain")
+
+
 async def test_unknown_pod_is_503(client, pod):
     r = await client.get(f"/streams/{CAM}/index.m3u8?token={make_token(pod_id='unknown-pod')}")
     url = f"/streams/{CAM}/" + r.headers["location"]
