@@ -228,6 +228,11 @@ def test_the_default_runs_nginx_in_front_of_its_workers(gateway):
     assert (run / "nginx.conf").stat().st_mode & 0o777 == 0o600
     assert len(_nginx_processes(master)) == 3  # the master and one worker per gateway worker
     assert f"data plane: nginx (pid {master}, 2 workers) on 127.0.0.1:{gw.port}" in gw.text()
+    # each worker bound to a CPU of its own (worker_cpu_affinity auto), as far as the box has them
+    usable = len(os.sched_getaffinity(0))
+    bound = [os.sched_getaffinity(pid) for pid in _nginx_processes(master) if pid != master]
+    assert len(bound) == 2 and all(len(cpus) == 1 for cpus in bound), bound
+    assert len(set().union(*bound)) == min(2, usable), bound
 
 
 def test_sigterm_stops_nginx_too_and_removes_its_run_directory(gateway):
