@@ -1059,11 +1059,11 @@ def recommend(summary: list[dict], results: dict, cases: list[Case]) -> tuple[st
     kind, workers = pick
     label = f"{kind} {workers}w"
     goal = (f"p99 ≤ {GOAL_P99:g}× nginx's at ≥ {CHOICE_MIN_CONNECTIONS} connections with every connection served"
-            if met else f"no setup met p99 ≤ {GOAL_P99:g}× nginx's at ≥ {CHOICE_MIN_CONNECTIONS} connections; "
-            f"{label} came closest")
+            if met else f"no Python server alone met p99 ≤ {GOAL_P99:g}× nginx's at ≥ {CHOICE_MIN_CONNECTIONS} "
+            f"connections, {label} came closest")
     if kind == DEFAULT_APP_SERVER:
-        verdict = (f"{kind}, the ASGI server behind the default data plane ({label}: {goal} among the Python "
-                   "servers alone; the default runs one worker per CPU)")
+        verdict = (f"{kind}, the ASGI server behind the default data plane ({label}: {goal}; the default runs "
+                   "one worker per CPU)")
     else:
         verdict = (f"{label} ({goal}) rather than {DEFAULT_APP_SERVER} behind the default data plane; one run on a "
                    "shared machine is not enough to change the default: repeat it on a quiet one")
@@ -1330,7 +1330,7 @@ def analysis(servers: list[Server], cases: list[Case], results: dict, summary: l
         "10 of 10 at c=10 in some runs, 30k instead of 52k req/s), so the data plane and the baseline listen "
         "with `reuseport`; both keep a keep-alive connection for 100,000 requests (nginx's default of 1,000 "
         "closed wrk's connections every few hundred ms and cost the c=10 p99 1.5-4 ms)."
-        " The p99 goal is not reliably met with 2 workers: over the last four full runs the data plane's c=100 runs gave p99 5.2-28 ms against nginx's 6.3-9.3 ms (2 of the 3 runs of the last one above 20 ms), and its c=10 cell 1.2-3.7 ms against 1.1-2.7; with 1 worker it met the goal in every cell of every run. Not yet explained: the stalls hit the data plane's process groups (nginx and the idle granian workers behind it) on a box where wrk takes a core.")
+        " CPU binding (measured by hand on 2026-12-06 with `--servers nginx:2,dataplane:2 --repeat 5`): with floating workers the data plane's 125 KB c=100 runs were bimodal, p99 6 ms in some and 18-31 ms in others (runs of 6.4 / 18.4 / 6.5 / 28.3 / 30.7 ms against nginx's 6.8-12.4), as both workers sometimes shared one CPU for a whole run; the idle granian workers were not it (0 CPU ticks in 10 s idle, 0.3 s over a whole bench). With `worker_cpu_affinity auto` (one worker bound to each CPU) the same cell gave 5.6-7.7 ms in 18 of 18 runs, and the c=500 cells became as steady; the baseline nginx gets the same directive, which brought its c=10 p99 from 1.1-2.7 ms down to 0.3-0.8 ms. What is left is that c=10 cell at a fraction of a millisecond: the data plane's runs gave 0.3-2.8 ms (median of 5 about 1.0-1.1 ms, against nginx's 0.5-0.6), a ratio near the 2x line either side. Ruled out by hand, standalone nginx with the data plane's config, 12 interleaved runs each: Lua's garbage collector (stopped: 0.37-2.47 ms, as with it: 0.37-2.39 ms) and the workers' age (reloading the data plane's nginx before every run, as the baseline is: 0.3-2.0 ms, median 1.0). The config without Lua (a fixed file name, no Lua module) stayed at 0.3-1.1 ms; the next step is the Lua check without ngx.re (above), and a box with more cores than the load generator takes.")
     return out
 
 
