@@ -79,6 +79,7 @@ import httpx  # noqa: E402
 from bench.common import splice_section  # noqa: E402
 from deploy.dev.stack import free_port, wait_until  # noqa: E402
 from gateway.nginxconf import KEEPALIVE_REQUESTS  # noqa: E402
+from gateway.server import tmpfs_dir  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 POD_HOST = "127.0.0.2"
@@ -1330,7 +1331,7 @@ def analysis(servers: list[Server], cases: list[Case], results: dict, summary: l
         "10 of 10 at c=10 in some runs, 30k instead of 52k req/s), so the data plane and the baseline listen "
         "with `reuseport`; both keep a keep-alive connection for 100,000 requests (nginx's default of 1,000 "
         "closed wrk's connections every few hundred ms and cost the c=10 p99 1.5-4 ms)."
-        " CPU binding (measured by hand on 2026-12-06 with `--servers nginx:2,dataplane:2 --repeat 5`): with floating workers the data plane's 125 KB c=100 runs were bimodal, p99 6 ms in some and 18-31 ms in others (runs of 6.4 / 18.4 / 6.5 / 28.3 / 30.7 ms against nginx's 6.8-12.4), as both workers sometimes shared one CPU for a whole run; the idle granian workers were not it (0 CPU ticks in 10 s idle, 0.3 s over a whole bench). With `worker_cpu_affinity auto` (one worker bound to each CPU) the same cell gave 5.6-7.7 ms in 18 of 18 runs, and the c=500 cells became as steady; the baseline nginx gets the same directive, which brought its c=10 p99 from 1.1-2.7 ms down to 0.3-0.8 ms. What is left is that c=10 cell at a fraction of a millisecond: the data plane's runs gave 0.3-2.8 ms (median of 5 about 1.0-1.1 ms, against nginx's 0.5-0.6), a ratio near the 2x line either side. Ruled out by hand, standalone nginx with the data plane's config, 12 interleaved runs each: Lua's garbage collector (stopped: 0.37-2.47 ms, as with it: 0.37-2.39 ms) and the workers' age (reloading the data plane's nginx before every run, as the baseline is: 0.3-2.0 ms, median 1.0). The config without Lua (a fixed file name, no Lua module) stayed at 0.3-1.1 ms; the next step is the Lua check without ngx.re (above), and a box with more cores than the load generator takes.")
+        " CPU binding (measured by hand on 2026-12-06 with `--servers nginx:2,dataplane:2 --repeat 5`): with floating workers the data plane's 125 KB c=100 runs were bimodal, p99 6 ms in some and 18-31 ms in others (runs of 6.4 / 18.4 / 6.5 / 28.3 / 30.7 ms against nginx's 6.8-12.4), as both workers sometimes shared one CPU for a whole run; the idle granian workers were not it (0 CPU ticks in 10 s idle, 0.3 s over a whole bench). With `worker_cpu_affinity auto` (one worker bound to each CPU) the same cell gave 5.6-7.7 ms in 18 of 18 runs, and the c=500 cells became as steady; the baseline nginx gets the same directive, which brought its c=10 p99 from 1.1-2.7 ms down to 0.3-0.8 ms. The c=10 cell then still flipped either side of the 2x line (data plane 0.3-2.8 ms, median of 5 about 1.0-1.5 ms, against nginx's 0.3-0.6). Ruled out by hand (standalone nginx with the data plane's config, 12 interleaved runs each): Lua's garbage collector (stopped: 0.37-2.47 ms, running: 0.37-2.39 ms) and the workers' age (reloaded before every run, as the baseline is: median 1.0 ms). The cause was the filesystem: the data plane's host store is on a tmpfs (/dev/shm) and the baseline's proxy cache was on ext4 (/tmp). With the store on ext4 too, the data plane's c=10 runs gave 0.3-1.0 ms (nginx 0.3-0.5) and its c=100 runs 4.3-5.0 ms (nginx 4.9-5.6); with the baseline's cache on a tmpfs too, nginx's own c=10 runs gave 2.8-3.1 ms in 5 of 6 (the data plane 0.7-4.0 in the same run). Serving files from a tmpfs has the longer tail on this kernel (6.18), whoever serves them, so the baseline's cache now lives on the same filesystem as the gateway's store (the bench's directory is made there). Whether the production store should move off tmpfs (the systemd unit's RuntimeDirectory) for a shorter tail, at the price of page-cache writeback of every kept segment, is left open.")
     return out
 
 
@@ -1568,7 +1569,11 @@ def main() -> int:
 
     from gateway.grants import GrantSigner
 
-    tmp = Path(tempfile.mkdtemp(prefix="pb-bench-"))
+    # on the filesystem where the gateway keeps its host store (a tmpfs), so the nginx baseline's
+    # proxy cache is too: serving files from a tmpfs has a longer tail on the kernel measured
+    # (6.18: 125 KB hits at c=10, p99 0.3-0.6 ms from ext4's page cache, 0.4-3.4 ms from tmpfs,
+    # for nginx and the data plane alike), which is the storage's, not the server's
+    tmp = Path(tempfile.mkdtemp(prefix="pb-bench-", dir=tmpfs_dir()))
     procs = Procs(tmp)
 
     def on_signal(signum, _frame):

@@ -115,10 +115,10 @@ def serve(cfg: GatewayConfig, *, host: str, port: int, server: ServerKind, worke
                 log.warning("data plane: nginx cannot serve kept segments, so every segment comes to the "
                             "gateway: %s", problem)
     if workers > 1 or found:
-        for parent in {_tmpfs() or tempfile.gettempdir(), cfg.host_cache_dir or ""} - {""}:
+        for parent in {tmpfs_dir() or tempfile.gettempdir(), cfg.host_cache_dir or ""} - {""}:
             remove_leftovers(parent)
         if cfg.host_cache_dir is None:  # one host store for this run's workers, gone when it ends
-            own_store = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-", dir=_tmpfs())
+            own_store = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-", dir=tmpfs_dir())
             os.environ[ENV_PREFIX + "HOST_CACHE_DIR"] = own_store
         if not cfg.grant_keys_configured():
             # the workers (and nginx) must verify each other's grants: one random key for this run
@@ -127,7 +127,7 @@ def serve(cfg: GatewayConfig, *, host: str, port: int, server: ServerKind, worke
         if not os.environ.get(MULTIPROC_ENV):  # /metrics sums over the workers (prometheus_client)
             # next to the store (systemd: in its RuntimeDirectory), a fresh one for each run
             own_metrics = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}metrics-{os.getpid()}-",
-                                           dir=cfg.host_cache_dir or _tmpfs())
+                                           dir=cfg.host_cache_dir or tmpfs_dir())
             os.environ[MULTIPROC_ENV] = own_metrics
         if workers > 1:
             log.info("%d workers sharing the host store %s", workers, cfg.host_cache_dir or own_store)
@@ -175,7 +175,7 @@ def _start_nginx(cfg: GatewayConfig, found: Found, *, host: str, port: int, work
     effective = msgspec.structs.replace(cfg, host_cache_dir=store, **keys)
     # next to the store, as the metrics directory (systemd: in its RuntimeDirectory); nginx serves
     # only files Lua names from a grant (<hash>.data), never this directory's
-    run_dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}nginx-{os.getpid()}-", dir=cfg.host_cache_dir or _tmpfs())
+    run_dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}nginx-{os.getpid()}-", dir=cfg.host_cache_dir or tmpfs_dir())
     nginx = ManagedNginx(effective, found, run_dir=run_dir, host=host, port=port,
                          internal_port=cfg.internal_port or free_loopback_port(), workers=workers,
                          backlog=NGINX_BACKLOG)
@@ -218,8 +218,9 @@ def remove_leftovers(parent: str) -> list[str]:
     return removed
 
 
-def _tmpfs() -> str | None:
-    """:data:`SHM_DIR` when this user can write there, else the default temp dir."""
+def tmpfs_dir() -> str | None:
+    """:data:`SHM_DIR` when this user can write there, else None (the default temp dir): where a
+    run without ``host_cache_dir`` keeps its host store, nginx run directory and metrics."""
     return SHM_DIR if os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK | os.X_OK) else None
 
 
