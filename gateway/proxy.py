@@ -75,8 +75,7 @@ from gateway.metrics import (
     live_gauge,
 )
 from gateway.playlist import Template, compile_playlist, part_target, target_duration
-from gateway.responses import (PREFLIGHT, Cors, Headers, parse_range, send_body, send_error, send_start,
-                               send_stream)
+from gateway.responses import PREFLIGHT, Cors, Headers, parse_range, send_body, send_error, send_start, send_stream
 from gateway.session import ROOT_PLAYLIST, SessionGuard, _header
 from gateway.upstream import Upstream
 from protocol.ids import is_camera_id

@@ -77,8 +77,9 @@ async def send_stream(send, status: int, headers: Headers, chunks: AsyncIterator
                     count(len(chunk))
             if limit is not None and sent >= limit:
                 break
-            chunk = await anext(chunks, None)
-            if chunk is None:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
                 break
     await send({"type": "http.response.body", "body": b""})
     return sent
