@@ -34,6 +34,7 @@ JOSE header ``kid`` (RFC 7515 §4.1.4), so every key rotates without downtime.
 from __future__ import annotations
 
 import hmac
+import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -331,13 +332,26 @@ def mint_pod_token(
     return _encode(claims, signer)
 
 
+MAX_NUMERIC_DATE = float(2**53)  # the largest integer a JSON number holds exactly (RFC 7493 §2.2)
+
+
 def _number(claims: dict[str, Any], name: str) -> float | None:
+    """Claim ``name`` as a NumericDate (RFC 7519 §2: Unix seconds), or None when absent.
+
+    Raises :class:`TokenInvalid` unless it is a finite number in 0…2^53: ``NaN`` compares
+    false with everything (an ``exp`` of NaN would never expire), and ``1e400``-sized
+    integers overflow a float."""
     value = claims.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TokenInvalid(f"{name} must be a number")
-    return float(value)
+    if isinstance(value, int) and not 0 <= value <= MAX_NUMERIC_DATE:
+        raise TokenInvalid(f"{name} is out of range")
+    number = float(value)
+    if not math.isfinite(number) or not 0.0 <= number <= MAX_NUMERIC_DATE:
+        raise TokenInvalid(f"{name} is out of range")
+    return number
 
 
 def _decode(token: str, keys: Sequence[VerifyKeys], audience: str, now: float, leeway: float,
@@ -390,7 +404,9 @@ def _decode(token: str, keys: Sequence[VerifyKeys], audience: str, now: float, l
 
 
 def _check_lifetime(claims: dict[str, Any], max_ttl: float, tolerance: float, now: float) -> float:
-    exp = float(claims["exp"])
+    exp = _number(claims, "exp")
+    if exp is None:  # required by _decode; kept for the type checker
+        raise TokenInvalid("missing claim 'exp'")
     if exp - now > max_ttl + tolerance:
         raise TokenInvalid("token lifetime exceeds the maximum")
     return exp
@@ -433,9 +449,7 @@ def verify_user_token(
     user = claims.get("user_id", claims.get("sub"))
     if not isinstance(user, str) or not user or len(user) > 256:
         raise TokenInvalid("user_id/sub claim missing")
-    iat = claims.get("iat")
-    iat_f = float(iat) if isinstance(iat, (int, float)) and not isinstance(iat, bool) else None
-    return UserStreamClaims(user_id=user, camera_id=camera_id, pod_id=pod_id, exp=exp, iat=iat_f)
+    return UserStreamClaims(user_id=user, camera_id=camera_id, pod_id=pod_id, exp=exp, iat=_number(claims, "iat"))
 
 
 def verify_pod_token(

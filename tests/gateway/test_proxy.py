@@ -48,6 +48,11 @@ BAD_TOKENS = {
     "wrong_aud": lambda: jwt.encode(forged(aud="platebridge-pod"), SECRET, algorithm="HS256"),
     "pod_id_not_dns_label": lambda: jwt.encode(forged(pod_id="Evil_Pod.example.com"), SECRET, algorithm="HS256"),
     "garbage": lambda: "not-a-jwt",
+    # NumericDates that used to give a 500 or never expire (RFC 7519 §2 wants seconds)
+    "exp_nan": lambda: jwt.encode(forged(exp=float("nan")), SECRET, algorithm="HS256"),
+    "exp_10e400": lambda: jwt.encode(forged(exp=10**400), SECRET, algorithm="HS256"),
+    "iat_minus_infinity": lambda: jwt.encode(forged(iat=float("-inf")), SECRET, algorithm="HS256"),
+    "iat_minus_10e400": lambda: jwt.encode(forged(iat=-10**400), SECRET, algorithm="HS256"),
 }
 
 

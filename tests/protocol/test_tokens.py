@@ -305,3 +305,29 @@ def test_derived_keys_are_per_label_and_per_key():
                                             ("Bearer", None), ("Bearer ", None), ("", None), (None, None)])
 def test_bearer_token(value, expected):
     assert bearer_token(value) == expected
+
+
+# A NumericDate (RFC 7519 §2) that is NaN, infinite, negative or beyond 2^53 is refused as
+# invalid: NaN compares false with everything (an exp of NaN would never expire), and a
+# 400-digit integer overflows float() (a 500 instead of a 401 before this was checked).
+HOSTILE_DATES = [float("nan"), float("inf"), float("-inf"), 10**400, -10**400, -1, 2**53 + 1, 1e300]
+
+
+@pytest.mark.parametrize("value", HOSTILE_DATES, ids=repr)
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+def test_user_token_numeric_dates_must_be_finite_and_in_range(claim, value):
+    with pytest.raises(TokenInvalid, match=f"{claim} is out of range"):
+        verify_user_token(sign(claims(**{claim: value})), RING)
+
+
+@pytest.mark.parametrize("value", HOSTILE_DATES, ids=repr)
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+def test_pod_token_numeric_dates_must_be_finite_and_in_range(claim, value):
+    with pytest.raises(TokenInvalid, match=f"{claim} is out of range"):
+        verify_pod_token(ed(pod_claims(**{claim: value})), PUB, pod_id="pod-a")
+
+
+def test_a_float_iat_is_kept_as_unix_seconds():
+    now = time.time()
+    c = verify_user_token(sign(claims(iat=now - 1.5)), RING)
+    assert c.iat == pytest.approx(now - 1.5)
