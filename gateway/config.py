@@ -41,6 +41,7 @@ ENV_PREFIX = "PLATEBRIDGE_GATEWAY_"
 CONFIG_PATH_ENV = "PLATEBRIDGE_GATEWAY_CONFIG"
 #: most worker processes (``workers``); the default, one per CPU, is capped here too
 MAX_WORKERS = 64
+MAX_DURATION_SECONDS = 86400  # the cap on every duration key (seconds)
 _KID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 
 
@@ -325,8 +326,10 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
         raise _fail("$.pod_tag", "must look like tag:pod")
     for key in ("max_token_ttl", "max_session_seconds", "grant_ttl", "discovery_refresh_seconds",
                 "upstream_connect_timeout", "upstream_read_timeout", "upstream_deadline"):
-        if getattr(cfg, key) <= 0:
-            raise _fail(f"$.{key}", "must be > 0 seconds")
+        # a day at most: a session's end is a uint32 of Unix seconds in every grant, and
+        # asyncio refuses timers that overflow the selector's timeout
+        if not 0 < getattr(cfg, key) <= MAX_DURATION_SECONDS:
+            raise _fail(f"$.{key}", f"must be > 0 and at most {MAX_DURATION_SECONDS} seconds (a day)")
     if not 1 <= cfg.upstream_pod_connections <= 256:
         raise _fail("$.upstream_pod_connections", "must be 1-256 concurrent requests per pod")
     if not 1 <= cfg.upstream_pod_held_requests <= 1024:
@@ -341,8 +344,8 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
         raise _fail("$.limit_concurrency", "must be >= 16 connections")
     if not 1 <= cfg.timeout_keep_alive <= 60:
         raise _fail("$.timeout_keep_alive", "must be 1-60 seconds")
-    if cfg.segment_max_age < 1:
-        raise _fail("$.segment_max_age", "must be >= 1 second (and at least the playlist window)")
+    if not 1 <= cfg.segment_max_age <= MAX_DURATION_SECONDS:
+        raise _fail("$.segment_max_age", f"must be 1-{MAX_DURATION_SECONDS} seconds (and at least the playlist window)")
     if cfg.admin_token is not None and len(cfg.admin_token) < 16:
         raise _fail("$.admin_token", "must be at least 16 characters (it authorises nudges to every pod)")
     if cfg.grant_ttl < 10:

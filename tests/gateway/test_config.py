@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,14 @@ def test_file_missing():
     ({"allowed_origins": ["https://a.example/x"]}, "$.allowed_origins[0]"),
     ({"upstream_proxy": "socks5://127.0.0.1:abc"}, "$.upstream_proxy"),
     ({"host": "not a host"}, "$.host"),
+    # a session's end is a uint32 in every grant: 5e9 s passed `check`, then every session was a 500
+    ({"max_session_seconds": 5_000_000_000}, "$.max_session_seconds"),
+    ({"max_session_seconds": 86401}, "$.max_session_seconds"),
+    ({"max_token_ttl": 1e300}, "$.max_token_ttl"),
+    ({"grant_ttl": 10**12}, "$.grant_ttl"),
+    ({"discovery_refresh_seconds": 1e30}, "$.discovery_refresh_seconds"),
+    ({"upstream_read_timeout": 1e30}, "$.upstream_read_timeout"),
+    ({"segment_max_age": 10**10}, "$.segment_max_age"),
 ])
 def test_adversarial_values_are_refused_with_the_key(over, path):
     """From an adversarial review: NaN/inf disabled the token-lifetime cap; bad URLs crashed later."""
@@ -145,3 +154,19 @@ def test_bad_yaml_files(tmp_path, raw, needle):
     f.write_bytes(raw)
     with pytest.raises(ConfigError, match=needle):
         load_config(f, env={})
+
+
+def test_a_day_long_session_is_accepted_and_its_grant_verifies():
+    """The largest accepted max_session_seconds still fits the grant's uint32 session end."""
+    from gateway.grants import GrantSigner
+    from gateway.session import SessionGuard
+    from protocol.tokens import mint_user_token
+
+    cfg = parse_config({**OK, "max_session_seconds": 86400}, env={})
+    guard = SessionGuard(user_keys=cfg.user_keyring(), grants=GrantSigner(cfg.grant_keys()),
+                         max_session_seconds=cfg.max_session_seconds)
+    token = mint_user_token(cfg.user_keyring(), user_id="u1", camera_id="gate-camera-1", pod_id="gate-1")
+    grant, raw = guard.start_session(guard.verify_user(token, "gate-camera-1"))
+    assert grant.session_exp - time.time() == pytest.approx(86400, abs=5)
+    checked = guard.verify_grant(raw, camera_id="gate-camera-1", path="index.m3u8", query="", kind="playlist")
+    assert checked.session_exp == grant.session_exp
