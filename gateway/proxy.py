@@ -55,7 +55,6 @@ from gateway.errors import (
     MethodNotAllowed,
     NotFound,
     PlaylistError,
-    RangeNotSatisfiable,
     UpstreamError,
     UpstreamRefusedGateway,
     UpstreamStatus,
@@ -75,7 +74,8 @@ from gateway.metrics import (
     live_gauge,
 )
 from gateway.playlist import Template, compile_playlist, part_target, target_duration
-from gateway.responses import PREFLIGHT, Cors, Headers, parse_range, send_body, send_error, send_start, send_stream
+from gateway.ranges import parse_range
+from gateway.responses import PREFLIGHT, Cors, Headers, send_body, send_error, send_start, send_stream
 from gateway.session import ROOT_PLAYLIST, SessionGuard, _header
 from gateway.upstream import Upstream
 from protocol.ids import is_camera_id
@@ -501,7 +501,9 @@ class StreamProxy:
         head = scope["method"] == "HEAD"
         rng = _header(scope, b"range")
         if rng is not None:
-            return await self._range(send, flight, pod_id, rng, headers, head)
+            status = await self._range(send, flight, pod_id, rng, headers, head)
+            if status is not None:
+                return status
         if flight.done and flight.error is None:
             body = flight.complete_body()
             await send_body(send, 200, body, headers, head=head)
@@ -517,9 +519,12 @@ class StreamProxy:
         await send_stream(send, 200, headers, flight.body(), count=BYTES_OUT.inc)
         return 200
 
-    async def _range(self, send, flight: Flight, pod_id: str, rng: str, headers: Headers, head: bool) -> int:
+    async def _range(self, send, flight: Flight, pod_id: str, rng: str, headers: Headers, head: bool) -> int | None:
         """206 for one byte range, streamed from the shared flight as its bytes arrive (no copy
-        of the body); the length comes from the finished flight or the pod's Content-Length."""
+        of the body); the length comes from the finished flight or the pod's Content-Length.
+        Returns the status sent, or None when the header is to be ignored (the caller sends
+        the whole body). Raises :class:`RangeNotSatisfiable` (416); :mod:`gateway.ranges`
+        says which header gets which answer (nginx's, so both data planes agree)."""
         if flight.done:
             await self._complete_body(flight, pod_id)
             size: int | None = flight.size
@@ -529,10 +534,10 @@ class StreamProxy:
             if size is None:  # unknown length: the range can only be resolved at the end
                 await self._complete_body(flight, pod_id)
                 size = flight.size
+        assert size is not None  # a finished flight knows its size
         span = parse_range(rng, size)
         if span is None:
-            raise RangeNotSatisfiable("range not satisfiable",
-                                      headers=((b"content-range", f"bytes */{size}".encode()),))
+            return None
         a, b = span
         headers = [*headers, (b"content-range", f"bytes {a}-{b}/{size}".encode()),
                    (b"content-length", str(b - a + 1).encode())]

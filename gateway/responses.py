@@ -99,36 +99,3 @@ async def send_error(send, exc: GatewayError, cors: Headers, *, head: bool = Fal
     await send_text(send, status, str(exc) or "error", [*cors, *exc.headers], head=head)
     return status
 
-
-def parse_range(value: str, size: int | None) -> tuple[int, int] | None:
-    """Parse a single ``bytes=a-b`` / ``a-`` / ``-n`` range (RFC 9110 §14.1.2).
-
-    ``size`` is the body length in bytes, or None while it is not known yet (then
-    ``-n`` and ``a-`` cannot be resolved and give None too). Returns inclusive
-    ``(start, end)`` or None when unsatisfiable/malformed (multi-range is not
-    supported and also yields None).
-    """
-    unit, _, spec = value.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash:
-        return None
-    try:
-        if first == "":
-            n = int(last)
-            if n <= 0 or size is None:
-                return None
-            return max(0, size - n), size - 1
-        start = int(first)
-        if last:
-            end = int(last)
-        elif size is None:
-            return None
-        else:
-            end = size - 1
-    except ValueError:
-        return None
-    if start < 0 or end < start or (size is not None and start >= size):
-        return None
-    return start, end if size is None else min(end, size - 1)

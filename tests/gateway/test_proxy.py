@@ -190,7 +190,24 @@ async def test_range_request_206(client, pod):
     r = await client.get(f"/streams/{CAM}/{seg}", headers={"Range": "bytes=-100"})
     assert r.status_code == 206 and len(r.content) == 100
     r = await client.get(f"/streams/{CAM}/{seg}", headers={"Range": "bytes=9999-"})
-    assert r.status_code == 416
+    assert r.status_code == 416 and r.headers["content-range"] == "bytes */5000"
+
+
+@pytest.mark.parametrize("header,status", [
+    ("bytes=0-0,5-5", 200),  # several ranges: the whole segment, as the gateway's nginx answers
+    ("items=0-1", 200),  # an unknown unit is ignored (RFC 9110 §14.2)
+    ("bytes=+0-+9", 416),  # malformed: ASCII digits only (int() took "+0")
+    ("bytes=0-1_0", 416),
+])
+async def test_ranges_the_gateway_ignores_or_refuses_as_nginx_does(client, pod, header, status):
+    text = (await client.get(await start_session(client))).text
+    seg = [u for u in uris(text) if u.startswith("seg_100")][0]
+    r = await client.get(f"/streams/{CAM}/{seg}", headers={"Range": header})
+    assert r.status_code == status
+    if status == 200:
+        assert r.content == bytes([100]) * 5000 and "content-range" not in r.headers
+    else:
+        assert r.headers["content-range"] == "bytes */5000"
 
 
 # ---- B10: CORS on every response --------------------------------------------------------------
