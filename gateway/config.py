@@ -249,6 +249,39 @@ def _fail(path: str, reason: str) -> ConfigError:
     return ConfigError(f"{path}: {reason}")
 
 
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_ORIGIN = re.compile(rf"(https?)://({_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:.]+\])(?::([0-9]{{1,5}}))?\Z")
+
+
+def origin_problem(origin: object) -> str | None:
+    """Why ``origin`` is not an origin a browser sends, or None when it is.
+
+    A browser's ``Origin`` header is the ASCII serialization of RFC 6454 §6.2:
+    ``scheme://host[:port]``, scheme and host lowercase, no path, no default port
+    (80 for http, 443 for https). The CORS check echoes only an exact match, so
+    anything else would never match, and the data plane's nginx map holds these
+    strings too: nothing outside that grammar reaches its config."""
+    if not isinstance(origin, str):
+        return "must be a string like https://portal.example.com"
+    m = _ORIGIN.match(origin)
+    if m is None:
+        if origin != origin.lower() and _ORIGIN.match(origin.lower()):
+            return f"must be lowercase, as browsers send it ({origin.lower()})"
+        return "must be an exact origin like https://portal.example.com (scheme://host[:port], no path)"
+    scheme, host, port = m.groups()
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{host} is not an IPv6 address"
+    if port is not None:
+        if not 1 <= int(port) <= 65535 or port != str(int(port)):
+            return "port must be 1-65535 without leading zeros"
+        if int(port) == {"http": 80, "https": 443}[scheme]:
+            return f"leave out the default port, as browsers do ({scheme}://{host})"
+    return None
+
+
 def _check_base_url(path: str, url: str) -> None:
     problem = http_url_problem(url, origin_only=True)
     if problem:
@@ -306,14 +339,9 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
     cfg.pod_signer()  # the key file loads and is an Ed25519 private key
     _check_base_url("$.public_base_url", cfg.public_base_url)
     for i, origin in enumerate(cfg.allowed_origins):
-        try:
-            parts = urlsplit(origin)
-            parts.port  # noqa: B018
-        except ValueError:
-            parts = None
-        if (origin == "*" or parts is None or parts.scheme not in ("http", "https") or not parts.hostname
-                or parts.path or parts.query or parts.fragment or parts.username):
-            raise _fail(f"$.allowed_origins[{i}]", "must be an exact origin like https://portal.example.com")
+        problem = origin_problem(origin)
+        if problem:
+            raise _fail(f"$.allowed_origins[{i}]", problem)
     for pod_id, url in cfg.pods.items():
         if not is_dns_label(pod_id):
             raise _fail(f"$.pods.{pod_id}", "pod_id must be a DNS label")

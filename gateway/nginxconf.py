@@ -35,7 +35,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from gateway.config import GatewayConfig, load_config
+from gateway.config import GatewayConfig, load_config, origin_problem
 from gateway.errors import ConfigError
 
 #: the Lua module, in the package (``gateway/lua``)
@@ -59,9 +59,6 @@ _ADDRESS = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}\Z")
 _LISTEN = re.compile(r"^(?:(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):)?(?P<port>\d{1,5})(?P<opts>(?: [a-z0-9_=]+)*)\Z")
 _NAME = re.compile(r"^[A-Za-z0-9_.*-]{1,253}\Z")
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./-]*\Z")
-_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(?::\d{1,5})?\Z|^https?://\[[0-9A-Fa-f:.]+\](?::\d{1,5})?\Z")
-
-
 def _need(ok: bool, field: str, why: str) -> None:
     if not ok:
         raise ConfigError(f"{field}: {why}")
@@ -100,7 +97,8 @@ def render(cfg: GatewayConfig, *, listen: str, gateway: str, conf_dir: str, serv
         _need(bool(_SAFE_PATH.match(path)) or bool(word and path == word), label,
               "must be a plain absolute path (letters, digits, _ . / -)" + (f" or {word}" if word else ""))
     for i, origin in enumerate(cfg.allowed_origins):
-        _need(bool(_ORIGIN.match(origin)), f"$.allowed_origins[{i}]", "must be an exact origin for the nginx map")
+        problem = origin_problem(origin)
+        _need(problem is None, f"$.allowed_origins[{i}]", problem or "")
     keys = ",".join(k.hex() for k in cfg.grant_keys())
     # regexes: a map compares plain strings without case, the gateway's check is exact
     origins = "".join(f'    "~^{re.escape(o)}$" $http_origin;\n' for o in cfg.allowed_origins)

@@ -136,6 +136,17 @@ def test_file_missing():
     ({"discovery_refresh_seconds": 1e30}, "$.discovery_refresh_seconds"),
     ({"upstream_read_timeout": 1e30}, "$.upstream_read_timeout"),
     ({"segment_max_age": 10**10}, "$.segment_max_age"),
+    # origins a browser never sends, or that would break out of the data plane's nginx map
+    ({"allowed_origins": ['https://a.example"; add_header X 1']}, "$.allowed_origins[0]"),
+    ({"allowed_origins": ["https://a.example/"]}, "$.allowed_origins[0]"),
+    ({"allowed_origins": ["https://user@a.example"]}, "$.allowed_origins[0]"),
+    ({"allowed_origins": ["https://a.example?x"]}, "$.allowed_origins[0]"),
+    ({"allowed_origins": ["https://a b.example"]}, "$.allowed_origins[0]"),
+    ({"allowed_origins": ["https://a.example:99999"]}, "$.allowed_origins[0]"),
+    ({"allowed_origins": ["https://[zz::1]"]}, "$.allowed_origins[0]"),
+    ({"allowed_origins": ["ftp://a.example"]}, "$.allowed_origins[0]"),
+    ({"allowed_origins": ["https://-a.example"]}, "$.allowed_origins[0]"),
+    ({"allowed_origins": [7]}, "$.allowed_origins[0]"),
 ])
 def test_adversarial_values_are_refused_with_the_key(over, path):
     """From an adversarial review: NaN/inf disabled the token-lifetime cap; bad URLs crashed later."""
@@ -170,3 +181,21 @@ def test_a_day_long_session_is_accepted_and_its_grant_verifies():
     assert grant.session_exp - time.time() == pytest.approx(86400, abs=5)
     checked = guard.verify_grant(raw, camera_id="gate-camera-1", path="index.m3u8", query="", kind="playlist")
     assert checked.session_exp == grant.session_exp
+
+
+@pytest.mark.parametrize("origin,hint", [
+    ("https://Portal.Example.com", "must be lowercase, as browsers send it (https://portal.example.com)"),
+    ("https://portal.example.com:443", "leave out the default port, as browsers do (https://portal.example.com)"),
+    ("http://portal.example.com:80", "leave out the default port"),
+])
+def test_an_origin_a_browser_never_sends_gets_the_one_it_does(origin, hint):
+    """The CORS check echoes only an exact match (RFC 6454 §6.2 serialization)."""
+    with pytest.raises(ConfigError) as ei:
+        parse_config({**OK, "allowed_origins": [origin]}, env={})
+    assert str(ei.value).startswith("$.allowed_origins[0]: " + hint), str(ei.value)
+
+
+@pytest.mark.parametrize("origin", ["https://portal.example.com", "http://127.0.0.1:8080", "https://[::1]:8443",
+                                    "http://localhost", "https://xn--bcher-kva.example"])
+def test_real_origins_are_accepted(origin):
+    assert parse_config({**OK, "allowed_origins": [origin]}, env={}).allowed_origins == [origin]
