@@ -305,12 +305,17 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
     if not isinstance(data, dict):
         raise _fail("$", f"{source} must be a YAML mapping of keys to values")
     warnings: list[str] = []
+    try:
+        # unknown keys first: a misspelt required key (site_idd) is named, with its fix,
+        # rather than reported as the missing key
+        check_known_keys(data, PodConfig)
+    except ConfigValueError as exc:
+        raise _fail(exc.path, exc.reason) from None
     site = data.get("site_id")
     if site is None or (isinstance(site, str) and not site.strip()):
         raise _fail("$.site_id", "required: the id of this pod's Site in the portal (the portal refuses "
                                  "detections without it, and /api/plates is fetched for it)")
     try:
-        check_known_keys(data, PodConfig)
         cfg = convert_config(data, PodConfig)
     except ConfigValueError as exc:
         raise _fail(exc.path, exc.reason) from None

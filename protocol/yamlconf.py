@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
+import msgspec.inspect
 import yaml
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -83,16 +84,36 @@ class ConfigValueError(ValueError):
         self.path, self.reason = path, reason
 
 
+def _unknown_keys(data: Any, info: Any, path: str) -> None:
+    """Walk ``data`` along the msgspec type ``info`` (structs, lists, dicts, optionals)."""
+    if isinstance(info, msgspec.inspect.UnionType):
+        for member in info.types:
+            _unknown_keys(data, member, path)
+    elif isinstance(info, msgspec.inspect.StructType) and isinstance(data, dict):
+        known = [f.encode_name for f in info.fields]
+        for key in sorted((k for k in data if k not in known), key=str):
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigValueError(f"{path}.{key}", f"unknown key{hint}")
+        types = {f.encode_name: f.type for f in info.fields}
+        for key, value in data.items():
+            _unknown_keys(value, types[key], f"{path}.{key}")
+    elif isinstance(info, msgspec.inspect.ListType) and isinstance(data, list):
+        for i, item in enumerate(data):
+            _unknown_keys(item, info.item_type, f"{path}[{i}]")
+    elif isinstance(info, msgspec.inspect.DictType) and isinstance(data, dict):
+        for key, value in data.items():
+            _unknown_keys(value, info.value_type, f"{path}.{key}")
+
+
 def check_known_keys(data: dict[str, Any], typ: type[msgspec.Struct]) -> None:
-    """Refuse a top-level key that ``typ`` does not have, before conversion, so the error
-    names the key (``$.workerz: unknown key; did you mean 'workers'?``) instead of
-    msgspec's ``$: Object contains unknown field``. Raises :class:`ConfigValueError`
-    for the first unknown key in sorted order."""
-    known = typ.__struct_fields__
-    for key in sorted(k for k in data if k not in known):
-        close = difflib.get_close_matches(str(key), known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigValueError(f"$.{key}", f"unknown key{hint}")
+    """Refuse a key that ``typ`` (or a struct nested in it: ``cameras[0]``) does not have,
+    before conversion, so the error names the key and its likely fix
+    (``$.cameras[0].rtsp_urll: unknown key; did you mean 'rtsp_url'?``) instead of
+    msgspec's ``Object contains unknown field``, and comes before a "required" error
+    for the key it misspells. Raises :class:`ConfigValueError` for the first unknown key
+    (sorted order, depth first)."""
+    _unknown_keys(data, msgspec.inspect.type_info(typ), "$")
 
 
 def convert_config(data: Any, typ: type[T]) -> T:

@@ -146,6 +146,28 @@ def test_unknown_key_is_an_error_with_a_suggestion():
         parse_config(base(colour="blue"))
 
 
+def test_a_misspelt_required_key_is_named_not_reported_missing(tmp_path):
+    """A newcomer's `site_idd:` used to give only `$.site_id: required`."""
+    d = base()
+    d["site_idd"] = d.pop("site_id")
+    with pytest.raises(ConfigError, match=r"^\$\.site_idd: unknown key; did you mean 'site_id'\?"):
+        parse_config(d)
+    f = tmp_path / "config.yaml"
+    f.write_text(yaml.safe_dump(d))
+    r = _run_cli(["check", "--config", str(f)], tmp_path)
+    assert r.returncode == 2 and "$.site_idd: unknown key; did you mean 'site_id'?" in r.stdout + r.stderr, r
+
+
+@pytest.mark.parametrize("camera,path,hint", [
+    ({"camera_id": "c1", "rtsp_urll": "rtsp://127.0.0.1/x"}, "$.cameras[0].rtsp_urll", "did you mean 'rtsp_url'?"),
+    ({"camera_idd": "c1", "rtsp_url": "rtsp://127.0.0.1/x"}, "$.cameras[0].camera_idd", "did you mean 'camera_id'?"),
+])
+def test_an_unknown_key_in_a_camera_is_named_with_its_fix(camera, path, hint):
+    with pytest.raises(ConfigError) as ei:
+        parse_config(base(cameras=[camera]))
+    assert str(ei.value) == f"{path}: unknown key; {hint}"
+
+
 @pytest.mark.parametrize("ip", ["100.64.0.1", "100.127.255.254", "127.0.0.2", "fd7a:115c:a1e0::1"])
 def test_bind_accepts_tailnet_and_loopback(ip):
     assert check_bind_address(ip) == ip
