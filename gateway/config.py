@@ -299,6 +299,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
     if not isinstance(data, dict):
         raise _fail("$", "the config file must be a YAML mapping")
     data = dict(data)
+    from_env: dict[str, str] = {}  # key -> the environment variable that set it
     for name, value in env.items():
         if name.startswith(ENV_PREFIX) and name != CONFIG_PATH_ENV:
             key = name[len(ENV_PREFIX):].lower()
@@ -306,8 +307,21 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
                 data[key] = load_yaml(value)
             except ValueError:
                 raise _fail(f"env {name}", "is not valid YAML") from None
+            from_env[key] = name
     if env.get("POD_STREAM_SECRET"):
         data["stream_secret"] = env["POD_STREAM_SECRET"]
+        from_env["stream_secret"] = "POD_STREAM_SECRET"  # noqa: S105 - the name of a variable, not a secret
+    try:
+        return _validate(data)
+    except ConfigError as exc:
+        path, sep, reason = str(exc).partition(": ")
+        top = re.match(r"\$\.([A-Za-z0-9_]+)", path)
+        if sep and top and top.group(1) in from_env:  # the value is the environment's, not the file's
+            raise ConfigError(f"{path} (set by env {from_env[top.group(1)]}): {reason}") from None
+        raise
+
+
+def _validate(data: dict[str, Any]) -> GatewayConfig:
     try:
         check_known_keys(data, GatewayConfig)
         cfg = convert_config(data, GatewayConfig)

@@ -24,6 +24,31 @@ def test_env_overrides_file():
     assert cfg.allowed_origins == ["https://portal.example"] and set(cfg.pods) == {"gate-2"}
 
 
+@pytest.mark.parametrize("env,message", [
+    ({"PLATEBRIDGE_GATEWAY_GRANT_TTL": "abc"}, "$.grant_ttl (set by env PLATEBRIDGE_GATEWAY_GRANT_TTL): "),
+    ({"PLATEBRIDGE_GATEWAY_PODS": "{Gate_1: 'http://127.0.0.2:8000'}"},
+     "$.pods.Gate_1 (set by env PLATEBRIDGE_GATEWAY_PODS): pod_id must be a DNS label"),
+    ({"PLATEBRIDGE_GATEWAY_ALLOWED_ORIGINS": "[https://Portal.example]"},
+     "$.allowed_origins[0] (set by env PLATEBRIDGE_GATEWAY_ALLOWED_ORIGINS): must be lowercase"),
+])
+def test_a_bad_value_from_the_environment_names_the_variable(env, message):
+    """A newcomer's PLATEBRIDGE_GATEWAY_GRANT_TTL=abc was blamed on the config file."""
+    with pytest.raises(ConfigError) as ei:
+        parse_config(OK, env=env)
+    assert str(ei.value).startswith(message), str(ei.value)
+
+
+def test_check_says_to_fix_the_variable_not_the_file(tmp_path):
+    f = tmp_path / "gw.yaml"
+    f.write_text("stream_secret: " + "z" * 40 + "\npods: {gate-1: 'http://127.0.0.2:8000'}\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PLATEBRIDGE_GATEWAY_GRANT_TTL": "abc"}
+    r = subprocess.run([sys.executable, "-m", "gateway", "check", "--config", str(f)], capture_output=True,
+                       text=True, env=env, timeout=60)
+    assert r.returncode == 2, r
+    assert "(set by env PLATEBRIDGE_GATEWAY_GRANT_TTL)" in r.stdout
+    assert "fix: edit the environment variable PLATEBRIDGE_GATEWAY_GRANT_TTL" in r.stdout and str(f) not in r.stdout
+
+
 @pytest.mark.parametrize("over,path", [
     ({"port": "x"}, "$.port"),
     ({"discovery": "dns"}, "$.discovery"),
