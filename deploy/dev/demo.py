@@ -13,8 +13,10 @@ URL. Also prints the guide's test ``curl`` for this portal. Runs until
 interrupted (Ctrl-C).
 
 Ports: env ``DEMO_GATEWAY_PORT`` (8080), ``DEMO_POD_PORT`` (8000),
-``DEMO_CAMERA_PORT`` (8554); busy ones are replaced by free ones. Logs and the
-generated configs are in ``var/demo/``.
+``DEMO_CAMERA_PORT`` (8554). A busy default is replaced by a free port (and said so);
+a port set in the environment is used as given, and the demo stops with a one-line
+error (exit 2) when it is not a TCP port or is busy. Logs and the generated configs
+are in ``var/demo/``.
 """
 
 from __future__ import annotations
@@ -29,19 +31,47 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from frigate_sim import Publisher
-from stack import ROOT, ProcessDied, Stack
+from stack import ROOT, ProcessDied, Stack, free_port
 
 ALLOWED = "DEMO123"
+PORTS = {"gateway": ("DEMO_GATEWAY_PORT", 8080), "pod": ("DEMO_POD_PORT", 8000), "camera": ("DEMO_CAMERA_PORT", 8554)}
+
+
+def wanted_ports(env) -> tuple[dict[str, int], set[str]]:
+    """The TCP port each part asks for (``gateway``, ``pod``, ``camera``) and the parts
+    whose port the environment set. Raises ``ValueError`` naming the variable when its
+    value is not a port 1-65535."""
+    ports, explicit = {}, set()
+    for part, (name, default) in PORTS.items():
+        value = env.get(name, "").strip()
+        if not value:
+            ports[part] = default
+            continue
+        if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 65535):
+            raise ValueError(f"{name}={value!r} is not a TCP port (1-65535); unset it for the default")
+        ports[part], explicit = int(value), explicit | {part}
+    return ports, explicit
 
 
 def main() -> int:
+    try:
+        wanted, explicit = wanted_ports(os.environ)
+    except ValueError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    # a port the user chose is used as given, or the demo stops here, before it touches the
+    # var/demo of a demo that may already be running on it
+    hosts = {"gateway": (Stack.gateway_host,), "pod": (Stack.pod_host, "127.0.0.1"), "camera": (Stack.camera_host,)}
+    for name in sorted(explicit):
+        if free_port(hosts[name][0], wanted[name], also=hosts[name][1:]) != wanted[name]:
+            variable = PORTS[name][0]
+            print(f"demo: {variable}={wanted[name]} is busy (another demo or service listens there); stop it, "
+                  f"choose another port, or unset {variable} to take a free one", file=sys.stderr)
+            return 2
     workdir = ROOT / "var" / "demo"
     workdir.mkdir(parents=True, exist_ok=True)
     for old in [*workdir.glob("*.log"), *workdir.glob("portal.sqlite3*")]:
         old.unlink()  # each run starts with fresh logs and a fresh audit log
-    wanted = {"gateway": int(os.environ.get("DEMO_GATEWAY_PORT", "8080")),
-              "pod": int(os.environ.get("DEMO_POD_PORT", "8000")),
-              "camera": int(os.environ.get("DEMO_CAMERA_PORT", "8554"))}
     stack = Stack(workdir=workdir, gateway_port=wanted["gateway"], pod_port=wanted["pod"],
                   camera_port=wanted["camera"], segment_seconds=2.0,
                   pod_overrides={"gate_zones": ["gate_zone"], "max_decision_wait": 3,
@@ -49,7 +79,7 @@ def main() -> int:
     for name, port in (("gateway", stack.gateway_port), ("pod", stack.pod_port), ("camera", stack.camera_port)):
         if port != wanted[name]:
             print(f"demo: port {wanted[name]} is busy, the {name} uses {port} instead "
-                  f"(set DEMO_{name.upper()}_PORT to choose)", flush=True)
+                  f"(set {PORTS[name][0]} to a free port to choose a fixed one)", flush=True)
     stopping = False
 
     def on_signal(*_):
