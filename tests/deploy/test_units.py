@@ -469,3 +469,67 @@ def test_caddyfile_adapts():
     assert proc.returncode == 0, proc.stderr
     assert '"max_header_bytes":16000' in proc.stdout.replace(" ", "")
     assert "127.0.0.1:8080" in proc.stdout
+
+
+def test_caddyfile_refuses_metrics_and_passes_the_rest(tmp_path):
+    """The front, run for real (Caddy from Debian) on loopback without TLS in front of a stand-in
+    gateway: /metrics in every spelling the gateway answers is refused at the front, the rest
+    reaches the gateway."""
+    import http.server
+    import socket
+    import threading
+
+    seen: list[str] = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"gw")
+
+        def log_message(self, *args):
+            pass
+
+    backend = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    text = CADDYFILE.read_text()
+    text = text.replace("{$GATEWAY_DOMAIN:gateway.example.com} {", f"http://127.0.0.1:{port} {{")
+    text = text.replace("reverse_proxy 127.0.0.1:8080", f"reverse_proxy 127.0.0.1:{backend.server_address[1]}")
+    text = text.replace("{\n\tservers {", "{\n\tadmin off\n\tservers {", 1)
+    assert f"http://127.0.0.1:{port}" in text and "admin off" in text
+    (tmp_path / "Caddyfile").write_text(text)
+    env = dict(os.environ, HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path))
+    caddy = subprocess.Popen(["caddy", "run", "--config", str(tmp_path / "Caddyfile"), "--adapter", "caddyfile"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert caddy.poll() is None, caddy.stderr.read().decode()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "caddy did not start"
+                time.sleep(0.05)
+
+        def get(target: str) -> int:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                c.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+                data = b""
+                while chunk := c.recv(65536):
+                    data += chunk
+            return int(data.split()[1])
+
+        for target in ("/metrics", "/metrics/", "/metrics%2F", "/metrics?x=1", "/METRICS"):
+            assert get(target) == 404, target  # Caddy's path matcher ignores case
+        assert not [p for p in seen if p.lower().startswith("/metrics")]
+        assert get("/healthz") == 200 and "/healthz" in seen
+    finally:
+        caddy.terminate()
+        caddy.wait(10)
+        backend.shutdown()
