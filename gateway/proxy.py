@@ -496,11 +496,15 @@ class StreamProxy:
                              cache_control: bytes) -> int:
         await flight.ready.wait()
         self._raise_for(flight, pod_id)
-        headers = [(b"content-type", ctype.encode()), (b"accept-ranges", b"bytes"),
-                   (b"cache-control", cache_control), *cors]
         head = scope["method"] == "HEAD"
         rng = _header(scope, b"range")
-        if rng is not None:
+        if rng and cache_control == self.segment_cc:
+            cache_control = b"private, no-store"  # as the data plane's nginx: a ranged answer is never kept
+        headers = [(b"content-type", ctype.encode()), (b"accept-ranges", b"bytes"),
+                   (b"cache-control", cache_control), *cors]
+        # If-Range (RFC 9110 §13.1.5): the gateway sends no validator (no ETag, no Last-Modified),
+        # so none can match, and the Range is ignored: the whole body
+        if rng is not None and _header(scope, b"if-range") is None:
             status = await self._range(send, flight, pod_id, rng, headers, head)
             if status is not None:
                 return status

@@ -23,6 +23,7 @@ from gateway.errors import RangeNotSatisfiable
 
 MAX_RANGES = 1  # nginx's max_ranges for the data plane; more ranges: the whole body
 _OFF_T_MAX = 2**63 - 1  # the largest offset nginx's off_t parser takes (more: 416)
+_OFF_T_DIGITS = len(str(_OFF_T_MAX))  # 19
 _DIGITS = frozenset("0123456789")
 
 
@@ -32,16 +33,17 @@ def _unsatisfiable(size: int) -> RangeNotSatisfiable:
 
 def _number(spec: str, i: int, size: int) -> tuple[int, int]:
     """The ASCII decimal at ``spec[i:]`` and the index after it. Raises 416 when there is
-    none or it exceeds 2^63 - 1."""
+    none or it exceeds 2^63 - 1 (checked on the digits before ``int()``, which refuses
+    strings of more than 4300 digits; leading zeros count for nothing, as in nginx)."""
     j = i
     while j < len(spec) and spec[j] in _DIGITS:
         j += 1
     if j == i:
         raise _unsatisfiable(size)
-    value = int(spec[i:j])
-    if value > _OFF_T_MAX:
+    digits = spec[i:j].lstrip("0") or "0"
+    if len(digits) > _OFF_T_DIGITS or int(digits) > _OFF_T_MAX:
         raise _unsatisfiable(size)
-    return value, j
+    return int(digits), j
 
 
 def _spaces(spec: str, i: int) -> int:
@@ -59,7 +61,9 @@ def parse_range(value: str, size: int) -> tuple[int, int] | None:
     (416, with ``Content-Range: bytes */size``) for a malformed or unsatisfiable range.
     See the module docstring for which is which (nginx's rules, RFC 9110 §14).
     """
-    value = value.strip(" \t")  # a field value has no surrounding whitespace (RFC 9110 §5.5)
+    # nginx trims spaces around a field value, not tabs (RFC 9110 §5.5 allows both): a tab
+    # stays part of the value, and a server that passes it on must not answer otherwise
+    value = value.strip(" ")
     if len(value) < 7 or value[:6].lower() != "bytes=":
         return None
     spec, i = value[6:], 0

@@ -193,6 +193,22 @@ async def test_range_request_206(client, pod):
     assert r.status_code == 416 and r.headers["content-range"] == "bytes */5000"
 
 
+async def test_a_ranged_answer_is_never_kept_and_if_range_gets_the_whole_segment(client, pod):
+    """As the data plane's nginx answers (an attack run found both planes differing): any Range
+    header gives Cache-Control no-store, and with If-Range (RFC 9110 §13.1.5) the Range is
+    ignored, since the gateway sends no validator a client could hold."""
+    text = (await client.get(await start_session(client))).text
+    seg = [u for u in uris(text) if u.startswith("seg_100")][0]
+    whole = await client.get(f"/streams/{CAM}/{seg}")
+    assert whole.status_code == 200 and "immutable" in whole.headers["cache-control"]
+    for header in ("bytes=0-9", "items=0-1", "bytes=9999-"):
+        r = await client.get(f"/streams/{CAM}/{seg}", headers={"Range": header})
+        assert r.headers["cache-control"] in ("private, no-store", "no-store"), header  # 416: an error text
+    for validator in ('"x"', "Mon, 01 Jan 2001 00:00:00 GMT"):
+        r = await client.get(f"/streams/{CAM}/{seg}", headers={"Range": "bytes=0-9", "If-Range": validator})
+        assert r.status_code == 200 and r.content == bytes([100]) * 5000 and "content-range" not in r.headers
+
+
 @pytest.mark.parametrize("header,status", [
     ("bytes=0-0,5-5", 200),  # several ranges: the whole segment, as the gateway's nginx answers
     ("items=0-1", 200),  # an unknown unit is ignored (RFC 9110 §14.2)
