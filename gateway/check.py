@@ -248,8 +248,9 @@ def main(config: str | None, out=None) -> int:
     try:
         cfg = load_config(config)
     except ConfigError as exc:
-        env = re.search(r"\(set by env ([A-Z0-9_]+)\)", str(exc))
-        where = f"the environment variable {env.group(1)}" if env else config or "the PLATEBRIDGE_GATEWAY_* environment"
+        env = re.search(r"\(set by env ([A-Z0-9_]+)\)|^env ([A-Z0-9_]+):", str(exc))
+        where = (f"the environment variable {env.group(1) or env.group(2)}" if env
+                 else config or "the PLATEBRIDGE_GATEWAY_* environment")
         emit(CheckResult("FAIL", "config", str(exc), f"edit {where} (see the README's config table)"))
         return 2
     emit(CheckResult("PASS", "config", f"{config or '(environment only)'}: discovery {cfg.discovery}, "

@@ -303,6 +303,8 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
     for name, value in env.items():
         if name.startswith(ENV_PREFIX) and name != CONFIG_PATH_ENV:
             key = name[len(ENV_PREFIX):].lower()
+            if not key:
+                raise _fail(f"env {name}", f"names no key (the key follows {ENV_PREFIX}, e.g. {ENV_PREFIX}PORT)")
             try:
                 data[key] = load_yaml(value)
             except ValueError:
@@ -316,8 +318,11 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> GatewayConf
     except ConfigError as exc:
         path, sep, reason = str(exc).partition(": ")
         top = re.match(r"\$\.([A-Za-z0-9_]+)", path)
-        if sep and top and top.group(1) in from_env:  # the value is the environment's, not the file's
-            raise ConfigError(f"{path} (set by env {from_env[top.group(1)]}): {reason}") from None
+        key = top.group(1) if top else ""
+        if key.endswith("_secrets") and path == f"$.{key}.default" and key[:-1] in from_env:
+            key = key[:-1]  # a single *_secret is the ring's "default" key
+        if sep and key in from_env:  # the value is the environment's, not the file's
+            raise ConfigError(f"{path} (set by env {from_env[key]}): {reason}") from None
         raise
 
 

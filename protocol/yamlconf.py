@@ -37,6 +37,10 @@ class _StrictLoader(yaml.SafeLoader):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool, type(None))):  # [a]: 1, {a: 1}: x, !!set …
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a key must be a plain value, not a {type(key).__name__}", mark)
             if key in seen:
                 mark = key_node.start_mark
                 raise yaml.constructor.ConstructorError(
@@ -92,7 +96,12 @@ def _unknown_keys(data: Any, info: Any, path: str) -> None:
     elif isinstance(info, msgspec.inspect.StructType) and isinstance(data, dict):
         known = [f.encode_name for f in info.fields]
         for key in sorted((k for k in data if k not in known), key=str):
-            close = difflib.get_close_matches(str(key), known, n=1)
+            if not isinstance(key, str):  # YAML 1.1 reads on/off/yes/no/null/1.5 unquoted as such
+                what = "null" if key is None else f"the boolean {str(key).lower()}" if isinstance(key, bool) \
+                    else f"the number {key!r}"
+                raise ConfigValueError(f"{path}.{key!r}", f"unknown key: YAML read it as {what} (yes/no/on/off "
+                                       "and null unquoted are not names); quote it if you meant the text")
+            close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigValueError(f"{path}.{key}", f"unknown key{hint}")
         types = {f.encode_name: f.type for f in info.fields}
@@ -126,7 +135,10 @@ def convert_config(data: Any, typ: type[T]) -> T:
         msg = str(exc)
         if " - at `" in msg:
             reason, _, path = msg.rpartition(" - at `")
-            raise ConfigValueError(path.rstrip("`"), reason) from None
+            path = path.rstrip("`")
+            if path.startswith("key` in `"):  # a mapping's key, not its value, has the wrong type
+                path, reason = path[len("key` in `"):], f"a key: {reason}"
+            raise ConfigValueError(path, reason) from None
         raise ConfigValueError("$", msg) from None
     for name, value in msgspec.structs.asdict(cfg).items():
         if isinstance(value, float) and not math.isfinite(value):

@@ -28,6 +28,11 @@ def test_env_overrides_file():
     ({"PLATEBRIDGE_GATEWAY_GRANT_TTL": "abc"}, "$.grant_ttl (set by env PLATEBRIDGE_GATEWAY_GRANT_TTL): "),
     ({"PLATEBRIDGE_GATEWAY_PODS": "{Gate_1: 'http://127.0.0.2:8000'}"},
      "$.pods.Gate_1 (set by env PLATEBRIDGE_GATEWAY_PODS): pod_id must be a DNS label"),
+    ({"PLATEBRIDGE_GATEWAY_GRANT_SECRET": "short"},
+     "$.grant_secrets.default (set by env PLATEBRIDGE_GATEWAY_GRANT_SECRET): must be at least 16 bytes"),
+    ({"PLATEBRIDGE_GATEWAY_PODS": "{1: 'http://127.0.0.2:8000'}"},
+     "$.pods (set by env PLATEBRIDGE_GATEWAY_PODS): a key: Expected `str`, got `int`"),
+    ({"PLATEBRIDGE_GATEWAY_": "1"}, "env PLATEBRIDGE_GATEWAY_: names no key"),
     ({"PLATEBRIDGE_GATEWAY_ALLOWED_ORIGINS": "[https://Portal.example]"},
      "$.allowed_origins[0] (set by env PLATEBRIDGE_GATEWAY_ALLOWED_ORIGINS): must be lowercase"),
 ])
