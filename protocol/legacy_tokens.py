@@ -46,7 +46,7 @@ from typing import Any
 
 from protocol.errors import TokenExpired, TokenInvalid
 from protocol.ids import is_camera_id, is_dns_label
-from protocol.tokens import MAX_LEEWAY_SECONDS, Keyring, UserStreamClaims
+from protocol.tokens import MAX_LEEWAY_SECONDS, MAX_NUMERIC_DATE, Keyring, UserStreamClaims
 
 __all__ = ["MAX_LEGACY_TOKEN_CHARS", "is_legacy_token", "mint_legacy_token", "verify_legacy_token"]
 
@@ -114,6 +114,8 @@ def verify_legacy_token(
     exp = claims.get("exp")
     if isinstance(exp, bool) or not isinstance(exp, (int, float)) or exp != exp:
         raise TokenInvalid("exp must be a number")
+    if not 0 <= exp <= MAX_NUMERIC_DATE:  # seconds or JavaScript milliseconds; 1e400 overflowed float()
+        raise TokenInvalid("exp is out of range")
     exp_s = float(exp) / 1000.0 if exp > MILLISECONDS_ABOVE else float(exp)
     now = time.time() if now is None else now
     skew = min(max(float(leeway), 0.0), MAX_LEEWAY_SECONDS)

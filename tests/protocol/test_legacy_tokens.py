@@ -94,6 +94,8 @@ BAD = {
     "exp_bool": (lambda: guide_token({**IDS, "exp": True}), TokenInvalid),
     "exp_nan": (lambda: guide_token({**IDS, "exp": float("nan")}), TokenInvalid),
     "exp_infinite": (lambda: guide_token({**IDS, "exp": float("inf")}), TokenInvalid),
+    "exp_10e400": (lambda: guide_token({**IDS, "exp": 10**400}), TokenInvalid),  # float() overflowed: a 500
+    "exp_negative": (lambda: guide_token({**IDS, "exp": -(10**400)}), TokenInvalid),
     "no_user": (lambda: guide_token({**IDS, "user_id": "", "exp": int(NOW) + 300}), TokenInvalid),
     "camera_traversal": (lambda: guide_token({**IDS, "camera_id": "../etc", "exp": int(NOW) + 300}), TokenInvalid),
     "pod_not_dns_label": (lambda: guide_token({**IDS, "pod_id": "Evil.Pod", "exp": int(NOW) + 300}), TokenInvalid),
