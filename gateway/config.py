@@ -269,11 +269,23 @@ def origin_problem(origin: object) -> str | None:
             return f"must be lowercase, as browsers send it ({origin.lower()})"
         return "must be an exact origin like https://portal.example.com (scheme://host[:port], no path)"
     scheme, host, port = m.groups()
+    # an IP literal as browsers serialize it (the WHATWG URL standard's host serializer): IPv6
+    # compressed, in brackets; IPv4 as four decimal numbers. A host whose last label is a
+    # number is read as IPv4 (127.1, 2130706433, 0x7f.1), so it must be one, written so
     if host.startswith("["):
         try:
-            ipaddress.IPv6Address(host[1:-1])
+            canonical = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
         except ValueError:
             return f"{host} is not an IPv6 address"
+        if canonical != host:
+            return f"write the IPv6 address as browsers send it ({scheme}://{canonical})"
+    elif (last := host.rsplit(".", 1)[-1]).isdigit() or last.startswith("0x"):
+        try:
+            ok = str(ipaddress.IPv4Address(host)) == host
+        except ValueError:
+            ok = False
+        if not ok:
+            return "an IPv4 address must be four numbers 0-255 without leading zeros, as browsers send it"
     if port is not None:
         if not 1 <= int(port) <= 65535 or port != str(int(port)):
             return "port must be 1-65535 without leading zeros"

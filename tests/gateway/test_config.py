@@ -217,6 +217,15 @@ def test_a_day_long_session_is_accepted_and_its_grant_verifies():
     ("https://Portal.Example.com", "must be lowercase, as browsers send it (https://portal.example.com)"),
     ("https://portal.example.com:443", "leave out the default port, as browsers do (https://portal.example.com)"),
     ("http://portal.example.com:80", "leave out the default port"),
+    # from an attack run: IP literals a browser never sends in that spelling
+    ("http://[0:0:0:0:0:0:0:1]", "write the IPv6 address as browsers send it (http://[::1])"),
+    ("http://[::ffff:127.0.0.1]", "write the IPv6 address as browsers send it (http://[::ffff:7f00:1])"),
+    ("http://127.1", "an IPv4 address must be four numbers"),
+    ("http://2130706433", "an IPv4 address must be four numbers"),
+    ("http://0x7f000001", "an IPv4 address must be four numbers"),
+    ("http://01.02.03.04", "an IPv4 address must be four numbers"),
+    ("http://1.2.3.999", "an IPv4 address must be four numbers"),
+    ("http://1.2.3.4.5", "an IPv4 address must be four numbers"),
 ])
 def test_an_origin_a_browser_never_sends_gets_the_one_it_does(origin, hint):
     """The CORS check echoes only an exact match (RFC 6454 §6.2 serialization)."""
@@ -226,6 +235,7 @@ def test_an_origin_a_browser_never_sends_gets_the_one_it_does(origin, hint):
 
 
 @pytest.mark.parametrize("origin", ["https://portal.example.com", "http://127.0.0.1:8080", "https://[::1]:8443",
-                                    "http://localhost", "https://xn--bcher-kva.example"])
+                                    "http://localhost", "https://xn--bcher-kva.example", "http://100.101.1.1",
+                                    "https://a1.example", "https://[2001:db8::1]"])
 def test_real_origins_are_accepted(origin):
     assert parse_config({**OK, "allowed_origins": [origin]}, env={}).allowed_origins == [origin]
