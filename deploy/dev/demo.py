@@ -40,7 +40,7 @@ PORTS = {"gateway": ("DEMO_GATEWAY_PORT", 8080), "pod": ("DEMO_POD_PORT", 8000),
 def wanted_ports(env) -> tuple[dict[str, int], set[str]]:
     """The TCP port each part asks for (``gateway``, ``pod``, ``camera``) and the parts
     whose port the environment set. Raises ``ValueError`` naming the variable when its
-    value is not a port 1-65535."""
+    value is not a port 1-65535, or is another part's port."""
     ports, explicit = {}, set()
     for part, (name, default) in PORTS.items():
         value = env.get(name, "").strip()
@@ -50,6 +50,12 @@ def wanted_ports(env) -> tuple[dict[str, int], set[str]]:
         if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 65535):
             raise ValueError(f"{name}={value!r} is not a TCP port (1-65535); unset it for the default")
         ports[part], explicit = int(value), explicit | {part}
+    # every part listens on 127.0.0.1 (the pod too, for /health), so two parts cannot share a port
+    for part in sorted(explicit):
+        for other, port in ports.items():
+            if other != part and port == ports[part]:
+                how = PORTS[other][0] if other in explicit else f"the {other}'s default"
+                raise ValueError(f"{PORTS[part][0]}={ports[part]} is also {how}: each part needs its own port")
     return ports, explicit
 
 

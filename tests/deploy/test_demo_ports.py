@@ -29,6 +29,17 @@ def test_a_value_that_is_not_a_port_names_the_variable(value):
         wanted_ports({"DEMO_POD_PORT": value})
 
 
+@pytest.mark.parametrize("env,said", [
+    ({"DEMO_GATEWAY_PORT": "18300", "DEMO_CAMERA_PORT": "18300"}, "DEMO_CAMERA_PORT=18300 is also DEMO_GATEWAY_PORT"),
+    ({"DEMO_POD_PORT": "18301", "DEMO_GATEWAY_PORT": "18301"}, "DEMO_GATEWAY_PORT=18301 is also DEMO_POD_PORT"),
+    ({"DEMO_GATEWAY_PORT": "8554"}, "DEMO_GATEWAY_PORT=8554 is also the camera's default"),
+])
+def test_two_parts_on_one_port_are_refused(env, said):
+    """From an attack run: each was checked alone, and nginx failed to bind 30 s later."""
+    with pytest.raises(ValueError, match=f"^{said}: each part needs its own port"):
+        wanted_ports(env)
+
+
 def _demo(env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "deploy/dev/demo.py")], capture_output=True, text=True,
                           cwd=ROOT, env={**os.environ, **env}, timeout=60)
