@@ -72,14 +72,16 @@ def check_data_plane(cfg: GatewayConfig) -> list[CheckResult]:
     """The data plane: ``auto``/``managed``, is nginx with its Lua module installed for the gateway to run
     (``auto`` without it: WARN, ``managed``: FAIL)? ``nginx``: can nginx's workers read the host
     store? (Nothing for ``gateway``.)"""
-    if cfg.data_plane in ("auto", "managed"):
-        from gateway.dataplane import Found, find_nginx
+    from gateway.dataplane import Found, find_nginx, lua_self_test
 
+    if cfg.data_plane in ("auto", "managed"):
         found = find_nginx(cfg)
+        if isinstance(found, Found):
+            found = lua_self_test(found) or found
         if isinstance(found, Found):
             return [CheckResult("PASS", "data plane",
                                 f"the gateway runs nginx ({found.nginx}, with {found.modules[-1]}) "
-                                "in front of its workers; it serves kept segments")]
+                                "in front of its workers; it serves kept segments (Lua self-test passed)")]
         return [CheckResult("FAIL" if cfg.data_plane == "managed" else "WARN", "data plane",
                             f"{cfg.data_plane}: {found}",
                             "without nginx the gateway serves every segment itself, with a longer tail under load "
@@ -88,6 +90,14 @@ def check_data_plane(cfg: GatewayConfig) -> list[CheckResult]:
         return []
     from gateway.nginxconf import store_access_problem
 
+    # the nginx you run: this host's, found as the managed one would be (nginx_bin,
+    # nginx_modules_dir), must run the Lua grant check too
+    found = find_nginx(cfg)
+    problem = found if isinstance(found, str) else lua_self_test(found)
+    if problem:
+        return [CheckResult("WARN", "data plane", f"this host's nginx cannot run the grant check: {problem}",
+                            "install nginx-extras (libnginx-mod-http-lua, lua-resty-core) where nginx runs; "
+                            "until then nginx refuses to start with the written config")]
     problem = store_access_problem(str(cfg.host_cache_dir))
     if problem:
         return [CheckResult("WARN", "data plane", f"nginx cannot serve kept segments: {problem}",

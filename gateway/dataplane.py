@@ -38,15 +38,25 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 
 import msgspec
 
+from gateway import nginxconf
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
-from gateway.nginxconf import LUA_SO, MODULES_DIR, NDK_SO, RESTY_LUA_DIR, render_self_test, write
+from gateway.nginxconf import (
+    LUA_MODULE,
+    LUA_SO,
+    MODULES_DIR,
+    NDK_SO,
+    RESTY_LUA_DIR,
+    render_self_test,
+    write,
+)
 
 log = logging.getLogger("platebridge.gateway")
 
@@ -54,7 +64,7 @@ log = logging.getLogger("platebridge.gateway")
 #: is not on an unprivileged user's PATH)
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx")
 MAIN_NAME = "nginx.conf"
-#: the config of the Lua self-test run (:meth:`ManagedNginx._self_test`)
+#: the config of the Lua self-test run (:func:`lua_self_test`)
 SELF_TEST_NAME = "self-test.conf"
 #: s: how long a stopping nginx gets for its graceful shutdown before SIGKILL
 STOP_TIMEOUT = 5.0
@@ -191,6 +201,38 @@ def _said(r: subprocess.CompletedProcess[str]) -> str:
     return " ".join(line.strip() for line in (r.stderr or r.stdout).splitlines() if line.strip())[-600:]
 
 
+def lua_self_test(found: Found, run_dir: str | None = None) -> str | None:
+    """Run the Lua grant check's self-test (RFC 4231 HMAC vectors through libcrypto) in the
+    nginx of ``found``, as nginx itself loads it: ``nginx -t`` skips ``init_by_lua``, where a
+    missing lua-resty-core or an unexpected libcrypto would otherwise first fail when nginx
+    starts. ``run_dir`` holds :data:`~gateway.nginxconf.LUA_MODULE` (a private 0700 directory);
+    None: a temporary one with this package's module. Returns None when it passed, else why
+    not, in nginx's words (one line)."""
+    if run_dir is None:
+        with tempfile.TemporaryDirectory(prefix="platebridge-self-test-") as tmp:
+            path = os.path.join(tmp, LUA_MODULE)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(nginxconf.lua_source())
+            return lua_self_test(found, tmp)
+    conf = os.path.join(run_dir, SELF_TEST_NAME)
+    text = load_modules(found.modules)
+    text += (f"daemon off;\nmaster_process off;\npid {run_dir}/self-test.pid;\nevents {{}}\n"
+             f"http {{\n{render_self_test(run_dir)}}}\n")
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    argv = [found.nginx, "-p", run_dir, "-c", conf, "-e", "stderr"]
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=TEST_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"the Lua self-test in {found.nginx} did not run: {exc}"
+    if r.returncode != 0:
+        status = f"signal {-r.returncode}" if r.returncode < 0 else f"status {r.returncode}"
+        return (f"the data plane's Lua grant check failed its self-test (nginx exited with {status}): "
+                f"{_said(r) or 'no message'}")
+    return None
+
+
 def _kill_group(pgid: int) -> None:
     """SIGKILL what is left of nginx's process group (it has its own: the master's pid)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -251,26 +293,11 @@ class ManagedNginx:
         self._self_test()
 
     def _self_test(self) -> None:
-        """Run the Lua grant check's self-test in this nginx (``nginx -t`` skips
-        ``init_by_lua``, where a missing lua-resty-core or an unexpected libcrypto would
-        otherwise first fail when nginx starts). Raises :class:`ConfigError` with nginx's words."""
-        conf = os.path.join(self.run_dir, SELF_TEST_NAME)
-        text = load_modules(self.found.modules)
-        text += (f"daemon off;\nmaster_process off;\npid {self.run_dir}/self-test.pid;\nevents {{}}\n"
-                 f"http {{\n{render_self_test(self.run_dir)}}}\n")
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        argv = [self.found.nginx, "-p", self.run_dir, "-c", conf, "-e", "stderr"]
-        try:
-            r = subprocess.run(argv, capture_output=True, text=True, timeout=TEST_TIMEOUT, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ConfigError(f"$.data_plane: the Lua self-test in {self.found.nginx} did not run: {exc}") from None
-        if r.returncode != 0:
-            why = _said(r)
-            status = f"signal {-r.returncode}" if r.returncode < 0 else f"status {r.returncode}"
-            raise ConfigError(f"$.data_plane: the data plane's Lua grant check failed its self-test "
-                              f"(nginx exited with {status}): {why or 'no message'}")
+        """Run the Lua grant check's self-test in this nginx (:func:`lua_self_test`). Raises
+        :class:`ConfigError` with nginx's words."""
+        problem = lua_self_test(self.found, self.run_dir)
+        if problem:
+            raise ConfigError(f"$.data_plane: {problem}")
 
     def start(self) -> None:
         """Start the thread that starts nginx (``daemon off``) once the gateway's workers accept

@@ -80,6 +80,7 @@ def test_reachable_pod_passes(stack, tmp_path):
     # data_plane: auto, and setup installs nginx with its Lua module: the gateway will run it
     assert line(lines, "data plane").startswith(
         "PASS data plane: the gateway runs nginx (/usr/sbin/nginx, with /usr/lib/nginx/modules/ngx_http_lua_module.so)")
+    assert line(lines, "data plane").endswith("(Lua self-test passed)")
     assert lines[-1] == "OK: 8 passed, 0 warning(s), 0 failed"
 
 
@@ -93,6 +94,25 @@ def test_data_plane_without_nginx(stack, tmp_path):
     rc, lines = run_check(write_config(stack, tmp_path, nginx_bin=missing, data_plane="managed"))
     assert rc == 1, lines
     assert line(lines, "data plane").startswith(f"FAIL data plane: managed: no nginx binary at {missing}")
+
+
+@pytest.mark.parametrize("data_plane,status", [("auto", "WARN"), ("managed", "FAIL"), ("nginx", "WARN")])
+def test_a_lua_check_that_fails_its_self_test_is_reported(stack, tmp_path, monkeypatch, data_plane, status):
+    """check runs the Lua grant check's RFC 4231 self-test in this host's nginx, for the nginx
+    the gateway runs and for one you run (data_plane: nginx), which got no self-test before."""
+    from gateway import nginxconf
+
+    real = nginxconf.lua_source()
+    monkeypatch.setattr(nginxconf, "lua_source", lambda: real.replace("bxor(k, 0x36)", "bxor(k, 0x37)"))
+    store = tmp_path / "store"
+    store.mkdir(mode=0o750)
+    rc, lines = run_check(write_config(stack, tmp_path, data_plane=data_plane, host_cache_dir=str(store),
+                                       grant_secret="g" * 40))
+    said = line(lines, "data plane")
+    assert said.startswith(f"{status} data plane: "), said
+    assert "the data plane's Lua grant check failed its self-test (nginx exited with status 1)" in said
+    assert "RFC 4231 case 1" in said
+    assert rc == (1 if status == "FAIL" else 0), lines
 
 
 def test_cli_check_subcommand(stack, tmp_path, capsys):
