@@ -109,7 +109,7 @@ def main() -> int:
         if direct != stack.gateway_url:  # data_plane: auto found nginx + its Lua module
             print(f"demo: gateway data plane: nginx on {stack.gateway_url} serves kept segments, the gateway's "
                   f"workers answer behind it on {direct} (metrics: {stack.gateway_metrics_url})", flush=True)
-        r = httpx.post(f"{stack.portal_url}/api/pod/stream-token", json={"camera_id": stack.camera_id},
+        r = stack.http.post(f"{stack.portal_url}/api/pod/stream-token", json={"camera_id": stack.camera_id},
                        headers={"Authorization": "Bearer demo-user-session"}, timeout=10)
         r.raise_for_status()
         token = r.json()
@@ -146,7 +146,7 @@ def main() -> int:
                 for o in openings[opened:]:
                     print(f"GATE: opened {o['plate'] or '-'} (gate {o['gate_id']}, event {o['event_id']})", flush=True)
                 opened = len(openings)
-                recs = httpx.get(f"{stack.portal_url}/api/pod/recordings", params={"camera_id": stack.camera_id},
+                recs = stack.http.get(f"{stack.portal_url}/api/pod/recordings", params={"camera_id": stack.camera_id},
                                  headers={"Authorization": "Bearer demo-user-session"}, timeout=5).json()["recordings"]
                 for rec in recs:
                     if rec["event_id"] not in clips:
