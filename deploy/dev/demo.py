@@ -21,6 +21,7 @@ are in ``var/demo/``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import sys
@@ -65,8 +66,23 @@ def main() -> int:
     except ValueError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
-    # a port the user chose is used as given, or the demo stops here, before it touches the
-    # var/demo of a demo that may already be running on it
+    # one demo per checkout: a second one would rewrite the first one's configs and keys in
+    # var/demo and delete its logs before failing on its state directory
+    workdir = ROOT / "var" / "demo"
+    workdir.mkdir(parents=True, exist_ok=True)
+    lock = open(workdir.parent / "demo.lock", "a+")  # noqa: SIM115 - held until this process exits
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        pid = lock.read().strip() or "?"
+        print(f"demo: a demo is already running from this checkout (pid {pid}, {workdir}); stop it with Ctrl-C "
+              "first: one checkout runs one demo", file=sys.stderr)
+        return 2
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    # a port the user chose is used as given, or the demo stops here
     hosts = {"gateway": (Stack.gateway_host,), "pod": (Stack.pod_host, "127.0.0.1"), "camera": (Stack.camera_host,)}
     for name in sorted(explicit):
         if free_port(hosts[name][0], wanted[name], also=hosts[name][1:]) != wanted[name]:
@@ -74,8 +90,6 @@ def main() -> int:
             print(f"demo: {variable}={wanted[name]} is busy (another demo or service listens there); stop it, "
                   f"choose another port, or unset {variable} to take a free one", file=sys.stderr)
             return 2
-    workdir = ROOT / "var" / "demo"
-    workdir.mkdir(parents=True, exist_ok=True)
     for old in [*workdir.glob("*.log"), *workdir.glob("portal.sqlite3*")]:
         old.unlink()  # each run starts with fresh logs and a fresh audit log
     stack = Stack(workdir=workdir, gateway_port=wanted["gateway"], pod_port=wanted["pod"],
@@ -86,10 +100,12 @@ def main() -> int:
         if port != wanted[name]:
             print(f"demo: port {wanted[name]} is busy, the {name} uses {port} instead "
                   f"(set {PORTS[name][0]} to a free port to choose a fixed one)", flush=True)
-    stopping = False
+    stopping = started = False
 
     def on_signal(*_):
         nonlocal stopping
+        if not started:  # Ctrl-C while the stack starts: stop now, not once it is up
+            raise KeyboardInterrupt
         stopping = True
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -124,10 +140,15 @@ def main() -> int:
         publisher.passage("XYZ 999")
         print(f"demo: more cars: .venv/bin/python deploy/dev/frigate_sim.py --port {stack.mqtt_port} --plate 'ABC 123'",
               flush=True)
+        # the key is read from pod.yaml by the shell: the demo never prints it
         print(f"demo: the guide's test detection: curl -X POST {stack.portal_url}/api/pod/detect "
-              f"-H 'Authorization: Bearer <pod_api_key from {stack.workdir / 'pod.yaml'}>' "
+              f"""-H "Authorization: Bearer $(sed -n 's/^pod_api_key: //p' {stack.workdir / 'pod.yaml'})" """
               "-H 'Content-Type: application/json' "
               """-d '{"site_id":"xxx","plate":"TEST123","camera":"camera-1","pod_name":"main-gate-pod"}'""", flush=True)
+        print(f"demo: a new WATCH URL when this token has expired: curl -s -X POST {stack.portal_url}"
+              "/api/pod/stream-token -H 'Authorization: Bearer demo-user-session' "
+              f"""-H 'Content-Type: application/json' -d '{{"camera_id":"{stack.camera_id}"}}'""", flush=True)
+        started = True
         seen: set[str] = set()
         clips: set[str] = set()
         opened = 0
@@ -160,6 +181,8 @@ def main() -> int:
     except (ProcessDied, TimeoutError, httpx.HTTPError) as exc:
         print(f"demo: failed: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130  # interrupted while starting
     finally:
         print("demo: stopping", flush=True)
         if publisher is not None:

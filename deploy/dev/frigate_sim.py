@@ -9,6 +9,7 @@ Message shapes follow the Frigate MQTT docs v0.16 (``frigate/events`` with
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 
@@ -85,7 +86,12 @@ def main() -> int:
     ap.add_argument("--camera", default="gate_cam")
     ap.add_argument("--zone", default="gate_zone")
     args = ap.parse_args()
-    pub = Publisher(args.host, args.port)
+    try:
+        pub = Publisher(args.host, args.port)
+    except OSError as exc:
+        print(f"frigate_sim: cannot reach MQTT at {args.host}:{args.port} ({exc.strerror or exc}); use the "
+              "--port the demo printed in its 'more cars' line", file=sys.stderr)
+        return 2
     try:
         eid = pub.passage(args.plate or None, camera=args.camera, score=args.score, zones=(args.zone,))
     finally:

@@ -69,3 +69,14 @@ def test_a_busy_port_the_user_chose_stops_the_demo_before_it_touches_var_demo():
             assert marker.read_text() == "a running demo's log"  # the other demo's logs are left alone
         finally:
             marker.unlink(missing_ok=True)
+
+
+def test_the_simulator_says_where_mqtt_is_not_in_a_traceback():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: refused
+        r = subprocess.run([sys.executable, str(ROOT / "deploy/dev/frigate_sim.py"), "--port", str(port)],
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r
+    assert r.stderr.startswith(f"frigate_sim: cannot reach MQTT at 127.0.0.1:{port} (Connection refused); use the "
+                               "--port the demo printed"), r.stderr

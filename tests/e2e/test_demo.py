@@ -6,6 +6,7 @@ and Ctrl-C stops everything."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -56,6 +57,23 @@ def test_demo_prints_watch_url_and_decisions_and_stops_cleanly():
                                "-d", body, "-w", "\n%{http_code}"], capture_output=True, text=True, timeout=30)
         answer, status = curl.stdout.rsplit("\n", 1)
         assert status == "200" and '"success":true' in answer.replace(" ", ""), curl.stdout + curl.stderr
+        # ... and pasted as printed: the shell reads the key from pod.yaml (never printed)
+        assert key not in text
+        pasted = subprocess.run(["bash", "-c", printed.split("detection: ", 1)[1] + " -sS -w '\n%{http_code}'"],
+                                capture_output=True, text=True, timeout=30)
+        assert pasted.stdout.rsplit("\n", 1)[1] == "200", pasted.stdout + pasted.stderr
+        # the printed way to a new WATCH URL once the token has expired
+        [renew] = [line for line in lines if line.startswith("demo: a new WATCH URL when this token has expired: ")]
+        fresh = subprocess.run(["bash", "-c", renew.split("expired: ", 1)[1]], capture_output=True, text=True,
+                               timeout=30)
+        assert json.loads(fresh.stdout)["watch_url"].startswith(url.split("?")[0] + "?token="), fresh.stdout
+        # a second demo from this checkout refuses at once and leaves the running one's files alone
+        before = (ROOT / "var/demo/pod.yaml").read_bytes()
+        second = subprocess.run([sys.executable, str(ROOT / "deploy/dev/demo.py")], capture_output=True, text=True,
+                                cwd=ROOT, env=env, timeout=60)
+        assert second.returncode == 2, second
+        assert second.stderr.startswith(f"demo: a demo is already running from this checkout (pid {proc.pid}, ")
+        assert (ROOT / "var/demo/pod.yaml").read_bytes() == before and (ROOT / "var/demo/pod.log").exists()
         page = httpx.get(url, timeout=10)
         assert page.status_code == 200 and "hls.min.js" in page.text
         clips = [line.split("CLIP URL: ", 1)[1] for line in lines if line.startswith("PORTAL: recording")]
@@ -72,5 +90,33 @@ def test_demo_prints_watch_url_and_decisions_and_stops_cleanly():
             raise
     assert proc.returncode == 0, rest
     assert "demo: stopping" in rest
+    left = subprocess.run(["pgrep", "-f", str(ROOT / "var" / "demo")], capture_output=True, text=True).stdout.split()
+    assert left == [], f"processes left behind: {left}"
+
+
+def test_ctrl_c_while_the_demo_starts_stops_it_at_once():
+    """A newcomer's Ctrl-C during startup used to wait for the whole stack, the WATCH URL and
+    both cars before the demo stopped."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "deploy/dev/demo.py")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            start_new_session=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip())
+            if line.startswith("demo: camera "):
+                break
+        assert lines and lines[-1].startswith("demo: camera "), lines
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, rest
+    assert "WATCH URL" not in rest and "demo: stopping" in rest
     left = subprocess.run(["pgrep", "-f", str(ROOT / "var" / "demo")], capture_output=True, text=True).stdout.split()
     assert left == [], f"processes left behind: {left}"
