@@ -30,7 +30,7 @@ import sys
 
 from gateway.config import MAX_WORKERS, load_config
 from gateway.errors import ConfigError
-from gateway.server import ServerUnavailable, serve
+from gateway.server import ServerUnavailable, port_taken, serve
 from protocol.logfmt import setup_logging
 
 __all__ = ["main"]
@@ -67,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"platebridge-gateway: config error: {exc}", file=sys.stderr)
         return 2
     host, port = args.host or cfg.host, args.port or cfg.port
+    for where, addr in (("--port" if args.port else "$.port", (host, port)),
+                        ("$.internal_port", ("127.0.0.1", cfg.internal_port))):
+        taken = port_taken(*addr)
+        if taken:
+            print(f"platebridge-gateway: {where}: {taken}", file=sys.stderr)
+            return 2
     setup_logging(cfg.log_level)
     try:
         workers = worker_count(args.workers, cfg.workers)

@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import re
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -150,6 +152,33 @@ def serve(cfg: GatewayConfig, *, host: str, port: int, server: ServerKind, worke
         for own in (own_store, own_metrics):
             if own is not None:
                 shutil.rmtree(own, ignore_errors=True)
+
+
+def port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be this gateway's listening address, or None when it is free.
+
+    Binds a plain socket there (``SO_REUSEADDR`` only, so a port in TIME_WAIT is free). nginx and
+    granian listen with ``SO_REUSEPORT``, which lets a second process of the same user listen
+    on the same port and take half the connections; a socket without it fails with
+    EADDRINUSE against any listener, so a second gateway (or anything else) on the port is
+    refused here instead of silently sharing it. A port 0 is always free."""
+    if not port:
+        return None
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve {host!r}: {exc.strerror}"
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"{host}:{port} is in use (another gateway or service listens there); stop it or choose " \
+                       "another port"
+            return f"cannot listen on {host}:{port}: {exc.strerror}"
+    return None
 
 
 def _data_plane_nginx(cfg: GatewayConfig) -> Found | None:

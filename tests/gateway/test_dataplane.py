@@ -235,6 +235,24 @@ def test_the_default_runs_nginx_in_front_of_its_workers(gateway):
     assert len(set().union(*bound)) == min(2, usable), bound
 
 
+def test_a_second_gateway_on_the_same_port_is_refused_not_sharing_it(gateway, tmp_path):
+    """nginx and granian listen with SO_REUSEPORT, so a second gateway on the port used to start
+    and take half the connections (a newcomer's 401/302 mix with two configs). Now it exits 2
+    before starting anything; so does one whose internal_port is taken."""
+    f = tmp_path / "second.yaml"
+    f.write_text("stream_secret: " + "t" * 40 + "\npods: {gate-1: 'http://127.0.0.2:8000'}\n")
+    r = subprocess.run([sys.executable, "-m", "gateway", "--config", str(f), "--port", str(gateway.port)],
+                       capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode == 2, r
+    assert r.stderr.strip() == (f"platebridge-gateway: --port: 127.0.0.1:{gateway.port} is in use (another gateway or "
+                                "service listens there); stop it or choose another port"), r.stderr
+    f.write_text(f.read_text() + f"internal_port: {gateway.internal}\nport: {free_loopback_port()}\n")
+    r = subprocess.run([sys.executable, "-m", "gateway", "--config", str(f)], capture_output=True, text=True,
+                       env=_env(), timeout=60)
+    assert r.returncode == 2 and f"$.internal_port: 127.0.0.1:{gateway.internal} is in use" in r.stderr, r
+    assert len(_nginx_processes(gateway.nginx_master())) == 3  # the first one is untouched
+
+
 def test_sigterm_stops_nginx_too_and_removes_its_run_directory(gateway):
     gw = gateway
     master = gw.nginx_master()
