@@ -258,7 +258,7 @@ def main(config: str | None, out=None) -> int:
     try:
         cfg = load_config(config)
     except ConfigError as exc:
-        env = re.search(r"\(set by env ([A-Z0-9_]+)\)|^env ([A-Z0-9_]+):", str(exc))
+        env = re.search(r"\(set by env ([A-Za-z0-9_]+)\)|^env ([A-Za-z0-9_]+):", str(exc))
         where = (f"the environment variable {env.group(1) or env.group(2)}" if env
                  else config or "the PLATEBRIDGE_GATEWAY_* environment")
         emit(CheckResult("FAIL", "config", str(exc), f"edit {where} (see the README's config table)"))

@@ -448,6 +448,16 @@ async def run_checks(cfg: PodConfig, *, mqtt_wait: float = 0.0,
     return results
 
 
+def config_fix(error: str, config: str) -> str:
+    """The fix hint for a config ``error`` of file ``config``: a file that cannot be read, a
+    YAML error (its line is in the error) or a key path."""
+    if ": cannot read config: " in error:
+        return f"check the path {config} (platebridge-pod config-schema shows every key)"
+    if ": YAML error" in error:
+        return f"edit {config} at the line and column above"
+    return f"edit {config} (key path above; see the README's config table)"
+
+
 def main(config: str, *, mqtt_wait: float = 0.0, out=None) -> int:
     """``platebridge-pod check``: print one line per check; returns the exit code
     (0 all passed, 1 a check failed, 2 invalid config)."""
@@ -459,7 +469,7 @@ def main(config: str, *, mqtt_wait: float = 0.0, out=None) -> int:
     try:
         cfg, _warnings = load_config(config)
     except ConfigError as exc:
-        emit(CheckResult("FAIL", "config", str(exc), f"edit {config} (key path above; see the README's config table)"))
+        emit(CheckResult("FAIL", "config", str(exc), config_fix(str(exc), config)))
         return 2
     emit(CheckResult("PASS", "config", f"{config}: pod {cfg.pod_id}, {len(cfg.camera_list())} camera(s), "
                      f"portal {cfg.portal_url}"))

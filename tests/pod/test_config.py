@@ -320,3 +320,18 @@ def test_max_clock_skew_bounds():
     assert parse_config(base())[0].max_clock_skew == 30
     with pytest.raises(ConfigError, match=r"^\$\.max_clock_skew"):
         parse_config(base(max_clock_skew=3600))
+
+
+@pytest.mark.parametrize("content,said,fix", [
+    (None, "cannot read config: No such file or directory", "check the path {f}"),
+    ("site_id: [\n", "YAML error at line 2, column 1: ", "edit {f} at the line and column above"),
+    ("site_idd: x\n", "$.site_idd: unknown key", "edit {f} (key path above"),
+])
+def test_check_gives_the_fix_that_fits_the_error(tmp_path, content, said, fix):
+    """A missing file or a YAML syntax error used to get "key path above" with no key path."""
+    f = tmp_path / "config.yaml"
+    if content is not None:
+        f.write_text(content)
+    r = _run_cli(["check", "--config", str(f)], tmp_path)
+    assert r.returncode == 2, r
+    assert said in r.stdout and f"— fix: {fix.format(f=f)}" in r.stdout, r.stdout
