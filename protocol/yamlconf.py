@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -125,6 +126,24 @@ def check_known_keys(data: dict[str, Any], typ: type[msgspec.Struct]) -> None:
     _unknown_keys(data, msgspec.inspect.type_info(typ), "$")
 
 
+def _literal_values(info: Any, path: str) -> tuple[Any, ...]:
+    """The values a ``Literal`` field at key path ``path`` ($.a.b[0].c) allows, or ()."""
+    for part in re.findall(r"\.([^.\[]+)|\[\d+\]", path):
+        while isinstance(info, (msgspec.inspect.UnionType, msgspec.inspect.ListType)):
+            if isinstance(info, msgspec.inspect.ListType):
+                info = info.item_type
+            else:
+                info = next((t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)), None)
+        if not part:  # a list index: its item type, unwrapped above
+            continue
+        if not isinstance(info, msgspec.inspect.StructType):
+            return ()
+        info = next((f.type for f in info.fields if f.encode_name == part), None)
+    while isinstance(info, msgspec.inspect.UnionType):
+        info = next((t for t in info.types if isinstance(t, msgspec.inspect.LiteralType)), None)
+    return info.values if isinstance(info, msgspec.inspect.LiteralType) else ()
+
+
 def convert_config(data: Any, typ: type[T]) -> T:
     """``msgspec.convert`` a decoded config mapping into the struct ``typ``, then refuse
     NaN and infinities in any float field (msgspec accepts them; a NaN timeout would
@@ -138,6 +157,10 @@ def convert_config(data: Any, typ: type[T]) -> T:
             path = path.rstrip("`")
             if path.startswith("key` in `"):  # a mapping's key, not its value, has the wrong type
                 path, reason = path[len("key` in `"):], f"a key: {reason}"
+            elif reason.startswith("Invalid enum value"):
+                choices = _literal_values(msgspec.inspect.type_info(typ), path)
+                if choices:
+                    reason += f"; one of: {', '.join(map(str, choices))}"
             raise ConfigValueError(path, reason) from None
         raise ConfigValueError("$", msg) from None
     for name, value in msgspec.structs.asdict(cfg).items():

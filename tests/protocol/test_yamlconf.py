@@ -3,6 +3,8 @@ hostile keys an attack run found (unhashable keys crashed with a TypeError trace
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 import pytest
 
@@ -63,3 +65,28 @@ def test_duplicate_keys_and_aliases_are_refused():
         load_yaml("a: 1\na: 2\n")
     with pytest.raises(ValueError, match="aliases"):
         load_yaml("a: &x 1\nb: *x\n")
+
+
+class Choice(msgspec.Struct, forbid_unknown_fields=True):
+    mode: Literal["fast", "safe"] = "safe"
+    parts: list[Camera | None] | None = None
+
+
+class Outer(msgspec.Struct, forbid_unknown_fields=True):
+    discovery: Literal["static", "localapi"] = "static"
+    inner: list[Choice] = []
+
+
+@pytest.mark.parametrize("data,path,choices", [
+    ({"discovery": "statik"}, "$.discovery", "localapi, static"),  # msgspec sorts them
+    ({"inner": [{}, {"mode": "quick"}]}, "$.inner[1].mode", "fast, safe"),
+])
+def test_a_bad_choice_lists_the_allowed_values(data, path, choices):
+    """A newcomer's `discovery: statik` said only "Invalid enum value"."""
+    with pytest.raises(ConfigValueError) as ei:
+        convert_config(data, Outer)
+    assert (ei.value.path, ei.value.reason) == (path, f"Invalid enum value {data_value(data)!r}; one of: {choices}")
+
+
+def data_value(data):
+    return data.get("discovery") or data["inner"][1]["mode"]
