@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from gateway.errors import ConfigError
+from protocol.checks import MIN_SECRET_BYTES
 from protocol.ids import is_dns_label
 from protocol.tokens import Keyring, SigningKey
 from protocol.yamlconf import ConfigValueError, check_known_keys, convert_config, http_url_problem, load_yaml
@@ -362,9 +363,16 @@ def _validate(data: dict[str, Any]) -> GatewayConfig:
                 raise _fail(f"$.{key}s.{kid}", "must not be empty")
         if primary is not None and primary not in ring:
             raise _fail(f"$.{key}_primary", f"{primary!r} is not a key id of {key}s")
-    for kid, secret in _ring(cfg.grant_secrets, cfg.grant_secret).items():
-        if len(secret.encode()) < 16:
-            raise _fail(f"$.grant_secrets.{kid}", "must be at least 16 bytes (32 random bytes recommended)")
+    # HS256 and the grants' HMAC-SHA256 need a key at least as long as the hash: RFC 7518 §3.2
+    # (a MUST for JWS HS256), RFC 2104 §3. Tokens ride in URLs, so a short key can be searched
+    # for offline from any one of them. The legacy stream_secret (the connection guide's own
+    # example is 13 bytes) is only warned about, at startup and by check.
+    for key, ring in (("user_token_secrets", _ring(cfg.user_token_secrets, cfg.user_token_secret)),
+                      ("grant_secrets", _ring(cfg.grant_secrets, cfg.grant_secret))):
+        for kid, secret in ring.items():
+            if len(secret.encode()) < MIN_SECRET_BYTES:
+                raise _fail(f"$.{key}.{kid}", f"must be at least {MIN_SECRET_BYTES} bytes, as long as the "
+                            f"SHA-256 it keys (RFC 7518 §3.2); make one with: openssl rand -base64 48")
     if not cfg.pod_signing_key_id or not _KID.match(cfg.pod_signing_key_id):
         raise _fail("$.pod_signing_key_id", "must be 1-64 characters of A-Za-z0-9._-")
     cfg.pod_signer()  # the key file loads and is an Ed25519 private key
