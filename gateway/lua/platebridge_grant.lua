@@ -36,8 +36,8 @@
 -- 125 KB segment costs about 17 us of CPU. In njs 0.7 the check took 7.9 us (an interpreter:
 -- every call and allocation counts), which held the data plane to 0.63-0.72x nginx's rate;
 -- here the HMAC's inner and outer SHA-256 states are computed once per key (RFC 2104 §4) and
--- each hit costs two compression runs of libcrypto through the FFI, with the target matched by
--- PCRE's JIT (docs/benchmarks.md).
+-- each hit costs two compression runs of libcrypto through the FFI, with the target read by a
+-- byte scanner that LuaJIT compiles (docs/benchmarks.md).
 
 local ffi = require "ffi"
 local bit = require "bit"
@@ -46,7 +46,6 @@ local base64 = require "ngx.base64"
 local bxor, bor, band, rshift = bit.bxor, bit.bor, bit.band, bit.rshift
 local byte, char, find, sub = string.byte, string.char, string.find, string.sub
 local decode_base64url = base64.decode_base64url
-local re_match = ngx.re.match
 
 -- OpenSSL's SHA256_CTX (include/openssl/sha.h, 1.1 and 3.x): the state copied per hit. The
 -- low-level SHA-256 calls are deprecated in OpenSSL 3 but exported, and nginx links libcrypto
@@ -67,14 +66,109 @@ local MAC = 16 -- bytes
 local NONE = "/-"
 local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 local HEX = "0123456789abcdef"
--- the whole request target: /streams/<camera>/<path>?pb_grant=<grant>, nothing else. The path's
--- segments start with a letter, digit, "_" or "-", so no "", "." or ".." segment and no "%"
--- escape: nginx's $uri of such a target is the target's path as it is (no normalising), which
--- is the path the gateway itself would check. \z: the very end (PCRE's "$" also matches before
--- a final newline)
-local TARGET = [[^/streams/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/((?:[A-Za-z0-9_-][A-Za-z0-9_.-]*/)*]]
-    .. [[[A-Za-z0-9_-][A-Za-z0-9_.-]*\.(?:ts|m4s|aac|vtt))\?pb_grant=([A-Za-z0-9_-]{40,160})\z]]
-local MAX_TARGET = 9 + 64 + 1 + 127 + 10 + 160 -- bytes: what TARGET and the lp() below admit
+-- the whole request target, scanned byte by byte by scan_target() below:
+--
+--   ^/streams/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/((?:[A-Za-z0-9_-][A-Za-z0-9_.-]*/)*
+--   [A-Za-z0-9_-][A-Za-z0-9_.-]*\.(?:ts|m4s|aac|vtt))\?pb_grant=([A-Za-z0-9_-]{40,160})\z
+--
+-- and nothing else (tests/gateway/test_lua_grant.py holds this pattern and checks the scanner
+-- against PCRE's answers). The path's segments start with a letter, digit, "_" or "-", so no
+-- "", "." or ".." segment and no "%" escape: nginx's $uri of such a target is the target's path
+-- as it is (no normalising), which is the path the gateway itself would check. A scanner and
+-- not ngx.re.match: the capture loop inside lua-resty-core's ngx.re.match aborted LuaJIT's root
+-- trace ("inner loop in root trace"), so the whole check ran in the interpreter.
+local MAX_TARGET = 9 + 64 + 1 + 127 + 10 + 160 -- bytes: what the grammar and the lp() below admit
+
+-- byte classes of the grammar above
+local ALNUM, WORD, DOT = 1, 2, 3 -- A-Za-z0-9; "_" and "-"; "."
+local CLASS = ffi.new("uint8_t[256]") -- 0: not allowed anywhere in the target's parts
+for x = 48, 57 do CLASS[x] = ALNUM end
+for x = 65, 90 do CLASS[x] = ALNUM end
+for x = 97, 122 do CLASS[x] = ALNUM end
+CLASS[95], CLASS[45], CLASS[46] = WORD, WORD, DOT
+
+local function literal_at(t, i, lit)
+    -- whether ``t`` holds ``lit`` at byte ``i``
+    for j = 1, #lit do
+        if byte(t, i + j - 1) ~= byte(lit, j) then
+            return false
+        end
+    end
+    return true
+end
+
+local function ends_with(t, last, ext)
+    -- whether the bytes of ``t`` up to ``last`` end in ``ext``
+    return literal_at(t, last - #ext + 1, ext)
+end
+
+--- The camera id, path and grant of a request target of the grammar above, or nil. Pure:
+--- exported for the differential test against the pattern.
+function M.scan_target(t)
+    local len = #t
+    if not literal_at(t, 1, "/streams/") then
+        return nil
+    end
+    -- the camera id: a letter or digit, then up to 63 of A-Za-z0-9 _ . -, then "/"
+    local i = 10
+    local x = byte(t, i)
+    if x == nil or CLASS[x] ~= ALNUM then
+        return nil
+    end
+    repeat
+        i = i + 1
+        x = byte(t, i)
+        if x == nil then
+            return nil
+        end
+    until x == 47 or CLASS[x] == 0
+    if x ~= 47 or i - 10 > 64 then
+        return nil
+    end
+    -- the path: "/"-separated segments, none empty, none starting with "."; up to the "?"
+    local from = i + 1
+    local segment = from
+    i = from
+    while true do
+        x = byte(t, i)
+        if x == 63 or x == nil then
+            break
+        end
+        if x == 47 then
+            if i == segment then
+                return nil
+            end
+            segment = i + 1
+        else
+            local c = CLASS[x]
+            if c == 0 or (c == DOT and i == segment) then
+                return nil
+            end
+        end
+        i = i + 1
+    end
+    -- the last segment: a media segment's name, at least one byte before its extension
+    local last, size = i - 1, i - segment
+    if x ~= 63 or not ((size >= 4 and ends_with(t, last, ".ts")) or (size >= 5 and (ends_with(t, last, ".m4s")
+        or ends_with(t, last, ".aac") or ends_with(t, last, ".vtt")))) then
+        return nil
+    end
+    -- the query: pb_grant and 40-160 base64url characters to the very end
+    if not literal_at(t, i, "?pb_grant=") then
+        return nil
+    end
+    local grant = i + 10
+    if len - grant + 1 < 40 or len - grant + 1 > 160 then
+        return nil
+    end
+    for j = grant, len do
+        local c = CLASS[byte(t, j)]
+        if c ~= ALNUM and c ~= WORD then
+            return nil
+        end
+    end
+    return sub(t, 10, from - 2), sub(t, from, last), sub(t, grant)
+end
 
 -- per key (the signing key first): SHA-256 states after (key xor ipad) and (key xor opad)
 local inner, outer = {}, {}
@@ -83,7 +177,6 @@ local work = ffi.new("pb_sha256_ctx")
 local CTX_BYTES = ffi.sizeof("pb_sha256_ctx")
 local digest = ffi.new("unsigned char[32]")
 local hex = ffi.new("char[64]")
-local captures = {}
 
 local scratch = ffi.new("pb_sha256_ctx")
 
@@ -177,7 +270,7 @@ end
 
 local function canonical(t)
     -- the one base64url spelling (what re-encoding the decoded bytes gives): only the alphabet
-    -- (TARGET), no length 4k+1, no bits set past the last byte
+    -- (scan_target), no length 4k+1, no bits set past the last byte
     local rest = #t % 4
     if rest == 0 then
         return true
@@ -213,18 +306,18 @@ local function check()
     end
     -- the target exactly as sent (no other query parameter, no second pb_grant): nginx decodes
     -- and normalises $uri (dot segments, "//", %2F), the gateway refuses such spellings, and
-    -- TARGET admits none of them, so nothing is served here that the gateway would refuse
+    -- scan_target admits none of them, so nothing is served here that the gateway would refuse
     local target = ngx.var.request_uri
     if #target > MAX_TARGET then
         return NONE
     end
-    local m = re_match(target, TARGET, "jo", nil, captures)
+    local camera, path, grant = M.scan_target(target)
     -- the camera (at most 64) and the path (below 128) fit lp()'s one-byte length below; a
     -- longer path goes to the gateway
-    if not m or find(m[1], "..", 1, true) or #m[2] > 127 or not canonical(m[3]) then
+    if not camera or find(camera, "..", 1, true) or #path > 127 or not canonical(grant) then
         return NONE
     end
-    local raw = decode_base64url(m[3])
+    local raw = decode_base64url(grant)
     if not raw then
         return NONE
     end
@@ -237,7 +330,6 @@ local function check()
     if now > ((a * 256 + b) * 256 + c) * 256 + d or now > ((e * 256 + f) * 256 + g) * 256 + h then
         return NONE -- expired: the gateway says so
     end
-    local camera, path = m[1], m[2]
     local msg = "pbg2" .. sub(raw, 1, n) .. "\0" .. char(#camera) .. camera .. "\0" .. char(#path) .. path
         .. "\0\0"
     for k = 1, #inner do -- the signing key first: usually the only one

@@ -11,8 +11,10 @@ spelling of the same bytes exists."""
 import base64
 import contextlib
 import os
+import random
 import socket
 import struct
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,10 +22,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
+import gateway
 from gateway.config import parse_config
-from gateway.dataplane import ManagedNginx, find_nginx, free_loopback_port
+from gateway.dataplane import ManagedNginx, find_nginx, free_loopback_port, load_modules
 from gateway.grants import Grant, GrantError, GrantSigner
 from gateway.hoststore import key_name
+from gateway.nginxconf import LUA_MODULE, lua_paths
 
 CAM = "gate-cam"
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -243,3 +247,100 @@ def test_a_wrong_hmac_fails_the_self_test_before_nginx_starts(tmp_path, monkeypa
     else:
         assert "undefined symbol: SHA256_Init_gone" in msg, msg
     assert ("g" * 40).encode().hex() not in msg  # the keys are never quoted
+
+
+# ---- the target scanner against the pattern it replaced ----------------------------------------
+#: the request-target grammar, as PCRE held it before the byte scanner (the module's comment)
+PATTERN = (r"^/streams/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/((?:[A-Za-z0-9_-][A-Za-z0-9_.-]*/)*"
+           r"[A-Za-z0-9_-][A-Za-z0-9_.-]*\.(?:ts|m4s|aac|vtt))\?pb_grant=([A-Za-z0-9_-]{40,160})\z")
+
+#: asks PCRE (ngx.re.match) and scan_target() about each base64-encoded target of the body
+DIFF_LUA = """
+ngx.req.read_body()
+local scan = require("platebridge_grant").scan_target
+local pattern = [==[%s]==]
+local out = {}
+for line in string.gmatch(ngx.req.get_body_data() or "", "([^\\n]+)") do
+    local t = ngx.decode_base64(line)
+    local m = ngx.re.match(t, pattern, "jo")
+    local c, p, g = scan(t)
+    local want = m and (m[1] .. " " .. m[2] .. " " .. m[3]) or "-"
+    local got = c and (c .. " " .. p .. " " .. g) or "-"
+    out[#out + 1] = want == got and (m and "+" or "=") or ("! " .. line .. " pcre=" .. want .. " scan=" .. got)
+end
+ngx.print(table.concat(out, "\\n"))
+"""
+
+
+def _targets(n: int, seed: int = 9110) -> list[bytes]:
+    """Edge cases of every part of the grammar, and ``n`` mutants of valid targets."""
+    grant = "A" * 40
+    cams = ["c", "gate-cam", "a" * 63, "a" * 64, "a" * 65, "_cam", "-cam", ".cam", "cam.", "ca..m", "Cam_1.x-y"]
+    paths = ["a.ts", "x.m4s", "x.aac", "x.vtt", ".ts", "_.ts", "-.m4s", "a.TS", "a.mp4", "a.key", "a.ts/",
+             "a.tsx", "a/b.ts", "a//b.ts", "./a.ts", "a/./b.ts", "a/../b.ts", ".a/b.ts", "a/.b.ts", "a.b.c.m4s",
+             "seg_1.m4s", "q/" * 30 + "x.ts", "a%2fb.ts", "a b.ts", "a/.ts", "m4s", ".m4s", "a.m4"]
+    grants = [grant, "A" * 39, "A" * 160, "A" * 161, "A" * 40 + "=", "A" * 39 + ".", "-_" * 20, "A" * 40 + "\n"]
+    out = [f"/streams/{c}/{p}?pb_grant={g}".encode() for c in cams for p in paths for g in grants[:1]]
+    out += [f"/streams/gate-cam/x.m4s?pb_grant={g}".encode() for g in grants]
+    out += [b"/streams/", b"/", b"/streams//x.ts?pb_grant=" + b"A" * 40, b"/Streams/c/x.ts?pb_grant=" + b"A" * 40,
+            b"/streams/c/x.ts?pb_grant=" + b"A" * 40 + b"&a=1", b"/streams/c/x.ts?a=1&pb_grant=" + b"A" * 40,
+            b"/streams/c/x.ts?pb_grant" + b"A" * 40, b"/streams/c/x.ts#?pb_grant=" + b"A" * 40]
+    rnd = random.Random(seed)
+    hostile = [b"/", b".", b"?", b"=", b"&", b"%", b"-", b"_", b"a", b"Z", b"9", b" ", b"\n", b"\t", b"\x00",
+               b"\xc3", b"\xff", b"ts", b".ts", b"m4s", b"..", b"//", b"pb_grant="]
+    valid = out[:]
+    for _ in range(n):
+        t = bytearray(rnd.choice(valid))
+        for _ in range(rnd.randint(1, 3)):
+            at = rnd.randint(0, len(t))
+            op = rnd.random()
+            if op < 0.4:
+                t[at:at] = rnd.choice(hostile)
+            elif op < 0.7 and t:
+                del t[min(at, len(t) - 1)]
+            elif t:
+                t[min(at, len(t) - 1):min(at, len(t) - 1) + 1] = rnd.choice(hostile)
+        out.append(bytes(t))
+    return out
+
+
+def test_the_target_scanner_agrees_with_the_pattern_it_replaced(tmp_path):
+    """Differential, in nginx's own LuaJIT: PCRE's match of the old pattern against the byte
+    scanner, over the grammar's edge cases and 20,000 mutants, captures included."""
+    cfg = parse_config({"stream_secret": "z" * 40, "pods": {"p1": "http://127.0.0.2:8000"}}, env={})
+    found = find_nginx(cfg)
+    assert not isinstance(found, str), found
+    lua_dir = os.path.join(os.path.dirname(gateway.__file__), "lua")
+    assert os.path.isfile(os.path.join(lua_dir, LUA_MODULE))
+    (tmp_path / "diff.lua").write_text(DIFF_LUA % PATTERN)
+    port = free_loopback_port()
+    (tmp_path / "nginx.conf").write_text(
+        load_modules(found.modules) + ("user root;\n" if os.geteuid() == 0 else "")
+        + f"daemon off; pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{ access_log off; client_max_body_size 32m; client_body_buffer_size 32m;\n"
+        + " ".join(f"{k}_temp_path {tmp_path};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        + lua_paths(lua_dir)
+        + f"  server {{ listen 127.0.0.1:{port};\n"
+        f"    location = /diff {{ content_by_lua_file {tmp_path}/diff.lua; }} }} }}\n")
+    p = subprocess.Popen([found.nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
+                          "-e", str(tmp_path / "error.log")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        targets = [t for t in _targets(20_000) if t]  # an empty line carries no target
+        body = b"\n".join(base64.b64encode(t) for t in targets)
+        deadline = time.monotonic() + 10
+        while True:
+            assert p.poll() is None, p.stderr.read().decode() if p.stderr else ""
+            try:
+                r = httpx.post(f"http://127.0.0.1:{port}/diff", content=body, timeout=60)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.05)
+        assert r.status_code == 200, (r.status_code, (tmp_path / "error.log").read_text())
+        verdicts = r.text.split("\n")
+        assert len(verdicts) == len(targets)
+        assert [v for v in verdicts if v.startswith("!")] == []
+        assert verdicts.count("+") >= 300  # the valid targets and many mutants do match
+    finally:
+        p.terminate()
+        p.wait(10)
