@@ -23,20 +23,33 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_demo_prints_watch_url_and_decisions_and_stops_cleanly():
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "deploy/dev/demo.py")], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env, start_new_session=True)
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def _start_demo() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "deploy/dev/demo.py")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=ENV, start_new_session=True)
+
+
+def _read_until(proc: subprocess.Popen, done, timeout: float) -> list[str]:
+    """The demo's output lines until ``done(lines)`` holds, it ends, or ``timeout`` s pass."""
     lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip())
+        if done(lines):
+            break
+    return lines
+
+
+def test_demo_prints_watch_url_and_decisions_and_stops_cleanly():
+    env = ENV
+    proc = _start_demo()
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line.rstrip())
-            if sum(line.startswith("PORTAL: recording") for line in lines) >= 2:
-                break
+        lines = _read_until(proc, lambda ls: sum(x.startswith("PORTAL: recording") for x in ls) >= 2, 120)
         text = "\n".join(lines)
         urls = [line for line in lines if line.startswith("WATCH URL: ")]
         assert len(urls) == 1, text
@@ -97,19 +110,9 @@ def test_demo_prints_watch_url_and_decisions_and_stops_cleanly():
 def test_ctrl_c_while_the_demo_starts_stops_it_at_once():
     """A newcomer's Ctrl-C during startup used to wait for the whole stack, the WATCH URL and
     both cars before the demo stopped."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "deploy/dev/demo.py")], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            start_new_session=True)
-    lines: list[str] = []
+    proc = _start_demo()
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line.rstrip())
-            if line.startswith("demo: camera "):
-                break
+        lines = _read_until(proc, lambda ls: ls[-1].startswith("demo: camera "), 60)
         assert lines and lines[-1].startswith("demo: camera "), lines
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=20)
