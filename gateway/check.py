@@ -47,11 +47,14 @@ from protocol.checks import CheckResult, ms, secret_length_result, summary
 
 def check_secret(cfg: GatewayConfig) -> list[CheckResult]:
     """Every HMAC secret must be ≥ 32 bytes; the key layout is reported (legacy roles WARN)."""
-    results = [secret_length_result(where, secret) for where, secret in sorted(cfg.named_secrets())]
-    # the config refuses short user-token and grant secrets; a short legacy stream_secret (the
-    # connection guide's example) runs, with a warning at startup: the same here
-    results = [dataclasses.replace(r, status="WARN") if r.status == "FAIL" and r.detail.startswith("stream_")
-               else r for r in results]
+    results = []
+    for where, secret in sorted(cfg.named_secrets()):
+        result = secret_length_result(where, secret)
+        # the config refuses short user-token and grant secrets; a short legacy stream_secret
+        # (the connection guide's example) runs, with a warning at startup: the same here
+        if result.status == "FAIL" and where.startswith("stream_secrets."):
+            result = dataclasses.replace(result, status="WARN")
+        results.append(result)
     for warning in cfg.legacy_warnings():
         results.append(CheckResult("WARN", "keys", warning.split(". Set ")[0],
                                    "set " + warning.split(". Set ", 1)[1] if ". Set " in warning else None))
