@@ -248,13 +248,14 @@ def timing_result(cfg: PodConfig, camera_id: str, stream: dict) -> CheckResult:
     return CheckResult("PASS", name, detail)
 
 
-def _camera_fix(reason: str, index: int) -> str:
+def _camera_fix(reason: str, key: str) -> str:
+    """The fix for an RTSP probe failure of the camera whose URL is config key ``key``."""
     low = reason.lower()
     if "401" in low or "unauthorized" in low:
-        return f"check the user and password in cameras[{index}].rtsp_url"
+        return f"check the user and password in {key}"
     if "404" in low or "not found" in low:
-        return f"check the path in cameras[{index}].rtsp_url (the camera's RTSP stream path)"
-    return (f"check cameras[{index}].rtsp_url (host, port, path, user/password) and that the camera is on and "
+        return f"check the path in {key} (the camera's RTSP stream path)"
+    return (f"check {key} (host, port, path, user/password) and that the camera is on and "
             f"reachable from this pod: ffprobe -rtsp_transport tcp '<url>'")
 
 
@@ -270,7 +271,9 @@ async def check_camera(cfg: PodConfig, index: int) -> list[CheckResult]:
         return [CheckResult("FAIL", name, str(exc), "install ffmpeg (apt install ffmpeg), or set ffmpeg_path")]
     except RuntimeError as exc:
         reason = str(exc).removeprefix(f"{url}: ")  # ffprobe's own message starts with the URL
-        return [CheckResult("FAIL", name, f"{url}: {reason}", _camera_fix(reason, index))]
+        # the key as the operator wrote it: the seed's single camera, or an entry of cameras:
+        key = "camera_rtsp_url" if cfg.camera_rtsp_url else f"cameras[{index}].rtsp_url"
+        return [CheckResult("FAIL", name, f"{url}: {reason}", _camera_fix(reason, key))]
     results = [CheckResult("PASS", name, f"{url}: {describe_stream(stream)}")]
     if cfg.enable_streaming:
         results.append(timing_result(cfg, cam.camera_id, stream))

@@ -193,6 +193,9 @@ def test_bad_rtsp_urls_fail_camera_with_credentials_redacted(stack, tmp_path):
     w = line(lines, "camera wrong-path")
     assert w.startswith("FAIL camera wrong-path:") and "cameras[1].rtsp_url" in w, w
     assert line(lines, "camera good").startswith("PASS camera good:")
+    # the seed's single-camera form is named as written (a newcomer was told to check cameras[0])
+    _, seed = run_check(write_config(stack, tmp_path, camera_rtsp_url=dead, rtsp_timeout_seconds=3))
+    assert "fix: check camera_rtsp_url (host, port" in line(seed, f"camera {stack.camera_id}"), seed
     # the dev camera: 15 fps, a keyframe every second (read from the stream itself)
     assert line(lines, "latency good").startswith("PASS latency good: parts 0.200 s (3 frames at 15 fps), segments "
                                                   "1.0 s (a keyframe every 1.00 s)"), line(lines, "latency good")
