@@ -207,12 +207,14 @@ class PodConfig(msgspec.Struct, kw_only=True):
         """Set while the pod still holds the shared ``stream_secret`` (warned once at start and by ``check``)."""
         if not self.enable_streaming or not self.secrets():
             return None
+        # name where the secret comes from: the environment wins over the file (secrets())
+        where = "POD_STREAM_SECRET (environment)" if os.environ.get("POD_STREAM_SECRET") else "stream_secret"
         if self.public_key_sources():
-            return ("stream_secret is still set next to gateway_public_keys: while it is, anyone who reads this "
-                    "pod's disk can mint tokens; remove stream_secret once the gateway signs with its Ed25519 key")
-        return ("legacy key layout: this pod verifies gateway tokens with the shared stream_secret, so a stolen "
+            return (f"{where} is still set next to gateway_public_keys: while it is, anyone who reads this "
+                    f"pod's disk can mint tokens; remove {where} once the gateway signs with its Ed25519 key")
+        return (f"legacy key layout: this pod verifies gateway tokens with the shared {where}, so a stolen "
                 "pod can mint user tokens and tokens for every other pod; set gateway_public_keys (the gateway's "
-                "Ed25519 public key) and remove stream_secret")
+                f"Ed25519 public key) and remove {where}")
 
 
 def load_public_keys(sources: dict[str, str]) -> PublicKeyring:

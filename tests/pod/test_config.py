@@ -335,3 +335,13 @@ def test_check_gives_the_fix_that_fits_the_error(tmp_path, content, said, fix):
     r = _run_cli(["check", "--config", str(f)], tmp_path)
     assert r.returncode == 2, r
     assert said in r.stdout and f"— fix: {fix.format(f=f)}" in r.stdout, r.stdout
+
+
+def test_the_legacy_warning_names_the_environment_when_the_secret_comes_from_there(monkeypatch):
+    """A newcomer with POD_STREAM_SECRET set was told "stream_secret is still set" (the file's key)."""
+    monkeypatch.setenv("POD_STREAM_SECRET", "e" * 40)
+    cfg, _ = parse_config(base(enable_streaming=True, stream_secret=None))
+    assert "verifies gateway tokens with the shared POD_STREAM_SECRET (environment)" in cfg.legacy_warning()
+    monkeypatch.delenv("POD_STREAM_SECRET")
+    cfg, _ = parse_config(base(enable_streaming=True, stream_secret="f" * 40))
+    assert "verifies gateway tokens with the shared stream_secret," in cfg.legacy_warning()
