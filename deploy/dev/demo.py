@@ -33,6 +33,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from frigate_sim import Publisher
 from stack import ROOT, ProcessDied, Stack, free_port
+from stack import interrupted as stack_interrupted
 
 ALLOWED = "DEMO123"
 PORTS = {"gateway": ("DEMO_GATEWAY_PORT", 8080), "pod": ("DEMO_POD_PORT", 8000), "camera": ("DEMO_CAMERA_PORT", 8554)}
@@ -104,9 +105,9 @@ def main() -> int:
 
     def on_signal(*_):
         nonlocal stopping
-        if not started:  # Ctrl-C while the stack starts: stop now, not once it is up
-            raise KeyboardInterrupt
         stopping = True
+        if not started:  # Ctrl-C while the stack starts: stop at the next wait, not once it is up
+            stack_interrupted.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -149,6 +150,8 @@ def main() -> int:
               "/api/pod/stream-token -H 'Authorization: Bearer demo-user-session' "
               f"""-H 'Content-Type: application/json' -d '{{"camera_id":"{stack.camera_id}"}}'""", flush=True)
         started = True
+        if stopping:  # interrupted after the last wait of the start
+            raise KeyboardInterrupt
         seen: set[str] = set()
         clips: set[str] = set()
         opened = 0

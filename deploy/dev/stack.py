@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,11 +72,20 @@ class ProcessDied(RuntimeError):
     """A stack process exited while we waited for it to become ready."""
 
 
+#: set (from a signal handler: the demo's Ctrl-C) to stop a stack that is still starting: every
+#: :func:`wait_until` raises KeyboardInterrupt at its next poll. A handler that raised by itself
+#: could interrupt a fork (logging's at-fork lock handlers) and leave the process hung.
+interrupted = threading.Event()
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
-    """Poll ``predicate()`` until truthy (returned) or raise TimeoutError after ``timeout`` s."""
+    """Poll ``predicate()`` until truthy (returned) or raise TimeoutError after ``timeout`` s;
+    KeyboardInterrupt once :data:`interrupted` is set."""
     deadline = time.monotonic() + timeout
     last_exc = None
     while time.monotonic() < deadline:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
         try:
             value = predicate()
             if value:
