@@ -39,6 +39,17 @@ from protocol.tokens import ANY_CAMERA, Keyring, SigningKey, mint_pod_token
 log = logging.getLogger("platebridge.gateway.upstream")
 
 POD_TOKEN_TTL = 30.0
+#: s an idle keep-alive connection to a pod is kept for reuse. Below the pod's own keep-alive
+#: timeout (:data:`pod.server.KEEP_ALIVE_TIMEOUT`, 15 s; uvicorn's default of 5 s on older
+#: pods), so the gateway lets a connection go before the pod closes it.
+POD_KEEPALIVE_EXPIRY = 4.0
+#: What a reused keep-alive connection raises when the pod closed it just as the request went
+#: out (the request never reached the pod, or it closed without answering): safe to send again,
+#: once, on a new connection for an idempotent GET (RFC 9112 §9.3.1, "Retrying Requests").
+#: Not ConnectError/ConnectTimeout: a fresh connection failing means the pod is unreachable.
+_STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+#: s between two "fetch from pod failed" warnings for one pod (a dead pod is not a log flood)
+_FAILURE_LOG_EVERY = 10.0
 BodyKind = Literal["playlist", "segment", "init", "other"]
 DEFAULT_CAPS: dict[str, int] = {"playlist": 2 * 1024 * 1024, "segment": 32 * 1024 * 1024, "init": 1024 * 1024,
                                 "other": 64 * 1024}
@@ -74,7 +85,7 @@ class Upstream:
         self.pod_connections = pod_connections
         self.pod_held_requests = pod_held_requests
         self.caps = {**DEFAULT_CAPS, **(caps or {})}
-        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=64)
+        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=64, keepalive_expiry=POD_KEEPALIVE_EXPIRY)
         self.client = httpx.AsyncClient(
             transport=transport or bounded_transport(limits=limits, proxy=proxy),
             timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=5.0, pool=deadline),
@@ -84,7 +95,9 @@ class Upstream:
         self._tokens: dict[tuple[str, str], tuple[float, str]] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._held_slots: dict[str, asyncio.Semaphore] = {}
+        self._failures_logged: dict[str, float] = {}
         self.requests = 0
+        self.resent = 0  # GETs sent again after a stale keep-alive connection (see _STALE_CONNECTION)
 
     def _auth(self, pod_id: str, camera_id: str) -> str:
         now = time.time()
@@ -139,7 +152,10 @@ class Upstream:
         and, on 304, copies the stale body into ``flight``. Never raises: failures
         finish the flight with :class:`UpstreamTimeout` (deadline or read timeout, → 504),
         :class:`UpstreamTooLarge` (body over the ``kind`` cap, → 502), ``Overloaded``
-        (memory budget, → 503) or :class:`UpstreamError` (→ 502).
+        (memory budget, → 503) or :class:`UpstreamError` (→ 502). A connection that breaks
+        before any of the pod's answer arrived is retried once on a new one (a keep-alive
+        connection the pod closed as the request went out); failures are logged, at most once
+        per :data:`_FAILURE_LOG_EVERY` s per pod.
         """
         headers = {"authorization": self._auth(pod_id, camera_id), "accept-encoding": "identity"}
         if stale is not None and stale.etag and stale.error is None and stale.status == 200:
@@ -153,14 +169,23 @@ class Upstream:
         self.requests += 1
         try:
             async with asyncio.timeout(limit), self._slot(pod_id, held):
-                await self._transfer(flight, url, headers, timeout, stale, cap, pod_id, kind)
+                try:
+                    await self._transfer(flight, url, headers, timeout, stale, cap, pod_id, kind)
+                except _STALE_CONNECTION:
+                    if flight.ready.is_set():
+                        raise  # part of the answer arrived: the body is broken, not the request
+                    self.resent += 1
+                    await self._transfer(flight, url, headers, timeout, stale, cap, pod_id, kind)
         except TimeoutError:
+            self._log_failure(pod_id, kind, f"no complete answer within {limit:g} s")
             flight.finish(UpstreamTimeout(f"pod did not deliver within {limit:g} s"))
             return
-        except httpx.TimeoutException:
+        except httpx.TimeoutException as exc:
+            self._log_failure(pod_id, kind, f"{type(exc).__name__}")
             flight.finish(UpstreamTimeout("pod timed out"))
             return
         except httpx.HTTPError as exc:
+            self._log_failure(pod_id, kind, f"{type(exc).__name__}: {exc}")
             flight.finish(UpstreamError(f"pod unreachable: {type(exc).__name__}"))
             return
         except GatewayError as exc:  # UpstreamTooLarge, Overloaded, an encoded body
@@ -169,6 +194,18 @@ class Upstream:
             return
         if not flight.done:
             flight.finish()
+
+    def _log_failure(self, pod_id: str, kind: str, reason: str) -> None:
+        """Warn that a fetch from ``pod_id`` failed (why the viewer got 502/504), once per
+        :data:`_FAILURE_LOG_EVERY` s per pod. ``reason`` never holds the URL (its query is the
+        viewer's) or the gateway's token."""
+        now = time.monotonic()
+        if now - self._failures_logged.get(pod_id, -_FAILURE_LOG_EVERY) < _FAILURE_LOG_EVERY:
+            return
+        if len(self._failures_logged) > 10_000:
+            self._failures_logged.clear()
+        self._failures_logged[pod_id] = now
+        log.warning("%s fetch from pod %s failed: %s", kind, pod_id, reason)
 
     async def _transfer(self, flight: Flight, url: httpx.URL, headers: dict[str, str],
                         timeout: httpx.Timeout | httpx._client.UseClientDefault, stale: Flight | None,
@@ -218,7 +255,13 @@ class Upstream:
         try:
             async with asyncio.timeout(self.deadline), self._slot(pod_id):
                 req = self.client.build_request(method, url, headers=headers, content=body)
-                resp = await self.client.send(req, stream=True)
+                try:
+                    resp = await self.client.send(req, stream=True)
+                except _STALE_CONNECTION:
+                    if method != "GET":
+                        raise  # the nudge (POST) may have reached the pod: never sent twice
+                    self.resent += 1  # no answer at all: a keep-alive connection the pod closed
+                    resp = await self.client.send(req, stream=True)
                 try:
                     if resp.headers.get("content-encoding", "identity").lower() != "identity":
                         raise UpstreamError("pod sent a content-encoded answer (the gateway asks for identity)")

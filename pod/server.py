@@ -13,6 +13,11 @@ from collections.abc import Iterator
 
 import uvicorn
 
+#: s an idle keep-alive connection from a gateway stays open (uvicorn's default is 5 s). Above
+#: the gateway's own idle limit (:data:`gateway.upstream.POD_KEEPALIVE_EXPIRY`), so the gateway
+#: lets a connection go before the pod closes it under a request (RFC 9112 §9.3); longer than
+#: a playlist reload interval, so the tailnet connection is rarely set up again.
+KEEP_ALIVE_TIMEOUT = 15
 
 class EmbeddedServer(uvicorn.Server):
     """uvicorn server that leaves signal handling to the caller."""
@@ -41,5 +46,6 @@ def make_server(app, *, log_level: str = "warning") -> EmbeddedServer:
     """An :class:`EmbeddedServer` for an ASGI app (no access log: the app logs, redacted)."""
     # lifespan off: the app has no startup/shutdown hooks, and the same app is served
     # by two servers (loopback and tailnet) whose lifespans would interleave
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off", loop="none", http="httptools")
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off", loop="none", http="httptools",
+                            timeout_keep_alive=KEEP_ALIVE_TIMEOUT)
     return EmbeddedServer(config)

@@ -292,6 +292,12 @@ def access_log_cameras(log: Path, since: float) -> set[str]:
     return cams
 
 
+def retried_at_balancer(log: Path) -> list[str]:
+    """Lines of the balancer's access log (``platebridge_noquery``) whose request went to more
+    than one instance: ``"<addr>, <addr>"`` in ``$upstream_addr``."""
+    return [ln for ln in log.read_text(errors="replace").splitlines() if re.search(r'"[^"]*, [^"]*" [0-9-]', ln)]
+
+
 # ---------------------------------------------------------------- the test
 def test_two_instances_behind_nginx_one_fetch_per_segment_and_failover_without_4xx(tmp_path, figure):
     s = make_stack(tmp_path / "stack")
@@ -353,8 +359,16 @@ def test_two_instances_behind_nginx_one_fetch_per_segment_and_failover_without_4
         assert steady_new >= WINDOW  # both cameras advanced (1 s segments)
         assert steady_fetches == steady_new, (steady_fetches, steady_new)
         logs = {name: s.workdir / f"{name}.log" for name in ("gateway-a", "gateway-b")}
-        assert access_log_cameras(logs["gateway-a"], q0) == {cam_a}, "camera A is not (only) on instance a"
-        assert access_log_cameras(logs["gateway-b"], q0) == {cam_b}, "camera B is not (only) on instance b"
+        # nothing failed over: a failover moves a camera for fail_timeout (a second pod fetch)
+        def why() -> tuple[list[str], list[str]]:
+            """The balancer's retried requests, and what the instances logged about failures."""
+            return (retried_at_balancer(nginx_dir / "access.log")[:5],
+                    [ln for name in logs for ln in logs[name].read_text(errors="replace").splitlines()
+                     if re.search(r'"level": "(?:WARNING|ERROR)"| 5[0-9][0-9] [0-9.]+ms"', ln)][-10:])
+
+        assert access_log_cameras(logs["gateway-a"], q0) == {cam_a}, ("camera A is not (only) on instance a", why())
+        assert access_log_cameras(logs["gateway-b"], q0) == {cam_b}, ("camera B is not (only) on instance b", why())
+        assert not retried_at_balancer(nginx_dir / "access.log"), why()
 
         # ---- instance a dies with its host: SIGKILL to its whole process group
         victim = s.procs["gateway-a"]

@@ -1,11 +1,21 @@
-"""gateway.upstream.Upstream against real sockets on loopback: a pod that accepts the
-connection and never answers must end the fetch with UpstreamTimeout (→ 504) after the
-configured read timeout, not hang every viewer that shares the flight."""
+"""gateway.upstream.Upstream against real sockets on loopback.
+
+* A pod that accepts the connection and never answers must end the fetch with
+  UpstreamTimeout (→ 504) after the configured read timeout, not hang every viewer that
+  shares the flight.
+* A keep-alive connection the pod closes as a request goes out (its idle timer fired) is the
+  pod's connection ending, not the pod failing: the GET is sent once more on a new connection
+  (RFC 9112 §9.3.1). In CI a playlist reload came back as a 502 in 3 ms, for 7 viewers at once,
+  with no reason logged, which fits this race. The balancer in front then counted the instance
+  as failed and moved its camera. Failed fetches are now logged with their reason.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+
+import pytest
 
 from gateway.cache import Flight
 from gateway.errors import UpstreamError, UpstreamTimeout
@@ -58,3 +68,124 @@ async def test_a_refused_connection_is_an_upstream_error_not_a_timeout():
     finally:
         await up.client.aclose()
     assert isinstance(flight.error, UpstreamError) and not isinstance(flight.error, UpstreamTimeout)
+
+
+# ---- keep-alive connections the pod closes (RFC 9112 §9.3.1)
+OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/vnd.apple.mpegurl\r\ncontent-length: 8\r\n\r\n#EXTM3U\n"
+
+
+async def _scripted_pod(script, host: str = "127.0.0.3"):
+    """A pod whose connection ``n`` (0-based) answers its requests with ``script(n, i)`` for
+    request ``i`` on it: bytes to send, or None to close without answering. Returns the
+    server and the log of (connection, request) pairs it read."""
+    seen: list[tuple[int, int]] = []
+    conns = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal conns
+        n, conns = conns, conns + 1
+        i = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not head:
+                    break
+                seen.append((n, i))
+                answer = script(n, i)
+                if answer is None:
+                    break
+                writer.write(answer)
+                await writer.drain()
+                i += 1
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, host, 0)
+    return server, seen
+
+
+async def _fetch(up: Upstream, port: int) -> Flight:
+    flight = Flight()
+    await asyncio.wait_for(up.fill(flight, Upstream.url(f"http://127.0.0.3:{port}", "gate-1", "index.m3u8", ""),
+                                   pod_id="pod-1", camera_id="gate-1", kind="playlist"), timeout=10)
+    return flight
+
+
+async def test_a_keep_alive_connection_the_pod_closed_under_the_request_is_sent_again_once(caplog):
+    # the pod answers once per connection, then closes it when the next request arrives
+    # (its keep-alive timer fired as the gateway reused the connection)
+    server, seen = await _scripted_pod(lambda n, i: OK if i == 0 else None)
+    port = server.sockets[0].getsockname()[1]
+    up = Upstream(Keyring.single("k" * 40), connect_timeout=1.0, read_timeout=2.0)
+    try:
+        first = await _fetch(up, port)
+        second = await _fetch(up, port)
+    finally:
+        server.close()
+        await up.client.aclose()
+    assert first.error is None and first.status == 200
+    assert second.error is None and second.status == 200, second.error
+    assert second.size == len(b"#EXTM3U\n")
+    assert seen == [(0, 0), (0, 1), (1, 0)]  # reused, refused without an answer, sent on a new connection
+    assert up.resent == 1
+    assert "failed" not in caplog.text
+
+
+async def test_a_pod_that_never_answers_on_any_connection_is_asked_twice_then_502_with_the_reason_logged(caplog):
+    server, seen = await _scripted_pod(lambda n, i: None)
+    port = server.sockets[0].getsockname()[1]
+    up = Upstream(Keyring.single("k" * 40), connect_timeout=1.0, read_timeout=2.0)
+    try:
+        flights = [await _fetch(up, port) for _ in range(3)]
+    finally:
+        server.close()
+        await up.client.aclose()
+    for flight in flights:
+        assert isinstance(flight.error, UpstreamError) and not isinstance(flight.error, UpstreamTimeout)
+    assert len(seen) == 6, seen  # each fetch: once, and once more on a new connection; never a loop
+    warnings = [r.getMessage() for r in caplog.records if r.name == "platebridge.gateway.upstream"]
+    assert len(warnings) == 1, warnings  # once per pod per 10 s, not once per failed fetch
+    assert "playlist fetch from pod pod-1 failed: RemoteProtocolError" in warnings[0]
+
+
+async def test_a_body_cut_off_after_the_headers_is_not_fetched_again():
+    cut = OK.replace(b"content-length: 8", b"content-length: 800")  # promises 800, sends 8, closes
+    server, seen = await _scripted_pod(lambda n, i: cut if i == 0 else None)
+    port = server.sockets[0].getsockname()[1]
+
+    up = Upstream(Keyring.single("k" * 40), connect_timeout=1.0, read_timeout=2.0)
+    try:
+        flight = await _fetch(up, port)
+    finally:
+        server.close()
+        await up.client.aclose()
+    assert flight.status == 200 and isinstance(flight.error, UpstreamError)
+    assert len(seen) == 1 and up.resent == 0
+
+
+async def test_the_nudge_post_is_never_sent_twice():
+    server, seen = await _scripted_pod(lambda n, i: b"HTTP/1.1 204 No Content\r\n\r\n" if i == 0 else None)
+    port = server.sockets[0].getsockname()[1]
+    up = Upstream(Keyring.single("k" * 40), connect_timeout=1.0, read_timeout=2.0)
+    base = f"http://127.0.0.3:{port}"
+    try:
+        assert await up.nudge(base, "pod-1", b"{}") == 204
+        with pytest.raises(UpstreamError):
+            await up.nudge(base, "pod-1", b"{}")  # the reused connection is closed without an answer
+        assert (await up.get(base, "/health", "pod-1")).status_code == 204  # a GET is sent again
+    finally:
+        server.close()
+        await up.client.aclose()
+    assert seen == [(0, 0), (0, 1), (1, 0)], seen  # the POST once; the GET on a new connection
+
+
+def test_the_gateway_lets_an_idle_pod_connection_go_before_the_pod_closes_it():
+    from gateway.upstream import POD_KEEPALIVE_EXPIRY
+    from pod.server import make_server
+
+    up = Upstream(Keyring.single("k" * 40))
+    pod_idle_limit = make_server(lambda *a: None).config.timeout_keep_alive
+    assert up.client._transport._pool._keepalive_expiry == POD_KEEPALIVE_EXPIRY
+    assert POD_KEEPALIVE_EXPIRY < 5 <= pod_idle_limit  # 5 s: uvicorn's default, on pods before this change
