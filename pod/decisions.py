@@ -33,6 +33,8 @@ from pod.whitelist import WhitelistStore
 from protocol.messages import DetectRequest
 
 log = logging.getLogger("platebridge.pod.decisions")
+#: Frigate camera names, not this pod's, that are each logged once (a Frigate may have dozens)
+OTHER_CAMERAS_LOGGED = 32
 decision_log = logging.getLogger("platebridge.pod.decision")
 
 
@@ -72,8 +74,10 @@ class DecisionEngine:
         self.cfg, self.store, self.outbox = cfg, store, outbox
         self.on_enqueued, self.on_decision, self.clock = on_enqueued, on_decision, clock
         cams = cfg.camera_list()
+        self._ours = {c.frigate_camera or c.camera_id: c.camera_id for c in cams}
+        self._others_logged: set[str] = set()
         self.tracker = PassageTracker(
-            cameras={c.frigate_camera or c.camera_id: c.camera_id for c in cams},
+            cameras=dict(self._ours),
             gate_zones=list(cfg.gate_zones),
             lpr_only_cameras={c.frigate_camera or c.camera_id for c in cams if c.lpr_only},
             judge=self._judge,
@@ -105,8 +109,22 @@ class DecisionEngine:
             log.warning("skipped MQTT message on %s: it names no camera and this pod has %d; a message "
                         "without 'camera' counts only on a one-camera pod", topic_suffix, len(self.cfg.camera_list()))
             return
+        if msg.camera is not None and msg.camera not in self._ours:
+            self._other_camera(msg.camera)
         self._emit(self.tracker.feed(msg, self.clock()))
         self._wakeup.set()  # a new deadline may be earlier than the one the timer sleeps on
+
+    def _other_camera(self, name: str) -> None:
+        """Say once per Frigate camera name (at most :data:`OTHER_CAMERAS_LOGGED` names) that its
+        messages are not this pod's: normal for a Frigate with more cameras than the gate's, and
+        the only sign of a ``frigate_camera`` that does not match Frigate's name for the camera."""
+        MQTT_MESSAGES.labels("other_camera").inc()
+        if name in self._others_logged or len(self._others_logged) >= OTHER_CAMERAS_LOGGED:
+            return
+        self._others_logged.add(name)
+        ours = ", ".join(sorted(self._ours))
+        log.info("MQTT messages from Frigate camera %r are not for this pod: it decides for Frigate camera(s) %s "
+                 "(frigate_camera in the config, or camera_id when that is not set)", name[:64], ours)
 
     def _enqueue(self, d: PassageDecision, body: bytes) -> bool:
         """Write the detection and (through ``on_decision``, e.g. the recorder's clip job) what
