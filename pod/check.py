@@ -32,6 +32,9 @@ Checks, in order:
 * ``clock`` — this pod's clock against the portal's ``Date`` header (taken from the
   ``portal`` request): PASS within 5 s, WARN up to ``max_clock_skew``, FAIL beyond
   (gateway→pod tokens would be refused: ``After=time-sync.target``, NTP).
+* ``timezone`` — the site's zone for plain-date whitelist bounds and where it comes from
+  (``timezone``, ``$TZ``, ``/etc/localtime``); WARN when ``$TZ`` names no IANA zone (it is
+  ignored) or no zone is found (UTC).
 * ``keys`` — the gateway's public key(s) load (``gateway_public_keys``); WARN while the
   pod holds the legacy shared ``stream_secret`` (a stolen pod could mint tokens),
   naming ``gateway_public_keys`` as the key to set instead. ``secret`` — every legacy
@@ -53,12 +56,12 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from fractions import Fraction
 from pathlib import Path
 
 from pod import ffmpeg as ff
-from pod.config import LOOPBACK_V4, PodConfig, load_config
+from pod.config import LOOPBACK_V4, PodConfig, load_config, system_timezone_source
 from pod.errors import ConfigError, PortalRejected, PortalUnavailable
 from pod.llhls import effective_timing
 from protocol.checks import CheckResult, ms, secret_length_result, summary
@@ -400,6 +403,28 @@ def check_clock(cfg: PodConfig, offsets: list[float]) -> CheckResult:
                        "the gateway's tokens will be refused", fix)
 
 
+def check_timezone(cfg: PodConfig, environ: Mapping[str, str] | None = None,
+                   localtime: str = "/etc/localtime") -> CheckResult:
+    """The site's time zone, in which plain-date whitelist bounds (``starts``/``ends``) are read,
+    and where it comes from: ``timezone``, ``$TZ`` or ``localtime``. WARN when ``$TZ`` is set
+    but names no IANA zone (it is then ignored), or when no zone is found at all (UTC)."""
+    if cfg.timezone:
+        return CheckResult("PASS", "timezone", f"{cfg.timezone} (timezone in the config)")
+    zone, where, problem = system_timezone_source(environ, localtime)
+    name = getattr(zone, "key", None) or str(zone)
+    if name == "localtime":  # a link into the zoneinfo tree names the zone
+        _, found, tail = os.path.realpath(localtime).partition("/zoneinfo/")
+        name = tail if found else name
+    fix = "set timezone in the config to the site's IANA zone (e.g. America/New_York)"
+    if problem:
+        return CheckResult("WARN", "timezone", f"{problem}; plain-date whitelist bounds are read in {where} "
+                           f"({name}) instead", fix + " or fix TZ")
+    if where.startswith("UTC"):
+        return CheckResult("WARN", "timezone", "no timezone in the config, no TZ and no /etc/localtime: plain-date "
+                           "whitelist bounds are read in UTC", fix)
+    return CheckResult("PASS", "timezone", f"{name} (from {where}; set timezone to pin it)")
+
+
 # ---- keys -----------------------------------------------------------------------------
 
 
@@ -447,6 +472,7 @@ async def run_checks(cfg: PodConfig, *, mqtt_wait: float = 0.0,
     add(await check_tailnet(cfg))
     add(check_dirs(cfg))
     add(check_clock(cfg, offsets))
+    add(check_timezone(cfg))
     add(check_secret(cfg))
     return results
 

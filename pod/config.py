@@ -21,6 +21,7 @@ import ipaddress
 import math
 import os
 import re
+from collections.abc import Mapping
 from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any, Literal
@@ -241,17 +242,27 @@ def system_timezone() -> tzinfo:
     """The pod's system time zone, DST rules included: ``$TZ`` when it names an IANA zone,
     else ``/etc/localtime``, else UTC. (``datetime.now().astimezone().tzinfo`` would be a
     fixed offset, wrong on the other side of a DST change.)"""
-    name = os.environ.get("TZ", "").lstrip(":")
+    return system_timezone_source()[0]
+
+
+def system_timezone_source(environ: Mapping[str, str] | None = None,
+                           localtime: str = "/etc/localtime") -> tuple[tzinfo, str, str | None]:
+    """``(zone, where it came from, problem)`` for :func:`system_timezone`. ``where`` is
+    ``"$TZ"``, the ``localtime`` path or ``"UTC (no zone found)"``; ``problem`` says why a set
+    ``$TZ`` was not used (not an IANA zone name, e.g. ``Mars/Olympus``), else None."""
+    env = os.environ if environ is None else environ
+    name = env.get("TZ", "").lstrip(":")
+    problem = None
     if name:
         try:
-            return ZoneInfo(name)
+            return ZoneInfo(name), "$TZ", None
         except (ZoneInfoNotFoundError, ValueError):
-            pass
+            problem = f"TZ={name[:64]!r} (environment) is not an IANA time zone name"
     try:
-        with open("/etc/localtime", "rb") as f:
-            return ZoneInfo.from_file(f, key="localtime")
+        with open(localtime, "rb") as f:
+            return ZoneInfo.from_file(f, key="localtime"), localtime, problem
     except (OSError, ValueError):
-        return UTC
+        return UTC, "UTC (no zone found)", problem
 
 
 def check_bind_address(value: str) -> str:
@@ -497,6 +508,11 @@ def parse_config(data: Any, *, source: str = "config") -> tuple[PodConfig, list[
             if len(secret.encode()) < 32:
                 warnings.append(f"$.stream_secret: secret {kid!r} is shorter than 32 bytes; use a longer random secret")
         cfg.pod_token_keys()  # every public key loads
+    if not cfg.timezone:
+        _, where, problem = system_timezone_source()
+        if problem:
+            warnings.append(f"$.timezone: not set, and {problem}; plain-date whitelist bounds are read in {where} "
+                            "instead: set timezone (e.g. America/New_York) or fix TZ")
     return cfg, warnings
 
 

@@ -412,3 +412,23 @@ def test_latency_line_says_what_the_camera_makes_of_the_configured_durations():
     assert r.status == "WARN" and "classic HLS" in r.detail and "parts" not in r.detail
     r = timing_result(_cfg(), "cam", {"avg_frame_rate": "15/1", "keyframes": [0.2]})
     assert r.status == "WARN" and "fewer than 2 keyframes" in r.detail
+
+
+def test_timezone_line_says_which_zone_and_where_it_came_from(tmp_path):
+    from pod.check import check_timezone
+
+    link = tmp_path / "localtime"
+    link.symlink_to("/usr/share/zoneinfo/Europe/Berlin")
+    cfg = _cfg()
+    assert check_timezone(cfg, {}, str(link)).line() == (
+        f"PASS timezone: Europe/Berlin (from {link}; set timezone to pin it)")
+    assert check_timezone(cfg, {"TZ": ":America/New_York"}, str(link)).line().startswith(
+        "PASS timezone: America/New_York (from $TZ")
+    bad = check_timezone(cfg, {"TZ": "Mars/Olympus"}, str(link))
+    assert bad.status == "WARN" and "TZ='Mars/Olympus' (environment) is not an IANA time zone name" in bad.detail
+    assert "(Europe/Berlin) instead" in bad.detail
+    none = check_timezone(cfg, {}, str(tmp_path / "missing"))
+    assert none.status == "WARN" and "read in UTC" in none.detail
+    cfg.timezone = "Asia/Tokyo"
+    assert check_timezone(cfg, {"TZ": "Mars/Olympus"}, str(link)).line() == (
+        "PASS timezone: Asia/Tokyo (timezone in the config)")

@@ -345,3 +345,16 @@ def test_the_legacy_warning_names_the_environment_when_the_secret_comes_from_the
     monkeypatch.delenv("POD_STREAM_SECRET")
     cfg, _ = parse_config(base(enable_streaming=True, stream_secret="f" * 40))
     assert "verifies gateway tokens with the shared stream_secret," in cfg.legacy_warning()
+
+
+def test_an_invalid_tz_without_a_timezone_key_is_a_warning_naming_both(monkeypatch):
+    """``TZ=Mars/Olympus`` was silently ignored (the zone fell back to /etc/localtime), while the
+    same value in ``timezone:`` is an error: now a warning says which zone is used instead."""
+    monkeypatch.setenv("TZ", "Mars/Olympus")
+    _, warnings = parse_config(base())
+    [w] = [w for w in warnings if w.startswith("$.timezone")]
+    assert "TZ='Mars/Olympus' (environment) is not an IANA time zone name" in w and "set timezone" in w
+    _, warnings = parse_config(base(timezone="Europe/Berlin"))  # the config's zone wins: nothing to say
+    assert not [w for w in warnings if w.startswith("$.timezone")]
+    monkeypatch.setenv("TZ", "America/New_York")
+    assert not [w for w in parse_config(base())[1] if w.startswith("$.timezone")]
