@@ -388,10 +388,13 @@ CLOCK_OK_SECONDS = 5.0
 def check_clock(cfg: PodConfig, offsets: list[float]) -> CheckResult:
     """This pod's clock against the portal's ``Date`` (``offsets``: what :func:`check_portal` measured)."""
     if not offsets:
-        return CheckResult("WARN", "clock", "not compared: the portal did not answer with a Date header",
-                           "fix the portal check above; check time sync with `timedatectl`")
+        return CheckResult("WARN", "clock", "not compared: no Date header from the portal (it did not answer, or "
+                           "sent none)", "fix the portal check above; check time sync with `timedatectl`")
     off = offsets[-1]
-    where = f"{abs(off):.1f} s {'ahead of' if off > 0 else 'behind'} the portal's clock (its Date header)"
+    # the Date header has whole seconds (RFC 9110 §5.6.7): the estimate is good to about ±0.5 s
+    where = ("within 1 s of the portal's clock (its Date header has whole seconds)" if abs(off) < 1.0 else
+             f"{abs(off):.0f} s {'ahead of' if off > 0 else 'behind'} the portal's clock (±1 s: its Date header "
+             "has whole seconds)")
     fix = ("sync this pod's clock: `timedatectl set-ntp true` (systemd-timesyncd); the unit waits for "
            "time-sync.target, but a Pi without RTC starts with a stale clock")
     if abs(off) <= CLOCK_OK_SECONDS:
@@ -408,21 +411,29 @@ def check_timezone(cfg: PodConfig, environ: Mapping[str, str] | None = None,
     """The site's time zone, in which plain-date whitelist bounds (``starts``/``ends``) are read,
     and where it comes from: ``timezone``, ``$TZ`` or ``localtime``. WARN when ``$TZ`` is set
     but names no IANA zone (it is then ignored), or when no zone is found at all (UTC)."""
+    what = "plain-date whitelist bounds (starts/ends) are days in"
     if cfg.timezone:
-        return CheckResult("PASS", "timezone", f"{cfg.timezone} (timezone in the config)")
+        return CheckResult("PASS", "timezone", f"{what} {cfg.timezone} (timezone in the config)")
     zone, where, problem = system_timezone_source(environ, localtime)
     name = getattr(zone, "key", None) or str(zone)
     if name == "localtime":  # a link into the zoneinfo tree names the zone
         _, found, tail = os.path.realpath(localtime).partition("/zoneinfo/")
         name = tail if found else name
-    fix = "set timezone in the config to the site's IANA zone (e.g. America/New_York)"
+    fix = "set timezone in the pod's config to the site's IANA zone (e.g. America/New_York)"
     if problem:
-        return CheckResult("WARN", "timezone", f"{problem}; plain-date whitelist bounds are read in {where} "
-                           f"({name}) instead", fix + " or fix TZ")
+        return CheckResult("WARN", "timezone", f"{problem}; {what} {name} ({where}) instead", fix + " or fix TZ")
     if where.startswith("UTC"):
-        return CheckResult("WARN", "timezone", "no timezone in the config, no TZ and no /etc/localtime: plain-date "
-                           "whitelist bounds are read in UTC", fix)
-    return CheckResult("PASS", "timezone", f"{name} (from {where}; set timezone to pin it)")
+        return CheckResult("WARN", "timezone",
+                           f"no timezone in the config, no TZ and no usable {localtime}: {what} UTC", fix)
+    if where == "$TZ":
+        # this shell's TZ: the systemd unit sets none, so the service may read another zone
+        return CheckResult("WARN", "timezone", f"{what} {name}, from TZ in this shell; the service sees TZ only "
+                           f"if its unit sets it, else {localtime}", fix)
+    if name in ("UTC", "Etc/UTC", "Etc/Universal", "Universal", "Zulu", "Etc/Zulu", "GMT", "Etc/GMT"):
+        # a system left on UTC is usually a default (Raspberry Pi OS, cloud images), not the site's zone
+        return CheckResult("WARN", "timezone", f"{what} {name}, from {localtime}: the system's default, unless "
+                           "the site really is on UTC", fix + "; UTC if it is")
+    return CheckResult("PASS", "timezone", f"{what} {name} (from {localtime}; {fix} to pin it)")
 
 
 # ---- keys -----------------------------------------------------------------------------

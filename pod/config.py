@@ -21,6 +21,7 @@ import ipaddress
 import math
 import os
 import re
+import zoneinfo
 from collections.abc import Mapping
 from datetime import UTC, tzinfo
 from pathlib import Path
@@ -253,6 +254,12 @@ def system_timezone_source(environ: Mapping[str, str] | None = None,
     env = os.environ if environ is None else environ
     name = env.get("TZ", "").lstrip(":")
     problem = None
+    if name.startswith("/"):  # glibc's form: a zoneinfo file's path (TZ=:/usr/share/zoneinfo/Europe/Paris)
+        real = os.path.realpath(name)
+        for root in zoneinfo.TZPATH:
+            if real.startswith(os.path.realpath(root) + "/"):
+                name = real[len(os.path.realpath(root)) + 1:]
+                break
     if name:
         try:
             return ZoneInfo(name), "$TZ", None

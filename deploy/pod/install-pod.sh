@@ -56,6 +56,7 @@ SITE_ID="${PLATEBRIDGE_SITE_ID:-}"
 COMPANY_ID="${PLATEBRIDGE_COMPANY_ID:-}"
 CAMERA_ID="${PLATEBRIDGE_CAMERA_ID:-}"
 FRIGATE_CAMERA="${PLATEBRIDGE_FRIGATE_CAMERA:-}"
+TIMEZONE="${PLATEBRIDGE_TIMEZONE:-}"
 SECRETS_FILE="${PLATEBRIDGE_SECRETS_FILE:-}"
 GATEWAY_PUBLIC_KEY="${PLATEBRIDGE_GATEWAY_PUBLIC_KEY:-}"
 GATEWAY_KEY_ID="${PLATEBRIDGE_GATEWAY_KEY_ID:-default}"
@@ -96,6 +97,8 @@ Config values (flag, or env variable, or asked interactively when stdin is a ter
   --camera-rtsp-url URL     (without user:password)      rtsp://192.168.1.100:554/stream; with credentials:
                                                          the secrets file or the prompt
   --frigate-camera NAME     PLATEBRIDGE_FRIGATE_CAMERA   the camera's name in Frigate (default: camera id)
+  --timezone ZONE           PLATEBRIDGE_TIMEZONE         the site's IANA zone, e.g. America/New_York: plain-date
+                                                         whitelist bounds are its days (default: the system's)
   --gateway-public-key FILE PLATEBRIDGE_GATEWAY_PUBLIC_KEY  the gateway's Ed25519 public key (PEM; on the
                                                          gateway: openssl pkey -in <signing key> -pubout)
   --gateway-key-id KID      PLATEBRIDGE_GATEWAY_KEY_ID   its key id, the gateway's pod_signing_key_id (default)
@@ -171,6 +174,7 @@ while [ "$#" -gt 0 ]; do
     --camera-rtsp-url) need_arg "$@"; CAMERA_RTSP_URL="$2"; shift
       [[ "$CAMERA_RTSP_URL" != *@* ]] || usage_error "--camera-rtsp-url: a URL with user:password is a secret; put it in the --secrets-file (PLATEBRIDGE_CAMERA_RTSP_URL) or answer the prompt" ;;
     --frigate-camera) need_arg "$@"; FRIGATE_CAMERA="$2"; shift ;;
+    --timezone) need_arg "$@"; TIMEZONE="$2"; shift ;;
     *) usage_error "unknown option: $opt" ;;
   esac
   shift
@@ -380,6 +384,10 @@ interactive() { [ "$ASSUME_YES" -eq 0 ] && [ -t 0 ]; }
 is_dns_label() { [[ "$1" =~ ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$ ]]; }
 is_camera_id() { [[ "$1" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$ ]] && [[ "$1" != *..* ]]; }
 is_http_url() { [[ "$1" =~ ^https?://[^[:space:]/]+ ]]; }
+# an IANA zone name (Area/Location, UTC …) that this host's zoneinfo has
+is_timezone() {
+  [[ "$1" =~ ^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}$ ]] && [ -f "/usr/share/zoneinfo/$1" ]
+}
 is_rtsp_url() { [[ "$1" =~ ^rtsps?://[^[:space:]]+$ ]]; }
 has_control_chars() { [[ "$1" =~ [[:cntrl:]] ]]; }
 
@@ -422,6 +430,9 @@ if [ "$WRITE_CONFIG" -eq 1 ]; then
   ask CAMERA_RTSP_URL "Camera RTSP URL (rtsp://user:pass@192.168.1.100:554/stream; not echoed)" 1
   if [ -z "$FRIGATE_CAMERA" ] && interactive; then
     read -r -p "Camera name in Frigate [$CAMERA_ID]: " FRIGATE_CAMERA </dev/tty || true
+  fi
+  if [ -z "$TIMEZONE" ] && interactive; then
+    read -r -p "Site time zone, IANA (e.g. America/New_York; empty: this system's, $(readlink /etc/localtime 2>/dev/null | sed 's|.*/zoneinfo/||')): " TIMEZONE </dev/tty || true
   fi
   if [ -z "$GATEWAY_PUBLIC_KEY" ] && [ -z "$STREAM_SECRET" ] && interactive; then
     read -r -p "Path of the gateway's public key (PEM; empty: legacy shared stream secret): " GATEWAY_PUBLIC_KEY </dev/tty || true
@@ -466,7 +477,7 @@ fi
 if [ "$WRITE_CONFIG" -eq 1 ]; then
   for pair in "--portal-url:$PORTAL_URL" "PLATEBRIDGE_POD_API_KEY:$POD_API_KEY" "--site-id:$SITE_ID" \
               "--company-id:$COMPANY_ID" "--camera-id:$CAMERA_ID" "camera RTSP URL:$CAMERA_RTSP_URL" \
-              "--frigate-camera:$FRIGATE_CAMERA" "POD_STREAM_SECRET:$STREAM_SECRET"; do
+              "--frigate-camera:$FRIGATE_CAMERA" "--timezone:$TIMEZONE" "POD_STREAM_SECRET:$STREAM_SECRET"; do
     has_control_chars "${pair#*:}" && invalid "${pair%%:*}" "must not contain control characters or newlines"
   done
   is_http_url "$PORTAL_URL" || invalid "--portal-url" "must start with http:// or https://"
@@ -474,6 +485,9 @@ if [ "$WRITE_CONFIG" -eq 1 ]; then
   is_rtsp_url "$CAMERA_RTSP_URL" || invalid "camera RTSP URL" "must be an rtsp:// or rtsps:// URL without spaces"
   if [ -n "$FRIGATE_CAMERA" ] && [[ ! "$FRIGATE_CAMERA" =~ ^[A-Za-z0-9_.-]+$ ]]; then
     invalid "--frigate-camera '$FRIGATE_CAMERA'" "must be the camera's name in Frigate (A-Za-z0-9_.-)"
+  fi
+  if [ -n "$TIMEZONE" ] && ! is_timezone "$TIMEZONE"; then
+    invalid "--timezone '$TIMEZONE'" "must be an IANA time zone name in /usr/share/zoneinfo, e.g. America/New_York"
   fi
   if [ -n "$STREAM_SECRET" ]; then
     warn "POD_STREAM_SECRET: legacy key layout, a stolen pod can mint tokens with it; prefer --gateway-public-key"
@@ -624,6 +638,9 @@ EOF
   if [ -n "$FRIGATE_CAMERA" ]; then
     printf 'frigate_camera: %s\n' "$(yq "$FRIGATE_CAMERA")"
   fi
+  if [ -n "$TIMEZONE" ]; then
+    printf '\n# the site time zone: plain-date whitelist bounds (starts/ends) are its days\ntimezone: %s\n' "$(yq "$TIMEZONE")"
+  fi
   cat <<EOF
 
 # Live view: HLS only on the pod's tailnet address (tailscale up --advertise-tags=tag:pod)
@@ -677,7 +694,7 @@ else
       say "config: old config kept as $(r "$backup")"
     fi
   fi
-  keys="portal_url, pod_api_key=<redacted>, pod_id=$POD_ID, site_id, company_id, camera_id=$CAMERA_ID, camera_rtsp_url=<redacted>${FRIGATE_CAMERA:+, frigate_camera=$FRIGATE_CAMERA}${GATEWAY_PUBLIC_KEY:+, gateway_public_keys=$GATEWAY_KEY_ID}${STREAM_SECRET:+, stream_secret=<redacted>}, stream_bind=auto"
+  keys="portal_url, pod_api_key=<redacted>, pod_id=$POD_ID, site_id, company_id, camera_id=$CAMERA_ID, camera_rtsp_url=<redacted>${FRIGATE_CAMERA:+, frigate_camera=$FRIGATE_CAMERA}${TIMEZONE:+, timezone=$TIMEZONE}${GATEWAY_PUBLIC_KEY:+, gateway_public_keys=$GATEWAY_KEY_ID}${STREAM_SECRET:+, stream_secret=<redacted>}, stream_bind=auto"
   if [ -n "$GATEWAY_PUBLIC_KEY" ]; then
     write_file "$ETC_DIR/gateway-$GATEWAY_KEY_ID.pub" 0644 "" "the gateway's public key ($GATEWAY_KEY_ID)" <"$GATEWAY_PUBLIC_KEY"
   fi

@@ -43,6 +43,7 @@ VALUES = {
     "--company-id": "company-uuid-1",
     "--camera-id": "gate-camera-1",
     "--frigate-camera": "gate_cam",
+    "--timezone": "America/New_York",
 }
 SECRET_VALUES = {"PLATEBRIDGE_POD_API_KEY": API_KEY, "PLATEBRIDGE_CAMERA_RTSP_URL": RTSP_URL, "TS_AUTHKEY": TS_KEY}
 _KEYS = Path(tempfile.mkdtemp(prefix="pb-installer-"))
@@ -237,6 +238,8 @@ def test_missing_values_without_a_terminal_exit_2(tmp_path):
         ({"site_id": "a\nb"}, "--site-id"),
         ({"secrets": {"PLATEBRIDGE_POD_API_KEY": "pbk\\nportal_url: http://evil\x01"}}, "PLATEBRIDGE_POD_API_KEY"),
         ({"frigate_camera": "gate cam"}, "--frigate-camera"),
+        ({"timezone": "Mars/Olympus"}, "--timezone"),
+        ({"timezone": "../../etc/passwd"}, "--timezone"),
         ({"gateway_key_id": "bad kid"}, "--gateway-key-id"),
         ({"gateway_public_key": "/nonexistent.pub"}, "--gateway-public-key"),
     ],
@@ -295,6 +298,7 @@ def test_no_system_writes_config_dirs_and_unit(tmp_path):
     assert cfg.enable_streaming is True
     [cam] = cfg.camera_list()
     assert (cam.camera_id, cam.rtsp_url, cam.frigate_camera) == ("gate-camera-1", RTSP_URL, "gate_cam")
+    assert cfg.timezone == "America/New_York" and str(cfg.site_tz()) == "America/New_York"
     # paths in the config are the real ones (not under --root) and inside the unit's ReadWritePaths
     assert (cfg.state_dir, cfg.hls_dir, cfg.recordings_dir) == (
         "/var/lib/platebridge", "/var/lib/platebridge/hls", "/var/lib/platebridge/recordings")

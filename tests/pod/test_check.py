@@ -251,10 +251,13 @@ def test_clock_skew_against_the_portal(stack, tmp_path, offset, status):
     cfg, _ = load_config(write_config(stack, tmp_path))
     r = check_clock(cfg, [offset])
     assert r.status == status, r.line()
-    assert ("ahead of" if offset > 0 else "behind") in r.line()
+    if abs(offset) < 1:  # the Date header has whole seconds: no tenths that are not there
+        assert "within 1 s of the portal's clock" in r.line() and "0.4" not in r.line()
+    else:
+        assert f"{abs(offset):.0f} s {'ahead of' if offset > 0 else 'behind'} the portal's clock (±1 s" in r.line()
     if status == "FAIL":
         assert "clock skew" in r.line() and "timedatectl" in r.line()
-    assert check_clock(cfg, []).status == "WARN"
+    assert check_clock(cfg, []).status == "WARN" and "did not answer" in check_clock(cfg, []).detail
 
 
 async def test_portal_client_measures_the_clock_offset_from_the_date_header():
@@ -415,20 +418,28 @@ def test_latency_line_says_what_the_camera_makes_of_the_configured_durations():
 
 
 def test_timezone_line_says_which_zone_and_where_it_came_from(tmp_path):
+    """The zone in which plain-date whitelist bounds are read, and where it comes from. WARN for
+    a zone that is probably not the site's: TZ that names no zone (ignored), no zone at all,
+    TZ of the shell (the systemd unit sets none) and a system left on UTC."""
     from pod.check import check_timezone
 
     link = tmp_path / "localtime"
     link.symlink_to("/usr/share/zoneinfo/Europe/Berlin")
+    utc = tmp_path / "utc"
+    utc.symlink_to("/usr/share/zoneinfo/Etc/UTC")
     cfg = _cfg()
     assert check_timezone(cfg, {}, str(link)).line() == (
-        f"PASS timezone: Europe/Berlin (from {link}; set timezone to pin it)")
-    assert check_timezone(cfg, {"TZ": ":America/New_York"}, str(link)).line().startswith(
-        "PASS timezone: America/New_York (from $TZ")
+        "PASS timezone: plain-date whitelist bounds (starts/ends) are days in Europe/Berlin (from "
+        f"{link}; set timezone in the pod's config to the site's IANA zone (e.g. America/New_York) to pin it)")
+    shell = check_timezone(cfg, {"TZ": ":America/New_York"}, str(link))
+    assert shell.status == "WARN" and "days in America/New_York, from TZ in this shell" in shell.detail
     bad = check_timezone(cfg, {"TZ": "Mars/Olympus"}, str(link))
     assert bad.status == "WARN" and "TZ='Mars/Olympus' (environment) is not an IANA time zone name" in bad.detail
-    assert "(Europe/Berlin) instead" in bad.detail
+    assert f"days in Europe/Berlin ({link}) instead" in bad.detail and "or fix TZ" in bad.fix
     none = check_timezone(cfg, {}, str(tmp_path / "missing"))
-    assert none.status == "WARN" and "read in UTC" in none.detail
+    assert none.status == "WARN" and none.detail.endswith("are days in UTC")
+    default = check_timezone(cfg, {}, str(utc))
+    assert default.status == "WARN" and "Etc/UTC" in default.detail and "system's default" in default.detail
     cfg.timezone = "Asia/Tokyo"
-    assert check_timezone(cfg, {"TZ": "Mars/Olympus"}, str(link)).line() == (
-        "PASS timezone: Asia/Tokyo (timezone in the config)")
+    assert check_timezone(cfg, {"TZ": "Mars/Olympus"}, str(utc)).line() == (
+        "PASS timezone: plain-date whitelist bounds (starts/ends) are days in Asia/Tokyo (timezone in the config)")

@@ -356,5 +356,9 @@ def test_an_invalid_tz_without_a_timezone_key_is_a_warning_naming_both(monkeypat
     assert "TZ='Mars/Olympus' (environment) is not an IANA time zone name" in w and "set timezone" in w
     _, warnings = parse_config(base(timezone="Europe/Berlin"))  # the config's zone wins: nothing to say
     assert not [w for w in warnings if w.startswith("$.timezone")]
-    monkeypatch.setenv("TZ", "America/New_York")
-    assert not [w for w in parse_config(base())[1] if w.startswith("$.timezone")]
+    for good in ("America/New_York", ":/usr/share/zoneinfo/America/New_York"):  # glibc also takes a path
+        monkeypatch.setenv("TZ", good)
+        assert not [w for w in parse_config(base())[1] if w.startswith("$.timezone")]
+        assert str(parse_config(base())[0].site_tz()) == "America/New_York"
+    monkeypatch.setenv("TZ", "/usr/share/zoneinfo/../../../etc/passwd")  # a path outside the zoneinfo tree
+    assert [w for w in parse_config(base())[1] if w.startswith("$.timezone")]
