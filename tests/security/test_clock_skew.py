@@ -135,7 +135,7 @@ async def test_pod_check_reports_the_skew_against_the_portals_date_header(tmp_pa
             lines[offset] = check_clock(cfg, offsets)
     figure("pod check clock line for a pod 40 s ahead of the portal", lines[-40.0].status == "FAIL", "FAIL",
            "== FAIL", lines[-40.0].status == "FAIL")
-    assert lines[-40.0].status == "FAIL" and re.search(r"(39|40|41)\.\d s ahead", lines[-40.0].line())
+    assert lines[-40.0].status == "FAIL" and re.search(r"(39|40|41) s ahead", lines[-40.0].line())
     assert "clock skew" in lines[-40.0].line() and "ahead of the portal's clock" in lines[-40.0].line()
     assert lines[-3.0].status == "PASS", lines[-3.0].line()
 
