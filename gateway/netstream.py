@@ -13,6 +13,11 @@ whose ``StreamReader`` pauses the transport once it holds ``2 × READ_LIMIT`` by
 also stops libuv's read loop), so each upstream connection holds at most
 :data:`READ_LIMIT` × 2 plus one read of unconsumed bytes. :func:`bounded_transport` is
 httpx's own transport with that backend.
+
+:class:`Attempt` (through :data:`ATTEMPT`, a context variable the caller sets around one
+request) records whether that request opened a new connection and how many bytes it read, so
+that the caller can tell a stale keep-alive connection (reused, closed before a single byte
+of the answer) from a pod that failed (RFC 9112 §9.3.1 allows resending only the former).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import contextlib
 import socket
 import ssl
 from collections.abc import Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import httpcore
@@ -34,16 +41,39 @@ READ_LIMIT = 64 * 1024
 SocketOption = tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple[int, int, None, int]
 
 
+@dataclass
+class Attempt:
+    """What one request did on the network: ``connected`` (it opened a new connection) and
+    ``received`` (bytes of the answer read). httpcore connects and reads in the requesting
+    task (HTTP/1.1), so a :data:`ATTEMPT` set in that task sees them."""
+
+    connected: bool = False
+    received: int = 0
+
+    def stale(self) -> bool:
+        """A reused connection that ended before any byte of the answer: resending is safe."""
+        return not self.connected and not self.received
+
+
+#: the :class:`Attempt` of the request being sent in this task (None: not recorded)
+ATTEMPT: ContextVar[Attempt | None] = ContextVar("platebridge_upstream_attempt", default=None)
+
+
 class BoundedStream(httpcore.AsyncNetworkStream):
     """One connection: reads at most ``max_bytes`` from a flow-controlled ``StreamReader``."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader, self._writer = reader, writer
+        self.discard = False  # never reuse: the pod sent more than its answer (see discard_overrun)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         try:
             async with asyncio.timeout(timeout):
-                return await self._reader.read(max_bytes)
+                data = await self._reader.read(max_bytes)
+            attempt = ATTEMPT.get()
+            if attempt is not None:
+                attempt.received += len(data)
+            return data
         except TimeoutError:
             raise httpcore.ReadTimeout("read timed out") from None
         except OSError as exc:
@@ -81,12 +111,40 @@ class BoundedStream(httpcore.AsyncNetworkStream):
         if info == "socket":
             return sock
         if info == "is_readable":
-            return is_socket_readable(sock)
+            # httpcore asks before reusing an idle connection: bytes the pod sent unasked (a
+            # second answer, a body longer than its Content-Length) or its EOF may already sit
+            # in the StreamReader, not the socket; such a connection must not carry the next
+            # request, or every answer on it would belong to the one before
+            return (self.discard or self._reader.at_eof() or bool(getattr(self._reader, "_buffer", b""))
+                    or is_socket_readable(sock))
         if info == "ssl_object":
             return self._writer.get_extra_info("ssl_object")
         if info in ("client_addr", "server_addr"):
             return self._writer.get_extra_info("sockname" if info == "client_addr" else "peername")
         return None
+
+
+def discard_overrun(transport: httpx.AsyncBaseTransport, response: httpx.Response) -> bool:
+    """Mark ``response``'s connection never to be reused when the pod sent bytes after the end
+    of the answer (a second, unasked answer; a body longer than its Content-Length) that the
+    HTTP parser already holds: the next request on it would get them as its answer. Call
+    before the response is closed (closing hands the connection back to the pool). Returns
+    True when it marked one. httpcore keeps the parser per connection and has no public way to
+    ask, so this looks it up in the pool; if httpcore changes shape it finds nothing (the
+    :meth:`BoundedStream.get_extra_info` check for unread bytes in the socket still holds)."""
+    found = response.extensions.get("network_stream")
+    if not isinstance(found, BoundedStream):
+        return False
+    stream: BoundedStream = found
+    for conn in getattr(getattr(transport, "_pool", None), "connections", ()):
+        inner = getattr(conn, "_connection", None)
+        if getattr(inner, "_network_stream", None) is not stream:
+            continue
+        trailing = getattr(getattr(inner, "_h11_state", None), "trailing_data", (b"", False))
+        if trailing[0]:
+            stream.discard = True
+            return True
+    return False
 
 
 class BoundedBackend(httpcore.AsyncNetworkBackend):
@@ -108,6 +166,9 @@ class BoundedBackend(httpcore.AsyncNetworkBackend):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for option in socket_options or ():
             sock.setsockopt(*option)
+        attempt = ATTEMPT.get()
+        if attempt is not None:
+            attempt.connected = True
         return BoundedStream(reader, writer)
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
@@ -119,6 +180,9 @@ class BoundedBackend(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectTimeout("connect timed out") from None
         except OSError as exc:
             raise httpcore.ConnectError(str(exc)) from None
+        attempt = ATTEMPT.get()
+        if attempt is not None:
+            attempt.connected = True
         return BoundedStream(reader, writer)
 
     async def sleep(self, seconds: float) -> None:

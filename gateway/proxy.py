@@ -316,7 +316,8 @@ class StreamProxy:
                 self._raise_for(flight, pod_id)
             raise
         except Exception as exc:  # noqa: BLE001 - the flight's status says what happened
-            log.warning("upstream transfer from pod %s failed: %r", pod_id, exc)
+            # the type only: an exception's text may quote what the pod sent
+            log.warning("upstream transfer from pod %s failed: %s", pod_id, type(exc).__name__)
             self._raise_for(flight, pod_id)
             raise UpstreamError("pod connection broke mid-transfer") from None
         self._raise_for(flight, pod_id)

@@ -26,14 +26,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from typing import Literal, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
 
 from gateway.cache import Flight
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamTooLarge
-from gateway.netstream import bounded_transport
+from gateway.netstream import ATTEMPT, Attempt, bounded_transport, discard_overrun
 from protocol.tokens import ANY_CAMERA, Keyring, SigningKey, mint_pod_token
 
 log = logging.getLogger("platebridge.gateway.upstream")
@@ -44,12 +45,14 @@ POD_TOKEN_TTL = 30.0
 #: pods), so the gateway lets a connection go before the pod closes it.
 POD_KEEPALIVE_EXPIRY = 4.0
 #: What a reused keep-alive connection raises when the pod closed it just as the request went
-#: out (the request never reached the pod, or it closed without answering): safe to send again,
-#: once, on a new connection for an idempotent GET (RFC 9112 §9.3.1, "Retrying Requests").
-#: Not ConnectError/ConnectTimeout: a fresh connection failing means the pod is unreachable.
+#: out. Sent again, once, on a new connection, for a GET only, and only when the connection was
+#: reused and not one byte of the answer arrived (:meth:`netstream.Attempt.stale`): then the
+#: pod never answered this request (RFC 9112 §9.3.1, "Retrying Requests"). A new connection
+#: that fails, or a malformed answer, is the pod failing: never resent.
 _STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 #: s between two "fetch from pod failed" warnings for one pod (a dead pod is not a log flood)
 _FAILURE_LOG_EVERY = 10.0
+_T = TypeVar("_T")
 BodyKind = Literal["playlist", "segment", "init", "other"]
 DEFAULT_CAPS: dict[str, int] = {"playlist": 2 * 1024 * 1024, "segment": 32 * 1024 * 1024, "init": 1024 * 1024,
                                 "other": 64 * 1024}
@@ -169,43 +172,56 @@ class Upstream:
         self.requests += 1
         try:
             async with asyncio.timeout(limit), self._slot(pod_id, held):
-                try:
-                    await self._transfer(flight, url, headers, timeout, stale, cap, pod_id, kind)
-                except _STALE_CONNECTION:
-                    if flight.ready.is_set():
-                        raise  # part of the answer arrived: the body is broken, not the request
-                    self.resent += 1
-                    await self._transfer(flight, url, headers, timeout, stale, cap, pod_id, kind)
+                await self._resending_stale(lambda: self._transfer(flight, url, headers, timeout, stale, cap, pod_id,
+                                                                   kind))
         except TimeoutError:
             self._log_failure(pod_id, kind, f"no complete answer within {limit:g} s")
             flight.finish(UpstreamTimeout(f"pod did not deliver within {limit:g} s"))
             return
         except httpx.TimeoutException as exc:
-            self._log_failure(pod_id, kind, f"{type(exc).__name__}")
+            self._log_failure(pod_id, kind, type(exc).__name__)
             flight.finish(UpstreamTimeout("pod timed out"))
             return
         except httpx.HTTPError as exc:
-            self._log_failure(pod_id, kind, f"{type(exc).__name__}: {exc}")
+            # the type only: h11's messages quote what the pod sent, which may be our request
+            # (grant, token) echoed back
+            self._log_failure(pod_id, kind, type(exc).__name__)
             flight.finish(UpstreamError(f"pod unreachable: {type(exc).__name__}"))
             return
-        except GatewayError as exc:  # UpstreamTooLarge, Overloaded, an encoded body
-            log.warning("fetch from pod %s stopped: %s", pod_id, exc)
+        except GatewayError as exc:  # UpstreamTooLarge, Overloaded, an encoded body: our own texts
+            self._log_failure(pod_id, kind, str(exc))
             flight.finish(exc)
             return
         if not flight.done:
             flight.finish()
 
+    async def _resending_stale(self, send: Callable[[], Awaitable[_T]]) -> _T:
+        """``await send()`` (one GET), and once more if it failed on a stale keep-alive
+        connection (see :data:`_STALE_CONNECTION`). Raises what the last send raised."""
+        attempt = Attempt()
+        token = ATTEMPT.set(attempt)
+        try:
+            return await send()
+        except _STALE_CONNECTION:
+            if not attempt.stale():
+                raise
+        finally:
+            ATTEMPT.reset(token)
+        self.resent += 1
+        return await send()
+
     def _log_failure(self, pod_id: str, kind: str, reason: str) -> None:
         """Warn that a fetch from ``pod_id`` failed (why the viewer got 502/504), once per
-        :data:`_FAILURE_LOG_EVERY` s per pod. ``reason`` never holds the URL (its query is the
-        viewer's) or the gateway's token."""
+        :data:`_FAILURE_LOG_EVERY` s per pod. ``reason`` is the gateway's own text (an exception
+        type or a GatewayError message), never the URL (its query is the viewer's), the
+        gateway's token or bytes from the pod; at most 200 characters are logged."""
         now = time.monotonic()
         if now - self._failures_logged.get(pod_id, -_FAILURE_LOG_EVERY) < _FAILURE_LOG_EVERY:
             return
         if len(self._failures_logged) > 10_000:
             self._failures_logged.clear()
         self._failures_logged[pod_id] = now
-        log.warning("%s fetch from pod %s failed: %s", kind, pod_id, reason)
+        log.warning("%s fetch from pod %s failed: %s", kind, pod_id, reason[:200])
 
     async def _transfer(self, flight: Flight, url: httpx.URL, headers: dict[str, str],
                         timeout: httpx.Timeout | httpx._client.UseClientDefault, stale: Flight | None,
@@ -230,6 +246,7 @@ class Upstream:
                     raise UpstreamTooLarge(f"{kind} body over the cap of {cap} bytes")
                 flight.append(chunk)
         finally:
+            discard_overrun(self.client._transport, resp)
             await resp.aclose()
 
     async def get(self, base_url: str, path: str, pod_id: str, *, camera_id: str = ANY_CAMERA) -> httpx.Response:
@@ -255,12 +272,9 @@ class Upstream:
         try:
             async with asyncio.timeout(self.deadline), self._slot(pod_id):
                 req = self.client.build_request(method, url, headers=headers, content=body)
-                try:
-                    resp = await self.client.send(req, stream=True)
-                except _STALE_CONNECTION:
-                    if method != "GET":
-                        raise  # the nudge (POST) may have reached the pod: never sent twice
-                    self.resent += 1  # no answer at all: a keep-alive connection the pod closed
+                if method == "GET":
+                    resp = await self._resending_stale(lambda: self.client.send(req, stream=True))
+                else:  # the nudge (POST) may have reached the pod: never sent twice
                     resp = await self.client.send(req, stream=True)
                 try:
                     if resp.headers.get("content-encoding", "identity").lower() != "identity":
@@ -271,6 +285,7 @@ class Upstream:
                         if len(data) > self.caps["other"]:
                             raise UpstreamTooLarge(f"answer to {method} over {self.caps['other']} bytes")
                 finally:
+                    discard_overrun(self.client._transport, resp)
                     await resp.aclose()
                 return httpx.Response(resp.status_code, headers=resp.headers, content=data, request=req)
         except TimeoutError:
