@@ -138,13 +138,36 @@ def discard_overrun(transport: httpx.AsyncBaseTransport, response: httpx.Respons
     stream: BoundedStream = found
     for conn in getattr(getattr(transport, "_pool", None), "connections", ()):
         inner = getattr(conn, "_connection", None)
-        if getattr(inner, "_network_stream", None) is not stream:
+        for _ in range(4):  # direct: pool → HTTPConnection → HTTP11Connection; a proxy adds a level
+            if inner is None or getattr(inner, "_network_stream", None) is stream:
+                break
+            inner = getattr(inner, "_connection", None)
+        if inner is None or getattr(inner, "_network_stream", None) is not stream:
             continue
         trailing = getattr(getattr(inner, "_h11_state", None), "trailing_data", (b"", False))
         if trailing[0]:
             stream.discard = True
             return True
     return False
+
+
+async def drop_idle(transport: httpx.AsyncBaseTransport, url: httpx.URL) -> int:
+    """Close every idle pooled connection to ``url``'s origin; returns how many. After one of
+    them turned out stale (the pod closed it while it was idle), the others that idled as long
+    are likely stale too: a resend must go out on a new connection, not the next stale one.
+    Uses only httpcore's connection interface (``is_idle``, ``can_handle_request``, ``aclose``);
+    the pool is httpx's transport's (``_pool``, as :func:`bounded_transport` replaces its backend)."""
+    pool = getattr(transport, "_pool", None)
+    if pool is None:
+        return 0
+    port = url.port or (443 if url.scheme == "https" else 80)
+    origin = httpcore.Origin(url.raw_scheme, url.raw_host, port)
+    dropped = 0
+    for conn in list(pool.connections):
+        if conn.is_idle() and conn.can_handle_request(origin):
+            await conn.aclose()
+            dropped += 1
+    return dropped
 
 
 class BoundedBackend(httpcore.AsyncNetworkBackend):

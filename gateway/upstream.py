@@ -34,7 +34,7 @@ import httpx
 
 from gateway.cache import Flight
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamTooLarge
-from gateway.netstream import ATTEMPT, Attempt, bounded_transport, discard_overrun
+from gateway.netstream import ATTEMPT, Attempt, bounded_transport, discard_overrun, drop_idle
 from protocol.tokens import ANY_CAMERA, Keyring, SigningKey, mint_pod_token
 
 log = logging.getLogger("platebridge.gateway.upstream")
@@ -47,8 +47,9 @@ POD_KEEPALIVE_EXPIRY = 4.0
 #: What a reused keep-alive connection raises when the pod closed it just as the request went
 #: out. Sent again, once, on a new connection, for a GET only, and only when the connection was
 #: reused and not one byte of the answer arrived (:meth:`netstream.Attempt.stale`): then the
-#: pod never answered this request (RFC 9112 §9.3.1, "Retrying Requests"). A new connection
-#: that fails, or a malformed answer, is the pod failing: never resent.
+#: pod never answered this request (RFC 9112 §9.3.1, "Retrying Requests"). The pod's other idle
+#: connections, likely as stale, are closed first (:func:`netstream.drop_idle`). A new
+#: connection that fails, or a malformed answer, is the pod failing: never resent.
 _STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 #: s between two "fetch from pod failed" warnings for one pod (a dead pod is not a log flood)
 _FAILURE_LOG_EVERY = 10.0
@@ -173,7 +174,7 @@ class Upstream:
         try:
             async with asyncio.timeout(limit), self._slot(pod_id, held):
                 await self._resending_stale(lambda: self._transfer(flight, url, headers, timeout, stale, cap, pod_id,
-                                                                   kind))
+                                                                   kind), url)
         except TimeoutError:
             self._log_failure(pod_id, kind, f"no complete answer within {limit:g} s")
             flight.finish(UpstreamTimeout(f"pod did not deliver within {limit:g} s"))
@@ -195,9 +196,10 @@ class Upstream:
         if not flight.done:
             flight.finish()
 
-    async def _resending_stale(self, send: Callable[[], Awaitable[_T]]) -> _T:
-        """``await send()`` (one GET), and once more if it failed on a stale keep-alive
-        connection (see :data:`_STALE_CONNECTION`). Raises what the last send raised."""
+    async def _resending_stale(self, send: Callable[[], Awaitable[_T]], url: httpx.URL) -> _T:
+        """``await send()`` (one GET of ``url``), and once more, on a new connection, if it
+        failed on a stale keep-alive connection (see :data:`_STALE_CONNECTION`). Raises what
+        the last send raised."""
         attempt = Attempt()
         token = ATTEMPT.set(attempt)
         try:
@@ -208,6 +210,7 @@ class Upstream:
         finally:
             ATTEMPT.reset(token)
         self.resent += 1
+        await drop_idle(self.client._transport, url)
         return await send()
 
     def _log_failure(self, pod_id: str, kind: str, reason: str) -> None:
@@ -273,7 +276,7 @@ class Upstream:
             async with asyncio.timeout(self.deadline), self._slot(pod_id):
                 req = self.client.build_request(method, url, headers=headers, content=body)
                 if method == "GET":
-                    resp = await self._resending_stale(lambda: self.client.send(req, stream=True))
+                    resp = await self._resending_stale(lambda: self.client.send(req, stream=True), req.url)
                 else:  # the nudge (POST) may have reached the pod: never sent twice
                     resp = await self.client.send(req, stream=True)
                 try:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -140,6 +141,42 @@ async def test_a_keep_alive_connection_the_pod_closed_under_the_request_is_sent_
     assert "failed" not in caplog.text
 
 
+async def test_the_resend_goes_out_on_a_new_connection_when_every_idle_one_is_stale():
+    """Connections that went idle together hit the pod's keep-alive timer together: the resend
+    must not be handed the next stale one (the CI failure this guards against was a burst)."""
+    seen: list[tuple[int, int]] = []
+    conns = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal conns
+        n, conns = conns, conns + 1
+        i = 0
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                seen.append((n, i))
+                if i:  # a reused connection: closed without an answer (the pod's idle timer fired)
+                    break
+                await asyncio.sleep(0.2)  # slow enough that the first fetches overlap
+                writer.write(OK)
+                await writer.drain()
+                i += 1
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.3", 0)
+    port = server.sockets[0].getsockname()[1]
+    up = Upstream(Keyring.single("k" * 40), connect_timeout=1.0, read_timeout=2.0)
+    try:
+        first = await asyncio.gather(*(_fetch(up, port) for _ in range(4)))  # four connections, then idle
+        after = await _fetch(up, port)
+    finally:
+        server.close()
+        await up.client.aclose()
+    assert all(f.status == 200 and f.error is None for f in first) and conns >= 4
+    assert after.status == 200 and after.error is None, after.error
+    assert up.resent == 1 and seen[-1] == (conns - 1, 0)  # sent once more, on the newest connection
+
+
 async def test_a_new_connection_that_ends_without_an_answer_is_not_sent_again_and_is_logged_once(caplog):
     server, seen = await _scripted_pod(lambda n, i: None)
     port = server.sockets[0].getsockname()[1]
@@ -171,8 +208,9 @@ async def test_a_reused_connection_that_breaks_after_part_of_the_answer_is_not_s
     assert seen == [(0, 0), (0, 1)]
 
 
+@pytest.mark.parametrize("via", ["direct", "http proxy"])
 @pytest.mark.parametrize("when", ["with the answer", "after the answer"])
-async def test_an_answer_the_pod_sent_unasked_never_becomes_the_next_requests_body(when):
+async def test_an_answer_the_pod_sent_unasked_never_becomes_the_next_requests_body(when, via):
     """A pod that sends a second, unrequested answer after each one, in the same packet (the
     HTTP parser holds it) or a moment later (the socket's buffer holds it): that connection must
     not carry the next request, or each answer on it would be the previous request's (a
@@ -186,14 +224,16 @@ async def test_an_answer_the_pod_sent_unasked_never_becomes_the_next_requests_bo
 
     server, _ = await _scripted_pod(script)
     port = server.sockets[0].getsockname()[1]
-    up = Upstream(Keyring.single("k" * 40), connect_timeout=1.0, read_timeout=2.0)
+    # upstream_proxy (tailscaled's HTTP proxy): the same server plays the proxy, answering for the pod
+    proxy = f"http://127.0.0.3:{port}" if via == "http proxy" else None
+    base = "http://127.0.0.9:9" if proxy else f"http://127.0.0.3:{port}"
+    up = Upstream(Keyring.single("k" * 40), connect_timeout=1.0, read_timeout=2.0, proxy=proxy)
     bodies = []
     try:
         for rel in ("index.m3u8", "seg_1.m4s", "seg_2.m4s"):
             flight = Flight()
             flight.readers = 1  # keep the body to look at it
-            await up.fill(flight, Upstream.url(f"http://127.0.0.3:{port}", "gate-1", rel, ""),
-                          pod_id="pod-1", camera_id="gate-1")
+            await up.fill(flight, Upstream.url(base, "gate-1", rel, ""), pod_id="pod-1", camera_id="gate-1")
             bodies.append(flight.complete_body())
             await asyncio.sleep(0.1)  # the unasked answer arrives while the connection is idle
     finally:
