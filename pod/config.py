@@ -264,7 +264,8 @@ def system_timezone_source(environ: Mapping[str, str] | None = None,
         try:
             return ZoneInfo(name), "$TZ", None
         except (ZoneInfoNotFoundError, ValueError):
-            problem = f"TZ={name[:64]!r} (environment) is not an IANA time zone name"
+            problem = (f"TZ={name[:64]!r} (environment) is not an IANA time zone name (POSIX rules such as "
+                       "EST5EDT,M3.2.0,M11.1.0 and zone files outside the zoneinfo tree are not read)")
     try:
         with open(localtime, "rb") as f:
             return ZoneInfo.from_file(f, key="localtime"), localtime, problem

@@ -384,9 +384,13 @@ interactive() { [ "$ASSUME_YES" -eq 0 ] && [ -t 0 ]; }
 is_dns_label() { [[ "$1" =~ ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$ ]]; }
 is_camera_id() { [[ "$1" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$ ]] && [[ "$1" != *..* ]]; }
 is_http_url() { [[ "$1" =~ ^https?://[^[:space:]/]+ ]]; }
-# an IANA zone name (Area/Location, UTC …) that this host's zoneinfo has
+# an IANA zone name (Area/Location, UTC …) that this host's zoneinfo has as a TZif file
+# (not leapseconds, zone.tab …); not localtime/posixrules/Factory (the host's or no zone) or
+# right/… (leap-second clocks, not civil time)
 is_timezone() {
-  [[ "$1" =~ ^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}$ ]] && [ -f "/usr/share/zoneinfo/$1" ]
+  [[ "$1" =~ ^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}$ ]] || return 1
+  case "$1" in localtime|posixrules|Factory|right/*) return 1 ;; esac
+  [ -f "/usr/share/zoneinfo/$1" ] && [ "$(head -c 4 "/usr/share/zoneinfo/$1" 2>/dev/null)" = "TZif" ]
 }
 is_rtsp_url() { [[ "$1" =~ ^rtsps?://[^[:space:]]+$ ]]; }
 has_control_chars() { [[ "$1" =~ [[:cntrl:]] ]]; }

@@ -240,6 +240,8 @@ def test_missing_values_without_a_terminal_exit_2(tmp_path):
         ({"frigate_camera": "gate cam"}, "--frigate-camera"),
         ({"timezone": "Mars/Olympus"}, "--timezone"),
         ({"timezone": "../../etc/passwd"}, "--timezone"),
+        ({"timezone": "leapseconds"}, "--timezone"),  # a file in /usr/share/zoneinfo, not a zone
+        ({"timezone": "localtime"}, "--timezone"),  # the host's zone: not pinning the site's
         ({"gateway_key_id": "bad kid"}, "--gateway-key-id"),
         ({"gateway_public_key": "/nonexistent.pub"}, "--gateway-public-key"),
     ],
