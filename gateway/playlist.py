@@ -64,6 +64,10 @@ _ATTRIBUTE = re.compile(r'[ \t]*([A-Za-z0-9-]+)[ \t]*=[ \t]*("[^"\r\n]*"|[^,"\r\
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 # Characters that cannot appear in a URI we emit or in a quoted-string.
 _BAD_URI_CHARS = re.compile(r'[\x00-\x20\x7f"<>]')
+#: characters of a URI line the rewriter accepts: a longer one cannot be asked for by a viewer
+#: (the data plane and the gateway read request lines of up to 16 KiB), and a grant's
+#: length-prefixed fields hold at most 65535 bytes
+MAX_URI_CHARS = 8192
 # Encoded '.', '/', '\' (and their double encodings) inside a path.
 _ENCODED_DOT_OR_SLASH = re.compile(r"%(?:2e|2f|5c|25(?:2e|2f|5c))", re.IGNORECASE)
 _TARGET_DURATION = re.compile(r"^#EXT-X-TARGETDURATION:([^\r\n]*)", re.MULTILINE)
@@ -261,6 +265,12 @@ class _Rewriter:
             raise ForeignURIError("backslash in URI")
         if _BAD_URI_CHARS.search(uri):
             raise PlaylistError("URI contains whitespace, control or quote characters")
+        if not uri.isascii():
+            # RFC 3986 has no raw non-ASCII (an IRI): a player sends it percent-encoded, which
+            # the grant minted over the raw form would not match
+            raise PlaylistError("URI has characters outside ASCII (RFC 8216 §4.2: URIs per RFC 3986)")
+        if len(uri) > MAX_URI_CHARS:
+            raise PlaylistError(f"URI longer than {MAX_URI_CHARS} characters")
         reference = uri.partition("#")[0]  # fragments are dropped
         if not reference:
             raise PlaylistError("empty URI")

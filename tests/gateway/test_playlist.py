@@ -415,6 +415,17 @@ def test_existing_grant_refused(uri: str) -> None:
     assert not isinstance(info.value, ForeignURIError)
 
 
+@pytest.mark.parametrize("uri", ["seg_7.ts?x=\u00e9", "s\u00e9g_7.ts", "seg_7.ts?q=\u4e2d", "seg_7.ts?" + "x" * 8200])
+def test_non_ascii_or_overlong_uris_refuse_the_playlist(uri: str) -> None:
+    """A raw non-ASCII URI (an IRI) got a grant minted over its raw form, while players send it
+    percent-encoded: every segment was a 403 with no reason logged. A URI longer than any
+    request line a viewer can send is refused too. Both now make the playlist a 502 that says why."""
+    with pytest.raises(PlaylistError) as info:
+        rw(pl("#EXTINF:2,", uri))
+    assert "ASCII" in str(info.value) or "longer than" in str(info.value)
+    assert uri_lines(rw(pl("#EXTINF:2,", "seg_7.ts?x=%C3%A9"))) == [f"seg_7.ts?x=%C3%A9&pb_grant={SEG}"]
+
+
 def test_similar_parameter_names_are_not_grants() -> None:
     out = rw(pl("#EXTINF:2,", "a.ts?pb_grants=1&xpb_grant=2"))
     assert uri_lines(out) == [f"a.ts?pb_grants=1&xpb_grant=2&pb_grant={SEG}"]
