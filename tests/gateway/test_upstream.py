@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import pytest
@@ -75,10 +74,11 @@ async def test_a_refused_connection_is_an_upstream_error_not_a_timeout():
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/vnd.apple.mpegurl\r\ncontent-length: 8\r\n\r\n#EXTM3U\n"
 
 
-async def _scripted_pod(script, host: str = "127.0.0.3"):
+async def _scripted_pod(script, host: str = "127.0.0.3", delay: float = 0.0):
     """A pod whose connection ``n`` (0-based) answers its requests with ``script(n, i)`` for
-    request ``i`` on it: bytes to send, or None to close without answering. Returns the
-    server and the log of (connection, request) pairs it read."""
+    request ``i`` on it, ``delay`` s after reading it: bytes to send, ``(now, 50 ms later)``,
+    or None to close without answering. Returns the server and the log of (connection,
+    request) pairs it read."""
     seen: list[tuple[int, int]] = []
     conns = 0
 
@@ -95,6 +95,8 @@ async def _scripted_pod(script, host: str = "127.0.0.3"):
                 answer = script(n, i)
                 if answer is None:
                     break
+                if delay:
+                    await asyncio.sleep(delay)
                 later = b""
                 if isinstance(answer, tuple):  # (now, 50 ms later)
                     answer, later = answer
@@ -121,18 +123,24 @@ async def _fetch(up: Upstream, port: int) -> Flight:
     return flight
 
 
-async def test_a_keep_alive_connection_the_pod_closed_under_the_request_is_sent_again_once(caplog):
-    # the pod answers once per connection, then closes it when the next request arrives
-    # (its keep-alive timer fired as the gateway reused the connection)
-    server, seen = await _scripted_pod(lambda n, i: OK if i == 0 else None)
+async def _fetches(script, count: int) -> tuple[list[Flight], list[tuple[int, int]], Upstream]:
+    """``count`` fetches of a playlist, one after another, from a :func:`_scripted_pod` playing
+    ``script``: the flights, what the pod read, and the (closed) Upstream with its counters."""
+    server, seen = await _scripted_pod(script)
     port = server.sockets[0].getsockname()[1]
     up = Upstream(Keyring.single("k" * 40), connect_timeout=1.0, read_timeout=2.0)
     try:
-        first = await _fetch(up, port)
-        second = await _fetch(up, port)
+        flights = [await _fetch(up, port) for _ in range(count)]
     finally:
         server.close()
         await up.client.aclose()
+    return flights, seen, up
+
+
+async def test_a_keep_alive_connection_the_pod_closed_under_the_request_is_sent_again_once(caplog):
+    # the pod answers once per connection, then closes it when the next request arrives
+    # (its keep-alive timer fired as the gateway reused the connection)
+    (first, second), seen, up = await _fetches(lambda n, i: OK if i == 0 else None, 2)
     assert first.error is None and first.status == 200
     assert second.error is None and second.status == 200, second.error
     assert second.size == len(b"#EXTM3U\n")
@@ -144,26 +152,9 @@ async def test_a_keep_alive_connection_the_pod_closed_under_the_request_is_sent_
 async def test_the_resend_goes_out_on_a_new_connection_when_every_idle_one_is_stale():
     """Connections that went idle together hit the pod's keep-alive timer together: the resend
     must not be handed the next stale one (the CI failure this guards against was a burst)."""
-    seen: list[tuple[int, int]] = []
-    conns = 0
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal conns
-        n, conns = conns, conns + 1
-        i = 0
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                seen.append((n, i))
-                if i:  # a reused connection: closed without an answer (the pod's idle timer fired)
-                    break
-                await asyncio.sleep(0.2)  # slow enough that the first fetches overlap
-                writer.write(OK)
-                await writer.drain()
-                i += 1
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.3", 0)
+    # a reused connection is closed without an answer (the pod's idle timer fired); answers
+    # come 0.2 s late, so that the first fetches overlap and open four connections
+    server, seen = await _scripted_pod(lambda n, i: OK if i == 0 else None, delay=0.2)
     port = server.sockets[0].getsockname()[1]
     up = Upstream(Keyring.single("k" * 40), connect_timeout=1.0, read_timeout=2.0)
     try:
@@ -172,20 +163,14 @@ async def test_the_resend_goes_out_on_a_new_connection_when_every_idle_one_is_st
     finally:
         server.close()
         await up.client.aclose()
-    assert all(f.status == 200 and f.error is None for f in first) and conns >= 4
+    conns = 1 + max(n for n, _ in seen)
+    assert all(f.status == 200 and f.error is None for f in first) and conns >= 5
     assert after.status == 200 and after.error is None, after.error
     assert up.resent == 1 and seen[-1] == (conns - 1, 0)  # sent once more, on the newest connection
 
 
 async def test_a_new_connection_that_ends_without_an_answer_is_not_sent_again_and_is_logged_once(caplog):
-    server, seen = await _scripted_pod(lambda n, i: None)
-    port = server.sockets[0].getsockname()[1]
-    up = Upstream(Keyring.single("k" * 40), connect_timeout=1.0, read_timeout=2.0)
-    try:
-        flights = [await _fetch(up, port) for _ in range(3)]
-    finally:
-        server.close()
-        await up.client.aclose()
+    flights, seen, up = await _fetches(lambda n, i: None, 3)
     for flight in flights:
         assert isinstance(flight.error, UpstreamError) and not isinstance(flight.error, UpstreamTimeout)
     assert seen == [(0, 0), (1, 0), (2, 0)] and up.resent == 0  # a fresh connection failing: the pod failed
@@ -195,15 +180,8 @@ async def test_a_new_connection_that_ends_without_an_answer_is_not_sent_again_an
 
 async def test_a_reused_connection_that_breaks_after_part_of_the_answer_is_not_sent_again():
     # "HTTP/1.1 20" and close: the pod did answer (badly); resending would double a broken pod's load
-    server, seen = await _scripted_pod(lambda n, i: OK if i == 0 else b"HTTP/1.1 20")
-    port = server.sockets[0].getsockname()[1]
-    up = Upstream(Keyring.single("k" * 40), connect_timeout=1.0, read_timeout=2.0)
-    try:
-        assert (await _fetch(up, port)).status == 200
-        flight = await _fetch(up, port)
-    finally:
-        server.close()
-        await up.client.aclose()
+    (first, flight), seen, up = await _fetches(lambda n, i: OK if i == 0 else b"HTTP/1.1 20", 2)
+    assert first.status == 200
     assert isinstance(flight.error, UpstreamError) and up.resent == 0
     assert seen == [(0, 0), (0, 1)]
 
@@ -271,14 +249,7 @@ async def test_failure_warnings_never_quote_what_the_pod_sent(caplog):
 
 async def test_a_pod_sending_what_the_gateway_refuses_is_logged_once_per_pod_not_per_fetch(caplog):
     gz = b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: 2\r\n\r\nxx"
-    server, _ = await _scripted_pod(lambda n, i: gz)
-    port = server.sockets[0].getsockname()[1]
-    up = Upstream(Keyring.single("k" * 40), connect_timeout=1.0, read_timeout=2.0)
-    try:
-        flights = [await _fetch(up, port) for _ in range(20)]
-    finally:
-        server.close()
-        await up.client.aclose()
+    flights, _, _ = await _fetches(lambda n, i: gz, 20)
     assert all(isinstance(f.error, UpstreamError) for f in flights)
     warnings = [r.getMessage() for r in caplog.records if r.name == "platebridge.gateway.upstream"]
     assert len(warnings) == 1 and "content-encoded" in warnings[0], warnings
@@ -286,15 +257,7 @@ async def test_a_pod_sending_what_the_gateway_refuses_is_logged_once_per_pod_not
 
 async def test_a_body_cut_off_after_the_headers_is_not_fetched_again():
     cut = OK.replace(b"content-length: 8", b"content-length: 800")  # promises 800, sends 8, closes
-    server, seen = await _scripted_pod(lambda n, i: cut if i == 0 else None)
-    port = server.sockets[0].getsockname()[1]
-
-    up = Upstream(Keyring.single("k" * 40), connect_timeout=1.0, read_timeout=2.0)
-    try:
-        flight = await _fetch(up, port)
-    finally:
-        server.close()
-        await up.client.aclose()
+    (flight,), seen, up = await _fetches(lambda n, i: cut if i == 0 else None, 1)
     assert flight.status == 200 and isinstance(flight.error, UpstreamError)
     assert len(seen) == 1 and up.resent == 0
 
