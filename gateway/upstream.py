@@ -156,10 +156,10 @@ class Upstream:
         and, on 304, copies the stale body into ``flight``. Never raises: failures
         finish the flight with :class:`UpstreamTimeout` (deadline or read timeout, → 504),
         :class:`UpstreamTooLarge` (body over the ``kind`` cap, → 502), ``Overloaded``
-        (memory budget, → 503) or :class:`UpstreamError` (→ 502). A connection that breaks
-        before any of the pod's answer arrived is retried once on a new one (a keep-alive
-        connection the pod closed as the request went out); failures are logged, at most once
-        per :data:`_FAILURE_LOG_EVERY` s per pod.
+        (memory budget, → 503) or :class:`UpstreamError` (→ 502). A *reused* connection that
+        breaks before any of the pod's answer arrived is retried once on a new one (a
+        keep-alive connection the pod closed as the request went out); failures are logged, at
+        most once per :data:`_FAILURE_LOG_EVERY` s per pod.
         """
         headers = {"authorization": self._auth(pod_id, camera_id), "accept-encoding": "identity"}
         if stale is not None and stale.etag and stale.error is None and stale.status == 200:

@@ -33,8 +33,9 @@ Checks, in order:
   ``portal`` request): PASS within 5 s, WARN up to ``max_clock_skew``, FAIL beyond
   (gateway→pod tokens would be refused: ``After=time-sync.target``, NTP).
 * ``timezone`` — the site's zone for plain-date whitelist bounds and where it comes from
-  (``timezone``, ``$TZ``, ``/etc/localtime``); WARN when ``$TZ`` names no IANA zone (it is
-  ignored) or no zone is found (UTC).
+  (``timezone``, ``$TZ``, ``/etc/localtime``); WARN when it is probably not the site's: ``$TZ``
+  names no IANA zone (it is ignored), no zone is found (UTC), it is the shell's ``$TZ`` (the
+  service does not see it) or the system is on UTC.
 * ``keys`` — the gateway's public key(s) load (``gateway_public_keys``); WARN while the
   pod holds the legacy shared ``stream_secret`` (a stolen pod could mint tokens),
   naming ``gateway_public_keys`` as the key to set instead. ``secret`` — every legacy
@@ -409,8 +410,10 @@ def check_clock(cfg: PodConfig, offsets: list[float]) -> CheckResult:
 def check_timezone(cfg: PodConfig, environ: Mapping[str, str] | None = None,
                    localtime: str = "/etc/localtime") -> CheckResult:
     """The site's time zone, in which plain-date whitelist bounds (``starts``/``ends``) are read,
-    and where it comes from: ``timezone``, ``$TZ`` or ``localtime``. WARN when ``$TZ`` is set
-    but names no IANA zone (it is then ignored), or when no zone is found at all (UTC)."""
+    and where it comes from: ``timezone``, ``$TZ`` or ``localtime`` (a path; ``environ``
+    defaults to this process's). PASS for the config's zone or a non-UTC system zone; WARN
+    when it is probably not the site's: ``$TZ`` that names no IANA zone (ignored), no zone at
+    all (UTC), ``$TZ`` of this shell (the systemd unit sets none), or a system on UTC."""
     what = "plain-date whitelist bounds (starts/ends) are days in"
     if cfg.timezone:
         return CheckResult("PASS", "timezone", f"{what} {cfg.timezone} (timezone in the config)")
